@@ -1,0 +1,133 @@
+# mod_comet -- build, test, run.
+#
+#   make            build the module (.libs/mod_comet.so)
+#   make test       install missing packages, build, run unit + integration tests
+#   make run        start a demo server on 127.0.0.1:$(PORT) (make stop ends it)
+#   make install    install the module and the Debian-style comet.load/comet.conf
+#   make bench      benchmarks (see BENCHMARKS.md)
+#   make asan       unit + integration tests under AddressSanitizer
+#   make clean
+
+APXS        ?= $(shell command -v apxs 2>/dev/null || echo /usr/bin/apxs)
+CC          ?= cc
+PORT        ?= 8080
+BUILD       := build
+DESTDIR     ?=
+
+APR_CFLAGS   = $(shell apr-1-config --cflags --cppflags --includes 2>/dev/null)
+APR_LIBS     = $(shell apr-1-config --link-ld --libs 2>/dev/null)
+CHECK_CFLAGS = $(shell pkg-config --cflags check 2>/dev/null)
+CHECK_LIBS   = $(shell pkg-config --libs check 2>/dev/null)
+
+WARN        := -Wall -Wextra -Werror -Wno-unused-parameter
+STD         := -std=gnu99
+SANITIZE    ?=
+OPT         ?= -O2 -g
+
+# Server-independent core: APR/POSIX only, linked into the unit tests too.
+CORE_SRC    := $(sort $(wildcard comet_*.c))
+CORE_HDR    := $(sort $(wildcard comet_*.h))
+# httpd glue.
+GLUE_SRC    := mod_comet.c $(sort $(filter-out mod_comet.c,$(wildcard mod_comet_*.c))) \
+               $(wildcard event_bridge.c)
+GLUE_HDR    := mod_comet.h $(wildcard event_bridge.h)
+
+UNIT_SRC    := $(sort $(wildcard tests/unit/*.c))
+UNIT_SUITES := $(patsubst tests/unit/test_%.c,%,$(sort $(wildcard tests/unit/test_*.c)))
+IT_SRC      := $(sort $(wildcard tests/integration/*.c))
+IT_SUITES   := $(patsubst tests/integration/test_%.c,%,$(sort $(wildcard tests/integration/test_*.c)))
+
+MODULE      := .libs/mod_comet.so
+APXS_FLAGS  := -Wc,$(STD) $(foreach w,$(WARN) $(SANITIZE),-Wc,$(w)) \
+               $(if $(SANITIZE),-Wl,$(SANITIZE))
+
+.PHONY: all deps test unit integration run stop install clean clean-objs asan bench bench-store
+
+all: $(MODULE)
+
+$(MODULE): $(GLUE_SRC) $(CORE_SRC) $(GLUE_HDR) $(CORE_HDR) Makefile
+	$(APXS) -c -o mod_comet.la $(APXS_FLAGS) $(GLUE_SRC) $(CORE_SRC)
+	@test -f $@
+
+deps:
+	@sh tests/deps.sh
+
+# ---- tests -------------------------------------------------------------
+
+$(BUILD)/unit_suites.h: Makefile $(UNIT_SRC) | $(BUILD)
+	@{ for s in $(UNIT_SUITES); do echo "COMET_SUITE($$s)"; done; } > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/integration_suites.h: Makefile $(IT_SRC) | $(BUILD)
+	@{ for s in $(IT_SUITES); do echo "COMET_SUITE($$s)"; done; } > $@.tmp && mv $@.tmp $@
+
+$(BUILD):
+	@mkdir -p $(BUILD)
+
+TEST_CFLAGS = $(STD) $(WARN) $(OPT) $(SANITIZE) -I. -I$(BUILD) -Itests $(APR_CFLAGS) $(CHECK_CFLAGS)
+TEST_LIBS   = $(SANITIZE) $(CHECK_LIBS) $(APR_LIBS) -laprutil-1 -lpthread
+
+$(BUILD)/unit_tests: $(UNIT_SRC) $(CORE_SRC) $(CORE_HDR) $(wildcard tests/unit/*.h) $(BUILD)/unit_suites.h
+	$(CC) $(TEST_CFLAGS) -o $@ $(UNIT_SRC) $(CORE_SRC) $(TEST_LIBS)
+
+$(BUILD)/integration_tests: $(IT_SRC) $(CORE_SRC) $(CORE_HDR) $(wildcard tests/integration/*.h) $(BUILD)/integration_suites.h
+	$(CC) $(TEST_CFLAGS) -o $@ $(IT_SRC) $(CORE_SRC) $(TEST_LIBS)
+
+unit: $(BUILD)/unit_tests
+	$(BUILD)/unit_tests
+
+integration: $(MODULE) $(BUILD)/integration_tests
+	COMET_MODULE=$(CURDIR)/$(MODULE) $(BUILD)/integration_tests
+
+test: deps
+	@$(MAKE) --no-print-directory all $(BUILD)/unit_tests $(BUILD)/integration_tests
+	@rc=0; \
+	$(BUILD)/unit_tests || rc=1; \
+	COMET_MODULE=$(CURDIR)/$(MODULE) $(BUILD)/integration_tests || rc=1; \
+	exit $$rc
+
+asan: deps
+	@$(MAKE) --no-print-directory clean-objs
+	@$(MAKE) --no-print-directory SANITIZE=-fsanitize=address OPT="-O1 -g -fno-omit-frame-pointer" \
+	    all $(BUILD)/unit_tests $(BUILD)/integration_tests
+	@rc=0; \
+	ASAN_OPTIONS=detect_leaks=1 $(BUILD)/unit_tests || rc=1; \
+	COMET_MODULE=$(CURDIR)/$(MODULE) COMET_ASAN=1 $(BUILD)/integration_tests || rc=1; \
+	$(MAKE) --no-print-directory clean-objs; exit $$rc
+
+# ---- demo server --------------------------------------------------------
+
+run: deps all
+	@sh tests/run-demo.sh start "$(CURDIR)" "$(PORT)"
+
+stop:
+	@sh tests/run-demo.sh stop "$(CURDIR)" "$(PORT)"
+
+# ---- install --------------------------------------------------------------
+
+install: all
+	$(APXS) -i -S LIBEXECDIR=$(DESTDIR)$(shell $(APXS) -q LIBEXECDIR) -n comet mod_comet.la
+	install -d $(DESTDIR)$(shell $(APXS) -q SYSCONFDIR)/mods-available
+	install -m 644 conf-samples/comet.load conf-samples/comet.conf \
+	    $(DESTDIR)$(shell $(APXS) -q SYSCONFDIR)/mods-available/
+
+# ---- benchmarks -----------------------------------------------------------
+
+BENCH_CFLAGS = $(STD) $(WARN) -O2 -g -I. $(APR_CFLAGS)
+
+$(BUILD)/bench_store: bench/bench_store.c $(CORE_SRC) $(CORE_HDR) | $(BUILD)
+	$(CC) $(BENCH_CFLAGS) -o $@ bench/bench_store.c $(CORE_SRC) $(APR_LIBS) -lpthread
+
+$(BUILD)/cometbench: bench/cometbench.c | $(BUILD)
+	$(CC) $(STD) $(WARN) -O2 -g -o $@ bench/cometbench.c -lm
+
+bench-store: $(BUILD)/bench_store
+	$(BUILD)/bench_store $(if $(QUICK),--quick)
+
+bench: deps all $(BUILD)/bench_store $(BUILD)/cometbench
+	@sh bench/run.sh $(if $(QUICK),quick,full)
+
+clean-objs:
+	rm -rf .libs *.o *.lo *.slo *.la $(BUILD)/unit_tests $(BUILD)/integration_tests
+
+clean: clean-objs
+	rm -rf $(BUILD)

@@ -1,0 +1,300 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may
+ * not use this file except in compliance with the License.
+ */
+
+/*
+ * comet_store.h -- the shared-memory channel store.
+ *
+ * One segment, created by httpd's parent process and inherited by every
+ * child, holds the channel table, each channel's buffer of recent messages,
+ * the per-process subscriber counts and the per-process wakeup queues.  Any
+ * process and any thread may publish or read.  The segment holds offsets,
+ * never pointers, so it does not matter where it is mapped.
+ *
+ * Server-independent: APR and POSIX only.  The glue owns the memory
+ * (apr_shm) and the wakeup file descriptors; the store only says which
+ * process slots must be woken.
+ *
+ * Robustness: a process may die at any instant (SIGKILL), also while it
+ * holds a lock.  The next locker finds out (robust mutex, EOWNERDEAD) and
+ * repairs the store before it goes on; no call ever deadlocks on a dead
+ * process and no repaired store ever hands out a torn message.
+ *
+ * Unless a function says otherwise: callable from any thread of any process
+ * attached to the segment; takes the store lock for a short, bounded time
+ * (no I/O, no allocation outside the segment except in the caller's pool).
+ */
+#ifndef COMET_STORE_H
+#define COMET_STORE_H
+
+#include <apr_pools.h>
+#include <apr_tables.h>
+
+#include "comet_core.h"
+
+/* ------------------------------------------------------------------ */
+/* Message ids                                                         */
+/* ------------------------------------------------------------------ */
+
+/*
+ * A message id is (epoch, seq).  The epoch names one store segment: it is
+ * drawn at random when a segment is formatted, so ids of a previous server
+ * run (full stop/start) are recognised as foreign instead of being compared
+ * as numbers.  seq comes from one counter for the whole segment, so it
+ * strictly increases within every channel and is never reused, also when an
+ * idle channel is reclaimed and later created again.  Nothing in an id is
+ * derived from the wall clock.
+ *
+ * Text form (what clients see in SSE "id:" lines and send back):
+ *     <epoch>:<seq>                 one channel,  e.g.  "1f03a9c2:42"
+ *     <epoch>:<seq>,<seq>,...       several channels, in the order the
+ *                                   subscriber named them
+ * epoch: 8 lowercase hex digits, never 00000000; seq: decimal, no sign, no
+ * leading zeros except "0" itself, at most 20 digits.  seq 0 means "before
+ * the first message".
+ */
+typedef struct comet_msgid_t {
+    apr_uint32_t epoch;
+    apr_uint64_t seq;
+} comet_msgid_t;
+
+/* Longest text of one id, and of a compound id of n channels, with NUL. */
+#define COMET_MSGID_MAXLEN           (8 + 1 + 20 + 1)
+#define COMET_MSGID_COMPOUND_MAXLEN(n) (8 + 1 + 21 * (apr_size_t)(n) + 1)
+
+/* Format into buf (at least COMET_MSGID_MAXLEN); returns the length. */
+apr_size_t comet_msgid_format(char *buf, const comet_msgid_t *id);
+
+/* Parse exactly len bytes; COMET_EBADID on anything malformed. */
+apr_status_t comet_msgid_parse(comet_msgid_t *id, const char *s,
+                               apr_size_t len);
+
+/* Compound form: one epoch, n seqs.  format: buf at least
+ * COMET_MSGID_COMPOUND_MAXLEN(n); returns the length.  parse: fills at most
+ * max seqs, sets *n; COMET_EBADID when malformed or more than max. */
+apr_size_t comet_msgid_format_compound(char *buf, apr_uint32_t epoch,
+                                       const apr_uint64_t *seqs,
+                                       apr_size_t n);
+apr_status_t comet_msgid_parse_compound(apr_uint32_t *epoch,
+                                        apr_uint64_t *seqs, apr_size_t max,
+                                        apr_size_t *n, const char *s,
+                                        apr_size_t len);
+
+/* Order of two ids of the same epoch: <0, 0, >0. */
+int comet_msgid_cmp(const comet_msgid_t *a, const comet_msgid_t *b);
+
+/* ------------------------------------------------------------------ */
+/* Channel ids                                                         */
+/* ------------------------------------------------------------------ */
+
+/* Channel ids are 1..max_len bytes from the safe set
+ *     A-Z a-z 0-9 and  - _ . ~ : @ /
+ * (no comma: it separates channels in a subscription; no space, quote,
+ * percent or control byte: an id can be written in a URL, a config file
+ * and a log line as it is).  Returns APR_SUCCESS or COMET_EBADCHAN. */
+#define COMET_CHANNEL_ID_MAX_DEFAULT 1024
+apr_status_t comet_channel_id_check(const char *id, apr_size_t len,
+                                    apr_size_t max_len);
+
+/* ------------------------------------------------------------------ */
+/* The store                                                           */
+/* ------------------------------------------------------------------ */
+
+typedef struct comet_store_t comet_store_t;   /* process-local handle */
+
+typedef struct comet_store_config_t {
+    apr_size_t   size;              /* bytes of the segment                */
+    apr_uint32_t buffer_length;     /* max messages kept per channel (100) */
+    apr_time_t   message_timeout;   /* max age of a kept message (3600 s)  */
+    apr_size_t   max_message_size;  /* payload bytes (256K)                */
+    apr_size_t   max_channel_id;    /* bytes (1024)                        */
+    apr_time_t   channel_idle;      /* reclaim a channel this long after
+                                       its last subscriber/message (60 s)  */
+    apr_uint32_t max_procs;         /* process slots (httpd ServerLimit)   */
+} comet_store_config_t;
+
+/* Fill cfg with the documented defaults for a segment of size bytes. */
+void comet_store_config_default(comet_store_config_t *cfg, apr_size_t size);
+
+/* Smallest segment that can hold the fixed part for cfg, so that the glue
+ * can refuse a too small CometSharedMemorySize at config time. */
+apr_size_t comet_store_min_size(const comet_store_config_t *cfg);
+
+/* Format a new store in [base, base + cfg->size): draws a new epoch.
+ * Caller: the one process that creates the segment, before any other
+ * process uses it.  The handle lives in p. */
+apr_status_t comet_store_format(comet_store_t **st, void *base,
+                                const comet_store_config_t *cfg,
+                                apr_pool_t *p);
+
+/* A handle on an already formatted segment (after fork, the child gets the
+ * parent's handle for free; this is for a process that maps it anew, and for
+ * tests).  COMET_ECORRUPT when base does not hold a store of this layout. */
+apr_status_t comet_store_attach(comet_store_t **st, void *base,
+                                apr_size_t size, apr_pool_t *p);
+
+/* The limits the segment was formatted with (read-only copy). */
+void comet_store_get_config(comet_store_t *st, comet_store_config_t *cfg);
+
+apr_uint32_t comet_store_epoch(comet_store_t *st);
+
+/* Update the limits that may change on a graceful restart (buffer length,
+ * timeouts, max message size); size and max_procs stay as formatted. */
+void comet_store_set_limits(comet_store_t *st,
+                            const comet_store_config_t *cfg);
+
+/* ---- process slots ------------------------------------------------- */
+
+/* Claim a slot for process pid (a free one, or one whose process is gone;
+ * a dead owner's subscriber counts and queue are cleared first).
+ * COMET_ENOSLOT when all max_procs slots hold live processes. */
+apr_status_t comet_store_proc_attach(comet_store_t *st, apr_int32_t pid,
+                                     apr_uint32_t *slot);
+
+/* Give the slot back: its subscriber counts go to zero everywhere. */
+void comet_store_proc_detach(comet_store_t *st, apr_uint32_t slot);
+
+/* Clear the slots whose process no longer exists (kill(pid, 0) says
+ * ESRCH).  Cheap enough to call once a second.  Returns how many. */
+apr_uint32_t comet_store_proc_reap(comet_store_t *st);
+
+/* ---- channels and subscribers ---------------------------------------- */
+
+/* A reference to a channel record that stays valid while the holder keeps
+ * a subscription on it (a channel with subscribers is never reclaimed). */
+typedef struct comet_chanref_t {
+    apr_uint32_t index;
+    apr_uint32_t gen;
+} comet_chanref_t;
+
+/* Count one subscriber of process slot on the channel (created if absent).
+ * *newest receives the channel's newest message id (seq 0 when it has
+ * none), the position a subscriber without an id starts from. */
+apr_status_t comet_store_subscribe(comet_store_t *st, apr_uint32_t slot,
+                                   const char *channel, apr_size_t len,
+                                   apr_time_t now, comet_chanref_t *ref,
+                                   comet_msgid_t *newest);
+
+void comet_store_unsubscribe(comet_store_t *st, apr_uint32_t slot,
+                             const comet_chanref_t *ref, apr_time_t now);
+
+/* ---- publishing -------------------------------------------------------- */
+
+typedef struct comet_publish_t {
+    const char *channel;  apr_size_t channel_len;
+    const char *data;     apr_size_t data_len;
+    const char *event;    apr_size_t event_len;  /* NULL/0: no event type */
+} comet_publish_t;
+
+typedef struct comet_publish_result_t {
+    comet_msgid_t id;           /* the new message's id                   */
+    apr_uint32_t  receivers;    /* subscribers of the channel, all slots  */
+} comet_publish_result_t;
+
+/* Called after the lock is released, once per process slot that has
+ * subscribers on the channel and was not already marked for wakeup: the
+ * glue kicks that process's wakeup fd.  Many publishes between two wakeups
+ * of a process thus cost one kick. */
+typedef void comet_wake_fn(void *baton, apr_uint32_t slot);
+
+/* Append a message to the channel (created if absent), evicting the oldest
+ * beyond buffer_length, and queue the channel on the wakeup queue of every
+ * slot with subscribers on it.  Errors: COMET_EBADCHAN, COMET_ETOOBIG, and
+ * COMET_EFULL when no room is left after reclaiming expired messages and
+ * idle channels (nothing was changed then). */
+apr_status_t comet_store_publish(comet_store_t *st,
+                                 const comet_publish_t *msg, apr_time_t now,
+                                 comet_wake_fn *wake, void *baton,
+                                 comet_publish_result_t *res);
+
+/* Delete a channel: its messages are freed at once; it stays marked
+ * deleted (so that its slots' subscribers learn of it through their wakeup
+ * queue and end) until its last subscriber is gone.  COMET_ENOCHAN when it
+ * does not exist.  *receivers: subscribers it had. */
+apr_status_t comet_store_delete(comet_store_t *st, const char *channel,
+                                apr_size_t len, comet_wake_fn *wake,
+                                void *baton, apr_uint32_t *receivers);
+
+/* ---- reading ----------------------------------------------------------- */
+
+typedef struct comet_msg_t {
+    comet_msgid_t id;
+    apr_time_t    published;        /* wall clock, for people */
+    const char   *event;  apr_size_t event_len;   /* NULL when none */
+    const char   *data;   apr_size_t data_len;
+} comet_msg_t;
+
+typedef struct comet_read_t {
+    apr_array_header_t *msgs;   /* of comet_msg_t, oldest first, in p      */
+    comet_msgid_t newest;       /* channel's newest id (even if not read)  */
+    int missed;                 /* messages after 'after' were evicted or
+                                   'after' is of another epoch            */
+    int deleted;                /* the channel was deleted                 */
+    int more;                   /* stopped at max_msgs/max_bytes          */
+} comet_read_t;
+
+/* Messages of the channel with id > after (after.seq 0: all buffered),
+ * at most max_msgs messages and about max_bytes payload (always at least
+ * one message when one is there), copied into p. */
+apr_status_t comet_store_read(comet_store_t *st, const comet_chanref_t *ref,
+                              comet_msgid_t after, apr_size_t max_msgs,
+                              apr_size_t max_bytes, apr_time_t now,
+                              apr_pool_t *p, comet_read_t *out);
+
+/* The same by channel id, for a subscriber not yet subscribed (long-poll
+ * answering at once); COMET_ENOCHAN when the channel does not exist. */
+apr_status_t comet_store_read_by_id(comet_store_t *st, const char *channel,
+                                    apr_size_t len, comet_msgid_t after,
+                                    apr_size_t max_msgs, apr_size_t max_bytes,
+                                    apr_time_t now, apr_pool_t *p,
+                                    comet_read_t *out);
+
+/* Take the channels queued for wakeup of this slot (and clear its "woken"
+ * mark, so the next publish kicks again).  Fills at most max refs, returns
+ * the count; *overflow set when the queue had overflowed since the last
+ * drain: then the caller must look at all its channels.  Caller: the one
+ * thread that owns the slot. */
+apr_size_t comet_store_proc_drain(comet_store_t *st, apr_uint32_t slot,
+                                  comet_chanref_t *refs, apr_size_t max,
+                                  int *overflow);
+
+/* ---- statistics ----------------------------------------------------------- */
+
+typedef struct comet_channel_stats_t {
+    apr_uint32_t  messages;         /* stored now                    */
+    apr_size_t    bytes;            /* payload bytes stored now      */
+    apr_uint32_t  subscribers;      /* all slots                     */
+    apr_uint64_t  published;        /* since the channel was created */
+    apr_time_t    last_publish;     /* wall clock; 0 when never      */
+    comet_msgid_t newest;
+} comet_channel_stats_t;
+
+apr_status_t comet_store_channel_stats(comet_store_t *st, const char *channel,
+                                       apr_size_t len,
+                                       comet_channel_stats_t *out);
+
+typedef struct comet_store_stats_t {
+    apr_uint32_t channels;
+    apr_uint32_t channels_max;
+    apr_uint64_t messages;
+    apr_size_t   bytes_used;        /* of the message area */
+    apr_size_t   bytes_free;
+    apr_uint64_t published;         /* since the segment was formatted */
+    apr_uint64_t subscribers;       /* all slots */
+    apr_uint64_t recoveries;        /* repairs after a dead lock owner */
+} comet_store_stats_t;
+
+void comet_store_stats(comet_store_t *st, comet_store_stats_t *out);
+
+/* Subscribers counted for one slot (server-status per process). */
+apr_uint64_t comet_store_proc_subscribers(comet_store_t *st,
+                                          apr_uint32_t slot);
+
+/* Channels with at least one subscriber whose id matches the glob pattern
+ * (Redis PUBSUB CHANNELS: * ? [..] and \ escapes; NULL matches all), at
+ * most max, copied into p. */
+apr_array_header_t *comet_store_channels(comet_store_t *st,
+                                         const char *pattern,
+                                         apr_size_t max, apr_pool_t *p);
+
+#endif /* COMET_STORE_H */
