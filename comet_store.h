@@ -102,15 +102,24 @@ apr_status_t comet_channel_id_check(const char *id, apr_size_t len,
 
 typedef struct comet_store_t comet_store_t;   /* process-local handle */
 
+/* Hard limits of the layout: process slots, wakeup queue entries per slot,
+ * bytes of a message's event type (1..64 printable ASCII bytes other than
+ * space; anything else is refused with COMET_EPROTO). */
+#define COMET_STORE_MAX_PROCS        4096
+#define COMET_STORE_QUEUE_LEN        4096
+#define COMET_STORE_EVENT_MAX        64
+
 typedef struct comet_store_config_t {
     apr_size_t   size;              /* bytes of the segment                */
     apr_uint32_t buffer_length;     /* max messages kept per channel (100) */
-    apr_time_t   message_timeout;   /* max age of a kept message (3600 s)  */
+    apr_time_t   message_timeout;   /* max age of a kept message (3600 s);
+                                       0: messages never expire            */
     apr_size_t   max_message_size;  /* payload bytes (256K)                */
     apr_size_t   max_channel_id;    /* bytes (1024)                        */
     apr_time_t   channel_idle;      /* reclaim a channel this long after
                                        its last subscriber/message (60 s)  */
-    apr_uint32_t max_procs;         /* process slots (httpd ServerLimit)   */
+    apr_uint32_t max_procs;         /* process slots (httpd ServerLimit),
+                                       1..COMET_STORE_MAX_PROCS (16)       */
 } comet_store_config_t;
 
 /* Fill cfg with the documented defaults for a segment of size bytes. */
@@ -119,6 +128,12 @@ void comet_store_config_default(comet_store_config_t *cfg, apr_size_t size);
 /* Smallest segment that can hold the fixed part for cfg, so that the glue
  * can refuse a too small CometSharedMemorySize at config time. */
 apr_size_t comet_store_min_size(const comet_store_config_t *cfg);
+
+/* The segment holds about size / 1024 channel records and 64-byte blocks
+ * for the rest: a message takes 1 + ceil((event + data - 16) / 60) blocks
+ * (a 100-byte message 192 bytes), a channel id longer than 24 bytes
+ * ceil(len / 60) blocks, a channel with subscribers one block per three
+ * process slots subscribed. */
 
 /* Format a new store in [base, base + cfg->size): draws a new epoch.
  * Caller: the one process that creates the segment, before any other
@@ -139,7 +154,9 @@ void comet_store_get_config(comet_store_t *st, comet_store_config_t *cfg);
 apr_uint32_t comet_store_epoch(comet_store_t *st);
 
 /* Update the limits that may change on a graceful restart (buffer length,
- * timeouts, max message size); size and max_procs stay as formatted. */
+ * timeouts, max message size); size, max_procs and max_channel_id stay as
+ * formatted.  Channels holding more messages than the new buffer length
+ * are trimmed on their next publish or read. */
 void comet_store_set_limits(comet_store_t *st,
                             const comet_store_config_t *cfg);
 
@@ -169,7 +186,11 @@ typedef struct comet_chanref_t {
 
 /* Count one subscriber of process slot on the channel (created if absent).
  * *newest receives the channel's newest message id (seq 0 when it has
- * none), the position a subscriber without an id starts from. */
+ * none), the position a subscriber without an id starts from.  "Newest" is
+ * the last id published to the channel even if that message has since
+ * expired, so that reading after it never reports a miss.  Errors:
+ * COMET_EBADCHAN, APR_EINVAL (slot out of range), COMET_ENOSLOT (slot not
+ * attached), COMET_EFULL (no room for the channel or the count). */
 apr_status_t comet_store_subscribe(comet_store_t *st, apr_uint32_t slot,
                                    const char *channel, apr_size_t len,
                                    apr_time_t now, comet_chanref_t *ref,
@@ -199,9 +220,12 @@ typedef void comet_wake_fn(void *baton, apr_uint32_t slot);
 
 /* Append a message to the channel (created if absent), evicting the oldest
  * beyond buffer_length, and queue the channel on the wakeup queue of every
- * slot with subscribers on it.  Errors: COMET_EBADCHAN, COMET_ETOOBIG, and
+ * slot with subscribers on it.  Errors: COMET_EBADCHAN, COMET_ETOOBIG,
+ * COMET_EPROTO (event type refused, see COMET_STORE_EVENT_MAX), and
  * COMET_EFULL when no room is left after reclaiming expired messages and
- * idle channels (nothing was changed then). */
+ * idle channels (nothing was changed then).  Cost: the copy of the payload
+ * plus one step per subscribed slot; only when the segment is full, one
+ * walk over the channel table (at most once per expiry instant). */
 apr_status_t comet_store_publish(comet_store_t *st,
                                  const comet_publish_t *msg, apr_time_t now,
                                  comet_wake_fn *wake, void *baton,
@@ -228,14 +252,28 @@ typedef struct comet_read_t {
     apr_array_header_t *msgs;   /* of comet_msg_t, oldest first, in p      */
     comet_msgid_t newest;       /* channel's newest id (even if not read)  */
     int missed;                 /* messages after 'after' were evicted or
-                                   'after' is of another epoch            */
+                                   'after' is of another epoch (see the
+                                   rule at comet_store_read)              */
     int deleted;                /* the channel was deleted                 */
     int more;                   /* stopped at max_msgs/max_bytes          */
 } comet_read_t;
 
 /* Messages of the channel with id > after (after.seq 0: all buffered),
  * at most max_msgs messages and about max_bytes payload (always at least
- * one message when one is there), copied into p. */
+ * one message when one is there; 0: no limit), copied into p (data and
+ * event are NUL-terminated).  COMET_ENOCHAN when ref no longer names the
+ * channel.
+ *
+ * missed is set when
+ *   - after names another epoch (then every buffered message is returned;
+ *     {0, 0}, the zero id, counts as "no position" of this epoch), or
+ *   - a message with seq > after.seq was evicted or expired from this
+ *     channel (the channel keeps the highest seq it ever dropped), or
+ *   - 0 < after.seq < the channel's floor: the channel was reclaimed (or
+ *     deleted) and created again, and the old incarnation may have held
+ *     messages after 'after'.  The floor is the highest seq of any channel
+ *     reclaimed before this one was created, so the rule errs on the side
+ *     of reporting a miss, never of hiding one. */
 apr_status_t comet_store_read(comet_store_t *st, const comet_chanref_t *ref,
                               comet_msgid_t after, apr_size_t max_msgs,
                               apr_size_t max_bytes, apr_time_t now,
@@ -252,8 +290,10 @@ apr_status_t comet_store_read_by_id(comet_store_t *st, const char *channel,
 /* Take the channels queued for wakeup of this slot (and clear its "woken"
  * mark, so the next publish kicks again).  Fills at most max refs, returns
  * the count; *overflow set when the queue had overflowed since the last
- * drain: then the caller must look at all its channels.  Caller: the one
- * thread that owns the slot. */
+ * drain: then the caller must look at all its channels.  When it returns
+ * max, more may be queued and the mark stays set: call again.  A channel
+ * is queued at most once between two drains.  Caller: the one thread that
+ * owns the slot. */
 apr_size_t comet_store_proc_drain(comet_store_t *st, apr_uint32_t slot,
                                   comet_chanref_t *refs, apr_size_t max,
                                   int *overflow);
@@ -274,11 +314,14 @@ apr_status_t comet_store_channel_stats(comet_store_t *st, const char *channel,
                                        comet_channel_stats_t *out);
 
 typedef struct comet_store_stats_t {
-    apr_uint32_t channels;
+    apr_uint32_t channels;          /* records in use (deleted ones still
+                                       subscribed included)              */
     apr_uint32_t channels_max;
-    apr_uint64_t messages;
-    apr_size_t   bytes_used;        /* of the message area */
-    apr_size_t   bytes_free;
+    apr_uint64_t messages;          /* stored, expired ones not yet
+                                       reclaimed included                */
+    apr_size_t   bytes_used;        /* of the message area: blocks in use */
+    apr_size_t   bytes_free;        /* bytes_used + bytes_free is the
+                                       constant size of the block area   */
     apr_uint64_t published;         /* since the segment was formatted */
     apr_uint64_t subscribers;       /* all slots */
     apr_uint64_t recoveries;        /* repairs after a dead lock owner */
@@ -292,9 +335,58 @@ apr_uint64_t comet_store_proc_subscribers(comet_store_t *st,
 
 /* Channels with at least one subscriber whose id matches the glob pattern
  * (Redis PUBSUB CHANNELS: * ? [..] and \ escapes; NULL matches all), at
- * most max, copied into p. */
+ * most max, copied into p.  The array holds NUL-terminated char *, in
+ * table order.  In a class, [^...] negates and a-z is a range; an
+ * unterminated class runs to the end of the pattern; a trailing \
+ * matches itself.  Walks the whole channel table under the lock: for
+ * status pages, not for a hot path. */
 apr_array_header_t *comet_store_channels(comet_store_t *st,
                                          const char *pattern,
                                          apr_size_t max, apr_pool_t *p);
+
+/* The glob matcher of comet_store_channels, on its own. */
+int comet_store_glob_match(const char *pattern, apr_size_t plen,
+                           const char *s, apr_size_t slen);
+
+/* ---- housekeeping ------------------------------------------------------ */
+
+/* Expire old messages and reclaim idle channels in the next part of the
+ * channel table (a bounded number of records per call, so the lock is
+ * held briefly), and, after a repair, kick every slot with queued
+ * channels again (a dead publisher may have taken its kicks with it).
+ * Caller: one thread (the bridge), about once a second.  Returns the
+ * number of channels reclaimed. */
+apr_uint32_t comet_store_maintain(comet_store_t *st, apr_time_t now,
+                                  comet_wake_fn *wake, void *baton);
+
+/* Verify every invariant of the segment without changing it: the lists
+ * and counts the store keeps against a full walk, every message's chain
+ * and checksum, the free lists.  APR_SUCCESS, or COMET_ECORRUPT with the
+ * first problem written to why.  O(segment) under the lock: for tests and
+ * debugging. */
+apr_status_t comet_store_check(comet_store_t *st, char *why, apr_size_t len);
+
+/* ---- testing ------------------------------------------------------------- */
+
+/* When set (tests only; NULL otherwise, which costs one load and branch
+ * per point), called with the lock held at the named points inside the
+ * critical sections, so that a test can kill the process at a chosen
+ * instant and prove the repair. */
+typedef void comet_store_hook_fn(int point);
+extern comet_store_hook_fn *comet_store_test_hook;
+
+#define COMET_STORE_HOOK_LOCKED        1   /* any call, lock just taken     */
+#define COMET_STORE_HOOK_CREATED       2   /* channel record live, linked   */
+#define COMET_STORE_HOOK_EVICT_SEQ     3   /* evict: floor raised, still in */
+#define COMET_STORE_HOOK_EVICT_UNLINK  4   /* evict: unlinked, not yet free */
+#define COMET_STORE_HOOK_ALLOC         5   /* blocks taken from free list   */
+#define COMET_STORE_HOOK_COPY          6   /* after each block of payload   */
+#define COMET_STORE_HOOK_LINKED        7   /* message linked, counts stale  */
+#define COMET_STORE_HOOK_QUEUED        8   /* after queueing one slot       */
+#define COMET_STORE_HOOK_DELETE        9   /* delete: marked, msgs not free */
+#define COMET_STORE_HOOK_SUBSCRIBE    10   /* subscriber count changed      */
+#define COMET_STORE_HOOK_RECLAIM      11   /* channel record freed, blocks
+                                              not yet                       */
+#define COMET_STORE_HOOK_REPAIR       12   /* in the middle of a repair     */
 
 #endif /* COMET_STORE_H */

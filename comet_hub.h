@@ -1,0 +1,163 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may
+ * not use this file except in compliance with the License.
+ */
+
+/*
+ * comet_hub.h -- the subscribers of one process, and their delivery.
+ *
+ * A hub runs on one thread (the event bridge of a child process) over a
+ * comet_loop.  It owns every parked subscriber of its process as a compact
+ * record; it wakes when the store queues one of its channels (the process
+ * slot's eventfd), reads the new messages once per channel, formats them
+ * once per kind of subscriber, and writes them with non-blocking sends.
+ * It notices clients that leave, sends keepalives, ends long-polls that
+ * time out, and drops a subscriber whose unsent output passes a bound.
+ *
+ * A subscriber reaches the hub in one of two shapes:
+ *   - a socket (fd) that the hub writes to directly: plain HTTP/1.1 whose
+ *     connection httpd has let go of (see README, "Internals");
+ *   - a sink: a set of callbacks through which the hub hands bytes to code
+ *     that writes them some other way (TLS, HTTP/2: through httpd's
+ *     filters, on a thread of httpd's).
+ *
+ * Server-independent: APR and POSIX only.
+ *
+ * Threads: functions marked "any thread" lock what they touch; all others
+ * run on the hub's thread (inside comet_hub_run), which is the only one
+ * that touches subscriber records.
+ */
+#ifndef COMET_HUB_H
+#define COMET_HUB_H
+
+#include <apr_pools.h>
+
+#include "comet_core.h"
+#include "comet_buf.h"
+#include "comet_store.h"
+
+/* Transports; the values are the bits of CometTransports. */
+#define COMET_T_SSE       0x1
+#define COMET_T_LONGPOLL  0x2
+#define COMET_T_STREAM    0x4
+#define COMET_T_ALL       (COMET_T_SSE | COMET_T_LONGPOLL | COMET_T_STREAM)
+
+typedef struct comet_hub_t comet_hub_t;
+typedef struct comet_hub_sub_t comet_hub_sub_t;
+
+typedef struct comet_hub_config_t {
+    comet_store_t *store;
+    apr_uint32_t   slot;          /* this process's slot in the store     */
+    int            wake_fd;       /* the slot's eventfd (not owned)       */
+    apr_size_t     max_pending;   /* unsent bytes per subscriber          */
+    apr_uint32_t   max_subscribers; /* per process, 0: no limit           */
+    int            sndbuf;        /* SO_SNDBUF for adopted sockets, 0: as
+                                     the kernel has it                    */
+} comet_hub_config_t;
+
+/* Code that writes a sink subscriber's bytes.  Called on the hub thread;
+ * must not block.  write: append (last: the stream ends after these
+ * bytes); a non-success return drops the subscriber.  close: the hub is
+ * done with the subscriber (after the last write, or on drop, or at hub
+ * stop); the baton is never used again after it returns. */
+typedef struct comet_hub_sink_t {
+    apr_status_t (*write)(void *baton, const char *data, apr_size_t len,
+                          int last);
+    void (*close)(void *baton);
+} comet_hub_sink_t;
+
+/* A subscriber handed to the hub.  The caller has already subscribed it in
+ * the store (comet_store_subscribe) and sent it what was due at once; the
+ * hub owns the subscriptions from adopt on and releases them when it ends
+ * the subscriber. */
+typedef struct comet_hub_spec_t {
+    int           fd;             /* socket, or -1 for a sink             */
+    const comet_hub_sink_t *sink; /* when fd is -1                        */
+    void         *sink_baton;
+    int           transport;      /* COMET_T_*                            */
+    int           chunked;        /* wrap output in HTTP/1.1 chunks       */
+    apr_size_t    nchan;          /* 1 .. 1024                            */
+    const comet_chanref_t *refs;  /* [nchan]                              */
+    const char *const *ids;       /* [nchan] channel ids                  */
+    const apr_uint64_t *seqs;     /* [nchan] positions: last id delivered */
+    apr_time_t    interval;       /* SSE/stream: keepalive period (0 none);
+                                     long-poll: time left to wait         */
+} comet_hub_spec_t;
+
+/* Create a hub in p (which must outlive it).  Caller: the thread that
+ * will run it, or its creator before the thread starts. */
+apr_status_t comet_hub_create(comet_hub_t **hub,
+                              const comet_hub_config_t *cfg, apr_pool_t *p);
+
+/* Run until comet_hub_stop; then end every subscriber (streams get their
+ * last chunk) and return.  The hub's thread. */
+apr_status_t comet_hub_run(comet_hub_t *hub);
+
+/* Ask the hub to stop.  Any thread; returns at once. */
+void comet_hub_stop(comet_hub_t *hub);
+
+/* Hand a subscriber over (copied: the spec's arrays may go after the
+ * call).  On success the hub owns fd (sets it non-blocking) and the store
+ * subscriptions, and *handle names the subscriber for comet_hub_cancel
+ * until the sink's close callback has run.  On failure (APR_EAGAIN: the
+ * hub has max_subscribers, or is stopping) nothing changed hands.  Any
+ * thread; O(nchan), one short lock. */
+apr_status_t comet_hub_adopt(comet_hub_t *hub, const comet_hub_spec_t *spec,
+                             comet_hub_sub_t **handle);
+
+/* End a sink subscriber (its client left): the hub releases it and calls
+ * its close callback soon.  Any thread, until close has been called. */
+void comet_hub_cancel(comet_hub_t *hub, comet_hub_sub_t *handle);
+
+/* Subscribers held now (adopted and not yet ended).  Any thread. */
+apr_uint32_t comet_hub_count(comet_hub_t *hub);
+
+typedef struct comet_hub_stats_t {
+    apr_uint32_t subscribers;     /* now                                  */
+    apr_uint32_t by_transport[3]; /* now: sse, longpoll, stream           */
+    apr_uint64_t adopted;         /* since start                          */
+    apr_uint64_t deliveries;      /* messages written to subscribers      */
+    apr_uint64_t wakeups;         /* slot wakeups handled                 */
+    apr_uint64_t dropped_slow;    /* ended for passing max_pending        */
+    apr_uint64_t closed_by_client;
+} comet_hub_stats_t;
+
+/* A snapshot of the counters.  Any thread (values are read one by one,
+ * not as one atomic snapshot). */
+void comet_hub_stats(comet_hub_t *hub, comet_hub_stats_t *out);
+
+/* The hub's event loop, so that other servers of the process (the publish
+ * socket) can share its thread.  Use only from the hub's thread, or before
+ * comet_hub_run. */
+struct comet_loop_t *comet_hub_loop(comet_hub_t *hub);
+
+/* ---- formatting, shared by the hub and by request threads ------------------ */
+
+/* Append what a subscriber of transport (SSE or stream) is due from one
+ * read of channel ci of its subscription: the missed / deleted notices,
+ * then each message newer than seqs[ci] (which advances as they are
+ * written).  ids: the subscription's channel ids; multi when nchan > 1.
+ * chunked: each message frame becomes one HTTP chunk.  Whole frames or
+ * nothing (APR_ENOSPC when buf's bound is reached). */
+apr_status_t comet_hub_format_stream(comet_buf_t *buf, int transport,
+                                     int chunked, apr_uint32_t epoch,
+                                     const char *const *ids,
+                                     apr_uint64_t *seqs, apr_size_t nchan,
+                                     apr_size_t ci, const comet_read_t *rd,
+                                     apr_pool_t *p);
+
+/* The long-poll answer for reads[0..nchan) (NULL entries: nothing read):
+ * one JSON document (not chunked) whose "id" is the position after every
+ * message it holds; seqs advance. */
+apr_status_t comet_hub_format_poll(comet_buf_t *buf, apr_uint32_t epoch,
+                                   const char *const *ids,
+                                   apr_uint64_t *seqs, apr_size_t nchan,
+                                   const comet_read_t *const *reads,
+                                   int missed);
+
+/* The text id of a subscription's position: "<epoch>:<seq>" for one
+ * channel, the compound form for several; in buf (at least
+ * COMET_MSGID_COMPOUND_MAXLEN(nchan)).  Returns the length. */
+apr_size_t comet_hub_position_id(char *buf, apr_uint32_t epoch,
+                                 const apr_uint64_t *seqs, apr_size_t nchan);
+
+#endif /* COMET_HUB_H */

@@ -1,0 +1,169 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may
+ * not use this file except in compliance with the License.
+ */
+
+/*
+ * event_bridge.c -- the bridge thread of a child process: its life in
+ * httpd.  What it does is comet_hub.c (and the publish socket server).
+ *
+ * Pools: the bridge's pool is a child of the child pool, created and
+ * destroyed by the thread that runs child_init / the cleanup; the hub and
+ * everything it allocates live in it.  The thread itself allocates only
+ * from the hub's scratch pool and malloc.
+ */
+
+#include <signal.h>
+#include <sys/resource.h>
+
+#include <apr_thread_proc.h>
+#include <httpd.h>
+#include <http_config.h>
+#include <http_log.h>
+#include <ap_mpm.h>
+
+#include "mod_comet.h"
+#include "event_bridge.h"
+
+APLOG_USE_MODULE(comet);
+
+typedef struct comet_bridge_t {
+    apr_pool_t   *pool;
+    apr_thread_t *thread;
+    comet_hub_t  *hub;
+    server_rec   *server;
+    apr_uint32_t  max_subscribers;
+    volatile int  running;
+    int           joined;
+} comet_bridge_t;
+
+/* This process's bridge (set in child_init, on the thread that runs the
+ * child's hooks). */
+static comet_bridge_t *bridge;
+
+int comet_bridge_post_config(apr_pool_t *pconf, apr_pool_t *ptemp,
+                             server_rec *s)
+{
+    return OK;
+}
+
+static void *APR_THREAD_FUNC bridge_main(apr_thread_t *thd, void *data)
+{
+    comet_bridge_t *b = data;
+    apr_status_t rv;
+
+    rv = comet_hub_run(b->hub);
+    if (rv != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_CRIT, rv, b->server,
+                     "event bridge loop failed; this process no longer "
+                     "serves subscribers");
+    }
+    b->running = 0;
+    apr_thread_exit(thd, rv);
+    return NULL;
+}
+
+static void bridge_join(comet_bridge_t *b)
+{
+    apr_status_t trv;
+
+    if (!b->thread || b->joined) {
+        return;
+    }
+    comet_hub_stop(b->hub);
+    apr_thread_join(&trv, b->thread);
+    b->joined = 1;
+}
+
+static apr_status_t bridge_cleanup(void *data)
+{
+    comet_bridge_t *b = data;
+
+    bridge_join(b);
+    bridge = NULL;
+    return APR_SUCCESS;
+}
+
+void comet_bridge_child_init(apr_pool_t *pchild, server_rec *s)
+{
+    comet_srv_conf_t *sc = ap_get_module_config(s->module_config,
+                                                &comet_module);
+    comet_hub_config_t cfg;
+    comet_bridge_t *b;
+    sigset_t all, old;
+    struct rlimit rl;
+    apr_status_t rv;
+
+    /* Every subscriber is a descriptor: use all the process may have. */
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+
+    b = apr_pcalloc(pchild, sizeof(*b));
+    b->server = s;
+    if ((rv = apr_pool_create(&b->pool, pchild)) != APR_SUCCESS) {
+        goto failed;
+    }
+    apr_pool_tag(b->pool, "comet_bridge");
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.store = comet_globals.store;
+    cfg.slot = comet_globals.slot;
+    cfg.wake_fd = comet_globals.wake_fds[comet_globals.slot];
+    cfg.max_pending = sc->max_pending ? sc->max_pending
+                                      : COMET_DEFAULT_MAX_PENDING;
+    cfg.max_subscribers = sc->max_subscribers > 0
+                          ? (apr_uint32_t)sc->max_subscribers : 0;
+    /* A subscriber that does not read must not hold megabytes of kernel
+     * memory; what does not fit waits in our bounded queue instead. */
+    cfg.sndbuf = 64 * 1024;
+    b->max_subscribers = cfg.max_subscribers;
+    if ((rv = comet_hub_create(&b->hub, &cfg, b->pool)) != APR_SUCCESS) {
+        goto failed;
+    }
+    /* The thread must take no signal meant for httpd's own threads. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    b->running = 1;
+    rv = apr_thread_create(&b->thread, NULL, bridge_main, b, b->pool);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rv != APR_SUCCESS) {
+        b->running = 0;
+        goto failed;
+    }
+    bridge = b;
+    apr_pool_pre_cleanup_register(pchild, b, bridge_cleanup);
+    return;
+
+failed:
+    ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s, "cannot start the event "
+                 "bridge of process %" APR_PID_T_FMT "; it will refuse "
+                 "subscribers", getpid());
+}
+
+void comet_bridge_child_stopping(int graceful)
+{
+    if (bridge && bridge->hub) {
+        /* Ends every parked subscriber; the join comes with the child
+         * pool's cleanup. */
+        comet_hub_stop(bridge->hub);
+    }
+}
+
+void comet_bridge_register_hooks(apr_pool_t *p)
+{
+}
+
+comet_hub_t *comet_bridge_hub(void)
+{
+    comet_bridge_t *b = bridge;
+
+    return b && b->running ? b->hub : NULL;
+}
+
+int comet_bridge_full(comet_hub_t *hub)
+{
+    comet_bridge_t *b = bridge;
+
+    return b && b->max_subscribers
+           && comet_hub_count(hub) >= b->max_subscribers;
+}

@@ -1,0 +1,294 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may
+ * not use this file except in compliance with the License.
+ */
+
+/*
+ * mod_comet.c -- the module record, its hooks, and the life of the shared
+ * store across httpd's start, graceful restarts and stop.
+ *
+ * Lifetimes (see README, "Internals"):
+ * - The store segment, the per-slot wakeup eventfds and the record that
+ *   finds them again live in the parent's process pool: they survive a
+ *   graceful restart (the module's code is unloaded and loaded again, so
+ *   nothing of ours may be a cleanup of that pool) and go at full stop.
+ * - Each child claims a process slot of the store in child_init and gives
+ *   it back in a cleanup of the child pool; a child killed outright has its
+ *   slot reclaimed by whoever next looks (comet_store_proc_reap).
+ */
+
+#include <errno.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <apr_strings.h>
+#include <httpd.h>
+#include <http_config.h>
+#include <http_core.h>
+#include <http_log.h>
+#include <http_protocol.h>
+#include <http_request.h>
+#include <ap_mpm.h>
+#include <mpm_common.h>
+
+#include "mod_comet.h"
+#include "event_bridge.h"
+
+
+comet_globals_t comet_globals;
+
+/* What must outlive a graceful restart, kept as user data of the process
+ * pool.  Plain data only: no function of this module may be reachable from
+ * it after the module is unloaded. */
+typedef struct comet_persist_t {
+    apr_shm_t     *shm;
+    comet_store_t *store;
+    apr_size_t     size;
+    int           *wake_fds;
+    apr_uint32_t   nslots;
+} comet_persist_t;
+
+#define COMET_PERSIST_KEY "mod_comet.persist"
+
+/* ---- logging from the core ---------------------------------------------- */
+
+static void core_log(void *baton, int level, const char *file, int line,
+                     apr_status_t rv, const char *fmt, va_list ap)
+{
+    char msg[1024];
+
+    apr_vsnprintf(msg, sizeof(msg), fmt, ap);
+    ap_log_error_(file, line, APLOG_MODULE_INDEX, level, rv,
+                  comet_globals.server, "%s", msg);
+}
+
+static void install_core_log(server_rec *s)
+{
+    comet_globals.server = s;
+    comet_log_set(core_log, NULL,
+                  ap_get_server_module_loglevel(s, APLOG_MODULE_INDEX));
+}
+
+/* ---- wakeups -------------------------------------------------------------- */
+
+void comet_wake_slot(void *baton, apr_uint32_t slot)
+{
+    apr_uint64_t one = 1;
+
+    if (slot < comet_globals.nslots && comet_globals.wake_fds[slot] >= 0) {
+        /* EAGAIN means the counter is saturated: the slot is woken anyway. */
+        if (write(comet_globals.wake_fds[slot], &one, sizeof(one)) < 0
+            && errno != EAGAIN) {
+            comet_log(COMET_LOG_WARNING, APR_FROM_OS_ERROR(errno),
+                      "cannot wake process slot %u", slot);
+        }
+    }
+}
+
+/* ---- configuration checks and the store's life ------------------------------ */
+
+static int check_mpm(server_rec *s)
+{
+    int async = 0;
+
+    if (ap_mpm_query(AP_MPMQ_IS_ASYNC, &async) != APR_SUCCESS || !async) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s,
+                     "mod_comet needs the event MPM (an asynchronous MPM); "
+                     "this server runs the %s MPM: load mpm_event instead "
+                     "(a2dismod mpm_%s && a2enmod mpm_event)",
+                     ap_show_mpm(), ap_show_mpm());
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    return OK;
+}
+
+static apr_status_t create_persist(comet_persist_t **out, server_rec *s,
+                                   const comet_store_config_t *cfg)
+{
+    apr_pool_t *pp = s->process->pool;
+    comet_persist_t *ps = apr_pcalloc(pp, sizeof(*ps));
+    apr_status_t rv;
+    char *base;
+    apr_uint32_t i;
+
+    if (cfg->size < comet_store_min_size(cfg)) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s,
+                     "CometSharedMemorySize %" APR_SIZE_T_FMT " is too small "
+                     "for %u process slots: at least %" APR_SIZE_T_FMT
+                     " bytes are needed", cfg->size, cfg->max_procs,
+                     comet_store_min_size(cfg));
+        return APR_EINVAL;
+    }
+    /* The store wants its base on a cache line; APR keeps a small header
+     * in front of the memory it hands out. */
+    rv = apr_shm_create(&ps->shm, cfg->size + 64, NULL, pp);
+    if (rv != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s,
+                     "cannot create %" APR_SIZE_T_FMT " bytes of shared "
+                     "memory (CometSharedMemorySize)", cfg->size);
+        return rv;
+    }
+    base = (char *)apr_shm_baseaddr_get(ps->shm);
+    base += (64 - ((apr_uintptr_t)base & 63)) & 63;
+    rv = comet_store_format(&ps->store, base, cfg, pp);
+    if (rv != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s,
+                     "cannot set up the channel store in shared memory");
+        return rv;
+    }
+    ps->size = cfg->size;
+    ps->nslots = cfg->max_procs;
+    ps->wake_fds = apr_palloc(pp, sizeof(int) * ps->nslots);
+    for (i = 0; i < ps->nslots; i++) {
+        /* Closed by the kernel at exit: no cleanup of ours on this pool. */
+        ps->wake_fds[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (ps->wake_fds[i] < 0) {
+            rv = APR_FROM_OS_ERROR(errno);
+            ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s,
+                         "cannot create the wakeup eventfd of slot %u", i);
+            return rv;
+        }
+    }
+    *out = ps;
+    return APR_SUCCESS;
+}
+
+static int comet_post_config(apr_pool_t *pconf, apr_pool_t *plog,
+                             apr_pool_t *ptemp, server_rec *s)
+{
+    comet_srv_conf_t *sc = ap_get_module_config(s->module_config,
+                                                &comet_module);
+    comet_store_config_t cfg;
+    comet_persist_t *ps = NULL;
+    int rc, limit = 0;
+    apr_status_t rv;
+
+    if ((rc = check_mpm(s)) != OK) {
+        return rc;
+    }
+    /* httpd reads its configuration twice at start; the first pass only
+     * checks it.  Make nothing that would have to be torn down again. */
+    if (ap_state_query(AP_SQ_MAIN_STATE) == AP_SQ_MS_CREATE_PRE_CONFIG) {
+        return OK;
+    }
+    install_core_log(s);
+
+    /* One slot per process httpd may run at once; the doubling leaves room
+     * for children of an old generation still finishing after a graceful
+     * restart while the new generation starts. */
+    ap_mpm_query(AP_MPMQ_HARD_LIMIT_DAEMONS, &limit);
+    comet_srv_store_config(sc, &cfg, (apr_uint32_t)(limit > 0 ? limit : 16)
+                                     * 2 + 2);
+
+    apr_pool_userdata_get((void **)&ps, COMET_PERSIST_KEY, s->process->pool);
+    if (!ps) {
+        if ((rv = create_persist(&ps, s, &cfg)) != APR_SUCCESS) {
+            return HTTP_INTERNAL_SERVER_ERROR;
+        }
+        apr_pool_userdata_set(ps, COMET_PERSIST_KEY, NULL, s->process->pool);
+        ap_log_error(APLOG_MARK, APLOG_INFO, 0, s,
+                     "channel store created: %" APR_SIZE_T_FMT " bytes, "
+                     "%u process slots, epoch %08x", cfg.size, ps->nslots,
+                     comet_store_epoch(ps->store));
+    }
+    else {
+        if (cfg.size != ps->size) {
+            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s,
+                         "CometSharedMemorySize changed from %" APR_SIZE_T_FMT
+                         " to %" APR_SIZE_T_FMT " bytes: a graceful restart "
+                         "keeps the store and its messages at the old size; "
+                         "the new size takes effect at the next full "
+                         "restart", ps->size, cfg.size);
+        }
+        comet_store_set_limits(ps->store, &cfg);
+    }
+
+    comet_globals.store = ps->store;
+    comet_globals.shm = ps->shm;
+    comet_globals.wake_fds = ps->wake_fds;
+    comet_globals.nslots = ps->nslots;
+
+    return comet_bridge_post_config(pconf, ptemp, s);
+}
+
+/* ---- child processes -------------------------------------------------------- */
+
+static apr_status_t child_exit(void *data)
+{
+    if (comet_globals.store && comet_globals.in_child) {
+        comet_store_proc_detach(comet_globals.store, comet_globals.slot);
+        comet_globals.in_child = 0;
+    }
+    return APR_SUCCESS;
+}
+
+static void comet_child_init(apr_pool_t *pchild, server_rec *s)
+{
+    apr_status_t rv;
+
+    if (!comet_globals.store) {
+        return;
+    }
+    install_core_log(s);
+    rv = comet_store_proc_attach(comet_globals.store, (apr_int32_t)getpid(),
+                                 &comet_globals.slot);
+    if (rv == COMET_ENOSLOT) {
+        /* Slots of dead processes may be waiting to be reaped. */
+        comet_store_proc_reap(comet_globals.store);
+        rv = comet_store_proc_attach(comet_globals.store,
+                                     (apr_int32_t)getpid(),
+                                     &comet_globals.slot);
+    }
+    if (rv != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s,
+                     "child %" APR_PID_T_FMT " has no process slot in the "
+                     "channel store: it will refuse subscribers", getpid());
+        return;
+    }
+    comet_globals.in_child = 1;
+    /* Registered first so that it runs last: the bridge (registered below)
+     * is stopped before the slot goes. */
+    apr_pool_cleanup_register(pchild, NULL, child_exit,
+                              apr_pool_cleanup_null);
+    comet_bridge_child_init(pchild, s);
+}
+
+static void comet_child_stopping(apr_pool_t *pchild, int graceful)
+{
+    comet_bridge_child_stopping(graceful);
+}
+
+/* ---- handlers ----------------------------------------------------------------- */
+
+static int comet_handler(request_rec *r)
+{
+    if (!r->handler) {
+        return DECLINED;
+    }
+    if (!strcmp(r->handler, COMET_SUBSCRIBER_HANDLER)) {
+        return comet_subscriber_handler(r);
+    }
+    if (!strcmp(r->handler, COMET_PUBLISHER_HANDLER)) {
+        return comet_publisher_handler(r);
+    }
+    return DECLINED;
+}
+
+static void comet_register_hooks(apr_pool_t *p)
+{
+    ap_hook_post_config(comet_post_config, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_child_init(comet_child_init, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_child_stopping(comet_child_stopping, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_handler(comet_handler, NULL, NULL, APR_HOOK_MIDDLE);
+    comet_bridge_register_hooks(p);
+}
+
+AP_DECLARE_MODULE(comet) = {
+    STANDARD20_MODULE_STUFF,
+    comet_create_dir_conf,
+    comet_merge_dir_conf,
+    comet_create_srv_conf,
+    comet_merge_srv_conf,
+    comet_cmds,
+    comet_register_hooks,
+    AP_MODULE_FLAG_NONE
+};

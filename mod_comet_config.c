@@ -1,0 +1,495 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may
+ * not use this file except in compliance with the License.
+ */
+
+/*
+ * mod_comet_config.c -- the Comet* directives: parsing, defaults, merging.
+ *
+ * Every refusal names the directive; httpd adds the file and line.  Runs at
+ * configuration time only (the parent, or `apache2 -t`).
+ */
+
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/un.h>
+
+#include <apr_lib.h>
+#include <apr_strings.h>
+#include <httpd.h>
+#include <http_config.h>
+#include <http_log.h>
+#include <http_core.h>
+
+#include "mod_comet.h"
+
+/* ---- value parsers ------------------------------------------------------ */
+
+/* "64M", "512k", "1G", "4096": bytes, at most max. */
+static const char *parse_size(cmd_parms *cmd, const char *arg,
+                              apr_uint64_t min, apr_uint64_t max,
+                              apr_size_t *out)
+{
+    char *end;
+    apr_uint64_t v, mult = 1;
+
+    errno = 0;
+    if (!apr_isdigit(*arg)) {
+        goto bad;
+    }
+    v = apr_strtoi64(arg, &end, 10);
+    if (errno) {
+        goto bad;
+    }
+    switch (apr_tolower(*end)) {
+    case 'k': mult = 1024; end++; break;
+    case 'm': mult = 1024 * 1024; end++; break;
+    case 'g': mult = 1024 * 1024 * 1024; end++; break;
+    default: break;
+    }
+    if (apr_tolower(*end) == 'b') {
+        end++;
+    }
+    if (*end || v > max / mult) {
+        goto bad;
+    }
+    v *= mult;
+    if (v < min || v > max) {
+        return apr_psprintf(cmd->pool, "%s: %s is out of range (%" APR_UINT64_T_FMT
+                            " to %" APR_UINT64_T_FMT " bytes)",
+                            cmd->cmd->name, arg, min, max);
+    }
+    *out = (apr_size_t)v;
+    return NULL;
+bad:
+    return apr_psprintf(cmd->pool, "%s: '%s' is not a size (a number of "
+                        "bytes with an optional K, M or G suffix)",
+                        cmd->cmd->name, arg);
+}
+
+/* A whole number in [min, max]. */
+static const char *parse_number(cmd_parms *cmd, const char *arg,
+                                apr_int64_t min, apr_int64_t max,
+                                apr_int64_t *out)
+{
+    char *end;
+    apr_int64_t v;
+
+    errno = 0;
+    v = apr_strtoi64(arg, &end, 10);
+    if (errno || end == arg || *end || !(apr_isdigit(*arg) || *arg == '-')) {
+        return apr_psprintf(cmd->pool, "%s: '%s' is not a whole number",
+                            cmd->cmd->name, arg);
+    }
+    if (v < min || v > max) {
+        return apr_psprintf(cmd->pool, "%s: %s is out of range (%"
+                            APR_INT64_T_FMT " to %" APR_INT64_T_FMT ")",
+                            cmd->cmd->name, arg, min, max);
+    }
+    *out = v;
+    return NULL;
+}
+
+/* Seconds, a whole number in [min, max]. */
+static const char *parse_seconds(cmd_parms *cmd, const char *arg,
+                                 apr_int64_t min, apr_int64_t max,
+                                 apr_time_t *out)
+{
+    apr_int64_t v;
+    const char *err = parse_number(cmd, arg, min, max, &v);
+
+    if (err) {
+        return err;
+    }
+    *out = apr_time_from_sec(v);
+    return NULL;
+}
+
+static comet_srv_conf_t *srv_conf(cmd_parms *cmd)
+{
+    return ap_get_module_config(cmd->server->module_config, &comet_module);
+}
+
+/* Store and socket settings exist once per httpd. */
+static const char *global_only(cmd_parms *cmd)
+{
+    return ap_check_cmd_context(cmd, GLOBAL_ONLY);
+}
+
+/* ---- server-wide directives ---------------------------------------------- */
+
+static const char *set_shm_size(cmd_parms *cmd, void *dc, const char *arg)
+{
+    const char *err = global_only(cmd);
+
+    return err ? err : parse_size(cmd, arg, 1024 * 1024,
+                                  (apr_uint64_t)64 * 1024 * 1024 * 1024,
+                                  &srv_conf(cmd)->shm_size);
+}
+
+static const char *set_buffer_length(cmd_parms *cmd, void *dc,
+                                     const char *arg)
+{
+    const char *err = global_only(cmd);
+
+    return err ? err : parse_number(cmd, arg, 1, 1000000,
+                                    &srv_conf(cmd)->buffer_length);
+}
+
+static const char *set_message_timeout(cmd_parms *cmd, void *dc,
+                                       const char *arg)
+{
+    const char *err = global_only(cmd);
+
+    return err ? err : parse_seconds(cmd, arg, 1, 365 * 86400,
+                                     &srv_conf(cmd)->message_timeout);
+}
+
+static const char *set_max_message_size(cmd_parms *cmd, void *dc,
+                                        const char *arg)
+{
+    const char *err = global_only(cmd);
+
+    return err ? err : parse_size(cmd, arg, 1, 64 * 1024 * 1024,
+                                  &srv_conf(cmd)->max_message_size);
+}
+
+static const char *set_max_channel_id(cmd_parms *cmd, void *dc,
+                                      const char *arg)
+{
+    const char *err = global_only(cmd);
+
+    return err ? err : parse_size(cmd, arg, 1, 64 * 1024,
+                                  &srv_conf(cmd)->max_channel_id);
+}
+
+static const char *set_channel_idle(cmd_parms *cmd, void *dc,
+                                    const char *arg)
+{
+    const char *err = global_only(cmd);
+
+    return err ? err : parse_seconds(cmd, arg, 1, 365 * 86400,
+                                     &srv_conf(cmd)->channel_idle);
+}
+
+static const char *set_publish_socket(cmd_parms *cmd, void *dc,
+                                      const char *arg)
+{
+    comet_srv_conf_t *sc = srv_conf(cmd);
+    const char *err = global_only(cmd);
+    struct sockaddr_un sun;
+
+    if (err) {
+        return err;
+    }
+    if (!strcasecmp(arg, "off")) {
+        sc->publish_socket = "";
+        return NULL;
+    }
+    if (!*arg) {
+        return apr_psprintf(cmd->pool, "%s: needs a path or 'off'",
+                            cmd->cmd->name);
+    }
+    sc->publish_socket = ap_runtime_dir_relative(cmd->pool, arg);
+    if (!sc->publish_socket
+        || strlen(sc->publish_socket) >= sizeof(sun.sun_path)) {
+        return apr_psprintf(cmd->pool, "%s: path '%s' is longer than a Unix "
+                            "socket path may be (%d bytes)", cmd->cmd->name,
+                            sc->publish_socket ? sc->publish_socket : arg,
+                            (int)sizeof(sun.sun_path) - 1);
+    }
+    return NULL;
+}
+
+static const char *set_socket_mode(cmd_parms *cmd, void *dc, const char *arg)
+{
+    const char *err = global_only(cmd);
+    char *end;
+    long v;
+
+    if (err) {
+        return err;
+    }
+    errno = 0;
+    v = strtol(arg, &end, 8);
+    if (errno || end == arg || *end || v < 0 || v > 0777) {
+        return apr_psprintf(cmd->pool, "%s: '%s' is not an octal file mode "
+                            "(e.g. 0660)", cmd->cmd->name, arg);
+    }
+    if (!(v & 0600)) {
+        return apr_psprintf(cmd->pool, "%s: mode %s would not let the "
+                            "server's own user use the socket",
+                            cmd->cmd->name, arg);
+    }
+    srv_conf(cmd)->socket_mode = (int)v;
+    return NULL;
+}
+
+static const char *set_max_subscribers(cmd_parms *cmd, void *dc,
+                                       const char *arg)
+{
+    const char *err = global_only(cmd);
+
+    return err ? err : parse_number(cmd, arg, 1, 10000000,
+                                    &srv_conf(cmd)->max_subscribers);
+}
+
+static const char *set_max_pending(cmd_parms *cmd, void *dc, const char *arg)
+{
+    const char *err = global_only(cmd);
+
+    return err ? err : parse_size(cmd, arg, 4096, 1024 * 1024 * 1024,
+                                  &srv_conf(cmd)->max_pending);
+}
+
+/* ---- per-directory directives ---------------------------------------------- */
+
+static const char *set_channel(cmd_parms *cmd, void *mconfig, const char *arg)
+{
+    comet_dir_conf_t *dc = mconfig;
+    const char *err = NULL;
+
+    dc->channel_expr = ap_expr_parse_cmd(cmd, arg, AP_EXPR_FLAG_STRING_RESULT,
+                                         &err, NULL);
+    if (err) {
+        return apr_psprintf(cmd->pool, "%s: cannot parse expression '%s': %s",
+                            cmd->cmd->name, arg, err);
+    }
+    dc->channel_expr_set = 1;
+    return NULL;
+}
+
+static const char *set_transports(cmd_parms *cmd, void *mconfig,
+                                  const char *args)
+{
+    comet_dir_conf_t *dc = mconfig;
+    const char *w;
+    int t = 0;
+
+    while (*(w = ap_getword_conf(cmd->temp_pool, &args))) {
+        if (!strcasecmp(w, "sse") || !strcasecmp(w, "eventsource")) {
+            t |= COMET_T_SSE;
+        }
+        else if (!strcasecmp(w, "longpoll") || !strcasecmp(w, "long-poll")) {
+            t |= COMET_T_LONGPOLL;
+        }
+        else if (!strcasecmp(w, "stream")) {
+            t |= COMET_T_STREAM;
+        }
+        else if (!strcasecmp(w, "all")) {
+            t |= COMET_T_ALL;
+        }
+        else {
+            return apr_psprintf(cmd->pool, "%s: unknown transport '%s' "
+                                "(use sse, longpoll, stream or all)",
+                                cmd->cmd->name, w);
+        }
+    }
+    if (!t) {
+        return apr_psprintf(cmd->pool, "%s: name at least one transport",
+                            cmd->cmd->name);
+    }
+    dc->transports = t;
+    return NULL;
+}
+
+static const char *set_keepalive(cmd_parms *cmd, void *mconfig,
+                                 const char *arg)
+{
+    comet_dir_conf_t *dc = mconfig;
+
+    if (!strcasecmp(arg, "off")) {
+        dc->keepalive = 0;
+        return NULL;
+    }
+    return parse_seconds(cmd, arg, 1, 86400, &dc->keepalive);
+}
+
+static const char *set_sub_timeout(cmd_parms *cmd, void *mconfig,
+                                   const char *arg)
+{
+    return parse_seconds(cmd, arg, 1, 86400,
+                         &((comet_dir_conf_t *)mconfig)->subscriber_timeout);
+}
+
+static const char *set_max_channels(cmd_parms *cmd, void *mconfig,
+                                    const char *arg)
+{
+    apr_int64_t v;
+    const char *err = parse_number(cmd, arg, 1, 1024, &v);
+
+    if (!err) {
+        ((comet_dir_conf_t *)mconfig)->max_channels = (int)v;
+    }
+    return err;
+}
+
+static const char *set_allow_origin(cmd_parms *cmd, void *mconfig,
+                                    const char *args)
+{
+    comet_dir_conf_t *dc = mconfig;
+    const char *w, *list = "";
+
+    while (*(w = ap_getword_conf(cmd->temp_pool, &args))) {
+        if (!strcasecmp(w, "off")) {
+            dc->allow_origin = "";
+            return NULL;
+        }
+        if (strcmp(w, "*") && strncasecmp(w, "http://", 7)
+            && strncasecmp(w, "https://", 8)) {
+            return apr_psprintf(cmd->pool, "%s: '%s' is not an origin (use *, "
+                                "off, or origins such as https://example.com)",
+                                cmd->cmd->name, w);
+        }
+        list = *list ? apr_pstrcat(cmd->pool, list, " ", w, NULL)
+                     : apr_pstrdup(cmd->pool, w);
+    }
+    if (!*list) {
+        return apr_psprintf(cmd->pool, "%s: needs *, off or a list of "
+                            "origins", cmd->cmd->name);
+    }
+    dc->allow_origin = list;
+    return NULL;
+}
+
+const command_rec comet_cmds[] = {
+    AP_INIT_TAKE1("CometSharedMemorySize", set_shm_size, NULL, RSRC_CONF,
+                  "Size of the shared memory holding channels and messages "
+                  "(default 64M)"),
+    AP_INIT_TAKE1("CometMessageBufferLength", set_buffer_length, NULL,
+                  RSRC_CONF, "Messages kept per channel (default 100)"),
+    AP_INIT_TAKE1("CometMessageTimeout", set_message_timeout, NULL, RSRC_CONF,
+                  "Seconds a message is kept (default 3600)"),
+    AP_INIT_TAKE1("CometMaxMessageSize", set_max_message_size, NULL,
+                  RSRC_CONF, "Largest message accepted (default 256K)"),
+    AP_INIT_TAKE1("CometMaxChannelIdLength", set_max_channel_id, NULL,
+                  RSRC_CONF, "Longest channel id accepted (default 1024)"),
+    AP_INIT_TAKE1("CometChannelIdleTimeout", set_channel_idle, NULL,
+                  RSRC_CONF, "Seconds before a channel with no subscribers "
+                  "and no messages is removed (default 60)"),
+    AP_INIT_TAKE1("CometPublishSocket", set_publish_socket, NULL, RSRC_CONF,
+                  "Unix socket for local publishers speaking the Redis "
+                  "protocol, or 'off' (default comet.sock in the runtime "
+                  "directory)"),
+    AP_INIT_TAKE1("CometPublishSocketMode", set_socket_mode, NULL, RSRC_CONF,
+                  "File mode of the publish socket (default 0660)"),
+    AP_INIT_TAKE1("CometMaxSubscribers", set_max_subscribers, NULL, RSRC_CONF,
+                  "Subscribers per child process before 503"),
+    AP_INIT_TAKE1("CometMaxPendingBytes", set_max_pending, NULL, RSRC_CONF,
+                  "Unsent bytes per subscriber before it is dropped "
+                  "(default 1M)"),
+    AP_INIT_TAKE1("CometChannel", set_channel, NULL, OR_ALL,
+                  "Expression giving the channel id(s), comma separated "
+                  "(default: the rest of the URL path)"),
+    AP_INIT_RAW_ARGS("CometTransports", set_transports, NULL, OR_ALL,
+                     "Transports allowed: sse longpoll stream (default all)"),
+    AP_INIT_TAKE1("CometKeepalive", set_keepalive, NULL, OR_ALL,
+                  "Seconds between keepalive lines, or off (default 15)"),
+    AP_INIT_TAKE1("CometSubscriberTimeout", set_sub_timeout, NULL, OR_ALL,
+                  "Seconds a long-poll waits for a message (default 30)"),
+    AP_INIT_TAKE1("CometMaxChannels", set_max_channels, NULL, OR_ALL,
+                  "Channels one subscriber may name (default 64)"),
+    AP_INIT_RAW_ARGS("CometAllowOrigin", set_allow_origin, NULL, OR_ALL,
+                     "Origins allowed to subscribe from a browser: *, off "
+                     "or a list (default off)"),
+    { NULL }
+};
+
+/* ---- records ------------------------------------------------------------ */
+
+void *comet_create_srv_conf(apr_pool_t *p, server_rec *s)
+{
+    comet_srv_conf_t *sc = apr_pcalloc(p, sizeof(*sc));
+
+    sc->buffer_length = -1;
+    sc->message_timeout = -1;
+    sc->channel_idle = -1;
+    sc->max_subscribers = -1;
+    sc->socket_mode = -1;
+    return sc;
+}
+
+void *comet_merge_srv_conf(apr_pool_t *p, void *basev, void *addv)
+{
+    /* Store and socket settings are GLOBAL_ONLY: a virtual host inherits the
+     * main server's record unchanged. */
+    return basev;
+}
+
+void *comet_create_dir_conf(apr_pool_t *p, char *dir)
+{
+    comet_dir_conf_t *dc = apr_pcalloc(p, sizeof(*dc));
+
+    dc->location = dir;
+    dc->transports = -1;
+    dc->keepalive = -1;
+    dc->subscriber_timeout = -1;
+    dc->max_channels = -1;
+    return dc;
+}
+
+void *comet_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
+{
+    comet_dir_conf_t *base = basev, *add = addv;
+    comet_dir_conf_t *dc = apr_pcalloc(p, sizeof(*dc));
+
+    dc->location = add->location ? add->location : base->location;
+    dc->channel_expr_set = add->channel_expr_set || base->channel_expr_set;
+    dc->channel_expr = add->channel_expr_set ? add->channel_expr
+                                             : base->channel_expr;
+    dc->transports = add->transports != -1 ? add->transports
+                                           : base->transports;
+    dc->keepalive = add->keepalive != -1 ? add->keepalive : base->keepalive;
+    dc->subscriber_timeout = add->subscriber_timeout != -1
+                             ? add->subscriber_timeout
+                             : base->subscriber_timeout;
+    dc->max_channels = add->max_channels != -1 ? add->max_channels
+                                               : base->max_channels;
+    dc->allow_origin = add->allow_origin ? add->allow_origin
+                                         : base->allow_origin;
+    return dc;
+}
+
+int comet_dir_transports(const comet_dir_conf_t *dc)
+{
+    return dc->transports == -1 ? COMET_T_ALL : dc->transports;
+}
+
+apr_time_t comet_dir_keepalive(const comet_dir_conf_t *dc)
+{
+    return dc->keepalive == -1 ? COMET_DEFAULT_KEEPALIVE : dc->keepalive;
+}
+
+apr_time_t comet_dir_subscriber_timeout(const comet_dir_conf_t *dc)
+{
+    return dc->subscriber_timeout == -1 ? COMET_DEFAULT_SUB_TIMEOUT
+                                        : dc->subscriber_timeout;
+}
+
+int comet_dir_max_channels(const comet_dir_conf_t *dc)
+{
+    return dc->max_channels == -1 ? COMET_DEFAULT_MAX_CHANNELS
+                                  : dc->max_channels;
+}
+
+void comet_srv_store_config(const comet_srv_conf_t *sc,
+                            comet_store_config_t *cfg, apr_uint32_t procs)
+{
+    comet_store_config_default(cfg, sc->shm_size ? sc->shm_size
+                                                 : COMET_DEFAULT_SHM_SIZE);
+    if (sc->buffer_length != -1) {
+        cfg->buffer_length = (apr_uint32_t)sc->buffer_length;
+    }
+    if (sc->message_timeout != -1) {
+        cfg->message_timeout = sc->message_timeout;
+    }
+    if (sc->max_message_size) {
+        cfg->max_message_size = sc->max_message_size;
+    }
+    if (sc->max_channel_id) {
+        cfg->max_channel_id = sc->max_channel_id;
+    }
+    if (sc->channel_idle != -1) {
+        cfg->channel_idle = sc->channel_idle;
+    }
+    cfg->max_procs = procs;
+}

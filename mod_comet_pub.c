@@ -1,0 +1,256 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may
+ * not use this file except in compliance with the License.
+ */
+
+/*
+ * mod_comet_pub.c -- the comet-publisher handler: publish, inspect and
+ * delete a channel over HTTP.  Access control is httpd's own (Require,
+ * mod_auth*): nothing here decides who may publish.
+ *
+ *   POST|PUT /pub/<channel>   body = message; Comet-Event: <type> optional
+ *                             201 delivered to >= 1 subscriber, 202 to none
+ *   GET      /pub/<channel>   channel info (JSON), 404 when unknown
+ *   DELETE   /pub/<channel>   delete; subscribers get a final event
+ *
+ * Request threads only.
+ */
+
+#include <apr_strings.h>
+#include <httpd.h>
+#include <http_config.h>
+#include <http_log.h>
+#include <http_protocol.h>
+#include <http_request.h>
+
+#include "mod_comet.h"
+
+APLOG_USE_MODULE(comet);
+
+#define COMET_EVENT_HEADER "Comet-Event"
+
+static int json_reply(request_rec *r, int status, const char *json)
+{
+    r->status = status;
+    ap_set_content_type(r, "application/json");
+    apr_table_setn(r->headers_out, "Cache-Control", "no-cache");
+    ap_rputs(json, r);
+    ap_rputc('\n', r);
+    return OK;
+}
+
+static int error_reply(request_rec *r, int status, const char *what)
+{
+    ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, "publisher: %s", what);
+    return json_reply(r, status, apr_psprintf(r->pool, "{\"error\":\"%s\"}",
+                                              what));
+}
+
+/* Read the whole body into one buffer of at most max bytes.  Returns OK,
+ * HTTP_REQUEST_ENTITY_TOO_LARGE, or another HTTP error. */
+static int read_body(request_rec *r, apr_size_t max, char **data,
+                     apr_size_t *len)
+{
+    apr_off_t clen = r->clength;
+    const char *cl = apr_table_get(r->headers_in, "Content-Length");
+    apr_size_t cap, got = 0;
+    char *buf;
+    int rc;
+
+    if ((rc = ap_setup_client_block(r, REQUEST_CHUNKED_DECHUNK)) != OK) {
+        return rc;
+    }
+    if (cl && apr_strtoff(&clen, cl, NULL, 10) == APR_SUCCESS
+        && clen > (apr_off_t)max) {
+        return HTTP_REQUEST_ENTITY_TOO_LARGE;
+    }
+    cap = cl && clen >= 0 ? (apr_size_t)clen + 1 : 8192;
+    if (cap > max + 1) {
+        cap = max + 1;
+    }
+    buf = apr_palloc(r->pool, cap);
+    if (ap_should_client_block(r)) {
+        for (;;) {
+            long n;
+
+            if (got == cap) {
+                apr_size_t ncap = cap * 2 > max + 1 ? max + 1 : cap * 2;
+                char *nbuf;
+
+                if (ncap == cap) {
+                    /* One byte past the limit: the body is too large.  Read
+                     * and drop the rest (bounded by LimitRequestBody) so the
+                     * client sees our answer, not a reset. */
+                    char sink[8192];
+
+                    while (ap_get_client_block(r, sink, sizeof(sink)) > 0) {
+                    }
+                    return HTTP_REQUEST_ENTITY_TOO_LARGE;
+                }
+                nbuf = apr_palloc(r->pool, ncap);
+                memcpy(nbuf, buf, got);
+                buf = nbuf;
+                cap = ncap;
+            }
+            n = ap_get_client_block(r, buf + got, cap - got);
+            if (n < 0) {
+                return HTTP_BAD_REQUEST;
+            }
+            if (n == 0) {
+                break;
+            }
+            got += (apr_size_t)n;
+        }
+    }
+    if (got > max) {
+        return HTTP_REQUEST_ENTITY_TOO_LARGE;
+    }
+    *data = buf;
+    *len = got;
+    return OK;
+}
+
+static int publish(request_rec *r, const char *channel)
+{
+    comet_srv_conf_t *sc = ap_get_module_config(r->server->module_config,
+                                                &comet_module);
+    apr_size_t max = sc->max_message_size ? sc->max_message_size
+                                          : COMET_DEFAULT_MAX_MESSAGE;
+    comet_publish_t msg;
+    comet_publish_result_t res;
+    char idbuf[COMET_MSGID_MAXLEN];
+    const char *event = apr_table_get(r->headers_in, COMET_EVENT_HEADER);
+    char *data = NULL;
+    apr_size_t len = 0;
+    apr_status_t rv;
+    int rc;
+
+    if ((rc = read_body(r, max, &data, &len)) != OK) {
+        if (rc == HTTP_REQUEST_ENTITY_TOO_LARGE) {
+            return error_reply(r, rc, apr_psprintf(r->pool,
+                               "message larger than CometMaxMessageSize (%"
+                               APR_SIZE_T_FMT " bytes)", max));
+        }
+        return rc;
+    }
+    memset(&msg, 0, sizeof(msg));
+    msg.channel = channel;
+    msg.channel_len = strlen(channel);
+    msg.data = data;
+    msg.data_len = len;
+    if (event && *event) {
+        msg.event = event;
+        msg.event_len = strlen(event);
+    }
+    rv = comet_store_publish(comet_globals.store, &msg, comet_now_mono(),
+                             comet_wake_slot, NULL, &res);
+    switch (rv) {
+    case APR_SUCCESS:
+        break;
+    case COMET_ETOOBIG:
+        return error_reply(r, HTTP_REQUEST_ENTITY_TOO_LARGE,
+                           "message larger than CometMaxMessageSize");
+    case COMET_EFULL:
+        ap_log_rerror(APLOG_MARK, APLOG_WARNING, rv, r, "channel=%s: "
+                      "publish refused, the store is full "
+                      "(CometSharedMemorySize)", channel);
+        return error_reply(r, HTTP_INSUFFICIENT_STORAGE,
+                           "the message store is full");
+    case COMET_EBADCHAN:
+        return error_reply(r, HTTP_BAD_REQUEST, "invalid channel id");
+    case COMET_EPROTO:
+        return error_reply(r, HTTP_BAD_REQUEST, "invalid " COMET_EVENT_HEADER
+                           " (event type) header");
+    default:
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, rv, r, "channel=%s: publish "
+                      "failed", channel);
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    comet_msgid_format(idbuf, &res.id);
+    apr_table_setn(r->headers_out, "Comet-Message-Id",
+                   apr_pstrdup(r->pool, idbuf));
+    return json_reply(r, res.receivers ? HTTP_CREATED : HTTP_ACCEPTED,
+                      apr_psprintf(r->pool, "{\"channel\":\"%s\",\"id\":\"%s\","
+                                   "\"receivers\":%u}", channel, idbuf,
+                                   res.receivers));
+}
+
+static int channel_info(request_rec *r, const char *channel)
+{
+    comet_channel_stats_t st;
+    char idbuf[COMET_MSGID_MAXLEN];
+    apr_status_t rv;
+
+    rv = comet_store_channel_stats(comet_globals.store, channel,
+                                   strlen(channel), &st);
+    if (rv == COMET_ENOCHAN) {
+        return error_reply(r, HTTP_NOT_FOUND, "no such channel");
+    }
+    if (rv != APR_SUCCESS) {
+        return error_reply(r, HTTP_BAD_REQUEST, "invalid channel id");
+    }
+    comet_msgid_format(idbuf, &st.newest);
+    if (r->header_only) {
+        return json_reply(r, HTTP_OK, "");
+    }
+    return json_reply(r, HTTP_OK, apr_psprintf(r->pool,
+        "{\"channel\":\"%s\",\"messages\":%u,\"bytes\":%" APR_SIZE_T_FMT
+        ",\"subscribers\":%u,\"published\":%" APR_UINT64_T_FMT
+        ",\"last_id\":\"%s\",\"last_publish\":%" APR_TIME_T_FMT "}",
+        channel, st.messages, st.bytes, st.subscribers, st.published, idbuf,
+        st.last_publish ? apr_time_as_msec(st.last_publish) : 0));
+}
+
+static int delete_channel(request_rec *r, const char *channel)
+{
+    apr_uint32_t receivers = 0;
+    apr_status_t rv;
+
+    rv = comet_store_delete(comet_globals.store, channel, strlen(channel),
+                            comet_wake_slot, NULL, &receivers);
+    if (rv == COMET_ENOCHAN) {
+        return error_reply(r, HTTP_NOT_FOUND, "no such channel");
+    }
+    if (rv != APR_SUCCESS) {
+        return error_reply(r, HTTP_BAD_REQUEST, "invalid channel id");
+    }
+    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "channel=%s: deleted, %u "
+                  "subscribers told", channel, receivers);
+    return json_reply(r, HTTP_OK, apr_psprintf(r->pool,
+                      "{\"channel\":\"%s\",\"deleted\":true,"
+                      "\"receivers\":%u}", channel, receivers));
+}
+
+int comet_publisher_handler(request_rec *r)
+{
+    comet_dir_conf_t *dc = ap_get_module_config(r->per_dir_config,
+                                                &comet_module);
+    const char **ids;
+    int n, rc;
+
+    if (!comet_globals.store || !comet_globals.in_child) {
+        return HTTP_SERVICE_UNAVAILABLE;
+    }
+    r->allowed = (AP_METHOD_BIT << M_GET) | (AP_METHOD_BIT << M_POST)
+                 | (AP_METHOD_BIT << M_PUT) | (AP_METHOD_BIT << M_DELETE);
+    if (r->method_number != M_GET && r->method_number != M_POST
+        && r->method_number != M_PUT && r->method_number != M_DELETE) {
+        return HTTP_METHOD_NOT_ALLOWED;
+    }
+    rc = comet_request_channels(r, dc, 1, &ids, &n);
+    if (rc != OK) {
+        if (r->method_number == M_POST || r->method_number == M_PUT) {
+            ap_discard_request_body(r);
+        }
+        return error_reply(r, rc, r->notes ? apr_table_get(r->notes,
+                           "comet-error") : "invalid channel");
+    }
+    switch (r->method_number) {
+    case M_POST:
+    case M_PUT:
+        return publish(r, ids[0]);
+    case M_DELETE:
+        return delete_channel(r, ids[0]);
+    default:
+        return channel_info(r, ids[0]);
+    }
+}

@@ -1,0 +1,715 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may
+ * not use this file except in compliance with the License.
+ */
+
+/*
+ * mod_comet_sub.c -- the comet-subscriber handler.
+ *
+ * It reads what the request asks for (channels, transport, the last id the
+ * client saw), counts the subscriber in the store, sends the response head
+ * and whatever is already due, and then parks the subscriber with this
+ * process's hub:
+ *
+ *   detached  plain HTTP/1.1 with nothing but httpd's own framing filters
+ *             on the way: the hub gets a dup() of the socket and httpd is
+ *             told the connection is gone (c->aborted), so httpd logs the
+ *             request, frees its pools and forgets the connection.  No
+ *             worker thread, no MPM connection slot, ~100 bytes kept.
+ *   held      everything else (TLS, HTTP/2, HTTP/1.0, a transforming
+ *             filter): the bytes must go through httpd's filters, so the
+ *             handler keeps its thread and writes what the hub hands it.
+ *             Bounded per process (see CometMaxSubscribers and README).
+ *
+ * A long-poll that finds messages waiting is answered at once, like any
+ * ordinary response (keep-alive allowed).
+ *
+ * Request threads only.
+ */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <apr_strings.h>
+#include <apr_thread_cond.h>
+#include <apr_thread_mutex.h>
+#include <httpd.h>
+#include <http_config.h>
+#include <http_connection.h>
+#include <http_core.h>
+#include <http_log.h>
+#include <http_protocol.h>
+#include <http_request.h>
+#include <http_ssl.h>
+#include <util_filter.h>
+#include <util_script.h>
+
+#include "mod_comet.h"
+#include "event_bridge.h"
+#include "comet_frame.h"
+
+APLOG_USE_MODULE(comet);
+
+#define COMET_SUB_LOG(r, level, rv, ...) \
+    ap_log_rerror(APLOG_MARK, level, rv, r, __VA_ARGS__)
+
+/* ---- which channels ------------------------------------------------------------ */
+
+static int refuse(request_rec *r, int status, const char *why)
+{
+    apr_table_setn(r->notes, "comet-error", why);
+    return status;
+}
+
+int comet_error_response(request_rec *r, int status)
+{
+    const char *why = apr_table_get(r->notes, "comet-error");
+
+    if (status == HTTP_METHOD_NOT_ALLOWED || !why) {
+        return status;
+    }
+    /* A one-line reason, not httpd's HTML page: clients of a push API read
+     * it in a console. */
+    r->status = status;
+    ap_set_content_type(r, "text/plain; charset=utf-8");
+    ap_rprintf(r, "%s\n", why);
+    return OK;
+}
+
+int comet_request_channels(request_rec *r, const comet_dir_conf_t *dc,
+                           int max, const char ***ids, int *n)
+{
+    comet_srv_conf_t *sc = ap_get_module_config(r->server->module_config,
+                                                &comet_module);
+    apr_size_t maxlen = sc->max_channel_id ? sc->max_channel_id
+                                           : COMET_CHANNEL_ID_MAX_DEFAULT;
+    const char *spec, **out;
+    char *list, *tok, *last;
+    int count = 0;
+
+    if (dc->channel_expr) {
+        const char *err = NULL;
+
+        spec = ap_expr_str_exec(r, dc->channel_expr, &err);
+        if (err) {
+            COMET_SUB_LOG(r, APLOG_ERR, 0, "CometChannel: %s", err);
+            return refuse(r, HTTP_INTERNAL_SERVER_ERROR,
+                          "CometChannel expression failed");
+        }
+    }
+    else {
+        const char *loc = dc->location;
+        apr_size_t ll = loc ? strlen(loc) : 0;
+
+        if (ll && !strncmp(r->uri, loc, ll)) {
+            spec = r->uri + ll;
+        }
+        else if (ll && loc[ll - 1] == '/' && !strncmp(r->uri, loc, ll - 1)
+                 && r->uri[ll - 1] == '\0') {
+            spec = "";
+        }
+        else {
+            const char *slash = strrchr(r->uri, '/');
+
+            spec = slash ? slash + 1 : r->uri;
+        }
+        while (*spec == '/') {
+            spec++;
+        }
+    }
+    if (!spec || !*spec) {
+        return refuse(r, HTTP_BAD_REQUEST, "no channel named in the request");
+    }
+    out = apr_palloc(r->pool, sizeof(*out) * (apr_size_t)max);
+    list = apr_pstrdup(r->pool, spec);
+    for (tok = apr_strtok(list, ",", &last); tok;
+         tok = apr_strtok(NULL, ",", &last)) {
+        if (count == max) {
+            return refuse(r, HTTP_BAD_REQUEST, apr_psprintf(r->pool,
+                          "too many channels (at most %d)", max));
+        }
+        if (comet_channel_id_check(tok, strlen(tok), maxlen)
+            != APR_SUCCESS) {
+            return refuse(r, HTTP_BAD_REQUEST, apr_psprintf(r->pool,
+                          "invalid channel id (1 to %" APR_SIZE_T_FMT
+                          " bytes of A-Z a-z 0-9 - _ . ~ : @ /)", maxlen));
+        }
+        for (int i = 0; i < count; i++) {
+            if (!strcmp(out[i], tok)) {
+                return refuse(r, HTTP_BAD_REQUEST, "channel named twice");
+            }
+        }
+        out[count++] = tok;
+    }
+    if (!count) {
+        return refuse(r, HTTP_BAD_REQUEST, "no channel named in the request");
+    }
+    *ids = out;
+    *n = count;
+    return OK;
+}
+
+/* ---- the request's wishes ------------------------------------------------------ */
+
+typedef struct sub_req_t {
+    request_rec       *r;
+    comet_dir_conf_t  *dc;
+    const char       **ids;
+    int                nchan;
+    int                transport;
+    int                has_id;       /* the client sent a last id        */
+    int                foreign;      /* ... of another store epoch       */
+    long               backlog;      /* -1 none, -2 all, else count      */
+    apr_uint32_t       epoch;
+    comet_chanref_t   *refs;
+    apr_uint64_t      *seqs;
+    int                subscribed;   /* how many refs hold a subscription */
+} sub_req_t;
+
+static const char *query_arg(request_rec *r, const char *name)
+{
+    apr_table_t *args;
+
+    if (!r->args) {
+        return NULL;
+    }
+    ap_args_to_table(r, &args);
+    return apr_table_get(args, name);
+}
+
+static int pick_transport(sub_req_t *sr)
+{
+    request_rec *r = sr->r;
+    const char *t = query_arg(r, "transport");
+    const char *accept = apr_table_get(r->headers_in, "Accept");
+    int allowed = comet_dir_transports(sr->dc);
+
+    if (t) {
+        if (!strcasecmp(t, "sse") || !strcasecmp(t, "eventsource")) {
+            sr->transport = COMET_T_SSE;
+        }
+        else if (!strcasecmp(t, "longpoll") || !strcasecmp(t, "long-poll")) {
+            sr->transport = COMET_T_LONGPOLL;
+        }
+        else if (!strcasecmp(t, "stream")) {
+            sr->transport = COMET_T_STREAM;
+        }
+        else {
+            return refuse(r, HTTP_BAD_REQUEST, "unknown transport (use sse, "
+                          "longpoll or stream)");
+        }
+    }
+    else if (accept && ap_strcasestr(accept, "text/event-stream")) {
+        sr->transport = COMET_T_SSE;
+    }
+    else if (accept && ap_strcasestr(accept, "application/x-ndjson")) {
+        sr->transport = COMET_T_STREAM;
+    }
+    else {
+        sr->transport = COMET_T_LONGPOLL;
+    }
+    if (!(sr->transport & allowed)) {
+        return refuse(r, HTTP_NOT_ACCEPTABLE, "transport not allowed here "
+                      "(CometTransports)");
+    }
+    return OK;
+}
+
+static int parse_position(sub_req_t *sr)
+{
+    request_rec *r = sr->r;
+    const char *id = apr_table_get(r->headers_in, "Last-Event-ID");
+    const char *backlog = query_arg(r, "backlog");
+    apr_size_t n = 0;
+    apr_uint32_t epoch;
+
+    if (!id) {
+        id = query_arg(r, "last_event_id");
+    }
+    sr->backlog = -1;
+    if (backlog) {
+        char *end;
+
+        if (!strcasecmp(backlog, "all")) {
+            sr->backlog = -2;
+        }
+        else if ((sr->backlog = strtol(backlog, &end, 10)) < 0 || *end
+                 || end == backlog || sr->backlog > 1000000) {
+            return refuse(r, HTTP_BAD_REQUEST, "backlog must be a count or "
+                          "'all'");
+        }
+    }
+    if (!id || !*id) {
+        return OK;
+    }
+    if (comet_msgid_parse_compound(&epoch, sr->seqs, (apr_size_t)sr->nchan,
+                                   &n, id, strlen(id)) != APR_SUCCESS
+        || n != (apr_size_t)sr->nchan) {
+        return refuse(r, HTTP_BAD_REQUEST, apr_psprintf(r->pool,
+                      "invalid last event id (expected <epoch>:<seq> with "
+                      "one seq per channel, %d here)", sr->nchan));
+    }
+    sr->has_id = 1;
+    if (epoch != sr->epoch) {
+        /* An id of an earlier server run: deliver what is kept, and say
+         * that some may be missing. */
+        sr->foreign = 1;
+        memset(sr->seqs, 0, sizeof(*sr->seqs) * (apr_size_t)sr->nchan);
+    }
+    return OK;
+}
+
+static void cors(sub_req_t *sr)
+{
+    request_rec *r = sr->r;
+    const char *allow = sr->dc->allow_origin;
+    const char *origin = apr_table_get(r->headers_in, "Origin");
+
+    if (!allow || !*allow || !origin) {
+        return;
+    }
+    if (!strcmp(allow, "*")) {
+        apr_table_setn(r->headers_out, "Access-Control-Allow-Origin", "*");
+        return;
+    }
+    apr_table_mergen(r->headers_out, "Vary", "Origin");
+    for (const char *p = allow; *p;) {
+        const char *w = ap_getword_white(r->pool, &p);
+
+        if (!strcasecmp(w, origin)) {
+            apr_table_setn(r->headers_out, "Access-Control-Allow-Origin",
+                           origin);
+            apr_table_setn(r->headers_out, "Access-Control-Allow-Credentials",
+                           "true");
+            return;
+        }
+    }
+}
+
+static void unsubscribe_all(sub_req_t *sr)
+{
+    apr_time_t now = comet_now_mono();
+
+    for (int i = 0; i < sr->subscribed; i++) {
+        comet_store_unsubscribe(comet_globals.store, comet_globals.slot,
+                                &sr->refs[i], now);
+    }
+    sr->subscribed = 0;
+}
+
+static apr_status_t unsubscribe_cleanup(void *data)
+{
+    unsubscribe_all(data);
+    return APR_SUCCESS;
+}
+
+static int subscribe_all(sub_req_t *sr)
+{
+    apr_time_t now = comet_now_mono();
+
+    for (int i = 0; i < sr->nchan; i++) {
+        comet_msgid_t newest;
+        apr_status_t rv;
+
+        rv = comet_store_subscribe(comet_globals.store, comet_globals.slot,
+                                   sr->ids[i], strlen(sr->ids[i]), now,
+                                   &sr->refs[i], &newest);
+        if (rv != APR_SUCCESS) {
+            unsubscribe_all(sr);
+            if (rv == COMET_EFULL) {
+                COMET_SUB_LOG(sr->r, APLOG_WARNING, rv, "channel=%s: cannot "
+                              "subscribe, the store is full", sr->ids[i]);
+                return refuse(sr->r, HTTP_SERVICE_UNAVAILABLE,
+                              "the channel store is full");
+            }
+            return refuse(sr->r, HTTP_BAD_REQUEST, "invalid channel id");
+        }
+        sr->subscribed++;
+        if (!sr->has_id) {
+            sr->seqs[i] = sr->backlog == -1 ? newest.seq : 0;
+        }
+    }
+    return OK;
+}
+
+/* Read what each channel holds after the subscriber's position. */
+static int read_due(sub_req_t *sr, comet_read_t **reads, int *any)
+{
+    comet_msgid_t after;
+    apr_time_t now = comet_now_mono();
+
+    *any = 0;
+    for (int i = 0; i < sr->nchan; i++) {
+        comet_read_t *rd = apr_pcalloc(sr->r->pool, sizeof(*rd));
+
+        after.epoch = sr->epoch;
+        after.seq = sr->seqs[i];
+        if (comet_store_read(comet_globals.store, &sr->refs[i], after,
+                             100000, 16 * 1024 * 1024, now, sr->r->pool, rd)
+            != APR_SUCCESS) {
+            continue;
+        }
+        if (sr->backlog >= 0 && rd->msgs->nelts > sr->backlog) {
+            /* Keep only the newest backlog messages. */
+            int drop = rd->msgs->nelts - (int)sr->backlog;
+
+            memmove(rd->msgs->elts,
+                    rd->msgs->elts + drop * rd->msgs->elt_size,
+                    (apr_size_t)(rd->msgs->nelts - drop)
+                    * (apr_size_t)rd->msgs->elt_size);
+            rd->msgs->nelts -= drop;
+        }
+        if (!sr->has_id) {
+            /* Asking for backlog is not having lost anything. */
+            rd->missed = 0;
+        }
+        if (sr->foreign) {
+            rd->missed = 1;
+        }
+        reads[i] = rd;
+        if (rd->msgs->nelts || rd->missed || rd->deleted) {
+            *any = 1;
+        }
+    }
+    return OK;
+}
+
+/* ---- responding ------------------------------------------------------------------ */
+
+static void stream_headers(sub_req_t *sr)
+{
+    request_rec *r = sr->r;
+
+    switch (sr->transport) {
+    case COMET_T_SSE:
+        ap_set_content_type(r, "text/event-stream; charset=utf-8");
+        break;
+    case COMET_T_STREAM:
+        ap_set_content_type(r, "application/x-ndjson; charset=utf-8");
+        break;
+    default:
+        ap_set_content_type(r, "application/json; charset=utf-8");
+        break;
+    }
+    apr_table_setn(r->headers_out, "Cache-Control", "no-cache, no-store");
+    apr_table_setn(r->headers_out, "X-Accel-Buffering", "no");
+    /* Nothing may buffer or compress a stream on its way out. */
+    apr_table_setn(r->subprocess_env, "no-gzip", "1");
+    apr_table_setn(r->subprocess_env, "no-brotli", "1");
+}
+
+static int answer_poll_now(sub_req_t *sr, comet_read_t **reads)
+{
+    comet_buf_t *buf;
+    int missed = 0;
+
+    for (int i = 0; i < sr->nchan; i++) {
+        missed |= reads[i] && reads[i]->missed;
+    }
+    if (comet_buf_create(&buf, sr->r->pool, 4096, 64 * 1024 * 1024)
+        != APR_SUCCESS
+        || comet_hub_format_poll(buf, sr->epoch, sr->ids, sr->seqs,
+                                 (apr_size_t)sr->nchan,
+                                 (const comet_read_t *const *)reads, missed)
+           != APR_SUCCESS) {
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    unsubscribe_all(sr);
+    stream_headers(sr);
+    ap_set_content_length(sr->r, (apr_off_t)buf->len);
+    ap_rwrite(buf->data, (int)buf->len, sr->r);
+    return OK;
+}
+
+/* Only httpd's own framing filters may sit between us and the socket when
+ * the hub writes to it directly. */
+static int filters_allow_detach(request_rec *r)
+{
+    static const char *const known[] = {
+        "chunk", "http_header", "http_outerror", "byterange",
+        "content_length", "core", "log_input_output", "req_core",
+        "reqtimeout", "eor", NULL
+    };
+    ap_filter_t *f;
+
+    for (f = r->output_filters; f; f = f->next) {
+        int ok = 0;
+
+        for (int i = 0; known[i]; i++) {
+            ok |= !strcasecmp(f->frec->name, known[i]);
+        }
+        if (!ok) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int can_detach(request_rec *r)
+{
+    return r->proto_num >= HTTP_VERSION(1, 1) && !r->connection->master
+           && !ap_ssl_conn_is_ssl(r->connection) && !r->header_only
+           && filters_allow_detach(r);
+}
+
+/* The head and the first bytes go out through httpd's filters, blocking:
+ * they are small and the client has just asked for them. */
+static apr_status_t send_now(request_rec *r, const char *data, apr_size_t len)
+{
+    if (len && ap_rwrite(data, (int)len, r) < 0) {
+        return APR_EGENERAL;
+    }
+    return ap_rflush(r) < 0 ? APR_EGENERAL : APR_SUCCESS;
+}
+
+static void fill_spec(sub_req_t *sr, comet_hub_spec_t *spec)
+{
+    memset(spec, 0, sizeof(*spec));
+    spec->fd = -1;
+    spec->transport = sr->transport;
+    spec->nchan = (apr_size_t)sr->nchan;
+    spec->refs = sr->refs;
+    spec->ids = sr->ids;
+    spec->seqs = sr->seqs;
+    spec->interval = sr->transport == COMET_T_LONGPOLL
+                     ? comet_dir_subscriber_timeout(sr->dc)
+                     : comet_dir_keepalive(sr->dc);
+}
+
+static int park_detached(sub_req_t *sr, comet_hub_t *hub)
+{
+    request_rec *r = sr->r;
+    conn_rec *c = r->connection;
+    apr_os_sock_t osfd;
+    comet_hub_spec_t spec;
+    comet_hub_sub_t *handle;
+    apr_status_t rv;
+    int fd;
+
+    if (apr_os_sock_get(&osfd, ap_get_conn_socket(c)) != APR_SUCCESS
+        || (fd = fcntl(osfd, F_DUPFD_CLOEXEC, 0)) < 0) {
+        return DONE;
+    }
+    fill_spec(sr, &spec);
+    spec.fd = fd;
+    spec.chunked = 1;
+    rv = comet_hub_adopt(hub, &spec, &handle);
+    if (rv != APR_SUCCESS) {
+        close(fd);
+        COMET_SUB_LOG(r, APLOG_INFO, rv, "channel=%s: the hub is full or "
+                      "stopping; ending the response", sr->ids[0]);
+        return OK;
+    }
+    sr->subscribed = 0;          /* the hub owns the subscriptions now */
+    /* httpd must neither write the last chunk nor shut the socket down: the
+     * stream is the hub's now.  It logs the request and closes its own
+     * descriptor only. */
+    c->keepalive = AP_CONN_CLOSE;
+    c->aborted = 1;
+    return OK;
+}
+
+/* ---- held subscribers (bytes through httpd's filters) ----------------------------- */
+
+typedef struct held_t {
+    apr_thread_mutex_t *mu;
+    apr_thread_cond_t  *cv;
+    comet_buf_t        *out;
+    int                 last;      /* the hub ended the stream           */
+    int                 closed;    /* the hub called close: done with us */
+    int                 overflow;
+} held_t;
+
+static apr_status_t held_write(void *baton, const char *data, apr_size_t len,
+                               int last)
+{
+    held_t *h = baton;
+    apr_status_t rv;
+
+    apr_thread_mutex_lock(h->mu);
+    rv = comet_buf_append(h->out, data, len);
+    if (rv != APR_SUCCESS) {
+        h->overflow = 1;
+    }
+    h->last |= last;
+    apr_thread_cond_signal(h->cv);
+    apr_thread_mutex_unlock(h->mu);
+    return rv;
+}
+
+static void held_close(void *baton)
+{
+    held_t *h = baton;
+
+    apr_thread_mutex_lock(h->mu);
+    h->closed = 1;
+    apr_thread_cond_signal(h->cv);
+    apr_thread_mutex_unlock(h->mu);
+}
+
+static const comet_hub_sink_t held_sink = { held_write, held_close };
+
+static int park_held(sub_req_t *sr, comet_hub_t *hub)
+{
+    request_rec *r = sr->r;
+    comet_srv_conf_t *sc = ap_get_module_config(r->server->module_config,
+                                                &comet_module);
+    comet_hub_spec_t spec;
+    comet_hub_sub_t *handle;
+    comet_buf_t *spare;
+    held_t h;
+    int cancelled = 0;
+
+    memset(&h, 0, sizeof(h));
+    if (apr_thread_mutex_create(&h.mu, APR_THREAD_MUTEX_DEFAULT, r->pool)
+        || apr_thread_cond_create(&h.cv, r->pool)
+        || comet_buf_create(&h.out, r->pool, 0, sc->max_pending
+                            ? sc->max_pending : COMET_DEFAULT_MAX_PENDING)
+        || comet_buf_create(&spare, r->pool, 0, sc->max_pending
+                            ? sc->max_pending : COMET_DEFAULT_MAX_PENDING)) {
+        return OK;
+    }
+    fill_spec(sr, &spec);
+    spec.sink = &held_sink;
+    spec.sink_baton = &h;
+    if (comet_hub_adopt(hub, &spec, &handle) != APR_SUCCESS) {
+        return OK;
+    }
+    sr->subscribed = 0;
+    apr_thread_mutex_lock(h.mu);
+    while (!h.closed) {
+        if (h.out->len && !cancelled) {
+            comet_buf_t *tmp = h.out;
+            int last = h.last;
+
+            h.out = spare;
+            spare = tmp;
+            apr_thread_mutex_unlock(h.mu);
+            if (send_now(r, spare->data, spare->len) != APR_SUCCESS
+                || r->connection->aborted) {
+                comet_hub_cancel(hub, handle);
+                cancelled = 1;
+            }
+            comet_buf_truncate(spare, 0);
+            apr_thread_mutex_lock(h.mu);
+            if (last) {
+                /* The hub's close follows its last write. */
+                continue;
+            }
+            continue;
+        }
+        if (h.overflow && !cancelled) {
+            comet_hub_cancel(hub, handle);
+            cancelled = 1;
+        }
+        apr_thread_cond_timedwait(h.cv, h.mu, apr_time_from_sec(1));
+        if (!cancelled && r->connection->aborted) {
+            comet_hub_cancel(hub, handle);
+            cancelled = 1;
+        }
+    }
+    apr_thread_mutex_unlock(h.mu);
+    return OK;
+}
+
+/* ---- the handler ------------------------------------------------------------------- */
+
+int comet_subscriber_handler(request_rec *r)
+{
+    comet_dir_conf_t *dc = ap_get_module_config(r->per_dir_config,
+                                                &comet_module);
+    comet_hub_t *hub = comet_bridge_hub();
+    sub_req_t sr;
+    comet_read_t **reads;
+    comet_buf_t *buf;
+    int rc, any;
+
+    if (!comet_globals.store || !hub) {
+        return HTTP_SERVICE_UNAVAILABLE;
+    }
+    r->allowed = (AP_METHOD_BIT << M_GET) | (AP_METHOD_BIT << M_OPTIONS);
+    memset(&sr, 0, sizeof(sr));
+    sr.r = r;
+    sr.dc = dc;
+    sr.epoch = comet_store_epoch(comet_globals.store);
+
+    if (r->method_number == M_OPTIONS) {
+        cors(&sr);
+        if (apr_table_get(r->headers_out, "Access-Control-Allow-Origin")) {
+            apr_table_setn(r->headers_out, "Access-Control-Allow-Methods",
+                           "GET, OPTIONS");
+            apr_table_setn(r->headers_out, "Access-Control-Allow-Headers",
+                           "Last-Event-ID, Cache-Control, Accept");
+            apr_table_setn(r->headers_out, "Access-Control-Max-Age",
+                           "86400");
+        }
+        apr_table_setn(r->headers_out, "Allow", "GET, OPTIONS");
+        r->status = HTTP_NO_CONTENT;
+        return OK;
+    }
+    if (r->method_number != M_GET) {
+        return HTTP_METHOD_NOT_ALLOWED;
+    }
+    if ((rc = comet_request_channels(r, dc, comet_dir_max_channels(dc),
+                                     &sr.ids, &sr.nchan)) != OK
+        || (rc = pick_transport(&sr)) != OK) {
+        goto refused;
+    }
+    sr.refs = apr_pcalloc(r->pool, sizeof(*sr.refs) * (apr_size_t)sr.nchan);
+    sr.seqs = apr_pcalloc(r->pool, sizeof(*sr.seqs) * (apr_size_t)sr.nchan);
+    if ((rc = parse_position(&sr)) != OK) {
+        goto refused;
+    }
+    cors(&sr);
+    if (r->header_only) {
+        stream_headers(&sr);
+        return OK;
+    }
+    if (comet_bridge_full(hub)) {
+        apr_table_setn(r->err_headers_out, "Retry-After", "5");
+        rc = refuse(r, HTTP_SERVICE_UNAVAILABLE, "too many subscribers in "
+                    "this process (CometMaxSubscribers)");
+        goto refused;
+    }
+    if ((rc = subscribe_all(&sr)) != OK) {
+        goto refused;
+    }
+    /* Whatever way this ends before the hub takes over, the store must not
+     * keep counting this subscriber. */
+    apr_pool_cleanup_register(r->pool, &sr, unsubscribe_cleanup,
+                              apr_pool_cleanup_null);
+
+    reads = apr_pcalloc(r->pool, sizeof(*reads) * (apr_size_t)sr.nchan);
+    read_due(&sr, reads, &any);
+    if (sr.transport == COMET_T_LONGPOLL && any) {
+        return answer_poll_now(&sr, reads);
+    }
+
+    /* A parked subscriber's connection ends with its stream. */
+    r->connection->keepalive = AP_CONN_CLOSE;
+    stream_headers(&sr);
+    if (comet_buf_create(&buf, r->pool, 1024, 64 * 1024 * 1024)
+        != APR_SUCCESS) {
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    if (sr.transport == COMET_T_SSE) {
+        comet_frame_sse_retry(buf, 3000);
+    }
+    for (int i = 0; i < sr.nchan && sr.transport != COMET_T_LONGPOLL; i++) {
+        comet_hub_format_stream(buf, sr.transport, 0, sr.epoch, sr.ids,
+                                sr.seqs, (apr_size_t)sr.nchan, (apr_size_t)i,
+                                reads[i], r->pool);
+    }
+    if (send_now(r, buf->data, buf->len) != APR_SUCCESS
+        || r->connection->aborted) {
+        /* Trap: never park a connection httpd already knows is gone. */
+        return OK;
+    }
+    if (can_detach(r)) {
+        return park_detached(&sr, hub);
+    }
+    return park_held(&sr, hub);
+
+refused:
+    return comet_error_response(r, rc);
+}

@@ -1,0 +1,787 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may
+ * not use this file except in compliance with the License.
+ */
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+long long it_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int it_wait_for(int (*cond_fn)(void *), void *baton, int timeout_ms)
+{
+    long long end = it_now_ms() + timeout_ms;
+
+    for (;;) {
+        if (cond_fn(baton)) {
+            return 1;
+        }
+        if (it_now_ms() >= end) {
+            return 0;
+        }
+        usleep(5000);
+    }
+}
+
+static const char *env_or(const char *name, const char *dflt)
+{
+    const char *v = getenv(name);
+
+    return v && *v ? v : dflt;
+}
+
+long it_read_file(const char *path, char *buf, size_t max)
+{
+    FILE *f = fopen(path, "r");
+    size_t n;
+
+    if (!f) {
+        return -1;
+    }
+    n = fread(buf, 1, max - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    return (long)n;
+}
+
+static int write_file(const char *path, const char *data)
+{
+    FILE *f = fopen(path, "w");
+
+    if (!f) {
+        return -1;
+    }
+    fputs(data, f);
+    return fclose(f);
+}
+
+static int free_port(void)
+{
+    struct sockaddr_in sa;
+    socklen_t len = sizeof(sa);
+    int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0
+        && getsockname(fd, (struct sockaddr *)&sa, &len) == 0) {
+        port = ntohs(sa.sin_port);
+    }
+    if (fd >= 0) {
+        close(fd);
+    }
+    return port;
+}
+
+/* Replace every @KEY@ of tmpl; values are NULL-terminated key/value pairs. */
+static char *expand(const char *tmpl, const char **kv)
+{
+    size_t cap = strlen(tmpl) * 2 + 65536, len = 0;
+    char *out = malloc(cap);
+    const char *p = tmpl;
+
+    while (*p) {
+        if (*p == '@') {
+            const char *end = strchr(p + 1, '@');
+            int done = 0;
+
+            for (int i = 0; end && kv[i]; i += 2) {
+                size_t klen = strlen(kv[i]);
+
+                if ((size_t)(end - p - 1) == klen
+                    && !strncmp(p + 1, kv[i], klen)) {
+                    size_t vlen = strlen(kv[i + 1]);
+
+                    if (len + vlen + 1 >= cap) {
+                        cap = (len + vlen + 1) * 2;
+                        out = realloc(out, cap);
+                    }
+                    memcpy(out + len, kv[i + 1], vlen);
+                    len += vlen;
+                    p = end + 1;
+                    done = 1;
+                    break;
+                }
+            }
+            if (done) {
+                continue;
+            }
+        }
+        if (len + 2 >= cap) {
+            cap *= 2;
+            out = realloc(out, cap);
+        }
+        out[len++] = *p++;
+    }
+    out[len] = '\0';
+    return out;
+}
+
+/* Remember every server for the runner: "pid dir" lines. */
+static void record_server(const it_server_t *srv)
+{
+    const char *list = getenv("COMET_IT_LIST");
+    FILE *f;
+
+    if (list && (f = fopen(list, "a"))) {
+        fprintf(f, "%d %s\n", (int)srv->pid, srv->dir);
+        fclose(f);
+    }
+}
+
+static int make_config(it_server_t *srv, const it_opts_t *o)
+{
+    char tmpl[65536], path[512], port[16], tport[16], servers[16];
+    char threads[16], workers[16], factor[64], usergroup[128], tls[2048];
+    const char *srcdir = env_or("COMET_SRCDIR", ".");
+    const char *mpm = o && o->mpm ? o->mpm : "event";
+    int nserv = o && o->servers ? o->servers : 2;
+    int nthr = o && o->threads ? o->threads : 5;
+    char *conf;
+    int rc;
+
+    strcpy(srv->dir, "/tmp/comet-it.XXXXXX");
+    if (!mkdtemp(srv->dir)) {
+        return -1;
+    }
+    /* Children run as www-data when the tests run as root. */
+    chmod(srv->dir, 0755);
+    snprintf(path, sizeof(path), "%s/htdocs", srv->dir);
+    mkdir(path, 0755);
+    snprintf(path, sizeof(path), "%s/htdocs/index.html", srv->dir);
+    write_file(path, "hello from the document root\n");
+    snprintf(srv->socket_path, sizeof(srv->socket_path), "%s/comet.sock",
+             srv->dir);
+
+    srv->port = free_port();
+    srv->tls_port = (o && o->tls) ? free_port() : 0;
+    srv->children_wanted = strcmp(mpm, "event") ? 0 : nserv;
+    snprintf(port, sizeof(port), "%d", srv->port);
+    snprintf(tport, sizeof(tport), "%d", srv->tls_port);
+    snprintf(servers, sizeof(servers), "%d", nserv);
+    snprintf(threads, sizeof(threads), "%d", nthr);
+    snprintf(workers, sizeof(workers), "%d", nserv * nthr);
+    factor[0] = '\0';
+    if (o && o->async_factor) {
+        snprintf(factor, sizeof(factor), "AsyncRequestWorkerFactor %d",
+                 o->async_factor);
+    }
+    usergroup[0] = '\0';
+    if (geteuid() == 0) {
+        snprintf(usergroup, sizeof(usergroup),
+                 "User www-data\nGroup www-data");
+    }
+    tls[0] = '\0';
+    if (o && o->tls) {
+        char cmd[1024], out[4096];
+
+        snprintf(cmd, sizeof(cmd), "openssl req -x509 -newkey rsa:2048 -nodes "
+                 "-keyout %s/key.pem -out %s/cert.pem -days 2 "
+                 "-subj /CN=127.0.0.1 2>&1", srv->dir, srv->dir);
+        if (it_run(cmd, out, sizeof(out), 60000) != 0) {
+            fprintf(stderr, "openssl failed: %s\n", out);
+            return -1;
+        }
+        snprintf(tls, sizeof(tls),
+                 "LoadModule ssl_module %s/mod_ssl.so\n"
+                 "Listen 127.0.0.1:%s\n"
+                 "SSLSessionCache none\n"
+                 "<VirtualHost 127.0.0.1:%s>\n"
+                 "  SSLEngine on\n"
+                 "  SSLCertificateFile %s/cert.pem\n"
+                 "  SSLCertificateKeyFile %s/key.pem\n"
+                 "  <Location /sub/>\n    SetHandler comet-subscriber\n"
+                 "  </Location>\n"
+                 "</VirtualHost>\n",
+                 env_or("COMET_HTTPD_MODULES", "/usr/lib/apache2/modules"),
+                 tport, tport, srv->dir, srv->dir);
+    }
+
+    snprintf(path, sizeof(path), "%s/tests/integration/httpd.conf.in",
+             srcdir);
+    if (it_read_file(path, tmpl, sizeof(tmpl)) < 0) {
+        fprintf(stderr, "cannot read %s\n", path);
+        return -1;
+    }
+    {
+        const char *kv[] = {
+            "DIR", srv->dir, "PORT", port, "MPM", mpm,
+            "MODULES", env_or("COMET_HTTPD_MODULES",
+                              "/usr/lib/apache2/modules"),
+            "MODULE", env_or("COMET_MODULE", ".libs/mod_comet.so"),
+            "SERVERS", servers, "THREADS", threads, "WORKERS", workers,
+            "ASYNC_FACTOR", factor, "USER_GROUP", usergroup,
+            "LOGLEVEL", o && o->loglevel ? o->loglevel : "info",
+            "TLS", tls, "EXTRA", o && o->extra ? o->extra : "",
+            NULL
+        };
+        conf = expand(tmpl, kv);
+    }
+    snprintf(path, sizeof(path), "%s/httpd.conf", srv->dir);
+    rc = write_file(path, conf);
+    free(conf);
+    return rc;
+}
+
+static pid_t spawn_httpd(const it_server_t *srv, const char *mode,
+                         const char *errfile)
+{
+    char conf[512];
+    pid_t pid;
+
+    snprintf(conf, sizeof(conf), "%s/httpd.conf", srv->dir);
+    pid = fork();
+    if (pid == 0) {
+        int fd = open(errfile, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+        struct rlimit rl;
+
+        /* Own process group: the runner can always kill all of it. */
+        setsid();
+        /* Thousands of subscribers need thousands of descriptors. */
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+            rl.rlim_cur = rl.rlim_max;
+            setrlimit(RLIMIT_NOFILE, &rl);
+        }
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+        fd = open("/dev/null", O_RDONLY);
+        if (fd >= 0) {
+            dup2(fd, 0);
+            close(fd);
+        }
+        if (!strcmp(mode, "-t")) {
+            execlp(env_or("COMET_HTTPD", "apache2"), "apache2", "-d",
+                   srv->dir, "-f", conf, "-t", (char *)NULL);
+        }
+        else {
+            execlp(env_or("COMET_HTTPD", "apache2"), "apache2", "-d",
+                   srv->dir, "-f", conf, "-DFOREGROUND", (char *)NULL);
+        }
+        _exit(127);
+    }
+    return pid;
+}
+
+int it_server_children(const it_server_t *srv, pid_t *pids, int max)
+{
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    int n = 0;
+
+    if (!d) {
+        return 0;
+    }
+    while ((e = readdir(d)) && n < max) {
+        char path[300], buf[512], *p;
+        int ppid;
+
+        if (!isdigit((unsigned char)e->d_name[0])) {
+            continue;
+        }
+        snprintf(path, sizeof(path), "/proc/%s/stat", e->d_name);
+        if (it_read_file(path, buf, sizeof(buf)) <= 0) {
+            continue;
+        }
+        /* comm may hold spaces; the fields after the last ')' are fixed. */
+        p = strrchr(buf, ')');
+        if (p && sscanf(p + 2, "%*c %d", &ppid) == 1 && ppid == srv->pid) {
+            pids[n++] = (pid_t)atoi(e->d_name);
+        }
+    }
+    closedir(d);
+    return n;
+}
+
+static int answers(int port)
+{
+    it_response_t *res = malloc(sizeof(*res));
+    int ok = it_http(port, "GET", "/index.html", NULL, NULL, 0, res, 2000)
+             == 0 && res->status == 200;
+
+    free(res);
+    return ok;
+}
+
+typedef struct ready_t {
+    it_server_t *srv;
+    int exited;
+} ready_t;
+
+static int server_ready(void *baton)
+{
+    ready_t *rd = baton;
+    pid_t kids[64];
+    int status;
+
+    if (waitpid(rd->srv->pid, &status, WNOHANG) == rd->srv->pid) {
+        rd->exited = 1;
+        return 1;
+    }
+    if (it_server_children(rd->srv, kids, 64) < rd->srv->children_wanted) {
+        return 0;
+    }
+    return answers(rd->srv->port);
+}
+
+void it_server_log_tail(const it_server_t *srv, int lines)
+{
+    char cmd[600], out[16384];
+
+    snprintf(cmd, sizeof(cmd), "tail -n %d %s/error_log %s/stderr.log "
+             "2>/dev/null", lines, srv->dir, srv->dir);
+    it_run(cmd, out, sizeof(out), 5000);
+    fprintf(stderr, "---- tail of %s/error_log ----\n%s----\n", srv->dir,
+            out);
+}
+
+int it_server_start(it_server_t *srv, const it_opts_t *opts)
+{
+    char errfile[512];
+    ready_t rd;
+
+    memset(srv, 0, sizeof(*srv));
+    if (make_config(srv, opts) != 0) {
+        fprintf(stderr, "cannot write the test server's config\n");
+        return -1;
+    }
+    snprintf(errfile, sizeof(errfile), "%s/stderr.log", srv->dir);
+    srv->pid = spawn_httpd(srv, "start", errfile);
+    if (srv->pid <= 0) {
+        srv->pid = 0;
+        return -1;
+    }
+    record_server(srv);
+    rd.srv = srv;
+    rd.exited = 0;
+    if (!it_wait_for(server_ready, &rd, 20000) || rd.exited) {
+        fprintf(stderr, "apache2 did not come up (%s)\n",
+                rd.exited ? "it exited" : "timeout");
+        it_server_log_tail(srv, 30);
+        if (!rd.exited) {
+            it_server_stop(srv);
+        }
+        srv->pid = 0;
+        return -1;
+    }
+    return 0;
+}
+
+void it_server_stop(it_server_t *srv)
+{
+    long long end;
+    int status;
+
+    if (srv->pid <= 0) {
+        return;
+    }
+    kill(srv->pid, SIGTERM);
+    end = it_now_ms() + 15000;
+    while (it_now_ms() < end) {
+        pid_t r = waitpid(srv->pid, &status, WNOHANG);
+
+        if (r == srv->pid || (r < 0 && errno == ECHILD)) {
+            break;
+        }
+        usleep(10000);
+    }
+    /* Whatever is left of the group (a hung child) goes now. */
+    kill(-srv->pid, SIGKILL);
+    waitpid(srv->pid, &status, WNOHANG);
+    srv->pid = 0;
+}
+
+typedef struct gen_t {
+    it_server_t *srv;
+    pid_t old[64];
+    int nold;
+} gen_t;
+
+static int new_generation(void *baton)
+{
+    gen_t *g = baton;
+    pid_t kids[64];
+    int n = it_server_children(g->srv, kids, 64), fresh = 0;
+
+    for (int i = 0; i < n; i++) {
+        int seen = 0;
+
+        for (int j = 0; j < g->nold; j++) {
+            seen |= kids[i] == g->old[j];
+        }
+        fresh += !seen;
+    }
+    return fresh >= g->srv->children_wanted && answers(g->srv->port);
+}
+
+int it_server_graceful(it_server_t *srv)
+{
+    gen_t g;
+
+    g.srv = srv;
+    g.nold = it_server_children(srv, g.old, 64);
+    if (kill(srv->pid, SIGUSR1) != 0) {
+        return -1;
+    }
+    return it_wait_for(new_generation, &g, 20000) ? 0 : -1;
+}
+
+int it_server_try(const it_opts_t *opts, int start, char *out, size_t outlen)
+{
+    it_server_t srv;
+    char errfile[512], log[8192];
+    int status = -1;
+    long long end;
+    size_t n;
+
+    memset(&srv, 0, sizeof(srv));
+    out[0] = '\0';
+    if (make_config(&srv, opts) != 0) {
+        return -1;
+    }
+    snprintf(errfile, sizeof(errfile), "%s/stderr.log", srv.dir);
+    srv.pid = spawn_httpd(&srv, start ? "start" : "-t", errfile);
+    record_server(&srv);
+    end = it_now_ms() + 20000;
+    while (it_now_ms() < end) {
+        if (waitpid(srv.pid, &status, WNOHANG) == srv.pid) {
+            break;
+        }
+        usleep(10000);
+    }
+    if (it_now_ms() >= end) {
+        it_server_stop(&srv);
+        status = -1;
+    }
+    else {
+        status = WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+        kill(-srv.pid, SIGKILL);
+    }
+    if (it_read_file(errfile, out, outlen) < 0) {
+        out[0] = '\0';
+    }
+    snprintf(errfile, sizeof(errfile), "%s/error_log", srv.dir);
+    if (it_read_file(errfile, log, sizeof(log)) > 0) {
+        n = strlen(out);
+        snprintf(out + n, outlen - n, "%s", log);
+    }
+    return status;
+}
+
+/* ---- sockets --------------------------------------------------------------- */
+
+int it_connect(int port)
+{
+    struct sockaddr_in sa;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+
+    if (fd < 0) {
+        return -1;
+    }
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((unsigned short)port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        close(fd);
+        return -1;
+    }
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    return fd;
+}
+
+int it_connect_unix(const char *path)
+{
+    struct sockaddr_un sa;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    if (fd < 0) {
+        return -1;
+    }
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+int it_send(int fd, const char *buf, size_t len)
+{
+    while (len) {
+        ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            return -1;
+        }
+        buf += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+int it_sendf(int fd, const char *fmt, ...)
+{
+    char buf[16384];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof(buf)) {
+        return -1;
+    }
+    return it_send(fd, buf, (size_t)n);
+}
+
+/* 1 data read, 0 closed, -2 timeout, -1 error */
+static int read_some(int fd, char *buf, size_t max, size_t *len,
+                     long long end)
+{
+    struct pollfd pfd;
+    ssize_t n;
+    int left = (int)(end - it_now_ms());
+
+    if (*len + 1 >= max) {
+        return -1;
+    }
+    if (left <= 0) {
+        return -2;
+    }
+    pfd.fd = fd;
+    pfd.events = POLLIN;
+    if (poll(&pfd, 1, left) <= 0) {
+        return -2;
+    }
+    n = read(fd, buf + *len, max - *len - 1);
+    if (n < 0) {
+        return errno == EINTR || errno == EAGAIN ? 1 : -1;
+    }
+    if (n == 0) {
+        return 0;
+    }
+    *len += (size_t)n;
+    buf[*len] = '\0';
+    return 1;
+}
+
+int it_read_until(int fd, char *buf, size_t max, size_t *len, size_t from,
+                  const char *needle, int timeout_ms)
+{
+    long long end = it_now_ms() + timeout_ms;
+
+    buf[*len] = '\0';
+    for (;;) {
+        int r;
+
+        if (from <= *len && memmem(buf + from, *len - from, needle,
+                                   strlen(needle))) {
+            return 1;
+        }
+        r = read_some(fd, buf, max, len, end);
+        if (r == 0 || r == -2) {
+            return 0;
+        }
+        if (r < 0) {
+            return -1;
+        }
+    }
+}
+
+int it_read_to_close(int fd, char *buf, size_t max, size_t *len,
+                     int timeout_ms)
+{
+    long long end = it_now_ms() + timeout_ms;
+
+    buf[*len] = '\0';
+    for (;;) {
+        int r = read_some(fd, buf, max, len, end);
+
+        if (r == 0) {
+            return 1;
+        }
+        if (r < 0) {
+            return 0;
+        }
+    }
+}
+
+const char *it_header(const it_response_t *res, const char *name, char *buf,
+                      size_t len)
+{
+    size_t nlen = strlen(name);
+    const char *p = strstr(res->head, "\r\n");
+
+    while (p && p[2]) {
+        p += 2;
+        if (!strncasecmp(p, name, nlen) && p[nlen] == ':') {
+            const char *v = p + nlen + 1, *e = strstr(v, "\r\n");
+            size_t vl;
+
+            while (*v == ' ') {
+                v++;
+            }
+            vl = e ? (size_t)(e - v) : strlen(v);
+            if (vl >= len) {
+                vl = len - 1;
+            }
+            memcpy(buf, v, vl);
+            buf[vl] = '\0';
+            return buf;
+        }
+        p = strstr(p, "\r\n");
+    }
+    return NULL;
+}
+
+int it_parse_response(const char *raw, size_t len, it_response_t *res)
+{
+    const char *eoh = memmem(raw, len, "\r\n\r\n", 4), *p;
+    size_t hlen;
+    char te[64];
+
+    memset(res, 0, sizeof(*res));
+    if (!eoh || sscanf(raw, "HTTP/1.%*d %d", &res->status) != 1) {
+        return -1;
+    }
+    hlen = (size_t)(eoh - raw) + 2;
+    if (hlen >= sizeof(res->head)) {
+        hlen = sizeof(res->head) - 1;
+    }
+    memcpy(res->head, raw, hlen);
+    res->head[hlen] = '\0';
+    p = eoh + 4;
+    if (it_header(res, "Transfer-Encoding", te, sizeof(te))
+        && !strcasecmp(te, "chunked")) {
+        const char *end = raw + len;
+
+        while (p < end) {
+            char *q;
+            unsigned long n = strtoul(p, &q, 16);
+
+            if (q == p || !(q = memmem(q, (size_t)(end - q), "\r\n", 2))) {
+                break;
+            }
+            p = q + 2;
+            if (n == 0) {
+                res->chunked_complete = 1;
+                break;
+            }
+            if ((size_t)(end - p) < n) {
+                n = (unsigned long)(end - p);
+            }
+            if (res->body_len + n < sizeof(res->body)) {
+                memcpy(res->body + res->body_len, p, n);
+                res->body_len += n;
+            }
+            p += n + 2;
+        }
+    }
+    else {
+        size_t n = (size_t)(raw + len - p);
+
+        if (n >= sizeof(res->body)) {
+            n = sizeof(res->body) - 1;
+        }
+        memcpy(res->body, p, n);
+        res->body_len = n;
+    }
+    res->body[res->body_len] = '\0';
+    return 0;
+}
+
+int it_http(int port, const char *method, const char *path,
+            const char *extra_headers, const char *body, size_t body_len,
+            it_response_t *res, int timeout_ms)
+{
+    static __thread char raw[512 * 1024];
+    size_t len = 0;
+    int fd = it_connect(port), rc = -1;
+
+    memset(res, 0, sizeof(*res));
+    if (fd < 0) {
+        return -1;
+    }
+    if (it_sendf(fd, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 "Connection: close\r\n%s", method, path,
+                 extra_headers ? extra_headers : "") == 0
+        && (!body || it_sendf(fd, "Content-Length: %zu\r\n", body_len) == 0)
+        && it_send(fd, "\r\n", 2) == 0
+        && (!body || it_send(fd, body, body_len) == 0)) {
+        it_read_to_close(fd, raw, sizeof(raw), &len, timeout_ms);
+        rc = it_parse_response(raw, len, res);
+    }
+    close(fd);
+    return rc;
+}
+
+int it_run(const char *cmd, char *out, size_t outlen, int timeout_ms)
+{
+    int pipefd[2], status = -1;
+    size_t len = 0;
+    pid_t pid;
+
+    out[0] = '\0';
+    if (pipe(pipefd) != 0) {
+        return -1;
+    }
+    pid = fork();
+    if (pid == 0) {
+        dup2(pipefd[1], 1);
+        dup2(pipefd[1], 2);
+        close(pipefd[0]);
+        close(pipefd[1]);
+        setsid();
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    close(pipefd[1]);
+    it_read_to_close(pipefd[0], out, outlen, &len, timeout_ms);
+    close(pipefd[0]);
+    for (int i = 0; i < 400 && waitpid(pid, &status, WNOHANG) != pid; i++) {
+        usleep(5000);
+        status = -2;
+    }
+    if (status == -2) {
+        kill(-pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        return -1;
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}

@@ -1,0 +1,118 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may
+ * not use this file except in compliance with the License.
+ */
+
+/*
+ * The integration harness: starts the real apache2 (event MPM, at least two
+ * children) with a configuration generated from tests/integration/
+ * httpd.conf.in into a temporary directory on a free 127.0.0.1 port, talks
+ * to it over sockets, and stops it by PID.  Every server started is also
+ * recorded for the runner (main.c), which kills whatever is left at the end
+ * and prints the tail of each error log when a test failed.
+ */
+#ifndef COMET_IT_HARNESS_H
+#define COMET_IT_HARNESS_H
+
+#include <sys/types.h>
+#include <check.h>
+
+typedef struct it_opts_t {
+    const char *mpm;        /* "event" (default), "prefork", "worker"      */
+    int servers;            /* children (StartServers = ServerLimit); 2    */
+    int threads;            /* ThreadsPerChild; 5                          */
+    int async_factor;       /* AsyncRequestWorkerFactor; 0 = httpd default */
+    const char *extra;      /* appended to the generated httpd.conf        */
+    const char *loglevel;   /* LogLevel for comet; "info"                  */
+    int tls;                /* also listen with TLS on tls_port            */
+} it_opts_t;
+
+typedef struct it_server_t {
+    char dir[256];
+    char socket_path[300];  /* the publish socket: <dir>/comet.sock       */
+    int port;
+    int tls_port;
+    pid_t pid;
+    int children_wanted;
+} it_server_t;
+
+/* Generate the config and start apache2; waits (polling) until it answers
+ * and all children run.  0 on success; on failure the error log's tail has
+ * been printed and srv->pid is 0. */
+int it_server_start(it_server_t *srv, const it_opts_t *opts);
+
+/* SIGTERM, wait for exit (bounded), SIGKILL the whole process group if it
+ * did not go.  Safe to call twice. */
+void it_server_stop(it_server_t *srv);
+
+/* apachectl -k graceful: SIGUSR1, then wait until a new generation of
+ * children answers.  0 on success. */
+int it_server_graceful(it_server_t *srv);
+
+/* Write the config only and run `apache2 -t` (or a real start when
+ * start is set, which must fail): returns the exit status and copies
+ * stderr + error log into out. */
+int it_server_try(const it_opts_t *opts, int start, char *out,
+                  size_t outlen);
+
+/* Pids of the server's child processes (at most max); returns the count. */
+int it_server_children(const it_server_t *srv, pid_t *pids, int max);
+
+/* Print the last lines of the server's error log to stderr. */
+void it_server_log_tail(const it_server_t *srv, int lines);
+
+/* Read a whole file (at most max-1 bytes) into buf; returns length or -1. */
+long it_read_file(const char *path, char *buf, size_t max);
+
+/* ---- sockets and HTTP ------------------------------------------------------ */
+
+/* Connected TCP socket to 127.0.0.1:port (blocking), or -1. */
+int it_connect(int port);
+int it_connect_unix(const char *path);
+
+/* Send all of buf. 0 or -1. */
+int it_send(int fd, const char *buf, size_t len);
+int it_sendf(int fd, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Read into buf (appending at *len, NUL-terminated) until needle appears
+ * after offset 'from', the peer closes, or timeout_ms passes.  Returns 1
+ * found, 0 closed/timeout without it, -1 error. */
+int it_read_until(int fd, char *buf, size_t max, size_t *len, size_t from,
+                  const char *needle, int timeout_ms);
+
+/* Read until the peer closes or timeout; returns 1 closed, 0 timeout. */
+int it_read_to_close(int fd, char *buf, size_t max, size_t *len,
+                     int timeout_ms);
+
+typedef struct it_response_t {
+    int status;
+    char head[8192];          /* status line + headers                  */
+    char body[256 * 1024];    /* de-chunked body                         */
+    size_t body_len;
+    int chunked_complete;     /* saw the terminating chunk               */
+} it_response_t;
+
+/* One request with "Connection: close" (added), read to the end.
+ * extra_headers: "Name: value\r\n..." or NULL.  0 or -1. */
+int it_http(int port, const char *method, const char *path,
+            const char *extra_headers, const char *body, size_t body_len,
+            it_response_t *res, int timeout_ms);
+
+/* Value of a response header (case-insensitive name), copied; NULL. */
+const char *it_header(const it_response_t *res, const char *name,
+                      char *buf, size_t len);
+
+/* Parse a raw HTTP response held in raw[0..len) into res (de-chunking). */
+int it_parse_response(const char *raw, size_t len, it_response_t *res);
+
+/* Run a command line through sh; capture stdout+stderr into out.
+ * Returns the exit status (or -1). */
+int it_run(const char *cmd, char *out, size_t outlen, int timeout_ms);
+
+/* Milliseconds on a monotonic clock. */
+long long it_now_ms(void);
+
+/* Wait (polling every few ms) until cond_fn(baton) is true or timeout. */
+int it_wait_for(int (*cond_fn)(void *), void *baton, int timeout_ms);
+
+#endif

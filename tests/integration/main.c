@@ -1,0 +1,79 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may
+ * not use this file except in compliance with the License.
+ */
+
+/* The integration test runner.  Every apache2 the tests start is listed in
+ * a file (COMET_IT_LIST); at the end the runner kills whatever of them is
+ * left, prints the tail of each error log when a test failed, and removes
+ * the temporary directories. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+#define COMET_SUITE(name) Suite *test_##name##_suite(void);
+#include "integration_suites.h"
+#undef COMET_SUITE
+
+static void sweep(const char *list, int failed)
+{
+    FILE *f = fopen(list, "r");
+    char line[600], cmd[700], out[256];
+    int pid;
+
+    if (!f) {
+        return;
+    }
+    while (fgets(line, sizeof(line), f)) {
+        it_server_t srv;
+
+        memset(&srv, 0, sizeof(srv));
+        if (sscanf(line, "%d %255s", &pid, srv.dir) != 2) {
+            continue;
+        }
+        if (pid > 0 && kill(-pid, 0) == 0) {
+            fprintf(stderr, "killing leftover apache2 group %d\n", pid);
+            kill(-pid, SIGKILL);
+        }
+        if (failed) {
+            it_server_log_tail(&srv, 25);
+        }
+        if (!getenv("COMET_KEEP") && strncmp(srv.dir, "/tmp/comet-it.", 14)
+            == 0) {
+            snprintf(cmd, sizeof(cmd), "rm -rf '%s'", srv.dir);
+            it_run(cmd, out, sizeof(out), 10000);
+        }
+    }
+    fclose(f);
+    unlink(list);
+}
+
+int main(void)
+{
+    char list[64];
+    SRunner *sr;
+    int failed, fd;
+
+    strcpy(list, "/tmp/comet-it-list.XXXXXX");
+    fd = mkstemp(list);
+    if (fd < 0) {
+        perror("mkstemp");
+        return EXIT_FAILURE;
+    }
+    close(fd);
+    setenv("COMET_IT_LIST", list, 1);
+    signal(SIGPIPE, SIG_IGN);
+
+    sr = srunner_create(NULL);
+#define COMET_SUITE(name) srunner_add_suite(sr, test_##name##_suite());
+#include "integration_suites.h"
+#undef COMET_SUITE
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    sweep(list, failed);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

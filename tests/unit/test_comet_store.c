@@ -1,0 +1,1210 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may
+ * not use this file except in compliance with the License.
+ */
+
+/* Unit tests of comet_store.c in one process: ids, limits, missed
+ * detection, reclaim, a full segment, accounting, slots and wakeups.  Time
+ * is simulated through the now argument. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "store_util.h"
+
+#define MB (1024 * 1024)
+
+static comet_msgid_t mkid(apr_uint32_t epoch, apr_uint64_t seq)
+{
+    comet_msgid_t id;
+
+    id.epoch = epoch;
+    id.seq = seq;
+    return id;
+}
+
+static apr_status_t parse(const char *s, comet_msgid_t *id)
+{
+    return comet_msgid_parse(id, s, strlen(s));
+}
+
+static comet_read_t rd(comet_store_t *st, const char *chan, comet_msgid_t after,
+                       apr_time_t now)
+{
+    comet_read_t r;
+
+    ck_assert_int_eq(comet_store_read_by_id(st, chan, strlen(chan), after, 0,
+                                            0, now, comet_test_pool, &r),
+                     APR_SUCCESS);
+    return r;
+}
+
+static comet_msg_t *msg_at(comet_read_t *r, int i)
+{
+    return &APR_ARRAY_IDX(r->msgs, i, comet_msg_t);
+}
+
+static apr_uint64_t pub(comet_store_t *st, const char *chan, const char *data,
+                        apr_time_t now)
+{
+    comet_publish_result_t res;
+
+    ck_assert_int_eq(store_util_pub(st, chan, data, strlen(data), now, &res),
+                     APR_SUCCESS);
+    return res.id.seq;
+}
+
+/* ---- message ids ------------------------------------------------------ */
+
+START_TEST(msgid_format_and_parse_round_trip)
+{
+    char buf[COMET_MSGID_MAXLEN];
+    comet_msgid_t id = mkid(0x1f03a9c2, 42), back;
+
+    ck_assert_uint_eq(comet_msgid_format(buf, &id), 11);
+    ck_assert_str_eq(buf, "1f03a9c2:42");
+    ck_assert_int_eq(parse(buf, &back), APR_SUCCESS);
+    ck_assert_uint_eq(back.epoch, 0x1f03a9c2);
+    ck_assert_uint_eq(back.seq, 42);
+
+    id = mkid(0xffffffff, APR_UINT64_MAX);
+    ck_assert_uint_eq(comet_msgid_format(buf, &id), COMET_MSGID_MAXLEN - 1);
+    ck_assert_str_eq(buf, "ffffffff:18446744073709551615");
+    ck_assert_int_eq(parse(buf, &back), APR_SUCCESS);
+    ck_assert(back.seq == APR_UINT64_MAX);
+
+    id = mkid(1, 0);
+    comet_msgid_format(buf, &id);
+    ck_assert_str_eq(buf, "00000001:0");
+    ck_assert_int_eq(parse(buf, &back), APR_SUCCESS);
+    ck_assert_uint_eq(back.seq, 0);
+    /* Exactly len bytes are parsed. */
+    ck_assert_int_eq(comet_msgid_parse(&back, "1f03a9c2:123", 10),
+                     APR_SUCCESS);
+    ck_assert_uint_eq(back.seq, 1);
+}
+END_TEST
+
+START_TEST(msgid_parse_refuses_garbage)
+{
+    static const char *const bad[] = {
+        "", ":", "1f03a9c2", "1f03a9c2:", "1f03a9c2:-1", "1f03a9c2:+1",
+        "1f03a9c2:01", "1f03a9c2:00", "1f03a9c2:18446744073709551616",
+        "1f03a9c2:99999999999999999999", "1f03a9c2:000000000000000000001",
+        "1f03a9c2:123456789012345678901", "1F03A9C2:1", "1f03a9cg:1",
+        "00000000:1", "1f03a9c2:1x", "1f03a9c2:1 ", " 1f03a9c2:1",
+        "1f03a9c:1", "1f03a9c21:1", "1f03a9c2;1", "1f03a9c2:1,2",
+        "1f03a9c2:1:2", "0x03a9c2:1", "1f03a9c2: 1", "-f03a9c2:1"
+    };
+    comet_msgid_t id = mkid(7, 7);
+    apr_size_t i;
+
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        ck_assert_msg(parse(bad[i], &id) == COMET_EBADID, "accepted '%s'",
+                      bad[i]);
+    }
+    ck_assert_int_eq(comet_msgid_parse(&id, "1f03a9c2:1\0", 11),
+                     COMET_EBADID);
+    ck_assert_int_eq(comet_msgid_parse(&id, NULL, 0), COMET_EBADID);
+    /* A refused parse leaves the id alone. */
+    ck_assert_uint_eq(id.epoch, 7);
+    ck_assert_uint_eq(id.seq, 7);
+}
+END_TEST
+
+START_TEST(msgid_compound_round_trip_and_limits)
+{
+    apr_uint64_t seqs[4] = { 0, 17, APR_UINT64_MAX, 5 }, got[4];
+    char buf[COMET_MSGID_COMPOUND_MAXLEN(4)];
+    apr_uint32_t epoch;
+    apr_size_t n, len;
+    static const char *const bad[] = {
+        "1f03a9c2:", "1f03a9c2:1,", "1f03a9c2:,1", "1f03a9c2:1,,2",
+        "1f03a9c2:1,02", "1f03a9c2:1;2", "00000000:1,2", "1f03a9c2:1,2 ",
+        "1f03a9c2:1,-2", "1f03a9c2:1,2:3", "1f03a9c2:1,18446744073709551616"
+    };
+
+    len = comet_msgid_format_compound(buf, 0xabcdef01, seqs, 4);
+    ck_assert_str_eq(buf, "abcdef01:0,17,18446744073709551615,5");
+    ck_assert_uint_eq(len, strlen(buf));
+    ck_assert(len < sizeof(buf));
+    ck_assert_int_eq(comet_msgid_parse_compound(&epoch, got, 4, &n, buf, len),
+                     APR_SUCCESS);
+    ck_assert_uint_eq(epoch, 0xabcdef01);
+    ck_assert_uint_eq(n, 4);
+    ck_assert(memcmp(got, seqs, sizeof(seqs)) == 0);
+    /* More parts than the caller has room for. */
+    ck_assert_int_eq(comet_msgid_parse_compound(&epoch, got, 3, &n, buf, len),
+                     COMET_EBADID);
+    ck_assert_int_eq(comet_msgid_parse_compound(&epoch, got, 1, &n,
+                                                "abcdef01:9", 10),
+                     APR_SUCCESS);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_uint_eq(got[0], 9);
+    for (n = 0; n < sizeof(bad) / sizeof(bad[0]); n++) {
+        apr_size_t k;
+
+        ck_assert_msg(comet_msgid_parse_compound(&epoch, got, 4, &k, bad[n],
+                                                 strlen(bad[n]))
+                      == COMET_EBADID, "accepted '%s'", bad[n]);
+    }
+}
+END_TEST
+
+START_TEST(msgid_compare_orders_by_seq)
+{
+    comet_msgid_t a = mkid(5, 1), b = mkid(5, 2), c = mkid(5, 2);
+
+    ck_assert_int_lt(comet_msgid_cmp(&a, &b), 0);
+    ck_assert_int_gt(comet_msgid_cmp(&b, &a), 0);
+    ck_assert_int_eq(comet_msgid_cmp(&b, &c), 0);
+    c.seq = APR_UINT64_MAX;
+    ck_assert_int_lt(comet_msgid_cmp(&b, &c), 0);
+}
+END_TEST
+
+START_TEST(channel_id_check_accepts_only_the_safe_set)
+{
+    static const char *const good[] = {
+        "a", "room-1", "A_b.c~d:e@f/g", "0123456789", "x/y/z"
+    };
+    static const char *const bad[] = {
+        "a b", "a,b", "a%20", "a\"b", "a'b", "a\nb", "a\tb", "\xc3\xa9",
+        "a?b", "a#b", "a*b", "a\\b", "a+b", "<a>"
+    };
+    char longid[COMET_CHANNEL_ID_MAX_DEFAULT + 2];
+    apr_size_t i;
+
+    for (i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        ck_assert_int_eq(comet_channel_id_check(good[i], strlen(good[i]), 64),
+                         APR_SUCCESS);
+    }
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        ck_assert_msg(comet_channel_id_check(bad[i], strlen(bad[i]), 64)
+                      == COMET_EBADCHAN, "accepted '%s'", bad[i]);
+    }
+    ck_assert_int_eq(comet_channel_id_check("", 0, 64), COMET_EBADCHAN);
+    ck_assert_int_eq(comet_channel_id_check(NULL, 3, 64), COMET_EBADCHAN);
+    ck_assert_int_eq(comet_channel_id_check("a\0b", 3, 64), COMET_EBADCHAN);
+    memset(longid, 'x', sizeof(longid));
+    ck_assert_int_eq(comet_channel_id_check(longid,
+                                            COMET_CHANNEL_ID_MAX_DEFAULT,
+                                            COMET_CHANNEL_ID_MAX_DEFAULT),
+                     APR_SUCCESS);
+    ck_assert_int_eq(comet_channel_id_check(longid,
+                                            COMET_CHANNEL_ID_MAX_DEFAULT + 1,
+                                            COMET_CHANNEL_ID_MAX_DEFAULT),
+                     COMET_EBADCHAN);
+}
+END_TEST
+
+/* ---- format, attach, config -------------------------------------------------- */
+
+START_TEST(format_refuses_a_too_small_segment_and_attach_foreign_memory)
+{
+    comet_store_config_t cfg;
+    comet_store_t *st, *st2;
+    apr_size_t min;
+    char *seg;
+
+    comet_store_config_default(&cfg, 0);
+    min = comet_store_min_size(&cfg);
+    ck_assert(min > 256 * 1024);
+    cfg.size = min - 1;
+    seg = store_util_segment(min + 4096);
+    ck_assert_int_eq(comet_store_format(&st, seg, &cfg, comet_test_pool),
+                     APR_EINVAL);
+    cfg.size = min;
+    ck_assert_int_eq(comet_store_format(&st, seg, &cfg, comet_test_pool),
+                     APR_SUCCESS);
+    ck_assert_uint_ne(comet_store_epoch(st), 0);
+
+    ck_assert_int_eq(comet_store_attach(&st2, seg, min, comet_test_pool),
+                     APR_SUCCESS);
+    ck_assert_uint_eq(comet_store_epoch(st2), comet_store_epoch(st));
+    ck_assert_int_eq(comet_store_attach(&st2, seg, min + 4096,
+                                        comet_test_pool), COMET_ECORRUPT);
+    /* Foreign memory: zeros, and a store whose magic was overwritten. */
+    ck_assert_int_eq(comet_store_attach(&st2, store_util_segment(MB), MB,
+                                        comet_test_pool), COMET_ECORRUPT);
+    seg[0] ^= 0x55;
+    ck_assert_int_eq(comet_store_attach(&st2, seg, min, comet_test_pool),
+                     COMET_ECORRUPT);
+    seg[0] ^= 0x55;
+    ck_assert_int_eq(comet_store_attach(&st2, seg, min, comet_test_pool),
+                     APR_SUCCESS);
+    /* Each format draws a new epoch. */
+    ck_assert_int_eq(comet_store_format(&st2, seg, &cfg, comet_test_pool),
+                     APR_SUCCESS);
+    ck_assert_uint_ne(comet_store_epoch(st2), comet_store_epoch(st));
+}
+END_TEST
+
+START_TEST(set_limits_applies_new_buffer_length_and_keeps_geometry)
+{
+    comet_store_t *st = store_util_make(MB, 10, 0, 0, 4);
+    comet_store_config_t cfg;
+    comet_read_t r;
+    int i;
+
+    for (i = 0; i < 10; i++) {
+        pub(st, "c", "0123456789", 1);
+    }
+    comet_store_get_config(st, &cfg);
+    ck_assert_uint_eq(cfg.buffer_length, 10);
+    ck_assert_uint_eq(cfg.max_procs, 4);
+    cfg.buffer_length = 4;
+    cfg.message_timeout = STORE_UTIL_SEC(5);
+    cfg.max_message_size = 20;
+    cfg.max_procs = 99;
+    comet_store_set_limits(st, &cfg);
+    comet_store_get_config(st, &cfg);
+    ck_assert_uint_eq(cfg.buffer_length, 4);
+    ck_assert_uint_eq(cfg.max_procs, 4);
+    ck_assert_uint_eq(cfg.size, MB);
+    ck_assert_int_eq(cfg.message_timeout, STORE_UTIL_SEC(5));
+    r = rd(st, "c", mkid(0, 0), 2);
+    ck_assert_int_eq(r.msgs->nelts, 4);
+    ck_assert_uint_eq(msg_at(&r, 0)->id.seq, 7);
+    ck_assert_int_eq(store_util_pub(st, "c", "012345678901234567890", 21, 2,
+                                    NULL), COMET_ETOOBIG);
+    store_util_check(st);
+}
+END_TEST
+
+/* ---- buffers ----------------------------------------------------------------- */
+
+START_TEST(publish_then_read_returns_the_message_with_event_and_times)
+{
+    comet_store_t *st = store_util_make(MB, 0, 0, 0, 0);
+    comet_publish_t m = { "news", 4, "hello", 5, "update", 6 };
+    comet_publish_result_t res;
+    apr_time_t before = apr_time_now();
+    comet_read_t r;
+    comet_msg_t *msg;
+
+    ck_assert_int_eq(comet_store_publish(st, &m, 1000, NULL, NULL, &res),
+                     APR_SUCCESS);
+    ck_assert_uint_eq(res.id.epoch, comet_store_epoch(st));
+    ck_assert_uint_eq(res.id.seq, 1);
+    ck_assert_uint_eq(res.receivers, 0);
+    r = rd(st, "news", mkid(0, 0), 1000);
+    ck_assert_int_eq(r.msgs->nelts, 1);
+    ck_assert(!r.missed && !r.deleted && !r.more);
+    msg = msg_at(&r, 0);
+    ck_assert_str_eq(msg->data, "hello");
+    ck_assert_uint_eq(msg->data_len, 5);
+    ck_assert_str_eq(msg->event, "update");
+    ck_assert_uint_eq(msg->event_len, 6);
+    ck_assert(msg->published >= before && msg->published <= apr_time_now());
+    ck_assert_uint_eq(r.newest.seq, 1);
+    /* No event: NULL; empty data is a message too. */
+    m.event = NULL;
+    m.event_len = 0;
+    m.data_len = 0;
+    ck_assert_int_eq(comet_store_publish(st, &m, 1001, NULL, NULL, &res),
+                     APR_SUCCESS);
+    r = rd(st, "news", mkid(res.id.epoch, 1), 1001);
+    ck_assert_int_eq(r.msgs->nelts, 1);
+    ck_assert_ptr_null(msg_at(&r, 0)->event);
+    ck_assert_uint_eq(msg_at(&r, 0)->data_len, 0);
+    ck_assert_int_eq(comet_store_read_by_id(st, "none", 4, mkid(0, 0), 0, 0, 1,
+                                            comet_test_pool, &r),
+                     COMET_ENOCHAN);
+    store_util_check(st);
+}
+END_TEST
+
+START_TEST(publish_refuses_bad_channel_event_and_size)
+{
+    comet_store_t *st = store_util_make(MB, 0, 0, 0, 0);
+    comet_store_config_t cfg;
+    comet_publish_t m = { "c", 1, "x", 1, NULL, 0 };
+    char ev[COMET_STORE_EVENT_MAX + 1];
+    char *big;
+    comet_store_stats_t s;
+
+    memset(ev, 'e', sizeof(ev));
+    m.event = ev;
+    m.event_len = COMET_STORE_EVENT_MAX;
+    ck_assert_int_eq(comet_store_publish(st, &m, 1, NULL, NULL, NULL),
+                     APR_SUCCESS);
+    m.event_len = COMET_STORE_EVENT_MAX + 1;
+    ck_assert_int_eq(comet_store_publish(st, &m, 1, NULL, NULL, NULL),
+                     COMET_EPROTO);
+    m.event = "a b";
+    m.event_len = 3;
+    ck_assert_int_eq(comet_store_publish(st, &m, 1, NULL, NULL, NULL),
+                     COMET_EPROTO);
+    m.event = "a\nb";
+    ck_assert_int_eq(comet_store_publish(st, &m, 1, NULL, NULL, NULL),
+                     COMET_EPROTO);
+    m.event = NULL;
+    ck_assert_int_eq(comet_store_publish(st, &m, 1, NULL, NULL, NULL),
+                     COMET_EPROTO);
+    m.event_len = 0;
+    m.channel = "bad channel";
+    m.channel_len = 11;
+    ck_assert_int_eq(comet_store_publish(st, &m, 1, NULL, NULL, NULL),
+                     COMET_EBADCHAN);
+
+    comet_store_get_config(st, &cfg);
+    big = calloc(1, cfg.max_message_size + 1);
+    m.channel = "c";
+    m.channel_len = 1;
+    m.data = big;
+    m.data_len = cfg.max_message_size + 1;
+    ck_assert_int_eq(comet_store_publish(st, &m, 1, NULL, NULL, NULL),
+                     COMET_ETOOBIG);
+    m.data_len = cfg.max_message_size;
+    ck_assert_int_eq(comet_store_publish(st, &m, 1, NULL, NULL, NULL),
+                     APR_SUCCESS);
+    free(big);
+    comet_store_stats(st, &s);
+    ck_assert_uint_eq(s.messages, 2);
+    store_util_check(st);
+}
+END_TEST
+
+START_TEST(buffer_keeps_the_newest_by_count_evicting_oldest_first)
+{
+    comet_store_t *st = store_util_make(MB, 5, 0, 0, 0);
+    comet_read_t r;
+    char buf[16];
+    int i;
+
+    for (i = 1; i <= 8; i++) {
+        snprintf(buf, sizeof(buf), "m%d", i);
+        ck_assert_uint_eq(pub(st, "c", buf, i), (apr_uint64_t)i);
+    }
+    r = rd(st, "c", mkid(0, 0), 9);
+    ck_assert_int_eq(r.msgs->nelts, 5);
+    for (i = 0; i < 5; i++) {
+        snprintf(buf, sizeof(buf), "m%d", i + 4);
+        ck_assert_uint_eq(msg_at(&r, i)->id.seq, (apr_uint64_t)i + 4);
+        ck_assert_str_eq(msg_at(&r, i)->data, buf);
+    }
+    ck_assert(r.missed);
+    store_util_check(st);
+}
+END_TEST
+
+START_TEST(buffer_drops_messages_older_than_the_timeout)
+{
+    comet_store_t *st = store_util_make(MB, 0, STORE_UTIL_SEC(10), 0, 0);
+    comet_channel_stats_t cs;
+    comet_store_stats_t s;
+    comet_read_t r;
+
+    pub(st, "c", "old", STORE_UTIL_SEC(100));
+    pub(st, "c", "new", STORE_UTIL_SEC(105));
+    r = rd(st, "c", mkid(0, 0), STORE_UTIL_SEC(110) - 1);
+    ck_assert_int_eq(r.msgs->nelts, 2);
+    ck_assert(!r.missed);
+    r = rd(st, "c", mkid(0, 0), STORE_UTIL_SEC(110));
+    ck_assert_int_eq(r.msgs->nelts, 1);
+    ck_assert_str_eq(msg_at(&r, 0)->data, "new");
+    ck_assert(r.missed);
+    r = rd(st, "c", mkid(0, 0), STORE_UTIL_SEC(115));
+    ck_assert_int_eq(r.msgs->nelts, 0);
+    ck_assert_uint_eq(r.newest.seq, 2);
+    comet_store_stats(st, &s);
+    ck_assert_uint_eq(s.messages, 0);
+    ck_assert_int_eq(comet_store_channel_stats(st, "c", 1, &cs), APR_SUCCESS);
+    ck_assert_uint_eq(cs.messages, 0);
+    ck_assert_uint_eq(cs.published, 2);
+    store_util_check(st);
+}
+END_TEST
+
+START_TEST(read_stops_at_max_msgs_and_max_bytes_but_returns_one)
+{
+    comet_store_t *st = store_util_make(MB, 0, 0, 0, 0);
+    comet_read_t r;
+    int i;
+
+    for (i = 0; i < 6; i++) {
+        pub(st, "c", "0123456789", 1);
+    }
+    ck_assert_int_eq(comet_store_read_by_id(st, "c", 1, mkid(0, 0), 4, 0, 1,
+                                            comet_test_pool, &r), APR_SUCCESS);
+    ck_assert_int_eq(r.msgs->nelts, 4);
+    ck_assert(r.more);
+    ck_assert_int_eq(comet_store_read_by_id(st, "c", 1, msg_at(&r, 3)->id, 4,
+                                            0, 1, comet_test_pool, &r),
+                     APR_SUCCESS);
+    ck_assert_int_eq(r.msgs->nelts, 2);
+    ck_assert(!r.more);
+    ck_assert_int_eq(comet_store_read_by_id(st, "c", 1, mkid(0, 0), 0, 25, 1,
+                                            comet_test_pool, &r), APR_SUCCESS);
+    ck_assert_int_eq(r.msgs->nelts, 2);
+    ck_assert(r.more);
+    ck_assert_int_eq(comet_store_read_by_id(st, "c", 1, mkid(0, 0), 0, 3, 1,
+                                            comet_test_pool, &r), APR_SUCCESS);
+    ck_assert_int_eq(r.msgs->nelts, 1);
+    ck_assert(r.more);
+}
+END_TEST
+
+/* ---- missed detection ------------------------------------------------------- */
+
+START_TEST(missed_is_set_when_messages_after_the_position_were_evicted)
+{
+    comet_store_t *st = store_util_make(MB, 3, 0, 0, 0);
+    apr_uint32_t ep = comet_store_epoch(st);
+    comet_read_t r;
+    int i;
+
+    for (i = 1; i <= 5; i++) {
+        pub(st, "c", "x", 1);   /* seqs 1..5, 1 and 2 evicted */
+    }
+    r = rd(st, "c", mkid(ep, 1), 1);
+    ck_assert(r.missed);
+    ck_assert_int_eq(r.msgs->nelts, 3);
+    r = rd(st, "c", mkid(ep, 2), 1);
+    ck_assert(!r.missed);
+    ck_assert_int_eq(r.msgs->nelts, 3);
+    r = rd(st, "c", mkid(ep, 4), 1);
+    ck_assert(!r.missed);
+    ck_assert_int_eq(r.msgs->nelts, 1);
+    ck_assert_uint_eq(msg_at(&r, 0)->id.seq, 5);
+    r = rd(st, "c", mkid(ep, 5), 1);
+    ck_assert(!r.missed);
+    ck_assert_int_eq(r.msgs->nelts, 0);
+    /* Another epoch: everything buffered, and missed. */
+    r = rd(st, "c", mkid(ep ^ 1, 4), 1);
+    ck_assert(r.missed);
+    ck_assert_int_eq(r.msgs->nelts, 3);
+}
+END_TEST
+
+START_TEST(missed_is_not_set_for_a_fresh_subscriber_of_a_quiet_channel)
+{
+    comet_store_t *st = store_util_make(MB, 0, STORE_UTIL_SEC(10), 0, 2);
+    apr_uint32_t slot;
+    comet_chanref_t ref;
+    comet_msgid_t newest;
+    comet_read_t r;
+
+    ck_assert_int_eq(comet_store_proc_attach(st, getpid(), &slot),
+                     APR_SUCCESS);
+    pub(st, "c", "gone", 0);
+    /* The message expired: a new subscriber starts after it anyway. */
+    ck_assert_int_eq(comet_store_subscribe(st, slot, "c", 1,
+                                           STORE_UTIL_SEC(20), &ref, &newest),
+                     APR_SUCCESS);
+    ck_assert_uint_eq(newest.seq, 1);
+    pub(st, "c", "next", STORE_UTIL_SEC(21));
+    ck_assert_int_eq(comet_store_read(st, &ref, newest, 0, 0,
+                                      STORE_UTIL_SEC(21), comet_test_pool,
+                                      &r), APR_SUCCESS);
+    ck_assert(!r.missed);
+    ck_assert_int_eq(r.msgs->nelts, 1);
+    ck_assert_str_eq(msg_at(&r, 0)->data, "next");
+}
+END_TEST
+
+START_TEST(missed_is_set_after_the_channel_was_reclaimed_and_recreated)
+{
+    comet_store_t *st = store_util_make(MB, 0, STORE_UTIL_SEC(10),
+                                        STORE_UTIL_SEC(5), 2);
+    apr_uint32_t ep = comet_store_epoch(st), slot;
+    comet_channel_stats_t cs;
+    comet_chanref_t ref;
+    comet_msgid_t newest;
+    comet_read_t r;
+    apr_uint64_t s3, s4;
+
+    pub(st, "a", "1", 0);
+    pub(st, "a", "2", 0);
+    s3 = pub(st, "a", "3", 0);
+    /* Expired at 10 s, idle until 15 s. */
+    ck_assert_uint_eq(comet_store_maintain(st, STORE_UTIL_SEC(15) - 1, NULL,
+                                           NULL), 0);
+    ck_assert_int_eq(comet_store_channel_stats(st, "a", 1, &cs), APR_SUCCESS);
+    ck_assert_uint_eq(comet_store_maintain(st, STORE_UTIL_SEC(15), NULL,
+                                           NULL), 1);
+    ck_assert_int_eq(comet_store_channel_stats(st, "a", 1, &cs),
+                     COMET_ENOCHAN);
+
+    s4 = pub(st, "a", "4", STORE_UTIL_SEC(16));
+    ck_assert_uint_eq(s4, s3 + 1);
+    r = rd(st, "a", mkid(ep, 2), STORE_UTIL_SEC(16));   /* "3" is lost */
+    ck_assert(r.missed);
+    ck_assert_int_eq(r.msgs->nelts, 1);
+    r = rd(st, "a", mkid(ep, s3), STORE_UTIL_SEC(16));  /* saw them all */
+    ck_assert(!r.missed);
+    ck_assert_int_eq(r.msgs->nelts, 1);
+
+    /* A channel never seen before starts clean for a subscriber at 0. */
+    ck_assert_int_eq(comet_store_proc_attach(st, getpid(), &slot),
+                     APR_SUCCESS);
+    ck_assert_int_eq(comet_store_subscribe(st, slot, "b", 1,
+                                           STORE_UTIL_SEC(16), &ref, &newest),
+                     APR_SUCCESS);
+    ck_assert_uint_eq(newest.seq, 0);
+    pub(st, "b", "first", STORE_UTIL_SEC(16));
+    ck_assert_int_eq(comet_store_read(st, &ref, newest, 0, 0,
+                                      STORE_UTIL_SEC(16), comet_test_pool,
+                                      &r), APR_SUCCESS);
+    ck_assert(!r.missed);
+    ck_assert_int_eq(r.msgs->nelts, 1);
+    store_util_check(st);
+}
+END_TEST
+
+/* ---- reclaim, full segment, accounting ---------------------------------------- */
+
+START_TEST(idle_channel_is_reclaimed_only_after_channel_idle)
+{
+    comet_store_t *st = store_util_make(MB, 0, STORE_UTIL_SEC(100),
+                                        STORE_UTIL_SEC(60), 2);
+    comet_store_stats_t s0, s;
+    comet_chanref_t ref;
+    comet_msgid_t newest;
+    apr_uint32_t slot;
+
+    ck_assert_int_eq(comet_store_proc_attach(st, getpid(), &slot),
+                     APR_SUCCESS);
+    comet_store_stats(st, &s0);
+    ck_assert_int_eq(comet_store_subscribe(st, slot, "room", 4, 0, &ref,
+                                           &newest), APR_SUCCESS);
+    comet_store_stats(st, &s);
+    ck_assert_uint_eq(s.channels, 1);
+    /* Subscribed: never reclaimed, however long. */
+    ck_assert_uint_eq(comet_store_maintain(st, STORE_UTIL_SEC(1000), NULL,
+                                           NULL), 0);
+    comet_store_unsubscribe(st, slot, &ref, STORE_UTIL_SEC(1000));
+    ck_assert_uint_eq(comet_store_maintain(st, STORE_UTIL_SEC(1059), NULL,
+                                           NULL), 0);
+    /* A message keeps it until the message expires, then idle runs. */
+    pub(st, "room", "x", STORE_UTIL_SEC(1059));
+    ck_assert_uint_eq(comet_store_maintain(st, STORE_UTIL_SEC(1200), NULL,
+                                           NULL), 0);
+    ck_assert_uint_eq(comet_store_maintain(st, STORE_UTIL_SEC(1219), NULL,
+                                           NULL), 1);
+    comet_store_stats(st, &s);
+    ck_assert_uint_eq(s.channels, 0);
+    ck_assert_uint_eq(s.bytes_used, s0.bytes_used);
+    ck_assert_uint_eq(s.bytes_free, s0.bytes_free);
+    /* The old ref is dead. */
+    ck_assert_int_eq(comet_store_read(st, &ref, mkid(0, 0), 0, 0, 1,
+                                      comet_test_pool, &(comet_read_t){0}),
+                     COMET_ENOCHAN);
+    store_util_check(st);
+}
+END_TEST
+
+START_TEST(memory_accounting_is_exact)
+{
+    comet_store_t *st = store_util_make(MB, 0, 0, 0, 2);
+    comet_store_stats_t s0, s;
+    comet_chanref_t ref;
+    comet_msgid_t newest;
+    apr_uint32_t slot;
+    char data[300], longid[101];
+    apr_size_t total;
+
+    comet_store_stats(st, &s0);
+    total = s0.bytes_used + s0.bytes_free;
+    ck_assert_uint_eq(s0.bytes_used, 0);
+    memset(data, 'd', sizeof(data));
+    memset(longid, 'L', 100);
+    longid[100] = '\0';
+
+    /* 100 bytes: header + 16 in the first block, 60 + 24 in two more. */
+    ck_assert_int_eq(store_util_pub(st, "c", data, 100, 1, NULL), APR_SUCCESS);
+    comet_store_stats(st, &s);
+    ck_assert_uint_eq(s.bytes_used, 3 * 64);
+    ck_assert_uint_eq(s.bytes_used + s.bytes_free, total);
+    ck_assert_int_eq(store_util_pub(st, "c", data, 16, 1, NULL), APR_SUCCESS);
+    ck_assert_int_eq(store_util_pub(st, "c", data, 17, 1, NULL), APR_SUCCESS);
+    comet_store_stats(st, &s);
+    ck_assert_uint_eq(s.bytes_used, (3 + 1 + 2) * 64);
+    /* An id over 24 bytes lives in ceil(100 / 60) = 2 blocks. */
+    ck_assert_int_eq(store_util_pub(st, longid, data, 0, 1, NULL),
+                     APR_SUCCESS);
+    comet_store_stats(st, &s);
+    ck_assert_uint_eq(s.bytes_used, (6 + 2 + 1) * 64);
+    /* A subscribed slot costs one block per channel, given back. */
+    ck_assert_int_eq(comet_store_proc_attach(st, getpid(), &slot),
+                     APR_SUCCESS);
+    ck_assert_int_eq(comet_store_subscribe(st, slot, "c", 1, 1, &ref,
+                                           &newest), APR_SUCCESS);
+    ck_assert_int_eq(comet_store_subscribe(st, slot, "c", 1, 1, &ref,
+                                           &newest), APR_SUCCESS);
+    comet_store_stats(st, &s);
+    ck_assert_uint_eq(s.bytes_used, (9 + 1) * 64);
+    ck_assert_uint_eq(s.subscribers, 2);
+    comet_store_unsubscribe(st, slot, &ref, 1);
+    comet_store_unsubscribe(st, slot, &ref, 1);
+    comet_store_stats(st, &s);
+    ck_assert_uint_eq(s.bytes_used, 9 * 64);
+    ck_assert_uint_eq(s.subscribers, 0);
+    store_util_check(st);
+    ck_assert_int_eq(comet_store_delete(st, "c", 1, NULL, NULL, NULL),
+                     APR_SUCCESS);
+    ck_assert_int_eq(comet_store_delete(st, longid, 100, NULL, NULL, NULL),
+                     APR_SUCCESS);
+    comet_store_stats(st, &s);
+    ck_assert_uint_eq(s.bytes_used, 0);
+    ck_assert_uint_eq(s.bytes_free, total);
+    ck_assert_uint_eq(s.channels, 0);
+    ck_assert_uint_eq(s.messages, 0);
+    store_util_check(st);
+}
+END_TEST
+
+START_TEST(full_segment_refuses_with_nothing_changed_then_recovers)
+{
+    comet_store_config_t cfg;
+    comet_store_t *st;
+    comet_store_stats_t s, s2;
+    comet_channel_stats_t cs, cs2;
+    comet_read_t r, r2;
+    char data[1000], name[32];
+    apr_status_t rv = APR_SUCCESS;
+    int i, n = 0;
+
+    comet_store_config_default(&cfg, 0);
+    cfg.max_message_size = 1000;
+    cfg.max_procs = 2;
+    cfg.buffer_length = 1000;
+    cfg.message_timeout = STORE_UTIL_SEC(10);
+    cfg.size = comet_store_min_size(&cfg) + 128 * 1024;
+    st = store_util_make_cfg(&cfg);
+    memset(data, 'f', sizeof(data));
+
+    for (i = 0; i < 100000 && rv == APR_SUCCESS; i++) {
+        snprintf(name, sizeof(name), "ch%d", i % 7);
+        rv = store_util_pub(st, name, data, sizeof(data), i, NULL);
+        n += rv == APR_SUCCESS;
+    }
+    ck_assert_int_eq(rv, COMET_EFULL);
+    ck_assert_int_gt(n, 40);
+    comet_store_stats(st, &s);
+    ck_assert_int_eq(comet_store_channel_stats(st, "ch0", 3, &cs),
+                     APR_SUCCESS);
+    r = rd(st, "ch0", mkid(0, 0), i);
+
+    /* Again, to an existing channel and to a new one: refused, no change. */
+    ck_assert_int_eq(store_util_pub(st, "ch0", data, sizeof(data), i, NULL),
+                     COMET_EFULL);
+    ck_assert_int_eq(store_util_pub(st, "brand-new", data, sizeof(data), i,
+                                    NULL), COMET_EFULL);
+    comet_store_stats(st, &s2);
+    ck_assert(memcmp(&s, &s2, sizeof(s)) == 0);
+    ck_assert_int_eq(comet_store_channel_stats(st, "ch0", 3, &cs2),
+                     APR_SUCCESS);
+    ck_assert(memcmp(&cs, &cs2, sizeof(cs)) == 0);
+    ck_assert_int_eq(comet_store_channel_stats(st, "brand-new", 9, &cs2),
+                     COMET_ENOCHAN);
+    r2 = rd(st, "ch0", mkid(0, 0), i);
+    ck_assert_int_eq(r.msgs->nelts, r2.msgs->nelts);
+    ck_assert(!r2.missed);
+    store_util_check(st);
+
+    /* Once the oldest messages are past the timeout there is room. */
+    ck_assert_int_eq(store_util_pub(st, "brand-new", data, sizeof(data),
+                                    STORE_UTIL_SEC(10) + 5, NULL),
+                     APR_SUCCESS);
+    comet_store_stats(st, &s2);
+    ck_assert_uint_lt(s2.messages, s.messages);
+    ck_assert_uint_eq(s2.bytes_used + s2.bytes_free,
+                      s.bytes_used + s.bytes_free);
+    store_util_check(st);
+}
+END_TEST
+
+START_TEST(full_channel_table_refuses_until_idle_channels_go)
+{
+    comet_store_t *st = store_util_make(MB, 0, 0, STORE_UTIL_SEC(1), 2);
+    comet_store_stats_t s;
+    comet_chanref_t ref;
+    comet_msgid_t newest;
+    apr_uint32_t slot, i;
+    char name[32];
+    apr_status_t rv;
+
+    ck_assert_int_eq(comet_store_proc_attach(st, getpid(), &slot),
+                     APR_SUCCESS);
+    comet_store_stats(st, &s);
+    for (i = 0; i < s.channels_max; i++) {
+        snprintf(name, sizeof(name), "c%u", i);
+        rv = comet_store_subscribe(st, slot, name, strlen(name), 0, &ref,
+                                   &newest);
+        ck_assert_int_eq(rv, APR_SUCCESS);
+        comet_store_unsubscribe(st, slot, &ref, 0);
+    }
+    ck_assert_int_eq(comet_store_subscribe(st, slot, "more", 4, 10, &ref,
+                                           &newest), COMET_EFULL);
+    ck_assert_int_eq(store_util_pub(st, "more", "x", 1, 10, NULL),
+                     COMET_EFULL);
+    /* Existing channels still take messages. */
+    ck_assert_int_eq(store_util_pub(st, "c1", "x", 1, 10, NULL), APR_SUCCESS);
+    store_util_check(st);
+    /* After channel_idle the empty ones are reclaimed to make room. */
+    ck_assert_int_eq(comet_store_subscribe(st, slot, "more", 4,
+                                           STORE_UTIL_SEC(2), &ref, &newest),
+                     APR_SUCCESS);
+    comet_store_stats(st, &s);
+    ck_assert_uint_eq(s.channels, 2);
+    store_util_check(st);
+}
+END_TEST
+
+START_TEST(stats_count_channels_messages_and_subscribers)
+{
+    comet_store_t *st = store_util_make(MB, 0, 0, 0, 3);
+    comet_store_stats_t s;
+    comet_channel_stats_t cs;
+    comet_chanref_t r1, r2, r3;
+    comet_msgid_t newest;
+    comet_publish_result_t res;
+    apr_uint32_t a, b;
+
+    ck_assert_int_eq(comet_store_proc_attach(st, getpid(), &a), APR_SUCCESS);
+    ck_assert_int_eq(comet_store_proc_attach(st, getppid(), &b), APR_SUCCESS);
+    ck_assert_uint_ne(a, b);
+    ck_assert_int_eq(comet_store_subscribe(st, a, "x", 1, 1, &r1, &newest),
+                     APR_SUCCESS);
+    ck_assert_int_eq(comet_store_subscribe(st, b, "x", 1, 1, &r2, &newest),
+                     APR_SUCCESS);
+    ck_assert_int_eq(comet_store_subscribe(st, b, "y", 1, 1, &r3, &newest),
+                     APR_SUCCESS);
+    ck_assert_int_eq(store_util_pub(st, "x", "hello", 5, 1, &res),
+                     APR_SUCCESS);
+    ck_assert_uint_eq(res.receivers, 2);
+    ck_assert_int_eq(store_util_pub(st, "x", "hi", 2, 1, &res), APR_SUCCESS);
+    ck_assert_int_eq(store_util_pub(st, "z", "hi", 2, 1, &res), APR_SUCCESS);
+    ck_assert_uint_eq(res.receivers, 0);
+
+    comet_store_stats(st, &s);
+    ck_assert_uint_eq(s.channels, 3);
+    ck_assert_uint_eq(s.messages, 3);
+    ck_assert_uint_eq(s.published, 3);
+    ck_assert_uint_eq(s.subscribers, 3);
+    ck_assert_uint_eq(s.recoveries, 0);
+    ck_assert_uint_gt(s.channels_max, 100);
+    ck_assert_uint_eq(comet_store_proc_subscribers(st, a), 1);
+    ck_assert_uint_eq(comet_store_proc_subscribers(st, b), 2);
+
+    ck_assert_int_eq(comet_store_channel_stats(st, "x", 1, &cs), APR_SUCCESS);
+    ck_assert_uint_eq(cs.messages, 2);
+    ck_assert_uint_eq(cs.bytes, 7);
+    ck_assert_uint_eq(cs.subscribers, 2);
+    ck_assert_uint_eq(cs.published, 2);
+    ck_assert_uint_eq(cs.newest.seq, 2);
+    ck_assert(cs.last_publish > 0);
+    ck_assert_int_eq(comet_store_channel_stats(st, "q", 1, &cs),
+                     COMET_ENOCHAN);
+    ck_assert_int_eq(comet_store_channel_stats(st, "q q", 3, &cs),
+                     COMET_EBADCHAN);
+    store_util_check(st);
+}
+END_TEST
+
+/* ---- delete --------------------------------------------------------------------- */
+
+static int wake_count[8];
+
+static void count_wake(void *baton, apr_uint32_t slot)
+{
+    (void)baton;
+    ck_assert_uint_lt(slot, 8);
+    wake_count[slot]++;
+}
+
+START_TEST(delete_frees_messages_wakes_and_ends_after_last_subscriber)
+{
+    comet_store_t *st = store_util_make(MB, 0, 0, 0, 2);
+    comet_store_stats_t s0, s;
+    comet_chanref_t ref, ref2, got;
+    comet_msgid_t newest;
+    comet_read_t r;
+    apr_uint32_t slot, receivers = 99;
+    int overflow;
+
+    ck_assert_int_eq(comet_store_proc_attach(st, getpid(), &slot),
+                     APR_SUCCESS);
+    comet_store_stats(st, &s0);
+    ck_assert_int_eq(comet_store_subscribe(st, slot, "d", 1, 1, &ref, &newest),
+                     APR_SUCCESS);
+    pub(st, "d", "one", 1);
+    ck_assert_uint_eq(comet_store_proc_drain(st, slot, &got, 1, &overflow), 1);
+    memset(wake_count, 0, sizeof(wake_count));
+
+    ck_assert_int_eq(comet_store_delete(st, "d", 1, count_wake, NULL,
+                                        &receivers), APR_SUCCESS);
+    ck_assert_uint_eq(receivers, 1);
+    ck_assert_int_eq(wake_count[slot], 1);
+    ck_assert_uint_eq(comet_store_proc_drain(st, slot, &got, 1, &overflow), 1);
+    ck_assert_uint_eq(got.index, ref.index);
+    ck_assert_uint_eq(got.gen, ref.gen);
+    ck_assert_int_eq(comet_store_read(st, &ref, mkid(0, 0), 0, 0, 1,
+                                      comet_test_pool, &r), APR_SUCCESS);
+    ck_assert(r.deleted);
+    ck_assert_int_eq(r.msgs->nelts, 0);
+    ck_assert_int_eq(comet_store_read_by_id(st, "d", 1, mkid(0, 0), 0, 0, 1,
+                                            comet_test_pool, &r),
+                     COMET_ENOCHAN);
+    ck_assert_int_eq(comet_store_delete(st, "d", 1, NULL, NULL, NULL),
+                     COMET_ENOCHAN);
+    comet_store_stats(st, &s);
+    ck_assert_uint_eq(s.messages, 0);
+    ck_assert_uint_eq(s.channels, 1);
+    store_util_check(st);
+
+    /* The name is free at once: a new channel, a new ref. */
+    ck_assert_int_eq(comet_store_subscribe(st, slot, "d", 1, 1, &ref2,
+                                           &newest), APR_SUCCESS);
+    ck_assert(ref2.index != ref.index || ref2.gen != ref.gen);
+    ck_assert_uint_eq(newest.seq, 0);
+    comet_store_stats(st, &s);
+    ck_assert_uint_eq(s.channels, 2);
+    comet_store_unsubscribe(st, slot, &ref, 1);
+    comet_store_unsubscribe(st, slot, &ref2, 1);
+    comet_store_stats(st, &s);
+    ck_assert_uint_eq(s.channels, 1);
+    ck_assert_int_eq(comet_store_read(st, &ref, mkid(0, 0), 0, 0, 1,
+                                      comet_test_pool, &r), COMET_ENOCHAN);
+    ck_assert_int_eq(comet_store_delete(st, "d", 1, NULL, NULL, &receivers),
+                     APR_SUCCESS);
+    ck_assert_uint_eq(receivers, 0);
+    comet_store_stats(st, &s);
+    ck_assert_uint_eq(s.channels, 0);
+    ck_assert_uint_eq(s.bytes_used, s0.bytes_used);
+    store_util_check(st);
+}
+END_TEST
+
+/* ---- glob and channel lists ------------------------------------------------------ */
+
+START_TEST(glob_matches_like_redis)
+{
+    static const struct { const char *p, *s; int m; } t[] = {
+        { "*", "", 1 }, { "*", "anything", 1 }, { "", "", 1 }, { "", "a", 0 },
+        { "a", "a", 1 }, { "a", "b", 0 }, { "a", "aa", 0 },
+        { "h?llo", "hello", 1 }, { "h?llo", "hllo", 0 },
+        { "h*llo", "hllo", 1 }, { "h*llo", "heeeello", 1 },
+        { "h[ae]llo", "hallo", 1 }, { "h[ae]llo", "hillo", 0 },
+        { "h[^e]llo", "hallo", 1 }, { "h[^e]llo", "hello", 0 },
+        { "h[a-c]llo", "hbllo", 1 }, { "h[a-c]llo", "hdllo", 0 },
+        { "h[c-a]llo", "hbllo", 1 },
+        { "h\\*llo", "h*llo", 1 }, { "h\\*llo", "hello", 0 },
+        { "h[\\]]", "h]", 1 }, { "a*b*c", "axxbyyc", 1 },
+        { "a*b*c", "axxbyy", 0 }, { "*a", "bbba", 1 }, { "*a", "bbab", 0 },
+        { "a*a*a*a*b", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", 0 },
+        { "news/*", "news/sport", 1 }, { "news/*", "new/sport", 0 },
+        { "ab\\", "ab\\", 1 }, { "h[ab", "ha", 1 }, { "h[ab", "hc", 0 },
+        { "**x", "x", 1 }, { "?", "", 0 }
+    };
+    apr_size_t i;
+
+    for (i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+        ck_assert_msg(comet_store_glob_match(t[i].p, strlen(t[i].p), t[i].s,
+                                             strlen(t[i].s)) == t[i].m,
+                      "'%s' vs '%s'", t[i].p, t[i].s);
+    }
+}
+END_TEST
+
+START_TEST(channels_lists_subscribed_channels_matching_the_pattern)
+{
+    comet_store_t *st = store_util_make(MB, 0, 0, 0, 2);
+    static const char *const names[] = {
+        "news/sport", "news/weather", "chat/1", "chat/2", "quiet"
+    };
+    comet_chanref_t ref;
+    comet_msgid_t newest;
+    apr_array_header_t *a;
+    apr_uint32_t slot;
+    char longid[300];
+    int i, found = 0;
+
+    ck_assert_int_eq(comet_store_proc_attach(st, getpid(), &slot),
+                     APR_SUCCESS);
+    for (i = 0; i < 4; i++) {
+        ck_assert_int_eq(comet_store_subscribe(st, slot, names[i],
+                                               strlen(names[i]), 1, &ref,
+                                               &newest), APR_SUCCESS);
+    }
+    pub(st, "quiet", "no subscribers", 1);
+    memset(longid, 'n', sizeof(longid));
+    memcpy(longid, "news/", 5);
+    ck_assert_int_eq(comet_store_subscribe(st, slot, longid, sizeof(longid), 1,
+                                           &ref, &newest), APR_SUCCESS);
+
+    a = comet_store_channels(st, NULL, 100, comet_test_pool);
+    ck_assert_int_eq(a->nelts, 5);
+    a = comet_store_channels(st, "news/*", 100, comet_test_pool);
+    ck_assert_int_eq(a->nelts, 3);
+    for (i = 0; i < a->nelts; i++) {
+        const char *n = APR_ARRAY_IDX(a, i, char *);
+
+        ck_assert(strncmp(n, "news/", 5) == 0);
+        found |= strlen(n) == sizeof(longid);
+    }
+    ck_assert(found);
+    a = comet_store_channels(st, "chat/[2-9]", 100, comet_test_pool);
+    ck_assert_int_eq(a->nelts, 1);
+    ck_assert_str_eq(APR_ARRAY_IDX(a, 0, char *), "chat/2");
+    a = comet_store_channels(st, "*", 2, comet_test_pool);
+    ck_assert_int_eq(a->nelts, 2);
+    a = comet_store_channels(st, "quiet", 10, comet_test_pool);
+    ck_assert_int_eq(a->nelts, 0);
+}
+END_TEST
+
+/* ---- process slots and wakeups --------------------------------------------------- */
+
+static pid_t dead_pid(void)
+{
+    pid_t pid = fork();
+
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        _exit(0);
+    }
+    ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
+    return pid;
+}
+
+START_TEST(proc_slots_attach_reap_and_clear_counts)
+{
+    comet_store_t *st = store_util_make(MB, 0, 0, 0, 2);
+    comet_store_stats_t s;
+    comet_channel_stats_t cs;
+    comet_chanref_t ref;
+    comet_msgid_t newest;
+    comet_publish_result_t res;
+    apr_uint32_t a, b, c;
+    pid_t gone = dead_pid();
+
+    ck_assert_int_eq(comet_store_proc_attach(st, getpid(), &a), APR_SUCCESS);
+    ck_assert_int_eq(comet_store_proc_attach(st, gone, &b), APR_SUCCESS);
+    ck_assert_uint_ne(a, b);
+    ck_assert_int_eq(comet_store_subscribe(st, b, "c", 1, 1, &ref, &newest),
+                     APR_SUCCESS);
+    ck_assert_int_eq(comet_store_subscribe(st, b, "c", 1, 1, &ref, &newest),
+                     APR_SUCCESS);
+    ck_assert_int_eq(comet_store_subscribe(st, a, "c", 1, 1, &ref, &newest),
+                     APR_SUCCESS);
+    ck_assert_int_eq(store_util_pub(st, "c", "x", 1, 1, &res), APR_SUCCESS);
+    ck_assert_uint_eq(res.receivers, 3);
+    /* Both slots live-looking: a third process finds no slot... */
+    ck_assert_int_eq(comet_store_proc_attach(st, getppid(), &c), APR_SUCCESS);
+    ck_assert_uint_eq(c, b);    /* ...except the dead one's, cleared. */
+    comet_store_stats(st, &s);
+    ck_assert_uint_eq(s.subscribers, 1);
+    ck_assert_uint_eq(comet_store_proc_subscribers(st, c), 0);
+    ck_assert_int_eq(comet_store_proc_attach(st, dead_pid(), &c),
+                     COMET_ENOSLOT);
+
+    /* Reap: a slot whose pid is gone is cleared and freed. */
+    comet_store_proc_detach(st, b);
+    ck_assert_int_eq(comet_store_proc_attach(st, gone, &b), APR_SUCCESS);
+    ck_assert_int_eq(comet_store_subscribe(st, b, "c", 1, 1, &ref, &newest),
+                     APR_SUCCESS);
+    ck_assert_int_eq(comet_store_channel_stats(st, "c", 1, &cs), APR_SUCCESS);
+    ck_assert_uint_eq(cs.subscribers, 2);
+    ck_assert_uint_eq(comet_store_proc_reap(st), 1);
+    ck_assert_uint_eq(comet_store_proc_reap(st), 0);
+    ck_assert_int_eq(comet_store_channel_stats(st, "c", 1, &cs), APR_SUCCESS);
+    ck_assert_uint_eq(cs.subscribers, 1);
+    ck_assert_uint_eq(comet_store_proc_subscribers(st, b), 0);
+    ck_assert_int_eq(comet_store_subscribe(st, b, "c", 1, 1, &ref, &newest),
+                     COMET_ENOSLOT);
+    ck_assert_int_eq(comet_store_subscribe(st, 7, "c", 1, 1, &ref, &newest),
+                     APR_EINVAL);
+
+    /* The same pid attaching again gets its slot back, emptied. */
+    ck_assert_int_eq(comet_store_proc_attach(st, getpid(), &c), APR_SUCCESS);
+    ck_assert_uint_eq(c, a);
+    ck_assert_uint_eq(comet_store_proc_subscribers(st, a), 0);
+    comet_store_stats(st, &s);
+    ck_assert_uint_eq(s.subscribers, 0);
+    store_util_check(st);
+}
+END_TEST
+
+START_TEST(wakeups_coalesce_until_drained_and_queue_each_channel_once)
+{
+    comet_store_t *st = store_util_make(MB, 0, 0, 0, 4);
+    comet_chanref_t ra, rb, rc, got[8];
+    comet_msgid_t newest;
+    apr_uint32_t a, b;
+    int overflow, i;
+    comet_publish_t m = { "c", 1, "x", 1, NULL, 0 };
+
+    ck_assert_int_eq(comet_store_proc_attach(st, getpid(), &a), APR_SUCCESS);
+    ck_assert_int_eq(comet_store_proc_attach(st, getppid(), &b), APR_SUCCESS);
+    ck_assert_int_eq(comet_store_subscribe(st, a, "c", 1, 1, &ra, &newest),
+                     APR_SUCCESS);
+    ck_assert_int_eq(comet_store_subscribe(st, a, "c", 1, 1, &ra, &newest),
+                     APR_SUCCESS);
+    ck_assert_int_eq(comet_store_subscribe(st, b, "c", 1, 1, &rb, &newest),
+                     APR_SUCCESS);
+    ck_assert_int_eq(comet_store_subscribe(st, a, "e", 1, 1, &rc, &newest),
+                     APR_SUCCESS);
+    memset(wake_count, 0, sizeof(wake_count));
+    for (i = 0; i < 3; i++) {
+        ck_assert_int_eq(comet_store_publish(st, &m, 1, count_wake, NULL,
+                                             NULL), APR_SUCCESS);
+    }
+    m.channel = "e";
+    ck_assert_int_eq(comet_store_publish(st, &m, 1, count_wake, NULL, NULL),
+                     APR_SUCCESS);
+    m.channel = "nobody";
+    m.channel_len = 6;
+    ck_assert_int_eq(comet_store_publish(st, &m, 1, count_wake, NULL, NULL),
+                     APR_SUCCESS);
+    ck_assert_int_eq(wake_count[a], 1);
+    ck_assert_int_eq(wake_count[b], 1);
+    ck_assert_int_eq(wake_count[2] + wake_count[3], 0);
+
+    /* a: "c" once (three publishes), then "e". */
+    ck_assert_uint_eq(comet_store_proc_drain(st, a, got, 8, &overflow), 2);
+    ck_assert(!overflow);
+    ck_assert_uint_eq(got[0].index, ra.index);
+    ck_assert_uint_eq(got[1].index, rc.index);
+    ck_assert_uint_eq(comet_store_proc_drain(st, a, got, 8, &overflow), 0);
+
+    /* a was drained: kicked again; b was not: no second kick. */
+    m.channel = "c";
+    m.channel_len = 1;
+    ck_assert_int_eq(comet_store_publish(st, &m, 1, count_wake, NULL, NULL),
+                     APR_SUCCESS);
+    ck_assert_int_eq(wake_count[a], 2);
+    ck_assert_int_eq(wake_count[b], 1);
+    ck_assert_uint_eq(comet_store_proc_drain(st, b, got, 8, &overflow), 1);
+    ck_assert_uint_eq(got[0].index, rb.index);
+    ck_assert_uint_eq(comet_store_proc_drain(st, a, got, 8, &overflow), 1);
+
+    /* A drain shorter than the queue keeps the mark: no kick meanwhile. */
+    m.channel = "e";
+    ck_assert_int_eq(comet_store_publish(st, &m, 1, count_wake, NULL, NULL),
+                     APR_SUCCESS);
+    m.channel = "c";
+    ck_assert_int_eq(comet_store_publish(st, &m, 1, count_wake, NULL, NULL),
+                     APR_SUCCESS);
+    ck_assert_int_eq(wake_count[a], 3);
+    ck_assert_uint_eq(comet_store_proc_drain(st, a, got, 1, &overflow), 1);
+    ck_assert_int_eq(comet_store_publish(st, &m, 1, count_wake, NULL, NULL),
+                     APR_SUCCESS);
+    ck_assert_int_eq(wake_count[a], 3);
+    ck_assert_uint_ge(comet_store_proc_drain(st, a, got, 8, &overflow), 1);
+    ck_assert_uint_eq(comet_store_proc_drain(st, a, got, 8, &overflow), 0);
+    ck_assert_int_eq(comet_store_publish(st, &m, 1, count_wake, NULL, NULL),
+                     APR_SUCCESS);
+    ck_assert_int_eq(wake_count[a], 4);
+    store_util_check(st);
+}
+END_TEST
+
+START_TEST(wakeup_queue_overflow_is_reported_once)
+{
+    comet_store_t *st = store_util_make(8 * MB, 0, 0, 0, 2);
+    comet_chanref_t ref, *got;
+    comet_msgid_t newest;
+    apr_uint32_t slot;
+    char name[32];
+    int i, overflow;
+    apr_size_t n;
+
+    got = malloc(sizeof(*got) * (COMET_STORE_QUEUE_LEN + 10));
+    ck_assert_int_eq(comet_store_proc_attach(st, getpid(), &slot),
+                     APR_SUCCESS);
+    for (i = 0; i < COMET_STORE_QUEUE_LEN + 5; i++) {
+        snprintf(name, sizeof(name), "ch%d", i);
+        ck_assert_int_eq(comet_store_subscribe(st, slot, name, strlen(name), 1,
+                                               &ref, &newest), APR_SUCCESS);
+        pub(st, name, "x", 1);
+    }
+    n = comet_store_proc_drain(st, slot, got, COMET_STORE_QUEUE_LEN + 10,
+                               &overflow);
+    ck_assert_uint_eq(n, COMET_STORE_QUEUE_LEN);
+    ck_assert(overflow);
+    ck_assert_uint_eq(comet_store_proc_drain(st, slot, got, 10, &overflow), 0);
+    ck_assert(!overflow);
+    free(got);
+    store_util_check(st);
+}
+END_TEST
+
+/* ---- the verifier can fail ----------------------------------------------------- */
+
+START_TEST(check_finds_a_damaged_message)
+{
+    comet_store_t *st = store_util_make(MB, 0, 0, 0, 0);
+    char *seg = store_util_last_base, *hit;
+    char data[200], why[256];
+
+    store_util_fill(data, sizeof(data), 0xfeedbeef);
+    ck_assert_int_eq(store_util_pub(st, "c", data, sizeof(data), 1, NULL),
+                     APR_SUCCESS);
+    store_util_check(st);
+    /* The first 16 payload bytes sit in the message's first block. */
+    hit = memmem(seg, MB, data, 16);
+    ck_assert_ptr_nonnull(hit);
+    hit[12] ^= 1;
+    ck_assert_int_eq(comet_store_check(st, why, sizeof(why)), COMET_ECORRUPT);
+    ck_assert_ptr_nonnull(strstr(why, "damaged"));
+    hit[12] ^= 1;
+    store_util_check(st);
+}
+END_TEST
+
+Suite *test_comet_store_suite(void)
+{
+    Suite *s = suite_create("comet_store");
+    TCase *ids = tcase_create("ids");
+    TCase *buf = tcase_create("buffers");
+    TCase *mem = tcase_create("memory");
+    TCase *procs = tcase_create("procs");
+
+    tcase_add_checked_fixture(ids, comet_test_pool_setup,
+                              comet_test_pool_teardown);
+    tcase_add_test(ids, msgid_format_and_parse_round_trip);
+    tcase_add_test(ids, msgid_parse_refuses_garbage);
+    tcase_add_test(ids, msgid_compound_round_trip_and_limits);
+    tcase_add_test(ids, msgid_compare_orders_by_seq);
+    tcase_add_test(ids, channel_id_check_accepts_only_the_safe_set);
+    tcase_add_test(ids, glob_matches_like_redis);
+    suite_add_tcase(s, ids);
+
+    tcase_add_checked_fixture(buf, comet_test_pool_setup,
+                              comet_test_pool_teardown);
+    tcase_add_test(buf, format_refuses_a_too_small_segment_and_attach_foreign_memory);
+    tcase_add_test(buf, set_limits_applies_new_buffer_length_and_keeps_geometry);
+    tcase_add_test(buf, publish_then_read_returns_the_message_with_event_and_times);
+    tcase_add_test(buf, publish_refuses_bad_channel_event_and_size);
+    tcase_add_test(buf, buffer_keeps_the_newest_by_count_evicting_oldest_first);
+    tcase_add_test(buf, buffer_drops_messages_older_than_the_timeout);
+    tcase_add_test(buf, read_stops_at_max_msgs_and_max_bytes_but_returns_one);
+    tcase_add_test(buf, missed_is_set_when_messages_after_the_position_were_evicted);
+    tcase_add_test(buf, missed_is_not_set_for_a_fresh_subscriber_of_a_quiet_channel);
+    tcase_add_test(buf, missed_is_set_after_the_channel_was_reclaimed_and_recreated);
+    tcase_add_test(buf, delete_frees_messages_wakes_and_ends_after_last_subscriber);
+    suite_add_tcase(s, buf);
+
+    tcase_add_checked_fixture(mem, comet_test_pool_setup,
+                              comet_test_pool_teardown);
+    tcase_add_test(mem, idle_channel_is_reclaimed_only_after_channel_idle);
+    tcase_add_test(mem, memory_accounting_is_exact);
+    tcase_add_test(mem, full_segment_refuses_with_nothing_changed_then_recovers);
+    tcase_add_test(mem, full_channel_table_refuses_until_idle_channels_go);
+    tcase_add_test(mem, stats_count_channels_messages_and_subscribers);
+    tcase_add_test(mem, check_finds_a_damaged_message);
+    suite_add_tcase(s, mem);
+
+    tcase_add_checked_fixture(procs, comet_test_pool_setup,
+                              comet_test_pool_teardown);
+    tcase_add_test(procs, channels_lists_subscribed_channels_matching_the_pattern);
+    tcase_add_test(procs, proc_slots_attach_reap_and_clear_counts);
+    tcase_add_test(procs, wakeups_coalesce_until_drained_and_queue_each_channel_once);
+    tcase_add_test(procs, wakeup_queue_overflow_is_reported_once);
+    suite_add_tcase(s, procs);
+    return s;
+}
