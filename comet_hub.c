@@ -1054,6 +1054,9 @@ static void maintain(comet_loop_t *loop, comet_timer_t *timer, void *baton)
     comet_hub_t *hub = baton;
 
     comet_store_proc_reap(hub->cfg.store);
+    if (hub->cfg.tick) {
+        hub->cfg.tick(hub, hub->cfg.tick_baton);
+    }
     comet_timer_arm_in(loop, timer, HUB_MAINTAIN_EVERY);
 }
 

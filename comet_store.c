@@ -2437,9 +2437,7 @@ apr_status_t comet_store_channel_stats(comet_store_t *st, const char *channel,
         return COMET_ENOCHAN;
     }
     ch = CH(st, idx);
-    op_begin(st, STORE_OP_READ);
-    chan_trim(st, ch, comet_now_mono(), st->hdr->buffer_length);
-    op_end(st);
+    memset(out, 0, sizeof(*out));
     out->messages = ch->msg_count;
     out->bytes = (apr_size_t)ch->bytes;
     out->subscribers = ch->subs_total;

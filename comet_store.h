@@ -300,6 +300,8 @@ apr_size_t comet_store_proc_drain(comet_store_t *st, apr_uint32_t slot,
 
 /* ---- statistics ----------------------------------------------------------- */
 
+/* Counts as stored: messages past their timeout count until the next
+ * publish, read or maintain pass drops them (this call has no clock). */
 typedef struct comet_channel_stats_t {
     apr_uint32_t  messages;         /* stored now                    */
     apr_size_t    bytes;            /* payload bytes stored now      */

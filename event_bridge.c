@@ -143,9 +143,10 @@ failed:
 void comet_bridge_child_stopping(int graceful)
 {
     if (bridge && bridge->hub) {
-        /* Ends every parked subscriber; the join comes with the child
-         * pool's cleanup. */
-        comet_hub_stop(bridge->hub);
+        /* End every parked subscriber now (the hub's ending writes never
+         * block), and wait for it: the process may exit right after this
+         * hook, and must not do so while the bridge is inside the store. */
+        bridge_join(bridge);
     }
 }
 

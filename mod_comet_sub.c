@@ -426,7 +426,7 @@ static int answer_poll_now(sub_req_t *sr, comet_read_t **reads)
 static int filters_allow_detach(request_rec *r)
 {
     static const char *const known[] = {
-        "chunk", "http_header", "http_outerror", "byterange",
+        "old_write", "chunk", "http_header", "http_outerror", "byterange",
         "content_length", "core", "log_input_output", "req_core",
         "reqtimeout", "eor", NULL
     };
@@ -439,6 +439,9 @@ static int filters_allow_detach(request_rec *r)
             ok |= !strcasecmp(f->frec->name, known[i]);
         }
         if (!ok) {
+            ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, "filter %s on the "
+                          "way out: the subscriber is held, not detached",
+                          f->frec->name);
             return 0;
         }
     }
@@ -492,7 +495,9 @@ static int park_detached(sub_req_t *sr, comet_hub_t *hub)
     }
     fill_spec(sr, &spec);
     spec.fd = fd;
-    spec.chunked = 1;
+    /* httpd chose the framing when it sent the head: chunked for HTTP/1.1
+     * unless something ruled it out, else the body ends at close. */
+    spec.chunked = r->chunked;
     rv = comet_hub_adopt(hub, &spec, &handle);
     if (rv != APR_SUCCESS) {
         close(fd);
@@ -619,7 +624,7 @@ int comet_subscriber_handler(request_rec *r)
     comet_dir_conf_t *dc = ap_get_module_config(r->per_dir_config,
                                                 &comet_module);
     comet_hub_t *hub = comet_bridge_hub();
-    sub_req_t sr;
+    sub_req_t *sr;
     comet_read_t **reads;
     comet_buf_t *buf;
     int rc, any;
@@ -628,13 +633,15 @@ int comet_subscriber_handler(request_rec *r)
         return HTTP_SERVICE_UNAVAILABLE;
     }
     r->allowed = (AP_METHOD_BIT << M_GET) | (AP_METHOD_BIT << M_OPTIONS);
-    memset(&sr, 0, sizeof(sr));
-    sr.r = r;
-    sr.dc = dc;
-    sr.epoch = comet_store_epoch(comet_globals.store);
+    /* In r->pool, not on the stack: a cleanup of r->pool refers to it, and
+     * r->pool goes after this function has returned. */
+    sr = apr_pcalloc(r->pool, sizeof(*sr));
+    sr->r = r;
+    sr->dc = dc;
+    sr->epoch = comet_store_epoch(comet_globals.store);
 
     if (r->method_number == M_OPTIONS) {
-        cors(&sr);
+        cors(sr);
         if (apr_table_get(r->headers_out, "Access-Control-Allow-Origin")) {
             apr_table_setn(r->headers_out, "Access-Control-Allow-Methods",
                            "GET, OPTIONS");
@@ -651,18 +658,18 @@ int comet_subscriber_handler(request_rec *r)
         return HTTP_METHOD_NOT_ALLOWED;
     }
     if ((rc = comet_request_channels(r, dc, comet_dir_max_channels(dc),
-                                     &sr.ids, &sr.nchan)) != OK
-        || (rc = pick_transport(&sr)) != OK) {
+                                     &sr->ids, &sr->nchan)) != OK
+        || (rc = pick_transport(sr)) != OK) {
         goto refused;
     }
-    sr.refs = apr_pcalloc(r->pool, sizeof(*sr.refs) * (apr_size_t)sr.nchan);
-    sr.seqs = apr_pcalloc(r->pool, sizeof(*sr.seqs) * (apr_size_t)sr.nchan);
-    if ((rc = parse_position(&sr)) != OK) {
+    sr->refs = apr_pcalloc(r->pool, sizeof(*sr->refs) * (apr_size_t)sr->nchan);
+    sr->seqs = apr_pcalloc(r->pool, sizeof(*sr->seqs) * (apr_size_t)sr->nchan);
+    if ((rc = parse_position(sr)) != OK) {
         goto refused;
     }
-    cors(&sr);
+    cors(sr);
     if (r->header_only) {
-        stream_headers(&sr);
+        stream_headers(sr);
         return OK;
     }
     if (comet_bridge_full(hub)) {
@@ -671,33 +678,35 @@ int comet_subscriber_handler(request_rec *r)
                     "this process (CometMaxSubscribers)");
         goto refused;
     }
-    if ((rc = subscribe_all(&sr)) != OK) {
+    if ((rc = subscribe_all(sr)) != OK) {
         goto refused;
     }
     /* Whatever way this ends before the hub takes over, the store must not
      * keep counting this subscriber. */
-    apr_pool_cleanup_register(r->pool, &sr, unsubscribe_cleanup,
+    apr_pool_cleanup_register(r->pool, sr, unsubscribe_cleanup,
                               apr_pool_cleanup_null);
 
-    reads = apr_pcalloc(r->pool, sizeof(*reads) * (apr_size_t)sr.nchan);
-    read_due(&sr, reads, &any);
-    if (sr.transport == COMET_T_LONGPOLL && any) {
-        return answer_poll_now(&sr, reads);
+    reads = apr_pcalloc(r->pool, sizeof(*reads) * (apr_size_t)sr->nchan);
+    read_due(sr, reads, &any);
+    if (sr->transport == COMET_T_LONGPOLL && any) {
+        return answer_poll_now(sr, reads);
     }
 
-    /* A parked subscriber's connection ends with its stream. */
-    r->connection->keepalive = AP_CONN_CLOSE;
-    stream_headers(&sr);
+    /* A parked subscriber's connection ends with its stream.  Said in the
+     * header rather than by c->keepalive, which would also make httpd
+     * drop the chunked coding that lets a client see a clean end. */
+    apr_table_setn(r->headers_out, "Connection", "close");
+    stream_headers(sr);
     if (comet_buf_create(&buf, r->pool, 1024, 64 * 1024 * 1024)
         != APR_SUCCESS) {
         return HTTP_INTERNAL_SERVER_ERROR;
     }
-    if (sr.transport == COMET_T_SSE) {
+    if (sr->transport == COMET_T_SSE) {
         comet_frame_sse_retry(buf, 3000);
     }
-    for (int i = 0; i < sr.nchan && sr.transport != COMET_T_LONGPOLL; i++) {
-        comet_hub_format_stream(buf, sr.transport, 0, sr.epoch, sr.ids,
-                                sr.seqs, (apr_size_t)sr.nchan, (apr_size_t)i,
+    for (int i = 0; i < sr->nchan && sr->transport != COMET_T_LONGPOLL; i++) {
+        comet_hub_format_stream(buf, sr->transport, 0, sr->epoch, sr->ids,
+                                sr->seqs, (apr_size_t)sr->nchan, (apr_size_t)i,
                                 reads[i], r->pool);
     }
     if (send_now(r, buf->data, buf->len) != APR_SUCCESS
@@ -706,9 +715,12 @@ int comet_subscriber_handler(request_rec *r)
         return OK;
     }
     if (can_detach(r)) {
-        return park_detached(&sr, hub);
+        COMET_SUB_LOG(r, APLOG_DEBUG, 0, "channel=%s: parked (detached)",
+                      sr->ids[0]);
+        return park_detached(sr, hub);
     }
-    return park_held(&sr, hub);
+    COMET_SUB_LOG(r, APLOG_DEBUG, 0, "channel=%s: parked (held)", sr->ids[0]);
+    return park_held(sr, hub);
 
 refused:
     return comet_error_response(r, rc);
