@@ -2174,18 +2174,18 @@ apr_status_t comet_store_publish(comet_store_t *st,
     m->mono = now;
     m->wall = wall;
     m->sum = sum_final(&sum);
-    cur_init(&c, st, first, 1);
-    cur_write(&c, msg->event, msg->event_len, 1);
-    cur_write(&c, msg->data, msg->data_len, 1);
-    STORE_ORDER();
-    m->magic = STORE_MSG_MAGIC;
-    STORE_ORDER();
     if (ch->msg_tail != STORE_NIL) {
         MSG(st, ch->msg_tail)->next_msg = first;
     }
     else {
         ch->msg_head = first;
     }
+    cur_init(&c, st, first, 1);
+    cur_write(&c, msg->event, msg->event_len, 1);
+    cur_write(&c, msg->data, msg->data_len, 1);
+    STORE_ORDER();
+    m->magic = STORE_MSG_MAGIC;
+    STORE_ORDER();
     STORE_ORDER();
     STORE_HOOK(COMET_STORE_HOOK_LINKED);
     ch->msg_tail = first;

@@ -1012,6 +1012,7 @@ static void sse_event(conn_t *c, const char *p, const char *e, uint64_t now)
 {
     size_t dl = 0, cap = (size_t)opt.max_buf;
     int has_data = 0;
+    char event[24] = "";
     while (p < e) {
         const char *nl = memchr(p, '\n', (size_t)(e - p));
         const char *le = nl ? nl : e;
@@ -1034,16 +1035,23 @@ static void sse_event(conn_t *c, const char *p, const char *e, uint64_t now)
                 has_data = 1;
             } else if (ne - p == 2 && memcmp(p, "id", 2) == 0) {
                 copy_value(c->last_id, sizeof c->last_id, v, vl);
+            } else if (ne - p == 5 && memcmp(p, "event", 5) == 0) {
+                copy_value(event, sizeof event, v, vl);
             }
         }
         p = nl ? nl + 1 : e;
     }
-    if (has_data)
+    /* mod_comet's notices: messages evicted before this subscriber got
+     * them, or the channel deleted; their data is the channel name. */
+    if (strcmp(event, "comet-missed") == 0)
+        st.missed++;
+    else if (has_data && strcmp(event, "comet-deleted") != 0)
         deliver(c, evbuf, dl, now);
 }
 
 /* A message object {"channel":..,"id":..,"data":"..."}; other keys are
- * skipped.  keep_id: record "id" as the subscriber's resume point. */
+ * skipped; {"missed":true,..} (messages evicted before delivery) is
+ * counted.  keep_id: record "id" as the subscriber's resume point. */
 static const char *json_message(conn_t *c, const char *p, const char *e,
                                 int keep_id, uint64_t now)
 {
@@ -1072,6 +1080,10 @@ static const char *json_message(conn_t *c, const char *p, const char *e,
                 dl = (size_t)opt.max_buf;
             }
             has_data = 1;
+        } else if (kl == 6 && memcmp(key, "missed", 6) == 0) {
+            if (e - p >= 4 && memcmp(p, "true", 4) == 0)
+                st.missed++;
+            p = jskip(p, e, 1);
         } else if (keep_id && kl == 2 && memcmp(key, "id", 2) == 0
                    && p < e && *p == '"') {
             size_t il;

@@ -253,7 +253,7 @@ function median(key,   n, i, j, t, a) {
 }
 function fmt(x) {
     if (x == "") return "n/a"
-    if (x >= 100 || x == int(x)) return sprintf("%.0f", x)
+    if (x >= 100 || x == 0) return sprintf("%.0f", x)
     return sprintf("%.2f", x)
 }
 function row(scen, field, label,   c, n, r) {

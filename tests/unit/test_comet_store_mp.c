@@ -274,6 +274,7 @@ START_TEST(writers_and_readers_see_every_message_once_in_order)
         readers[i] = fork();
         ck_assert_int_ge(readers[i], 0);
         if (readers[i] == 0) {
+            close(go[1]);   /* writers start when the parent closes it */
             _exit(wr_reader(st, ready[1]));
         }
     }
@@ -841,7 +842,11 @@ START_TEST(random_operations_across_processes_match_a_reference_model)
         m_expect_eq(&got, &want, opno, op.type);
     }
     for (w = 0; w < 2; w++) {
-        close(to[w][1]);
+        m_op_t quit;
+
+        memset(&quit, 0, sizeof(quit));
+        quit.type = M_QUIT;
+        ck_assert_int_eq(write(to[w][1], &quit, sizeof(quit)), sizeof(quit));
         ck_assert_int_eq(wait_exit(pids[w], 10000), 0);
     }
     store_util_check(st);
