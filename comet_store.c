@@ -128,6 +128,7 @@
 #define STORE_MIN_BLOCKS    64
 #define STORE_ID_LIMIT      65535       /* max_channel_id upper bound */
 #define STORE_SWEEP_BUDGET  4096        /* records per maintain call */
+#define STORE_REKICK        APR_USEC_PER_SEC  /* woken this long: kick again */
 #define STORE_TIME_MAX      APR_INT64_C(0x7fffffffffffffff)
 
 #define CHAN_FREE           0
@@ -223,6 +224,7 @@ typedef struct store_slot_t {
     apr_uint32_t pad;
     apr_uint64_t dgen;          /* drain generation */
     apr_uint64_t subscribers;
+    apr_int64_t  woken_at;      /* mono: when woken went to 1 */
     comet_chanref_t queue[COMET_STORE_QUEUE_LEN];
 } store_slot_t;
 
@@ -1647,12 +1649,19 @@ static void wake_init(comet_store_t *st, store_wake_t *w)
     memset(w->bits, 0, w->words * sizeof(w->bits[0]));
 }
 
-static void wake_mark(store_slot_t *sl, store_wake_t *w, apr_uint32_t slot)
+static void wake_add(store_wake_t *w, apr_uint32_t slot)
+{
+    w->bits[slot / 64] |= APR_UINT64_C(1) << (slot % 64);
+    w->any = 1;
+}
+
+static void wake_mark(store_slot_t *sl, store_wake_t *w, apr_uint32_t slot,
+                      apr_time_t now)
 {
     if (!sl->woken) {
         sl->woken = 1;
-        w->bits[slot / 64] |= APR_UINT64_C(1) << (slot % 64);
-        w->any = 1;
+        sl->woken_at = now;
+        wake_add(w, slot);
     }
 }
 
@@ -1677,7 +1686,8 @@ static void wake_run(store_wake_t *w, comet_wake_fn *fn, void *baton)
 
 /* Queue the channel on every slot with subscribers on it (once per drain
  * period: qgen) and mark the slots to kick. */
-static void chan_notify(comet_store_t *st, apr_uint32_t idx, store_wake_t *w)
+static void chan_notify(comet_store_t *st, apr_uint32_t idx, store_wake_t *w,
+                        apr_time_t now)
 {
     store_chan_t *ch = CH(st, idx);
     apr_uint32_t b = ch->subs_blk;
@@ -1709,28 +1719,43 @@ static void chan_notify(comet_store_t *st, apr_uint32_t idx, store_wake_t *w)
                 }
                 e->qgen = sl->dgen;
             }
-            wake_mark(sl, w, e->slot);
+            wake_mark(sl, w, e->slot, now);
             STORE_HOOK(COMET_STORE_HOOK_QUEUED);
         }
         b = sb->next;
     }
 }
 
-/* After a repair the dead process's kicks may be lost: kick every slot
- * with something queued. */
-static void kick_pending(comet_store_t *st, store_wake_t *w)
+/* A kick can be lost: the publisher that set a slot's woken mark may die
+ * before it kicks (inside the lock: the repair clears the marks and asks
+ * for this pass; just after the lock: nobody knows).  So after a repair
+ * every slot with something queued is kicked, and with stale set, also
+ * every slot whose mark is older than STORE_REKICK (a slot that drains
+ * clears its mark well within that). */
+static void kick_pending(comet_store_t *st, store_wake_t *w, apr_time_t now,
+                         int stale)
 {
     apr_uint32_t s;
+    int all = st->hdr->kick_all != 0;
 
-    if (!st->hdr->kick_all) {
+    if (!all && !stale) {
         return;
     }
     st->hdr->kick_all = 0;
     for (s = 0; s < st->max_procs; s++) {
         store_slot_t *sl = &st->slots[s];
 
-        if (sl->pid && (sl->qlen || sl->overflow)) {
-            wake_mark(sl, w, s);
+        if (!sl->pid) {
+            continue;
+        }
+        if (sl->woken) {
+            if (stale && now - sl->woken_at >= STORE_REKICK) {
+                sl->woken_at = now;
+                wake_add(w, s);
+            }
+        }
+        else if (all && (sl->qlen || sl->overflow)) {
+            wake_mark(sl, w, s, now);
         }
     }
 }
@@ -2174,18 +2199,18 @@ apr_status_t comet_store_publish(comet_store_t *st,
     m->mono = now;
     m->wall = wall;
     m->sum = sum_final(&sum);
-    if (ch->msg_tail != STORE_NIL) {
-        MSG(st, ch->msg_tail)->next_msg = first;
-    }
-    else {
-        ch->msg_head = first;
-    }
     cur_init(&c, st, first, 1);
     cur_write(&c, msg->event, msg->event_len, 1);
     cur_write(&c, msg->data, msg->data_len, 1);
     STORE_ORDER();
     m->magic = STORE_MSG_MAGIC;
     STORE_ORDER();
+    if (ch->msg_tail != STORE_NIL) {
+        MSG(st, ch->msg_tail)->next_msg = first;
+    }
+    else {
+        ch->msg_head = first;
+    }
     STORE_ORDER();
     STORE_HOOK(COMET_STORE_HOOK_LINKED);
     ch->msg_tail = first;
@@ -2201,8 +2226,8 @@ apr_status_t comet_store_publish(comet_store_t *st,
         due_lower(h, time_add(now, h->message_timeout));
     }
 
-    chan_notify(st, idx, &w);
-    kick_pending(st, &w);
+    chan_notify(st, idx, &w, now);
+    kick_pending(st, &w, now, 0);
     if (res) {
         res->id.epoch = st->epoch;
         res->id.seq = seq;
@@ -2222,6 +2247,7 @@ apr_status_t comet_store_delete(comet_store_t *st, const char *channel,
     apr_uint32_t hash, idx, b;
     store_chan_t *ch;
     store_wake_t w;
+    apr_time_t now;
     apr_status_t rv;
 
     if (comet_channel_id_check(channel, len, h->max_channel_id)
@@ -2230,6 +2256,7 @@ apr_status_t comet_store_delete(comet_store_t *st, const char *channel,
     }
     hash = id_hash(h->seed, channel, len);
     wake_init(st, &w);
+    now = comet_now_mono();
     if ((rv = store_lock(st)) != APR_SUCCESS) {
         return rv;
     }
@@ -2268,9 +2295,9 @@ apr_status_t comet_store_delete(comet_store_t *st, const char *channel,
         chan_release(st, idx);
     }
     else {
-        chan_notify(st, idx, &w);
+        chan_notify(st, idx, &w, now);
     }
-    kick_pending(st, &w);
+    kick_pending(st, &w, now, 0);
     op_end(st);
     store_unlock(st);
     wake_run(&w, wake, baton);
@@ -2527,7 +2554,7 @@ apr_uint32_t comet_store_maintain(comet_store_t *st, apr_time_t now,
     n = store_sweep(st, now, from, STORE_SWEEP_BUDGET);
     h->sweep = (apr_uint32_t)(((apr_uint64_t)from + STORE_SWEEP_BUDGET)
                               % st->channels_max);
-    kick_pending(st, &w);
+    kick_pending(st, &w, now, 1);
     op_end(st);
     store_unlock(st);
     wake_run(&w, wake, baton);

@@ -354,10 +354,12 @@ int comet_store_glob_match(const char *pattern, apr_size_t plen,
 
 /* Expire old messages and reclaim idle channels in the next part of the
  * channel table (a bounded number of records per call, so the lock is
- * held briefly), and, after a repair, kick every slot with queued
- * channels again (a dead publisher may have taken its kicks with it).
- * Caller: one thread (the bridge), about once a second.  Returns the
- * number of channels reclaimed. */
+ * held briefly), and kick again every slot whose kick may have been lost:
+ * after a repair, each slot with queued channels; always, each slot
+ * marked woken for a second or more without a drain (its publisher may
+ * have died between the lock and the kick).  Caller: the bridge thread of
+ * each process, about once a second.  Returns the number of channels
+ * reclaimed. */
 apr_uint32_t comet_store_maintain(comet_store_t *st, apr_time_t now,
                                   comet_wake_fn *wake, void *baton);
 

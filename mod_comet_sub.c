@@ -30,6 +30,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <apr_atomic.h>
 #include <apr_strings.h>
 #include <apr_thread_cond.h>
 #include <apr_thread_mutex.h>
@@ -41,6 +42,7 @@
 #include <http_protocol.h>
 #include <http_request.h>
 #include <http_ssl.h>
+#include <ap_mpm.h>
 #include <util_filter.h>
 #include <util_script.h>
 
@@ -554,6 +556,28 @@ static void held_close(void *baton)
 
 static const comet_hub_sink_t held_sink = { held_write, held_close };
 
+/* Held subscribers each keep a worker thread; at most half of a process's
+ * threads may be held, so that ordinary requests are always served. */
+static volatile apr_uint32_t held_now;
+
+static apr_uint32_t held_limit(void)
+{
+    int threads = 0;
+
+    ap_mpm_query(AP_MPMQ_MAX_THREADS, &threads);
+    return threads > 2 ? (apr_uint32_t)threads / 2 : 1;
+}
+
+/* Reserve a place for a held subscriber; 0 when the process has none. */
+static int held_reserve(void)
+{
+    if (apr_atomic_inc32(&held_now) >= held_limit()) {
+        apr_atomic_dec32(&held_now);
+        return 0;
+    }
+    return 1;
+}
+
 static int park_held(sub_req_t *sr, comet_hub_t *hub)
 {
     request_rec *r = sr->r;
@@ -627,7 +651,7 @@ int comet_subscriber_handler(request_rec *r)
     sub_req_t *sr;
     comet_read_t **reads;
     comet_buf_t *buf;
-    int rc, any;
+    int rc, any, detach;
 
     if (!comet_globals.store || !hub) {
         return HTTP_SERVICE_UNAVAILABLE;
@@ -709,18 +733,35 @@ int comet_subscriber_handler(request_rec *r)
                                 sr->seqs, (apr_size_t)sr->nchan, (apr_size_t)i,
                                 reads[i], r->pool);
     }
+    detach = can_detach(r);
+    if (!detach && !held_reserve()) {
+        COMET_SUB_LOG(r, APLOG_WARNING, 0, "channel=%s: refused, %u "
+                      "subscribers that need a worker thread (TLS, HTTP/2, "
+                      "HTTP/1.0) are held in this process already; serve "
+                      "comet locations over plain HTTP/1.1 to hold more",
+                      sr->ids[0], held_limit());
+        apr_table_setn(r->err_headers_out, "Retry-After", "5");
+        rc = refuse(r, HTTP_SERVICE_UNAVAILABLE, "too many subscribers that "
+                    "need a worker thread in this process");
+        goto refused;
+    }
     if (send_now(r, buf->data, buf->len) != APR_SUCCESS
         || r->connection->aborted) {
         /* Trap: never park a connection httpd already knows is gone. */
-        return OK;
+        rc = OK;
     }
-    if (can_detach(r)) {
+    else if (detach) {
         COMET_SUB_LOG(r, APLOG_DEBUG, 0, "channel=%s: parked (detached)",
                       sr->ids[0]);
         return park_detached(sr, hub);
     }
-    COMET_SUB_LOG(r, APLOG_DEBUG, 0, "channel=%s: parked (held)", sr->ids[0]);
-    return park_held(sr, hub);
+    else {
+        COMET_SUB_LOG(r, APLOG_DEBUG, 0, "channel=%s: parked (held)",
+                      sr->ids[0]);
+        rc = park_held(sr, hub);
+    }
+    apr_atomic_dec32(&held_now);
+    return rc;
 
 refused:
     return comet_error_response(r, rc);

@@ -1103,6 +1103,35 @@ START_TEST(wakeups_coalesce_until_drained_and_queue_each_channel_once)
 }
 END_TEST
 
+START_TEST(maintain_kicks_again_a_slot_woken_but_not_drained_for_a_second)
+{
+    comet_store_t *st = store_util_make(MB, 0, 0, 0, 2);
+    comet_chanref_t ref, got[2];
+    comet_msgid_t newest;
+    apr_uint32_t slot;
+    int overflow;
+
+    ck_assert_int_eq(comet_store_proc_attach(st, getpid(), &slot),
+                     APR_SUCCESS);
+    ck_assert_int_eq(comet_store_subscribe(st, slot, "c", 1, 0, &ref, &newest),
+                     APR_SUCCESS);
+    memset(wake_count, 0, sizeof(wake_count));
+    /* The publisher's kick is lost (no wake function). */
+    pub(st, "c", "x", STORE_UTIL_SEC(10));
+    comet_store_maintain(st, STORE_UTIL_SEC(11) - 1, count_wake, NULL);
+    ck_assert_int_eq(wake_count[slot], 0);
+    comet_store_maintain(st, STORE_UTIL_SEC(11), count_wake, NULL);
+    ck_assert_int_eq(wake_count[slot], 1);
+    comet_store_maintain(st, STORE_UTIL_SEC(11) + 5, count_wake, NULL);
+    ck_assert_int_eq(wake_count[slot], 1);
+    comet_store_maintain(st, STORE_UTIL_SEC(12), count_wake, NULL);
+    ck_assert_int_eq(wake_count[slot], 2);
+    ck_assert_uint_eq(comet_store_proc_drain(st, slot, got, 2, &overflow), 1);
+    comet_store_maintain(st, STORE_UTIL_SEC(20), count_wake, NULL);
+    ck_assert_int_eq(wake_count[slot], 2);
+}
+END_TEST
+
 START_TEST(wakeup_queue_overflow_is_reported_once)
 {
     comet_store_t *st = store_util_make(8 * MB, 0, 0, 0, 2);
@@ -1204,6 +1233,7 @@ Suite *test_comet_store_suite(void)
     tcase_add_test(procs, channels_lists_subscribed_channels_matching_the_pattern);
     tcase_add_test(procs, proc_slots_attach_reap_and_clear_counts);
     tcase_add_test(procs, wakeups_coalesce_until_drained_and_queue_each_channel_once);
+    tcase_add_test(procs, maintain_kicks_again_a_slot_woken_but_not_drained_for_a_second);
     tcase_add_test(procs, wakeup_queue_overflow_is_reported_once);
     suite_add_tcase(s, procs);
     return s;
