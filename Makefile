@@ -85,14 +85,23 @@ test: deps
 	COMET_MODULE=$(CURDIR)/$(MODULE) $(BUILD)/integration_tests || rc=1; \
 	exit $$rc
 
+# The sanitizer build goes to build-asan/ (tests) and build-asan/.libs
+# (module), so the normal build is left alone.
+ASAN_BUILD := build-asan
 asan: deps
-	@$(MAKE) --no-print-directory clean-objs
-	@$(MAKE) --no-print-directory SANITIZE=-fsanitize=address OPT="-O1 -g -fno-omit-frame-pointer" \
-	    all $(BUILD)/unit_tests $(BUILD)/integration_tests
+	@rm -rf $(ASAN_BUILD) && mkdir -p $(ASAN_BUILD)
+	@cp $(GLUE_SRC) $(CORE_SRC) $(GLUE_HDR) $(CORE_HDR) $(ASAN_BUILD)/
+	@cd $(ASAN_BUILD) && $(APXS) -c -o mod_comet.la -Wc,$(STD) \
+	    $(foreach w,$(WARN) -fsanitize=address -fno-omit-frame-pointer -O1,-Wc,$(w)) \
+	    -Wl,-fsanitize=address $(notdir $(GLUE_SRC) $(CORE_SRC)) >/dev/null
+	@$(MAKE) --no-print-directory BUILD=$(ASAN_BUILD) SANITIZE=-fsanitize=address \
+	    OPT="-O1 -g -fno-omit-frame-pointer" $(ASAN_BUILD)/unit_tests $(ASAN_BUILD)/integration_tests
 	@rc=0; \
-	ASAN_OPTIONS=detect_leaks=1 $(BUILD)/unit_tests || rc=1; \
-	COMET_MODULE=$(CURDIR)/$(MODULE) COMET_ASAN=1 $(BUILD)/integration_tests || rc=1; \
-	$(MAKE) --no-print-directory clean-objs; exit $$rc
+	ASAN_OPTIONS=detect_leaks=1 $(ASAN_BUILD)/unit_tests || rc=1; \
+	COMET_MODULE=$(CURDIR)/$(ASAN_BUILD)/.libs/mod_comet.so \
+	    COMET_ASAN=$$($(CC) -print-file-name=libasan.so) \
+	    $(ASAN_BUILD)/integration_tests || rc=1; \
+	exit $$rc
 
 # ---- demo server --------------------------------------------------------
 
@@ -130,4 +139,4 @@ clean-objs:
 	rm -rf .libs *.o *.lo *.slo *.la $(BUILD)/unit_tests $(BUILD)/integration_tests
 
 clean: clean-objs
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) build-asan

@@ -923,7 +923,7 @@ apr_status_t comet_store_format(comet_store_t **pst, void *base,
     apr_status_t rv;
     int rc;
 
-    if (!base || ((apr_uintptr_t)base & 63) || !cfg) {
+    if (!base || ((apr_uintptr_t)base & 7) || !cfg) {
         comet_log(COMET_LOG_ERR, APR_EINVAL,
                   "store segment must be 64-byte aligned");
         return APR_EINVAL;
@@ -1019,7 +1019,7 @@ apr_status_t comet_store_attach(comet_store_t **pst, void *base,
     store_geom_t g;
     comet_store_t *st;
 
-    if (!base || ((apr_uintptr_t)base & 63) || size < sizeof(store_hdr_t)
+    if (!base || ((apr_uintptr_t)base & 7) || size < sizeof(store_hdr_t)
         || h->magic != STORE_MAGIC || h->version != STORE_VERSION
         || h->layout != STORE_LAYOUT || h->size != size || h->epoch == 0
         || h->max_procs < 1 || h->max_procs > COMET_STORE_MAX_PROCS

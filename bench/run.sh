@@ -91,18 +91,157 @@ nchan_pubsock() {
 }
 
 # ======== mod_comet: TO BE FILLED IN ========================================
-# comet_start: start httpd with mod_comet fresh (own ServerRoot/PidFile/logs
-# under "$work/comet", Listen 127.0.0.1:$COMET_PORT, the publish Unix socket
-# under "$work/comet"), wait until the port listens (no fixed sleeps), set
-# SRV_PID to the httpd parent PID and return 0.  Until then it returns 1 and
-# every mod_comet run is skipped ("n/a" in the table).
-comet_start() {
-    return 1
+# httpd (event MPM) with mod_comet, from bench/comet.conf.in, in its own
+# ServerRoot under "$work/comet": pid file, error_log, runtime files and the
+# publish socket all live there.  The module is the one built in this tree
+# (COMET_MODULE overrides), copied once when the script starts so that every
+# run measures the same build even if the tree is rebuilt meanwhile.
+APACHE2=${APACHE2:-$(command -v apache2 || command -v httpd || echo /usr/sbin/apache2)}
+COMET_SHM=${COMET_SHM:-64M}             # the module default; resident from the start
+comet_modules=$(apxs -q LIBEXECDIR 2>/dev/null || echo /usr/lib/apache2/modules)
+comet_so=
+comet_has_sock=                         # publish socket: "" unknown, 1 yes, 0 no
+COMET_PGID=
+
+# Is something listening on 127.0.0.1:$1?  (/proc/net/tcp, state 0A)
+port_listening() {
+    grep -q "^ *[0-9]*: 0100007F:$(printf '%04X' "$1") 00000000:0000 0A" /proc/net/tcp
 }
 
-# comet_stop: stop the httpd started by comet_start, by PID, and wait for it.
+comet_pid() {
+    [ -s "$work/comet/httpd.pid" ] || return 1
+    p=$(cat "$work/comet/httpd.pid" 2>/dev/null) || return 1
+    [ -n "$p" ] && kill -0 "$p" 2>/dev/null || return 1
+    echo "$p"
+}
+
+comet_start() {
+    d=$work/comet
+    if [ -z "$comet_so" ]; then
+        src=${COMET_MODULE:-$root/.libs/mod_comet.so}
+        if [ ! -f "$src" ] || [ ! -x "$APACHE2" ]; then
+            echo "  mod_comet: $src or apache2 missing (make all)" >&2
+            return 1
+        fi
+        comet_so=$work/mod_comet.so
+        cp "$src" "$comet_so"
+        chmod 755 "$comet_so"
+    fi
+    mkdir -p "$d"
+    chmod 755 "$work" "$d"
+    if port_listening "$COMET_PORT"; then
+        echo "  mod_comet: port $COMET_PORT is already in use" >&2
+        return 1
+    fi
+    usergroup=
+    if [ "$(id -u)" = 0 ]; then
+        usergroup="User www-data\nGroup www-data"
+        chown www-data:www-data "$d" 2>/dev/null || true
+    fi
+    sed -e "s|@DIR@|$d|g" -e "s|@PORT@|$COMET_PORT|g" \
+        -e "s|@MODULES@|$comet_modules|g" -e "s|@MODULE@|$comet_so|g" \
+        -e "s|@USER_GROUP@|$usergroup|" -e "s|@SHM@|$COMET_SHM|g" \
+        "$root/bench/comet.conf.in" > "$d/httpd.conf"
+    rm -f "$d/httpd.pid"
+    # Own session and process group (setsid: the subshell is no group
+    # leader, so setsid execs in place and $! is the httpd parent); cores
+    # go to $d (CoreDumpDirectory).
+    ( ulimit -c unlimited 2>/dev/null || true
+      exec setsid "$APACHE2" -d "$d" -f "$d/httpd.conf" -DFOREGROUND ) \
+        >> "$d/stdout.log" 2>&1 &
+    COMET_PGID=$!
+    # Wait (bounded, polling) for the pid file, the listening socket and
+    # both children; then for the publish socket, when this build has one.
+    i=0
+    while :; do
+        if p=$(comet_pid) && port_listening "$COMET_PORT" \
+                && [ "$(pgrep -c -P "$p" 2>/dev/null || echo 0)" -ge 2 ]; then
+            break
+        fi
+        if ! kill -0 "$COMET_PGID" 2>/dev/null; then
+            echo "  mod_comet: httpd exited at start; see $out/comet-error.log" >&2
+            tail -n 5 "$d/error_log" "$d/stdout.log" >&2 2>/dev/null || true
+            comet_collect
+            return 1
+        fi
+        i=$((i + 1))
+        if [ "$i" -gt 300 ]; then
+            echo "  mod_comet: httpd did not come up in 15 s" >&2
+            comet_stop
+            return 1
+        fi
+        sleep 0.05
+    done
+    SRV_PID=$p
+    # The publish socket: the first start finds out (within 2 s) whether
+    # this build serves it and answers PUBLISH; later starts wait for it.
+    case "$comet_has_sock" in
+        0) return 0 ;;
+        1) n=300 ;;
+        *) n=40 ;;
+    esac
+    i=0
+    while [ ! -S "$d/publish.sock" ] && [ "$i" -lt "$n" ]; do
+        sleep 0.05
+        i=$((i + 1))
+    done
+    if [ -z "$comet_has_sock" ]; then
+        comet_has_sock=0
+        if [ -S "$d/publish.sock" ]; then
+            if ! command -v redis-cli >/dev/null 2>&1; then
+                comet_has_sock=1
+            elif r=$(redis-cli -s "$d/publish.sock" PUBLISH cometbench-probe x 2>&1) \
+                    && [ "$r" -ge 0 ] 2>/dev/null; then
+                comet_has_sock=1
+            else
+                echo "  mod_comet: publish socket did not answer PUBLISH ($r);" \
+                     "socket scenario skipped" >&2
+            fi
+        fi
+    fi
+    [ "$comet_has_sock" = 1 ] && [ ! -S "$d/publish.sock" ] \
+        && echo "  mod_comet: publish socket missing this time" >&2
+    return 0
+}
+
+# Move the error_log (and any core) out of the run directory.
+comet_collect() {
+    d=$work/comet
+    if [ -s "$d/error_log" ]; then
+        cat "$d/error_log" >> "$out/comet-error.log"
+        : > "$d/error_log"
+    fi
+    for c in "$d"/core*; do
+        [ -f "$c" ] && mv "$c" "$out/" 2>/dev/null
+    done
+    return 0
+}
+
 comet_stop() {
-    :
+    d=$work/comet
+    p=$(comet_pid) || p=${COMET_PGID:-}
+    if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then
+        kill -TERM "$p" 2>/dev/null || true
+        i=0
+        while kill -0 "$p" 2>/dev/null; do
+            i=$((i + 1))
+            if [ "$i" -gt 200 ]; then
+                echo "  mod_comet: httpd $p ignored SIGTERM for 10 s; killed" >&2
+                kill -KILL "$p" 2>/dev/null || true
+                break
+            fi
+            sleep 0.05
+        done
+    fi
+    # Whatever is left of that process group (children of a killed parent).
+    if [ -n "${COMET_PGID:-}" ]; then
+        kill -KILL -- "-$COMET_PGID" 2>/dev/null || true
+        wait "$COMET_PGID" 2>/dev/null || true
+    fi
+    COMET_PGID=
+    rm -f "$d/httpd.pid"
+    [ -d "$d" ] && comet_collect
+    return 0
 }
 
 # comet_args: how cometbench reaches mod_comet (subscriber/publisher URLs,
@@ -111,8 +250,10 @@ comet_args() {
     echo "--server comet --port $COMET_PORT --sub-url /sub/%s --pub http --pub-url /pub/%s"
 }
 
-# comet_pubsock: publishing over mod_comet's Unix socket (Redis protocol).
+# comet_pubsock: publishing over mod_comet's Unix socket (Redis protocol),
+# when this build has one.
 comet_pubsock() {
+    [ "$comet_has_sock" = 1 ] || return 0
     echo "--pub resp --socket $work/comet/publish.sock"
 }
 # ======== end of mod_comet ====================================================

@@ -18,14 +18,31 @@
 #include "integration_suites.h"
 #undef COMET_SUITE
 
-static void sweep(const char *list, int failed)
+/* Reports AddressSanitizer left in a server directory (make asan). */
+static int asan_reports(const char *dir)
 {
+    char cmd[700], out[16384];
+
+    snprintf(cmd, sizeof(cmd), "cat '%s'/asan.* 2>/dev/null | head -n 60",
+             dir);
+    it_run(cmd, out, sizeof(out), 10000);
+    if (!out[0]) {
+        return 0;
+    }
+    fprintf(stderr, "---- AddressSanitizer in %s ----\n%s----\n", dir, out);
+    return 1;
+}
+
+static int sweep(const char *list, int failed)
+{
+    int asan = 0;
+
     FILE *f = fopen(list, "r");
     char line[600], cmd[700], out[256];
     int pid;
 
     if (!f) {
-        return;
+        return 0;
     }
     while (fgets(line, sizeof(line), f)) {
         it_server_t srv;
@@ -38,6 +55,7 @@ static void sweep(const char *list, int failed)
             fprintf(stderr, "killing leftover apache2 group %d\n", pid);
             kill(-pid, SIGKILL);
         }
+        asan |= asan_reports(srv.dir);
         if (failed) {
             it_server_log_tail(&srv, 25);
         }
@@ -49,6 +67,7 @@ static void sweep(const char *list, int failed)
     }
     fclose(f);
     unlink(list);
+    return asan;
 }
 
 int main(void)
@@ -74,6 +93,9 @@ int main(void)
     srunner_run_all(sr, CK_NORMAL);
     failed = srunner_ntests_failed(sr);
     srunner_free(sr);
-    sweep(list, failed);
+    if (sweep(list, failed)) {
+        fprintf(stderr, "AddressSanitizer reported errors in the server\n");
+        failed++;
+    }
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

@@ -1181,10 +1181,10 @@ END_TEST
 /* A busy process killed at random instants, again and again, while another
  * keeps working: the store stays consistent and never hands out a torn
  * message. */
-#define RK_ROUNDS 60
+#define RK_ROUNDS 150
 
 static void rk_busy(comet_store_t *st, unsigned seed, volatile int *stop,
-                    int can_delete)
+                    int can_delete, int ready_fd)
 {
     static const char *const names[] = { "k0", "k1", "k/2", "k3" };
     comet_chanref_t refs[16];
@@ -1196,6 +1196,9 @@ static void rk_busy(comet_store_t *st, unsigned seed, volatile int *stop,
     apr_pool_create(&p, NULL);
     if (comet_store_proc_attach(st, getpid(), &slot) != APR_SUCCESS) {
         _exit(60);
+    }
+    if (ready_fd >= 0 && write(ready_fd, "r", 1) != 1) {
+        _exit(63);
     }
     while (!*stop) {
         const char *name = names[rand_r(&seed) % 4];
@@ -1254,12 +1257,13 @@ START_TEST(random_kills_never_leave_a_torn_or_inconsistent_store)
     comet_store_stats_t s;
     pid_t other;
     unsigned seed = 4242;
-    int round;
+    int round, ready[2];
 
+    ck_assert_int_eq(pipe(ready), 0);
     other = fork();
     ck_assert_int_ge(other, 0);
     if (other == 0) {
-        rk_busy(st, 1, stop, 0);
+        rk_busy(st, 1, stop, 0, -1);
     }
     for (round = 0; round < RK_ROUNDS; round++) {
         pid_t victim = fork();
@@ -1268,10 +1272,11 @@ START_TEST(random_kills_never_leave_a_torn_or_inconsistent_store)
 
         ck_assert_int_ge(victim, 0);
         if (victim == 0) {
-            rk_busy(st, (unsigned)round + 100, stop, 1);
+            rk_busy(st, (unsigned)round + 100, stop, 1, ready[1]);
         }
-        /* A random instant in the victim's life. */
-        poll(NULL, 0, 1 + rand_r(&seed) % 4);
+        /* A random instant in the victim's busy life. */
+        ck_assert(wait_byte(ready[0], 5000));
+        poll(NULL, 0, rand_r(&seed) % 3);
         kill(victim, SIGKILL);
         ck_assert_int_eq(wait_exit(victim, 5000), 128 + SIGKILL);
         store_util_check(st);
@@ -1298,6 +1303,10 @@ START_TEST(random_kills_never_leave_a_torn_or_inconsistent_store)
     comet_store_proc_reap(st);
     comet_store_stats(st, &s);
     ck_assert_msg(s.recoveries > 0, "no kill landed inside the lock");
+    if (getenv("COMET_TEST_VERBOSE")) {
+        fprintf(stderr, "random kills: %" APR_UINT64_T_FMT " of %d inside "
+                "the lock\n", s.recoveries, RK_ROUNDS);
+    }
     ck_assert_uint_eq(s.subscribers, 0);
     store_util_check(st);
 }
