@@ -1,0 +1,610 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may
+ * not use this file except in compliance with the License.
+ */
+
+/* Unit tests of comet_hub.c: a hub on its own thread over a real store,
+ * with socketpairs standing in for subscriber connections. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "store_util.h"
+#include "comet_hub.h"
+
+typedef struct fixture_t {
+    comet_store_t *st;
+    comet_hub_t   *hub;
+    apr_uint32_t   slot;
+    int            wake_fd;
+    pthread_t      thread;
+    int            running;
+} fixture_t;
+
+static fixture_t fx;
+
+static void wake(void *baton, apr_uint32_t slot)
+{
+    apr_uint64_t one = 1;
+
+    (void)baton;
+    (void)slot;
+    ck_assert(write(fx.wake_fd, &one, sizeof(one)) == sizeof(one));
+}
+
+static void *hub_thread(void *arg)
+{
+    comet_hub_run(arg);
+    return NULL;
+}
+
+static void hub_start(apr_size_t max_pending, apr_uint32_t max_subs)
+{
+    comet_hub_config_t cfg;
+
+    comet_test_pool_setup();
+    memset(&fx, 0, sizeof(fx));
+    fx.st = store_util_make(8 * 1024 * 1024, 0, 0, 0, 4);
+    ck_assert_int_eq(comet_store_proc_attach(fx.st, (apr_int32_t)getpid(),
+                                             &fx.slot), APR_SUCCESS);
+    fx.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.store = fx.st;
+    cfg.slot = fx.slot;
+    cfg.wake_fd = fx.wake_fd;
+    cfg.max_pending = max_pending;
+    cfg.max_subscribers = max_subs;
+    ck_assert_int_eq(comet_hub_create(&fx.hub, &cfg, comet_test_pool),
+                     APR_SUCCESS);
+    ck_assert_int_eq(pthread_create(&fx.thread, NULL, hub_thread, fx.hub), 0);
+    fx.running = 1;
+}
+
+static void setup(void)
+{
+    hub_start(1024 * 1024, 0);
+}
+
+static void hub_join(void)
+{
+    if (fx.running) {
+        comet_hub_stop(fx.hub);
+        pthread_join(fx.thread, NULL);
+        fx.running = 0;
+    }
+}
+
+static void teardown(void)
+{
+    hub_join();
+    close(fx.wake_fd);
+    comet_test_pool_teardown();
+}
+
+/* Subscribe in the store and hand one end of a socketpair to the hub;
+ * returns the client's end. */
+static int adopt(const char *const *ids, apr_size_t n, int transport,
+                 int chunked, apr_time_t interval, apr_uint64_t *seqs_in)
+{
+    comet_chanref_t refs[8];
+    apr_uint64_t seqs[8];
+    comet_hub_spec_t spec;
+    int sv[2];
+
+    ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    for (apr_size_t i = 0; i < n; i++) {
+        comet_msgid_t newest;
+
+        ck_assert_int_eq(comet_store_subscribe(fx.st, fx.slot, ids[i],
+                                               strlen(ids[i]),
+                                               comet_now_mono(), &refs[i],
+                                               &newest), APR_SUCCESS);
+        seqs[i] = seqs_in ? seqs_in[i] : newest.seq;
+    }
+    memset(&spec, 0, sizeof(spec));
+    spec.fd = sv[0];
+    spec.transport = transport;
+    spec.chunked = chunked;
+    spec.nchan = n;
+    spec.refs = refs;
+    spec.ids = ids;
+    spec.seqs = seqs;
+    spec.interval = interval;
+    ck_assert_int_eq(comet_hub_adopt(fx.hub, &spec, NULL), APR_SUCCESS);
+    return sv[1];
+}
+
+static apr_uint64_t publish(const char *chan, const char *data,
+                            const char *event)
+{
+    comet_publish_t msg;
+    comet_publish_result_t res;
+
+    memset(&msg, 0, sizeof(msg));
+    msg.channel = chan;
+    msg.channel_len = strlen(chan);
+    msg.data = data;
+    msg.data_len = strlen(data);
+    msg.event = event;
+    msg.event_len = event ? strlen(event) : 0;
+    ck_assert_int_eq(comet_store_publish(fx.st, &msg, comet_now_mono(), wake,
+                                         NULL, &res), APR_SUCCESS);
+    return res.id.seq;
+}
+
+static apr_uint32_t store_subscribers(const char *chan)
+{
+    comet_channel_stats_t cs;
+
+    if (comet_store_channel_stats(fx.st, chan, strlen(chan), &cs)
+        != APR_SUCCESS) {
+        return 0;
+    }
+    return cs.subscribers;
+}
+
+/* Read from fd until needle shows up (or EOF/timeout); 1 when found. */
+static int read_until(int fd, char *buf, size_t max, size_t *len,
+                      const char *needle, int ms)
+{
+    long long end = (long long)(comet_now_mono() / 1000) + ms;
+
+    buf[*len] = '\0';
+    while (!strstr(buf, needle)) {
+        struct pollfd p = { fd, POLLIN, 0 };
+        long long left = end - comet_now_mono() / 1000;
+        ssize_t n;
+
+        if (left <= 0 || poll(&p, 1, (int)left) <= 0) {
+            return 0;
+        }
+        n = read(fd, buf + *len, max - *len - 1);
+        if (n <= 0) {
+            return 0;
+        }
+        *len += (size_t)n;
+        buf[*len] = '\0';
+    }
+    return 1;
+}
+
+/* 1 when the peer closed within ms (data before it is read into buf). */
+static int read_eof(int fd, char *buf, size_t max, size_t *len, int ms)
+{
+    long long end = (long long)(comet_now_mono() / 1000) + ms;
+
+    for (;;) {
+        struct pollfd p = { fd, POLLIN, 0 };
+        long long left = end - comet_now_mono() / 1000;
+        ssize_t n;
+
+        if (left <= 0 || poll(&p, 1, (int)left) <= 0) {
+            return 0;
+        }
+        n = read(fd, buf + *len, max - *len - 1);
+        if (n == 0) {
+            return 1;
+        }
+        if (n < 0) {
+            return errno == ECONNRESET;
+        }
+        *len += (size_t)n;
+        buf[*len] = '\0';
+    }
+}
+
+static int wait_count(const char *chan, apr_uint32_t want)
+{
+    for (int i = 0; i < 2000; i++) {
+        if (store_subscribers(chan) == want) {
+            return 1;
+        }
+        usleep(1000);
+    }
+    return 0;
+}
+
+static int wait_hub_count(apr_uint32_t want)
+{
+    for (int i = 0; i < 2000; i++) {
+        if (comet_hub_count(fx.hub) == want) {
+            return 1;
+        }
+        usleep(1000);
+    }
+    return 0;
+}
+
+/* ---- tests -------------------------------------------------------------- */
+
+START_TEST(sse_subscriber_gets_each_message_as_a_chunked_event)
+{
+    const char *ids[] = { "room" };
+    char buf[4096], want[256];
+    size_t len = 0;
+    apr_uint64_t seq;
+    int fd = adopt(ids, 1, COMET_T_SSE, 1, 0, NULL);
+
+    ck_assert(wait_hub_count(1));
+    seq = publish("room", "hello", NULL);
+    snprintf(want, sizeof(want), "id: %08x:%" APR_UINT64_T_FMT
+             "\ndata: hello\n\n\r\n", comet_store_epoch(fx.st), seq);
+    ck_assert_msg(read_until(fd, buf, sizeof(buf), &len, want, 2000),
+                  "got %s", buf);
+    /* Chunk framing: hex length, CRLF, the event, CRLF. */
+    snprintf(want, sizeof(want), "%zx\r\nid: ", strlen(want) - 2);
+    ck_assert_msg(strstr(buf, want), "no chunk header %s in %s", want, buf);
+    close(fd);
+}
+END_TEST
+
+START_TEST(one_wakeup_serves_every_subscriber_of_the_channel)
+{
+    enum { N = 200 };
+    const char *ids[] = { "fan" };
+    int fds[N];
+    comet_hub_stats_t hs;
+
+    for (int i = 0; i < N; i++) {
+        fds[i] = adopt(ids, 1, COMET_T_STREAM, 0, 0, NULL);
+    }
+    ck_assert(wait_hub_count(N));
+    comet_hub_stats(fx.hub, &hs);
+    publish("fan", "x", NULL);
+    for (int i = 0; i < N; i++) {
+        char buf[1024];
+        size_t len = 0;
+
+        ck_assert(read_until(fds[i], buf, sizeof(buf), &len, "\"data\":\"x\"",
+                             2000));
+        close(fds[i]);
+    }
+    {
+        comet_hub_stats_t after;
+
+        comet_hub_stats(fx.hub, &after);
+        ck_assert_uint_eq(after.deliveries - hs.deliveries, N);
+        ck_assert_uint_le(after.wakeups - hs.wakeups, 2);
+    }
+}
+END_TEST
+
+START_TEST(a_client_that_closes_is_freed_and_uncounted)
+{
+    const char *ids[] = { "bye" };
+    int fd = adopt(ids, 1, COMET_T_SSE, 1, 0, NULL);
+
+    ck_assert(wait_hub_count(1));
+    ck_assert_uint_eq(store_subscribers("bye"), 1);
+    close(fd);
+    ck_assert(wait_hub_count(0));
+    ck_assert(wait_count("bye", 0));
+}
+END_TEST
+
+START_TEST(a_client_that_does_not_read_is_dropped_past_the_bound)
+{
+    const char *ids[] = { "slow" };
+    char big[4000];
+    int fd, small = 4096;
+    comet_hub_stats_t hs;
+
+    hub_join();
+    teardown();
+    hub_start(16 * 1024, 0);
+    fd = adopt(ids, 1, COMET_T_SSE, 1, 0, NULL);
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    ck_assert(wait_hub_count(1));
+    memset(big, 'z', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    /* Never read: the kernel's buffers fill, then our bounded queue. */
+    for (int i = 0; i < 400 && comet_hub_count(fx.hub); i++) {
+        publish("slow", big, NULL);
+        usleep(500);
+    }
+    ck_assert(wait_hub_count(0));
+    ck_assert(wait_count("slow", 0));
+    comet_hub_stats(fx.hub, &hs);
+    ck_assert_uint_eq(hs.dropped_slow, 1);
+    close(fd);
+}
+END_TEST
+
+START_TEST(long_poll_answers_once_and_ends_the_response)
+{
+    const char *ids[] = { "lp" };
+    char buf[4096];
+    size_t len = 0;
+    int fd = adopt(ids, 1, COMET_T_LONGPOLL, 1, apr_time_from_sec(30), NULL);
+
+    ck_assert(wait_hub_count(1));
+    publish("lp", "one", NULL);
+    ck_assert(read_eof(fd, buf, sizeof(buf), &len, 2000));
+    ck_assert_msg(strstr(buf, "\"data\":\"one\"}]}"), "got %s", buf);
+    ck_assert_msg(strstr(buf, "\r\n0\r\n\r\n"), "no last chunk: %s", buf);
+    ck_assert(wait_count("lp", 0));
+    close(fd);
+}
+END_TEST
+
+START_TEST(long_poll_times_out_with_no_messages_and_the_same_id)
+{
+    const char *ids[] = { "quiet" };
+    apr_uint64_t seqs[1] = { 7 };
+    char buf[4096], want[64];
+    size_t len = 0;
+    int fd = adopt(ids, 1, COMET_T_LONGPOLL, 0, apr_time_from_msec(100),
+                   seqs);
+
+    ck_assert(read_eof(fd, buf, sizeof(buf), &len, 2000));
+    snprintf(want, sizeof(want), "{\"id\":\"%08x:7\"",
+             comet_store_epoch(fx.st));
+    ck_assert_msg(strstr(buf, want), "got %s", buf);
+    ck_assert_ptr_nonnull(strstr(buf, "\"messages\":[]"));
+    close(fd);
+}
+END_TEST
+
+START_TEST(keepalives_flow_on_idle_streams)
+{
+    const char *ids[] = { "idle" };
+    char buf[4096];
+    size_t len = 0;
+    int sse = adopt(ids, 1, COMET_T_SSE, 1, apr_time_from_msec(50), NULL);
+    int nd = adopt(ids, 1, COMET_T_STREAM, 0, apr_time_from_msec(50), NULL);
+
+    ck_assert(read_until(sse, buf, sizeof(buf), &len, "3\r\n:\n\n\r\n3\r\n:\n",
+                         2000));
+    len = 0;
+    ck_assert(read_until(nd, buf, sizeof(buf), &len, "\n\n", 2000));
+    close(sse);
+    close(nd);
+}
+END_TEST
+
+START_TEST(messages_published_before_adoption_are_caught_up)
+{
+    const char *ids[] = { "early" };
+    apr_uint64_t seqs[1];
+    comet_msgid_t newest;
+    comet_chanref_t ref;
+    char buf[4096];
+    size_t len = 0;
+    int fd;
+
+    /* The position a subscriber had when its handler read the store. */
+    ck_assert_int_eq(comet_store_subscribe(fx.st, fx.slot, "early", 5,
+                                           comet_now_mono(), &ref, &newest),
+                     APR_SUCCESS);
+    comet_store_unsubscribe(fx.st, fx.slot, &ref, comet_now_mono());
+    seqs[0] = newest.seq;
+    publish("early", "meanwhile-1", NULL);
+    publish("early", "meanwhile-2", NULL);
+    fd = adopt(ids, 1, COMET_T_SSE, 0, 0, seqs);
+    ck_assert_msg(read_until(fd, buf, sizeof(buf), &len,
+                             "data: meanwhile-2\n\n", 2000), "got %s", buf);
+    ck_assert_ptr_nonnull(strstr(buf, "data: meanwhile-1\n\n"));
+    close(fd);
+}
+END_TEST
+
+START_TEST(several_channels_get_compound_ids_and_channel_event_names)
+{
+    const char *ids[] = { "a", "b" };
+    char buf[4096], want[128];
+    size_t len = 0;
+    apr_uint64_t sa, sb;
+    int fd = adopt(ids, 2, COMET_T_SSE, 0, 0, NULL);
+
+    ck_assert(wait_hub_count(1));
+    sb = publish("b", "to-b", "t");
+    sa = publish("a", "to-a", NULL);
+    /* Order holds within a channel; the two channels' messages may come
+     * in either order, but each event names its channel, and the second
+     * one's id carries both positions. */
+    ck_assert_msg(read_until(fd, buf, sizeof(buf), &len,
+                             "event: b#t\ndata: to-b\n\n", 2000),
+                  "got %s", buf);
+    ck_assert_msg(read_until(fd, buf, sizeof(buf), &len,
+                             "event: a\ndata: to-a\n\n", 2000),
+                  "got %s", buf);
+    snprintf(want, sizeof(want), "id: %08x:%" APR_UINT64_T_FMT ",%"
+             APR_UINT64_T_FMT "\n", comet_store_epoch(fx.st), sa, sb);
+    ck_assert_msg(strstr(buf, want), "want %s got %s", want, buf);
+    close(fd);
+}
+END_TEST
+
+START_TEST(a_deleted_channel_ends_its_streams_with_a_notice)
+{
+    const char *ids[] = { "gone" };
+    char buf[4096];
+    size_t len = 0;
+    apr_uint32_t receivers = 0;
+    int fd = adopt(ids, 1, COMET_T_SSE, 1, 0, NULL);
+
+    ck_assert(wait_hub_count(1));
+    ck_assert_int_eq(comet_store_delete(fx.st, "gone", 4, wake, NULL,
+                                        &receivers), APR_SUCCESS);
+    ck_assert_uint_eq(receivers, 1);
+    ck_assert(read_eof(fd, buf, sizeof(buf), &len, 2000));
+    ck_assert_msg(strstr(buf, "event: comet-deleted\ndata: gone\n\n"),
+                  "got %s", buf);
+    ck_assert_ptr_nonnull(strstr(buf, "0\r\n\r\n"));
+    ck_assert(wait_hub_count(0));
+    close(fd);
+}
+END_TEST
+
+START_TEST(stopping_the_hub_ends_every_stream_cleanly)
+{
+    const char *ids[] = { "end" };
+    int fds[10];
+
+    for (int i = 0; i < 10; i++) {
+        fds[i] = adopt(ids, 1, COMET_T_SSE, 1, 0, NULL);
+    }
+    ck_assert(wait_hub_count(10));
+    hub_join();
+    for (int i = 0; i < 10; i++) {
+        char buf[256];
+        size_t len = 0;
+
+        ck_assert(read_eof(fds[i], buf, sizeof(buf), &len, 2000));
+        ck_assert_str_eq(buf, "0\r\n\r\n");
+        close(fds[i]);
+    }
+    ck_assert_uint_eq(store_subscribers("end"), 0);
+}
+END_TEST
+
+START_TEST(the_subscriber_limit_refuses_adoption)
+{
+    const char *ids[] = { "cap" };
+    comet_chanref_t ref;
+    comet_msgid_t newest;
+    comet_hub_spec_t spec;
+    apr_uint64_t seq = 0;
+    int fd;
+
+    hub_join();
+    teardown();
+    hub_start(1024 * 1024, 1);
+    fd = adopt(ids, 1, COMET_T_SSE, 1, 0, NULL);
+    ck_assert_int_eq(comet_store_subscribe(fx.st, fx.slot, "cap", 3,
+                                           comet_now_mono(), &ref, &newest),
+                     APR_SUCCESS);
+    memset(&spec, 0, sizeof(spec));
+    spec.fd = -1;
+    spec.sink = NULL;
+    spec.transport = COMET_T_SSE;
+    spec.nchan = 1;
+    spec.refs = &ref;
+    spec.ids = ids;
+    spec.seqs = &seq;
+    spec.fd = 99999;
+    ck_assert_int_eq(comet_hub_adopt(fx.hub, &spec, NULL), APR_EAGAIN);
+    comet_store_unsubscribe(fx.st, fx.slot, &ref, comet_now_mono());
+    close(fd);
+}
+END_TEST
+
+/* A sink subscriber: bytes handed to callbacks, cancel ends it. */
+typedef struct sink_t {
+    pthread_mutex_t mu;
+    char buf[4096];
+    size_t len;
+    int closed;
+} sink_t;
+
+static apr_status_t sink_write(void *baton, const char *data,
+                               apr_size_t len, int last)
+{
+    sink_t *k = baton;
+
+    pthread_mutex_lock(&k->mu);
+    if (k->len + len < sizeof(k->buf)) {
+        memcpy(k->buf + k->len, data, len);
+        k->len += len;
+        k->buf[k->len] = '\0';
+    }
+    pthread_mutex_unlock(&k->mu);
+    return APR_SUCCESS;
+}
+
+static void sink_close(void *baton)
+{
+    sink_t *k = baton;
+
+    pthread_mutex_lock(&k->mu);
+    k->closed = 1;
+    pthread_mutex_unlock(&k->mu);
+}
+
+static const comet_hub_sink_t sink_fns = { sink_write, sink_close };
+
+static int sink_has(sink_t *k, const char *needle, int want_closed)
+{
+    for (int i = 0; i < 2000; i++) {
+        int ok;
+
+        pthread_mutex_lock(&k->mu);
+        ok = (!needle || strstr(k->buf, needle)) && k->closed >= want_closed;
+        pthread_mutex_unlock(&k->mu);
+        if (ok) {
+            return 1;
+        }
+        usleep(1000);
+    }
+    return 0;
+}
+
+START_TEST(a_sink_subscriber_gets_plain_frames_and_can_be_cancelled)
+{
+    const char *ids[] = { "sink" };
+    comet_chanref_t ref;
+    comet_msgid_t newest;
+    comet_hub_spec_t spec;
+    comet_hub_sub_t *handle;
+    apr_uint64_t seq;
+    sink_t k;
+
+    memset(&k, 0, sizeof(k));
+    pthread_mutex_init(&k.mu, NULL);
+    ck_assert_int_eq(comet_store_subscribe(fx.st, fx.slot, "sink", 4,
+                                           comet_now_mono(), &ref, &newest),
+                     APR_SUCCESS);
+    seq = newest.seq;
+    memset(&spec, 0, sizeof(spec));
+    spec.fd = -1;
+    spec.sink = &sink_fns;
+    spec.sink_baton = &k;
+    spec.transport = COMET_T_SSE;
+    spec.nchan = 1;
+    spec.refs = &ref;
+    spec.ids = ids;
+    spec.seqs = &seq;
+    ck_assert_int_eq(comet_hub_adopt(fx.hub, &spec, &handle), APR_SUCCESS);
+    ck_assert(wait_hub_count(1));
+    publish("sink", "via sink", NULL);
+    ck_assert(sink_has(&k, "data: via sink\n\n", 0));
+    /* Not chunked: the writer's own filters frame it. */
+    ck_assert_ptr_null(strstr(k.buf, "\r\n"));
+    pthread_mutex_lock(&k.mu);
+    if (!k.closed) {
+        comet_hub_cancel(fx.hub, handle);
+    }
+    pthread_mutex_unlock(&k.mu);
+    ck_assert(sink_has(&k, NULL, 1));
+    ck_assert(wait_count("sink", 0));
+}
+END_TEST
+
+Suite *test_comet_hub_suite(void)
+{
+    Suite *s = suite_create("comet_hub");
+    TCase *tc = tcase_create("hub");
+
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 30);
+    tcase_add_test(tc, sse_subscriber_gets_each_message_as_a_chunked_event);
+    tcase_add_test(tc, one_wakeup_serves_every_subscriber_of_the_channel);
+    tcase_add_test(tc, a_client_that_closes_is_freed_and_uncounted);
+    tcase_add_test(tc, a_client_that_does_not_read_is_dropped_past_the_bound);
+    tcase_add_test(tc, long_poll_answers_once_and_ends_the_response);
+    tcase_add_test(tc, long_poll_times_out_with_no_messages_and_the_same_id);
+    tcase_add_test(tc, keepalives_flow_on_idle_streams);
+    tcase_add_test(tc, messages_published_before_adoption_are_caught_up);
+    tcase_add_test(tc, several_channels_get_compound_ids_and_channel_event_names);
+    tcase_add_test(tc, a_deleted_channel_ends_its_streams_with_a_notice);
+    tcase_add_test(tc, stopping_the_hub_ends_every_stream_cleanly);
+    tcase_add_test(tc, the_subscriber_limit_refuses_adoption);
+    tcase_add_test(tc, a_sink_subscriber_gets_plain_frames_and_can_be_cancelled);
+    suite_add_tcase(s, tc);
+    return s;
+}
