@@ -503,6 +503,54 @@ START_TEST(cors_and_channel_expressions_follow_the_config)
 }
 END_TEST
 
+
+/* Sum of VmRSS (kB) and of open descriptors over the server's children. */
+static void children_usage(const it_server_t *s, long *rss_kb, long *fds)
+{
+    pid_t kids[64];
+    int n = it_server_children(s, kids, 64);
+
+    *rss_kb = 0;
+    *fds = 0;
+    for (int i = 0; i < n; i++) {
+        char path[64], buf[4096], *p;
+        char cmd[128], out[64];
+
+        snprintf(path, sizeof(path), "/proc/%d/status", (int)kids[i]);
+        if (it_read_file(path, buf, sizeof(buf)) > 0
+            && (p = strstr(buf, "VmRSS:"))) {
+            *rss_kb += atol(p + 6);
+        }
+        snprintf(cmd, sizeof(cmd), "ls /proc/%d/fd | wc -l", (int)kids[i]);
+        if (it_run(cmd, out, sizeof(out), 5000) == 0) {
+            *fds += atol(out);
+        }
+    }
+}
+
+/* Subscribe and leave, over and over, in every shape. */
+static void churn(int port, int cycles)
+{
+    static const char *const reqs[] = {
+        "GET /sub/churn HTTP/1.1\r\nHost: x\r\n"
+        "Accept: text/event-stream\r\n\r\n",
+        "GET /sub/churn?transport=stream HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /sub/churn,other HTTP/1.1\r\nHost: x\r\n\r\n",
+    };
+    char buf[4096];
+
+    for (int i = 0; i < cycles; i++) {
+        int fd = it_connect(port);
+        size_t len = 0;
+
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(it_sendf(fd, "%s", reqs[i % 3]), 0);
+        ck_assert_int_eq(it_read_until(fd, buf, sizeof(buf), &len, 0,
+                                       "\r\n\r\n", 5000), 1);
+        close(fd);
+    }
+}
+
 /* ---- separate servers ------------------------------------------------------------ */
 
 START_TEST(an_id_older_than_the_buffer_gets_the_rest_and_a_missed_signal)
@@ -701,6 +749,35 @@ START_TEST(five_thousand_parked_subscribers_all_receive_while_the_site_answers)
 }
 END_TEST
 
+
+/* 50,000 subscribe/disconnect cycles: memory and descriptors of the
+ * children come back to where they were (a leak of a record, a pool or a
+ * socket per cycle would show as megabytes or thousands of fds). */
+START_TEST(fifty_thousand_subscribe_disconnect_cycles_leave_nothing_behind)
+{
+    it_server_t s2;
+    long rss0, fds0, rss1, fds1;
+
+    ck_assert_int_eq(it_server_start(&s2, NULL), 0);
+    /* Warm up: pools, allocator arenas and tables reach their working
+     * size first. */
+    churn(s2.port, 5000);
+    ck_assert(wait_subscribers(s2.port, "churn", 0));
+    children_usage(&s2, &rss0, &fds0);
+    churn(s2.port, 50000);
+    ck_assert(wait_subscribers(s2.port, "churn", 0));
+    ck_assert(wait_subscribers(s2.port, "other", 0));
+    children_usage(&s2, &rss1, &fds1);
+    fprintf(stderr, "churn: children RSS %ld -> %ld kB, fds %ld -> %ld\n",
+            rss0, rss1, fds0, fds1);
+    ck_assert_msg(fds1 <= fds0 + 4, "descriptors grew from %ld to %ld",
+                  fds0, fds1);
+    ck_assert_msg(rss1 <= rss0 + 2048, "RSS grew from %ld to %ld kB", rss0,
+                  rss1);
+    it_server_stop(&s2);
+}
+END_TEST
+
 Suite *test_subscribe_suite(void)
 {
     Suite *s = suite_create("subscribe");
@@ -722,11 +799,12 @@ Suite *test_subscribe_suite(void)
     tcase_add_test(tc, cors_and_channel_expressions_follow_the_config);
     suite_add_tcase(s, tc);
 
-    tcase_set_timeout(own, 120);
+    tcase_set_timeout(own, 240);
     tcase_add_test(own, an_id_older_than_the_buffer_gets_the_rest_and_a_missed_signal);
     tcase_add_test(own, graceful_restart_ends_parked_streams_and_clients_resume);
     tcase_add_test(own, sse_over_tls_works);
     tcase_add_test(own, five_thousand_parked_subscribers_all_receive_while_the_site_answers);
+    tcase_add_test(own, fifty_thousand_subscribe_disconnect_cycles_leave_nothing_behind);
     suite_add_tcase(s, own);
     return s;
 }
