@@ -114,6 +114,7 @@ stop:
 # ---- install --------------------------------------------------------------
 
 install: all
+	install -d $(DESTDIR)$(shell $(APXS) -q LIBEXECDIR)
 	$(APXS) -i -S LIBEXECDIR=$(DESTDIR)$(shell $(APXS) -q LIBEXECDIR) -n comet mod_comet.la
 	install -d $(DESTDIR)$(shell $(APXS) -q SYSCONFDIR)/mods-available
 	install -m 644 conf-samples/comet.load conf-samples/comet.conf \
