@@ -606,36 +606,38 @@ static int park_held(sub_req_t *sr, comet_hub_t *hub)
     }
     sr->subscribed = 0;
     apr_thread_mutex_lock(h.mu);
-    while (!h.closed) {
+    for (;;) {
+        /* Bytes first: the hub's last write comes right before its close,
+         * and must still reach the client. */
         if (h.out->len && !cancelled) {
             comet_buf_t *tmp = h.out;
-            int last = h.last;
 
             h.out = spare;
             spare = tmp;
             apr_thread_mutex_unlock(h.mu);
             if (send_now(r, spare->data, spare->len) != APR_SUCCESS
                 || r->connection->aborted) {
-                comet_hub_cancel(hub, handle);
+                apr_thread_mutex_lock(h.mu);
+                if (!h.closed) {
+                    comet_hub_cancel(hub, handle);
+                }
                 cancelled = 1;
             }
-            comet_buf_truncate(spare, 0);
-            apr_thread_mutex_lock(h.mu);
-            if (last) {
-                /* The hub's close follows its last write. */
-                continue;
+            else {
+                apr_thread_mutex_lock(h.mu);
             }
+            comet_buf_truncate(spare, 0);
             continue;
         }
-        if (h.overflow && !cancelled) {
+        if (h.closed) {
+            break;
+        }
+        if (!cancelled && (h.overflow || r->connection->aborted)) {
+            /* Under h.mu and before close: see comet_hub_cancel. */
             comet_hub_cancel(hub, handle);
             cancelled = 1;
         }
         apr_thread_cond_timedwait(h.cv, h.mu, apr_time_from_sec(1));
-        if (!cancelled && r->connection->aborted) {
-            comet_hub_cancel(hub, handle);
-            cancelled = 1;
-        }
     }
     apr_thread_mutex_unlock(h.mu);
     return OK;

@@ -242,7 +242,11 @@ static int make_config(it_server_t *srv, const it_opts_t *o)
             "TLS", tls, "EXTRA", o && o->extra ? o->extra : "",
             NULL
         };
-        conf = expand(tmpl, kv);
+        char *once = expand(tmpl, kv);
+
+        /* Twice, so that @MODULES@ and the like work inside "extra". */
+        conf = expand(once, kv);
+        free(once);
     }
     snprintf(path, sizeof(path), "%s/httpd.conf", srv->dir);
     rc = write_file(path, conf);

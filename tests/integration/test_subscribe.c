@@ -750,6 +750,50 @@ START_TEST(five_thousand_parked_subscribers_all_receive_while_the_site_answers)
 END_TEST
 
 
+/* Over HTTP/2 a subscriber stays on its h2 worker (never suspended: that
+ * would reset the stream); SSE and long-poll both work. */
+START_TEST(sse_and_long_poll_over_http2_work)
+{
+    it_server_t s2;
+    it_opts_t o;
+    char cmd[512], out[16384];
+    FILE *sse, *lp;
+    size_t n = 0;
+
+    memset(&o, 0, sizeof(o));
+    o.extra = "LoadModule http2_module @MODULES@/mod_http2.so\n"
+              "Protocols h2c http/1.1\n";
+    ck_assert_int_eq(it_server_start(&s2, &o), 0);
+    snprintf(cmd, sizeof(cmd), "curl -s -N --http2-prior-knowledge "
+             "--max-time 8 -H 'Accept: text/event-stream' "
+             "http://127.0.0.1:%d/sub/h2 2>&1", s2.port);
+    sse = popen(cmd, "r");
+    snprintf(cmd, sizeof(cmd), "curl -s --http2-prior-knowledge --max-time 8"
+             " -w ' HTTP/%%{http_version}' http://127.0.0.1:%d/sub/h2 2>&1",
+             s2.port);
+    lp = popen(cmd, "r");
+    ck_assert(sse && lp);
+    ck_assert(wait_subscribers(s2.port, "h2", 2));
+    ck_assert_int_eq(publish(s2.port, "h2", "over h2", NULL, NULL, 0), 201);
+    while (n < sizeof(out) - 1 && fread(out + n, 1, 1, sse) == 1) {
+        n++;
+        out[n] = '\0';
+        if (strstr(out, "data: over h2\n\n")) {
+            break;
+        }
+    }
+    out[n] = '\0';
+    ck_assert_msg(strstr(out, "data: over h2\n\n"), "SSE over h2: %s", out);
+    n = fread(out, 1, sizeof(out) - 1, lp);
+    out[n] = '\0';
+    ck_assert_msg(strstr(out, "\"data\":\"over h2\"") && strstr(out, "HTTP/2"),
+                  "long-poll over h2: %s", out);
+    it_server_stop(&s2);
+    pclose(sse);
+    pclose(lp);
+}
+END_TEST
+
 /* 50,000 subscribe/disconnect cycles: memory and descriptors of the
  * children come back to where they were (a leak of a record, a pool or a
  * socket per cycle would show as megabytes or thousands of fds). */
@@ -803,6 +847,7 @@ Suite *test_subscribe_suite(void)
     tcase_add_test(own, an_id_older_than_the_buffer_gets_the_rest_and_a_missed_signal);
     tcase_add_test(own, graceful_restart_ends_parked_streams_and_clients_resume);
     tcase_add_test(own, sse_over_tls_works);
+    tcase_add_test(own, sse_and_long_poll_over_http2_work);
     tcase_add_test(own, five_thousand_parked_subscribers_all_receive_while_the_site_answers);
     tcase_add_test(own, fifty_thousand_subscribe_disconnect_cycles_leave_nothing_behind);
     suite_add_tcase(s, own);
