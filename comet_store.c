@@ -9,7 +9,8 @@
  *
  * Every position inside the segment is an offset from its start or the
  * index of a record, never a pointer, so any process may map it anywhere.
- * Regions start on 64-byte boundaries.
+ * Regions start at offsets that are multiples of 64; the segment itself
+ * need only be 8-byte aligned (apr_shm puts its own size word first).
  *
  *   0            +--------------------------------------------------+
  *                | header: magic, version, layout signature, size,  |
@@ -18,13 +19,14 @@
  *                |   heads, sequence counter, statistics            |
  *   slots_off    +--------------------------------------------------+
  *                | process slot x max_procs: pid, woken mark, drain |
- *                |   generation, wakeup ring of QUEUE_LEN chanrefs   |
+ *                |   generation, wakeup ring of 4096 chanrefs       |
  *   buckets_off  +--------------------------------------------------+
  *                | hash buckets x nbuckets: index of first record   |
  *   chans_off    +--------------------------------------------------+
  *                | channel records x channels_max, 128 bytes each   |
  *   scratch_off  +--------------------------------------------------+
- *                | repair scratch: per-slot sums, one bit per block |
+ *                | repair scratch: per-slot sums, one channel id,   |
+ *                |   one mark bit per block                         |
  *   blocks_off   +--------------------------------------------------+
  *                | blocks x nblocks, 64 bytes each, chained by the  |
  *                |   index in their first word: messages, channel   |
@@ -92,11 +94,14 @@
  * repair); the repair does not depend on it.  The repair itself is
  * idempotent, so a process killed while repairing is repaired again.
  *
- * MISSED DETECTION: see comet_store_read in comet_store.h.  evicted_seq is
- * raised to each message's seq before it is unlinked (eviction by count,
- * by age and when the message area is trimmed); floor_seq is copied at
- * creation from the header's reclaimed_seq, which every reclaim and
- * delete raises to the channel's last_seq.
+ * MISSED DETECTION: the rule is documented at comet_store_read in
+ * comet_store.h.  evicted_seq is raised to each message's seq before the
+ * message is unlinked (eviction by count or by age); floor_seq is copied
+ * at creation from the header's reclaimed_seq, which every reclaim and
+ * delete raises to the channel's last_seq first.  The repair may lower
+ * evicted_seq to just below the oldest message still buffered (nothing
+ * newer was dropped), and raises it to the newest seq of the segment when
+ * it has to drop a damaged buffer.
  */
 
 #include <errno.h>
@@ -661,7 +666,8 @@ static apr_uint64_t mix64(apr_uint64_t h)
  * set of channel ids that all land in one bucket. */
 static apr_uint32_t id_hash(apr_uint64_t seed, const char *s, apr_size_t len)
 {
-    apr_uint64_t h = seed ^ ((apr_uint64_t)len * APR_UINT64_C(0x9e3779b97f4a7c15));
+    apr_uint64_t h = seed ^ ((apr_uint64_t)len
+                             * APR_UINT64_C(0x9e3779b97f4a7c15));
     apr_uint64_t w;
 
     while (len >= 8) {
@@ -805,9 +811,11 @@ static int geom_compute(store_geom_t *g, apr_size_t size,
     if (off >= size) {
         return 0;
     }
-    /* Each block costs its 64 bytes and one mark bit. */
+    /* Each block costs its 64 bytes and one mark bit: room * 8 / 513,
+     * without overflowing room * 8. */
     room = size - off;
-    nb = room * 8 / (STORE_BLK_SIZE * 8 + 1);
+    nb = room / (STORE_BLK_SIZE * 8 + 1) * 8
+         + room % (STORE_BLK_SIZE * 8 + 1) * 8 / (STORE_BLK_SIZE * 8 + 1);
     if (nb > STORE_NIL - 1) {
         nb = STORE_NIL - 1;
     }
@@ -925,7 +933,7 @@ apr_status_t comet_store_format(comet_store_t **pst, void *base,
 
     if (!base || ((apr_uintptr_t)base & 7) || !cfg) {
         comet_log(COMET_LOG_ERR, APR_EINVAL,
-                  "store segment must be 64-byte aligned");
+                  "store segment must be 8-byte aligned");
         return APR_EINVAL;
     }
     if (cfg->max_procs < 1 || cfg->max_procs > COMET_STORE_MAX_PROCS
@@ -2798,8 +2806,9 @@ static void scan_chan_msgs(store_scan_t *sc, apr_uint32_t i,
     if (ch->msg_tail != tail || ch->msg_count != count
         || ch->bytes != bytes) {
         if (!sc->fix || ch->msg_count != count) {
-            scan_bad(sc, "channel %u: tail/count/bytes %u/%u/%" APR_UINT64_T_FMT
-                     " should be %u/%u/%" APR_UINT64_T_FMT, i, ch->msg_tail,
+            scan_bad(sc, "channel %u: tail/count/bytes %u/%u/%"
+                     APR_UINT64_T_FMT " should be %u/%u/%" APR_UINT64_T_FMT,
+                     i, ch->msg_tail,
                      ch->msg_count, ch->bytes, tail, count, bytes);
         }
         if (sc->fix) {

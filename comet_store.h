@@ -135,7 +135,8 @@ apr_size_t comet_store_min_size(const comet_store_config_t *cfg);
  * ceil(len / 60) blocks, a channel with subscribers one block per three
  * process slots subscribed. */
 
-/* Format a new store in [base, base + cfg->size): draws a new epoch.
+/* Format a new store in [base, base + cfg->size) (base 8-byte aligned, as
+ * apr_shm_baseaddr_get gives it): draws a new epoch.
  * Caller: the one process that creates the segment, before any other
  * process uses it.  The handle lives in p. */
 apr_status_t comet_store_format(comet_store_t **st, void *base,
@@ -160,7 +161,7 @@ apr_uint32_t comet_store_epoch(comet_store_t *st);
 void comet_store_set_limits(comet_store_t *st,
                             const comet_store_config_t *cfg);
 
-/* ---- process slots ------------------------------------------------- */
+/* ---- process slots ------------------------------------------------------ */
 
 /* Claim a slot for process pid (a free one, or one whose process is gone;
  * a dead owner's subscriber counts and queue are cleared first).
@@ -175,7 +176,7 @@ void comet_store_proc_detach(comet_store_t *st, apr_uint32_t slot);
  * ESRCH).  Cheap enough to call once a second.  Returns how many. */
 apr_uint32_t comet_store_proc_reap(comet_store_t *st);
 
-/* ---- channels and subscribers ---------------------------------------- */
+/* ---- channels and subscribers ------------------------------------------- */
 
 /* A reference to a channel record that stays valid while the holder keeps
  * a subscription on it (a channel with subscribers is never reclaimed). */
@@ -199,7 +200,7 @@ apr_status_t comet_store_subscribe(comet_store_t *st, apr_uint32_t slot,
 void comet_store_unsubscribe(comet_store_t *st, apr_uint32_t slot,
                              const comet_chanref_t *ref, apr_time_t now);
 
-/* ---- publishing -------------------------------------------------------- */
+/* ---- publishing --------------------------------------------------------- */
 
 typedef struct comet_publish_t {
     const char *channel;  apr_size_t channel_len;
@@ -239,7 +240,7 @@ apr_status_t comet_store_delete(comet_store_t *st, const char *channel,
                                 apr_size_t len, comet_wake_fn *wake,
                                 void *baton, apr_uint32_t *receivers);
 
-/* ---- reading ----------------------------------------------------------- */
+/* ---- reading ------------------------------------------------------------ */
 
 typedef struct comet_msg_t {
     comet_msgid_t id;
@@ -298,7 +299,7 @@ apr_size_t comet_store_proc_drain(comet_store_t *st, apr_uint32_t slot,
                                   comet_chanref_t *refs, apr_size_t max,
                                   int *overflow);
 
-/* ---- statistics ----------------------------------------------------------- */
+/* ---- statistics --------------------------------------------------------- */
 
 /* Counts as stored: messages past their timeout count until the next
  * publish, read or maintain pass drops them (this call has no clock). */
@@ -350,7 +351,7 @@ apr_array_header_t *comet_store_channels(comet_store_t *st,
 int comet_store_glob_match(const char *pattern, apr_size_t plen,
                            const char *s, apr_size_t slen);
 
-/* ---- housekeeping ------------------------------------------------------ */
+/* ---- housekeeping ------------------------------------------------------- */
 
 /* Expire old messages and reclaim idle channels in the next part of the
  * channel table (a bounded number of records per call, so the lock is
@@ -370,7 +371,7 @@ apr_uint32_t comet_store_maintain(comet_store_t *st, apr_time_t now,
  * debugging. */
 apr_status_t comet_store_check(comet_store_t *st, char *why, apr_size_t len);
 
-/* ---- testing ------------------------------------------------------------- */
+/* ---- testing ------------------------------------------------------------ */
 
 /* When set (tests only; NULL otherwise, which costs one load and branch
  * per point), called with the lock held at the named points inside the

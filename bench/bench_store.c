@@ -387,7 +387,8 @@ int main(int argc, char **argv)
     printf("store benchmark (%s run; 64 MB segment, 100-byte messages, "
            "buffer 100)\n", quick ? "quick" : "full");
     printf("  %-52s %12.0f /s\n", "publish, 1 process, 1 channel", one);
-    printf("  %-52s %12.0f /s\n", "publish, 1 process, 1000 channels", one_many);
+    printf("  %-52s %12.0f /s\n", "publish, 1 process, 1000 channels",
+           one_many);
     printf("  %-52s %12.0f /s\n", "publish, 2 processes, same channel",
            two_same);
     printf("  %-52s %12.0f /s\n", "publish, 2 processes, 1000 channels each",
@@ -396,8 +397,8 @@ int main(int argc, char **argv)
     printf("  %-52s %12.1f us\n", "publish -> woken reader has it, median",
            p50);
     printf("  %-52s %12.1f us\n", "publish -> woken reader has it, p99", p99);
-    printf("  %-52s %12.1f MB\n", "fixed part of the segment (table, slots, ...)",
-           fixed_mb);
+    printf("  %-52s %12.1f MB\n",
+           "fixed part of the segment (table, slots, ...)", fixed_mb);
     printf("  %-52s %12.0f B\n", "  that is, per channel record",
            per_chan);
     printf("  %-52s %12.0f B\n", "shm per stored 100-byte message", per_msg);

@@ -16,6 +16,28 @@
 
 #define STORE_UTIL_SEC(s)   ((apr_time_t)(s) * APR_USEC_PER_SEC)
 
+/* Fixture: a pool, and the store's log kept off the test output (the
+ * tests provoke refusals and repairs on purpose). */
+static void store_util_quiet(void *baton, int level, const char *file,
+                             int line, apr_status_t rv, const char *fmt,
+                             va_list ap)
+{
+    (void)baton; (void)level; (void)file; (void)line; (void)rv; (void)fmt;
+    (void)ap;
+}
+
+static APR_INLINE void store_util_setup(void)
+{
+    comet_test_pool_setup();
+    comet_log_set(store_util_quiet, NULL, COMET_LOG_ERR);
+}
+
+static APR_INLINE void store_util_teardown(void)
+{
+    comet_log_set(NULL, NULL, 0);
+    comet_test_pool_teardown();
+}
+
 /* The segment of the last store_util_make, for tests that look inside. */
 static char *store_util_last_base;
 

@@ -29,8 +29,8 @@ static apr_status_t parse(const char *s, comet_msgid_t *id)
     return comet_msgid_parse(id, s, strlen(s));
 }
 
-static comet_read_t rd(comet_store_t *st, const char *chan, comet_msgid_t after,
-                       apr_time_t now)
+static comet_read_t rd(comet_store_t *st, const char *chan,
+                       comet_msgid_t after, apr_time_t now)
 {
     comet_read_t r;
 
@@ -55,7 +55,7 @@ static apr_uint64_t pub(comet_store_t *st, const char *chan, const char *data,
     return res.id.seq;
 }
 
-/* ---- message ids ------------------------------------------------------ */
+/* ---- message ids -------------------------------------------------------- */
 
 START_TEST(msgid_format_and_parse_round_trip)
 {
@@ -199,7 +199,7 @@ START_TEST(channel_id_check_accepts_only_the_safe_set)
 }
 END_TEST
 
-/* ---- format, attach, config -------------------------------------------------- */
+/* ---- format, attach, config --------------------------------------------- */
 
 START_TEST(format_refuses_a_too_small_segment_and_attach_foreign_memory)
 {
@@ -234,6 +234,16 @@ START_TEST(format_refuses_a_too_small_segment_and_attach_foreign_memory)
     seg[0] ^= 0x55;
     ck_assert_int_eq(comet_store_attach(&st2, seg, min, comet_test_pool),
                      APR_SUCCESS);
+    /* Where apr_shm puts it: 8 bytes into a mapping; 4 is refused. */
+    ck_assert_int_eq(comet_store_format(&st2, seg + 8, &cfg, comet_test_pool),
+                     APR_SUCCESS);
+    ck_assert_int_eq(store_util_pub(st2, "c", "x", 1, 1, NULL), APR_SUCCESS);
+    store_util_check(st2);
+    ck_assert_int_eq(comet_store_attach(&st2, seg + 8, min, comet_test_pool),
+                     APR_SUCCESS);
+    store_util_check(st2);
+    ck_assert_int_eq(comet_store_format(&st2, seg + 4, &cfg, comet_test_pool),
+                     APR_EINVAL);
     /* Each format draws a new epoch. */
     ck_assert_int_eq(comet_store_format(&st2, seg, &cfg, comet_test_pool),
                      APR_SUCCESS);
@@ -273,7 +283,7 @@ START_TEST(set_limits_applies_new_buffer_length_and_keeps_geometry)
 }
 END_TEST
 
-/* ---- buffers ----------------------------------------------------------------- */
+/* ---- buffers ------------------------------------------------------------ */
 
 START_TEST(publish_then_read_returns_the_message_with_event_and_times)
 {
@@ -447,7 +457,7 @@ START_TEST(read_stops_at_max_msgs_and_max_bytes_but_returns_one)
 }
 END_TEST
 
-/* ---- missed detection ------------------------------------------------------- */
+/* ---- missed detection --------------------------------------------------- */
 
 START_TEST(missed_is_set_when_messages_after_the_position_were_evicted)
 {
@@ -554,7 +564,7 @@ START_TEST(missed_is_set_after_the_channel_was_reclaimed_and_recreated)
 }
 END_TEST
 
-/* ---- reclaim, full segment, accounting ---------------------------------------- */
+/* ---- reclaim, full segment, accounting ---------------------------------- */
 
 START_TEST(idle_channel_is_reclaimed_only_after_channel_idle)
 {
@@ -805,7 +815,7 @@ START_TEST(stats_count_channels_messages_and_subscribers)
 }
 END_TEST
 
-/* ---- delete --------------------------------------------------------------------- */
+/* ---- delete ------------------------------------------------------------- */
 
 static int wake_count[8];
 
@@ -879,7 +889,7 @@ START_TEST(delete_frees_messages_wakes_and_ends_after_last_subscriber)
 }
 END_TEST
 
-/* ---- glob and channel lists ------------------------------------------------------ */
+/* ---- glob and channel lists --------------------------------------------- */
 
 START_TEST(glob_matches_like_redis)
 {
@@ -957,7 +967,7 @@ START_TEST(channels_lists_subscribed_channels_matching_the_pattern)
 }
 END_TEST
 
-/* ---- process slots and wakeups --------------------------------------------------- */
+/* ---- process slots and wakeups ------------------------------------------ */
 
 static pid_t dead_pid(void)
 {
@@ -1162,7 +1172,7 @@ START_TEST(wakeup_queue_overflow_is_reported_once)
 }
 END_TEST
 
-/* ---- the verifier can fail ----------------------------------------------------- */
+/* ---- the verifier can fail ---------------------------------------------- */
 
 START_TEST(check_finds_a_damaged_message)
 {
@@ -1193,8 +1203,8 @@ Suite *test_comet_store_suite(void)
     TCase *mem = tcase_create("memory");
     TCase *procs = tcase_create("procs");
 
-    tcase_add_checked_fixture(ids, comet_test_pool_setup,
-                              comet_test_pool_teardown);
+    tcase_add_checked_fixture(ids, store_util_setup,
+                              store_util_teardown);
     tcase_add_test(ids, msgid_format_and_parse_round_trip);
     tcase_add_test(ids, msgid_parse_refuses_garbage);
     tcase_add_test(ids, msgid_compound_round_trip_and_limits);
@@ -1203,37 +1213,49 @@ Suite *test_comet_store_suite(void)
     tcase_add_test(ids, glob_matches_like_redis);
     suite_add_tcase(s, ids);
 
-    tcase_add_checked_fixture(buf, comet_test_pool_setup,
-                              comet_test_pool_teardown);
-    tcase_add_test(buf, format_refuses_a_too_small_segment_and_attach_foreign_memory);
-    tcase_add_test(buf, set_limits_applies_new_buffer_length_and_keeps_geometry);
-    tcase_add_test(buf, publish_then_read_returns_the_message_with_event_and_times);
+    tcase_add_checked_fixture(buf, store_util_setup,
+                              store_util_teardown);
+    tcase_add_test(buf,
+                   format_refuses_a_too_small_segment_and_attach_foreign_memory);
+    tcase_add_test(buf,
+                   set_limits_applies_new_buffer_length_and_keeps_geometry);
+    tcase_add_test(buf,
+                   publish_then_read_returns_the_message_with_event_and_times);
     tcase_add_test(buf, publish_refuses_bad_channel_event_and_size);
-    tcase_add_test(buf, buffer_keeps_the_newest_by_count_evicting_oldest_first);
+    tcase_add_test(buf,
+                   buffer_keeps_the_newest_by_count_evicting_oldest_first);
     tcase_add_test(buf, buffer_drops_messages_older_than_the_timeout);
     tcase_add_test(buf, read_stops_at_max_msgs_and_max_bytes_but_returns_one);
-    tcase_add_test(buf, missed_is_set_when_messages_after_the_position_were_evicted);
-    tcase_add_test(buf, missed_is_not_set_for_a_fresh_subscriber_of_a_quiet_channel);
-    tcase_add_test(buf, missed_is_set_after_the_channel_was_reclaimed_and_recreated);
-    tcase_add_test(buf, delete_frees_messages_wakes_and_ends_after_last_subscriber);
+    tcase_add_test(buf,
+                   missed_is_set_when_messages_after_the_position_were_evicted);
+    tcase_add_test(buf,
+                   missed_is_not_set_for_a_fresh_subscriber_of_a_quiet_channel);
+    tcase_add_test(buf,
+                   missed_is_set_after_the_channel_was_reclaimed_and_recreated);
+    tcase_add_test(buf,
+                   delete_frees_messages_wakes_and_ends_after_last_subscriber);
     suite_add_tcase(s, buf);
 
-    tcase_add_checked_fixture(mem, comet_test_pool_setup,
-                              comet_test_pool_teardown);
+    tcase_add_checked_fixture(mem, store_util_setup,
+                              store_util_teardown);
     tcase_add_test(mem, idle_channel_is_reclaimed_only_after_channel_idle);
     tcase_add_test(mem, memory_accounting_is_exact);
-    tcase_add_test(mem, full_segment_refuses_with_nothing_changed_then_recovers);
+    tcase_add_test(mem,
+                   full_segment_refuses_with_nothing_changed_then_recovers);
     tcase_add_test(mem, full_channel_table_refuses_until_idle_channels_go);
     tcase_add_test(mem, stats_count_channels_messages_and_subscribers);
     tcase_add_test(mem, check_finds_a_damaged_message);
     suite_add_tcase(s, mem);
 
-    tcase_add_checked_fixture(procs, comet_test_pool_setup,
-                              comet_test_pool_teardown);
-    tcase_add_test(procs, channels_lists_subscribed_channels_matching_the_pattern);
+    tcase_add_checked_fixture(procs, store_util_setup,
+                              store_util_teardown);
+    tcase_add_test(procs,
+                   channels_lists_subscribed_channels_matching_the_pattern);
     tcase_add_test(procs, proc_slots_attach_reap_and_clear_counts);
-    tcase_add_test(procs, wakeups_coalesce_until_drained_and_queue_each_channel_once);
-    tcase_add_test(procs, maintain_kicks_again_a_slot_woken_but_not_drained_for_a_second);
+    tcase_add_test(procs,
+                   wakeups_coalesce_until_drained_and_queue_each_channel_once);
+    tcase_add_test(procs,
+                   maintain_kicks_again_a_slot_woken_but_not_drained_for_a_second);
     tcase_add_test(procs, wakeup_queue_overflow_is_reported_once);
     suite_add_tcase(s, procs);
     return s;

@@ -19,7 +19,7 @@
 
 #define MB (1024 * 1024)
 
-/* ---- process helpers ---------------------------------------------------------- */
+/* ---- process helpers ---------------------------------------------------- */
 
 /* One pipe per process slot: the wake function writes a byte to it. */
 #define MP_SLOTS 8
@@ -106,7 +106,7 @@ static int wait_byte(int fd, int ms)
     return read(fd, &c, 1) == 1;
 }
 
-/* ---- writers and readers ------------------------------------------------------- */
+/* ---- writers and readers ------------------------------------------------ */
 
 #define WR_CHANNELS   3
 #define WR_WRITERS    3         /* writer 0: a process; 1 and 2: threads */
@@ -319,7 +319,7 @@ START_TEST(writers_and_readers_see_every_message_once_in_order)
 }
 END_TEST
 
-/* ---- the reference model --------------------------------------------------------- */
+/* ---- the reference model ------------------------------------------------ */
 
 enum {
     M_PUB, M_SUB, M_UNSUB, M_READ_ID, M_READ_REF, M_DELETE, M_MAINTAIN,
@@ -351,8 +351,8 @@ typedef struct m_res_t {
 static const char *m_name(int c)
 {
     static const char *const names[M_CHANNELS] = {
-        "m0", "m1", "m/2", "m3", "a-long-channel-name-beyond-twenty-four-bytes",
-        "m5"
+        "m0", "m1", "m/2", "m3",
+        "a-long-channel-name-beyond-twenty-four-bytes", "m5"
     };
     return names[c];
 }
@@ -853,7 +853,7 @@ START_TEST(random_operations_across_processes_match_a_reference_model)
 }
 END_TEST
 
-/* ---- crashes inside the critical section --------------------------------------------- */
+/* ---- crashes inside the critical section -------------------------------- */
 
 /* In the victim: at the nth call of the hook at point, tell the parent and
  * wait to be killed, holding the store lock. */
@@ -885,7 +885,8 @@ typedef struct crash_case_t {
 static const crash_case_t crash_cases[] = {
     { "lock taken",          COMET_STORE_HOOK_LOCKED, 1, ACT_READ, 0 },
     { "evict: seq raised",   COMET_STORE_HOOK_EVICT_SEQ, 1, ACT_PUBLISH, 0 },
-    { "evict: unlinked",     COMET_STORE_HOOK_EVICT_UNLINK, 1, ACT_PUBLISH, 0 },
+    { "evict: unlinked",     COMET_STORE_HOOK_EVICT_UNLINK, 1,
+                             ACT_PUBLISH, 0 },
     { "blocks taken",        COMET_STORE_HOOK_ALLOC, 1, ACT_PUBLISH, 0 },
     { "append: 1st block",   COMET_STORE_HOOK_COPY, 1, ACT_PUBLISH, 0 },
     { "append: 5th block",   COMET_STORE_HOOK_COPY, 5, ACT_PUBLISH, 0 },
@@ -894,7 +895,7 @@ static const crash_case_t crash_cases[] = {
     { "channel created",     COMET_STORE_HOOK_CREATED, 1, ACT_PUBLISH_NEW, 0 },
     { "delete: marked",      COMET_STORE_HOOK_DELETE, 1,
                              ACT_DELETE_SUBSCRIBED, 0 },
-    { "delete: record freed", COMET_STORE_HOOK_RECLAIM, 1, ACT_DELETE_IDLE, 0 },
+    { "delete: freed",       COMET_STORE_HOOK_RECLAIM, 1, ACT_DELETE_IDLE, 0 },
     { "subscribe: counted",  COMET_STORE_HOOK_SUBSCRIBE, 1, ACT_SUBSCRIBE, 0 },
     { "reclaim: freed",      COMET_STORE_HOOK_RECLAIM, 1, ACT_MAINTAIN, 0 },
 };
@@ -1318,8 +1319,8 @@ Suite *test_comet_store_mp_suite(void)
     TCase *mp = tcase_create("processes");
     TCase *crash = tcase_create("crashes");
 
-    tcase_add_checked_fixture(mp, comet_test_pool_setup,
-                              comet_test_pool_teardown);
+    tcase_add_checked_fixture(mp, store_util_setup,
+                              store_util_teardown);
     tcase_set_timeout(mp, 60);
     tcase_add_test(mp, writers_and_readers_see_every_message_once_in_order);
     tcase_add_loop_test(mp,
@@ -1327,14 +1328,18 @@ Suite *test_comet_store_mp_suite(void)
                         0, 3);
     suite_add_tcase(s, mp);
 
-    tcase_add_checked_fixture(crash, comet_test_pool_setup,
-                              comet_test_pool_teardown);
+    tcase_add_checked_fixture(crash, store_util_setup,
+                              store_util_teardown);
     tcase_set_timeout(crash, 60);
-    tcase_add_loop_test(crash, a_process_killed_inside_the_lock_is_repaired_after,
-                        0, (int)(sizeof(crash_cases) / sizeof(crash_cases[0])));
+    tcase_add_loop_test(crash,
+                        a_process_killed_inside_the_lock_is_repaired_after,
+                        0, (int)(sizeof(crash_cases)
+                                 / sizeof(crash_cases[0])));
     tcase_add_test(crash, a_repair_cut_short_by_another_kill_is_done_again);
-    tcase_add_test(crash, after_a_repair_slots_with_queued_channels_are_kicked_again);
-    tcase_add_test(crash, random_kills_never_leave_a_torn_or_inconsistent_store);
+    tcase_add_test(crash,
+                   after_a_repair_slots_with_queued_channels_are_kicked_again);
+    tcase_add_test(crash,
+                   random_kills_never_leave_a_torn_or_inconsistent_store);
     suite_add_tcase(s, crash);
     return s;
 }
