@@ -1054,6 +1054,10 @@ static void maintain(comet_loop_t *loop, comet_timer_t *timer, void *baton)
     comet_hub_t *hub = baton;
 
     comet_store_proc_reap(hub->cfg.store);
+    /* Reclaim idle channels a little at a time, and re-kick any process
+     * whose wakeup a publisher died before sending. */
+    comet_store_maintain(hub->cfg.store, comet_now_mono(), hub->cfg.wake,
+                         hub->cfg.wake_baton);
     if (hub->cfg.tick) {
         hub->cfg.tick(hub, hub->cfg.tick_baton);
     }

@@ -52,6 +52,10 @@ typedef struct comet_hub_config_t {
     apr_uint32_t   max_subscribers; /* per process, 0: no limit           */
     int            sndbuf;        /* SO_SNDBUF for adopted sockets, 0: as
                                      the kernel has it                    */
+    /* Kicks a process slot's wakeup fd (the store's re-kick of slots whose
+     * wakeup was lost, in comet_store_maintain); may be NULL. */
+    comet_wake_fn *wake;
+    void          *wake_baton;
     /* Called on the hub thread about once a second (e.g. to publish the
      * hub's counters where other processes can read them); may be NULL. */
     void         (*tick)(comet_hub_t *hub, void *baton);
