@@ -115,6 +115,22 @@ START_TEST(graceful_restart_keeps_the_store_and_stop_leaves_nothing)
     for (int i = 0; i < 2; i++) {
         ck_assert_int_eq(it_server_graceful(&s), 0);
     }
+    /* A new size on a graceful restart keeps the store (and says so). */
+    {
+        char path[512], log[65536];
+        FILE *f;
+
+        snprintf(path, sizeof(path), "%s/httpd.conf", s.dir);
+        f = fopen(path, "a");
+        ck_assert_ptr_nonnull(f);
+        fputs("CometSharedMemorySize 32M\n", f);
+        fclose(f);
+        ck_assert_int_eq(it_server_graceful(&s), 0);
+        snprintf(path, sizeof(path), "%s/error_log", s.dir);
+        ck_assert(it_read_file(path, log, sizeof(log)) > 0);
+        ck_assert_msg(strstr(log, "CometSharedMemorySize changed from "
+                             "67108864 to 33554432 bytes"), "log: %s", log);
+    }
     ck_assert_int_eq(it_http(s.port, "GET", "/pub/kept", NULL, NULL, 0, res,
                              5000), 0);
     ck_assert_int_eq(res->status, 200);
