@@ -468,8 +468,10 @@ static void cmd_hello(pub_conn_t *c, const comet_resp_cmd_t *cmd)
             return;
         }
         if (v != COMET_RESP2 && v != COMET_RESP3) {
-            put(c, comet_resp_error(c->out, "NOPROTO unsupported protocol "
-                                    "version", 34));
+            static const char noproto[] =
+                "NOPROTO unsupported protocol version";
+
+            put(c, comet_resp_error(c->out, noproto, sizeof(noproto) - 1));
             STAT_ADD(c->srv, errors, 1);
             return;
         }
@@ -667,9 +669,8 @@ static void cmd_info(pub_conn_t *c, const comet_resp_cmd_t *cmd)
     apr_pool_clear(srv->scratch);
 }
 
-/* Sorted by nothing; looked up by a short linear scan (a dozen entries,
- * cheaper than hashing the name). PUBLISH comes first: it is the one that
- * counts. */
+/* Looked up by a linear scan: with a couple of dozen names that costs
+ * less than hashing one.  PUBLISH comes first: it is the one that counts. */
 static const pub_command_t commands[] = {
     { "PUBLISH",       3,  cmd_publish },
     { "COMET.PUBLISH", 4,  cmd_comet_publish },

@@ -43,7 +43,9 @@ static comet_bridge_t *bridge;
 int comet_bridge_post_config(apr_pool_t *pconf, apr_pool_t *ptemp,
                              server_rec *s)
 {
-    return OK;
+    int rc = comet_status_post_config(pconf, s);
+
+    return rc != OK ? rc : comet_pubsock_post_config(pconf, ptemp, s);
 }
 
 static void *APR_THREAD_FUNC bridge_main(apr_thread_t *thd, void *data)
@@ -116,10 +118,15 @@ void comet_bridge_child_init(apr_pool_t *pchild, server_rec *s)
     /* A subscriber that does not read must not hold megabytes of kernel
      * memory; what does not fit waits in our bounded queue instead. */
     cfg.sndbuf = 64 * 1024;
+    cfg.wake = comet_wake_slot;
     b->max_subscribers = cfg.max_subscribers;
+    cfg.tick = comet_status_tick;
     if ((rv = comet_hub_create(&b->hub, &cfg, b->pool)) != APR_SUCCESS) {
         goto failed;
     }
+    /* The loop is the thread's once it runs: attach before. */
+    comet_pubsock_child_init(b->pool, s, comet_hub_loop(b->hub));
+    comet_status_child_init(pchild, b->hub);
     /* The thread must take no signal meant for httpd's own threads. */
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
@@ -152,6 +159,7 @@ void comet_bridge_child_stopping(int graceful)
 
 void comet_bridge_register_hooks(apr_pool_t *p)
 {
+    comet_status_register_hooks(p);
 }
 
 comet_hub_t *comet_bridge_hub(void)

@@ -20,6 +20,11 @@
 
 #include "comet_store.h"
 #include "comet_hub.h"
+#include "comet_loop.h"
+#include "comet_pubsrv.h"
+
+/* Shown by the publish socket's HELLO and INFO. */
+#define COMET_MODULE_VERSION     "0.1.0"
 
 #define COMET_SUBSCRIBER_HANDLER "comet-subscriber"
 #define COMET_PUBLISHER_HANDLER  "comet-publisher"
@@ -116,5 +121,30 @@ int comet_publisher_handler(request_rec *r);
 
 /* Store wakeup callback: kicks slot's eventfd.  Any thread. */
 void comet_wake_slot(void *baton, apr_uint32_t slot);
+
+/* mod_comet_pubsock.c: the publish socket (CometPublishSocket).
+ * post_config: the parent makes the listening socket (not in the dry
+ * pass); OK or an HTTP error that stops the start.  child_init: serve it
+ * on loop (the bridge's), before the bridge thread starts; p must be the
+ * loop's pool or a pool destroyed before it.  stats: 0 (and zeros) when
+ * this process serves no socket; any thread.  path: the socket file, or
+ * NULL when off. */
+int comet_pubsock_post_config(apr_pool_t *pconf, apr_pool_t *ptemp,
+                              server_rec *s);
+void comet_pubsock_child_init(apr_pool_t *p, server_rec *s,
+                              comet_loop_t *loop);
+int comet_pubsock_stats(comet_pubsrv_stats_t *out);
+const char *comet_pubsock_path(void);
+
+/* mod_comet_status.c: the server-status section.  post_config: the
+ * per-process statistics segment (parent, not the dry pass, after the
+ * store).  child_init: claim this slot's record; call before the bridge
+ * registers its own pre-cleanup on pchild (this one must run after the
+ * bridge thread is joined).  tick: comet_hub_config_t.tick, bridge
+ * thread. */
+int comet_status_post_config(apr_pool_t *pconf, server_rec *s);
+void comet_status_child_init(apr_pool_t *pchild, comet_hub_t *hub);
+void comet_status_tick(comet_hub_t *hub, void *baton);
+void comet_status_register_hooks(apr_pool_t *p);
 
 #endif /* MOD_COMET_H */

@@ -11,6 +11,7 @@
  *                             201 delivered to >= 1 subscriber, 202 to none
  *   GET      /pub/<channel>   channel info (JSON), 404 when unknown
  *   DELETE   /pub/<channel>   delete; subscribers get a final event
+ *   OPTIONS  /pub/<channel>   the methods; anything else is 405
  *
  * Request threads only.
  */
@@ -28,6 +29,37 @@ APLOG_USE_MODULE(comet);
 
 #define COMET_EVENT_HEADER "Comet-Event"
 
+/* A JSON string literal of s: channel ids are from a safe set already,
+ * but error texts may come from anywhere. */
+static const char *json_str(apr_pool_t *p, const char *s)
+{
+    apr_size_t n = 2;
+    const char *q;
+    char *out, *o;
+
+    for (q = s; *q; q++) {
+        n += (*q == '"' || *q == '\\') ? 2
+             : ((unsigned char)*q < 0x20 ? 6 : 1);
+    }
+    o = out = apr_palloc(p, n + 1);
+    *o++ = '"';
+    for (q = s; *q; q++) {
+        if (*q == '"' || *q == '\\') {
+            *o++ = '\\';
+            *o++ = *q;
+        }
+        else if ((unsigned char)*q < 0x20) {
+            o += apr_snprintf(o, 7, "\\u%04x", (unsigned char)*q);
+        }
+        else {
+            *o++ = *q;
+        }
+    }
+    *o++ = '"';
+    *o = '\0';
+    return out;
+}
+
 static int json_reply(request_rec *r, int status, const char *json)
 {
     r->status = status;
@@ -41,17 +73,20 @@ static int json_reply(request_rec *r, int status, const char *json)
 static int error_reply(request_rec *r, int status, const char *what)
 {
     ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, "publisher: %s", what);
-    return json_reply(r, status, apr_psprintf(r->pool, "{\"error\":\"%s\"}",
-                                              what));
+    return json_reply(r, status, apr_psprintf(r->pool, "{\"error\":%s}",
+                                              json_str(r->pool, what)));
 }
 
-/* Read the whole body into one buffer of at most max bytes.  Returns OK,
- * HTTP_REQUEST_ENTITY_TOO_LARGE, or another HTTP error. */
+/* Read the whole body, at most max bytes, into one buffer.  Returns OK,
+ * HTTP_REQUEST_ENTITY_TOO_LARGE or another HTTP error.  A body too large
+ * is not read to its end (that could be gigabytes): the connection is
+ * closed after the answer instead, and httpd's lingering close lets the
+ * client read it. */
 static int read_body(request_rec *r, apr_size_t max, char **data,
                      apr_size_t *len)
 {
-    apr_off_t clen = r->clength;
     const char *cl = apr_table_get(r->headers_in, "Content-Length");
+    apr_off_t clen = -1;
     apr_size_t cap, got = 0;
     char *buf;
     int rc;
@@ -59,31 +94,26 @@ static int read_body(request_rec *r, apr_size_t max, char **data,
     if ((rc = ap_setup_client_block(r, REQUEST_CHUNKED_DECHUNK)) != OK) {
         return rc;
     }
-    if (cl && apr_strtoff(&clen, cl, NULL, 10) == APR_SUCCESS
-        && clen > (apr_off_t)max) {
+    if (cl && (apr_strtoff(&clen, cl, NULL, 10) != APR_SUCCESS || clen < 0)) {
+        return HTTP_BAD_REQUEST;
+    }
+    if (clen > (apr_off_t)max) {
+        r->connection->keepalive = AP_CONN_CLOSE;
         return HTTP_REQUEST_ENTITY_TOO_LARGE;
     }
-    cap = cl && clen >= 0 ? (apr_size_t)clen + 1 : 8192;
-    if (cap > max + 1) {
-        cap = max + 1;
-    }
+    /* One byte more than allowed tells a too large chunked body. */
+    cap = clen >= 0 ? (apr_size_t)clen + 1 : (max < 8192 ? max + 1 : 8192);
     buf = apr_palloc(r->pool, cap);
     if (ap_should_client_block(r)) {
         for (;;) {
             long n;
 
             if (got == cap) {
-                apr_size_t ncap = cap * 2 > max + 1 ? max + 1 : cap * 2;
+                apr_size_t ncap = cap > (max + 1) / 2 ? max + 1 : cap * 2;
                 char *nbuf;
 
-                if (ncap == cap) {
-                    /* One byte past the limit: the body is too large.  Read
-                     * and drop the rest (bounded by LimitRequestBody) so the
-                     * client sees our answer, not a reset. */
-                    char sink[8192];
-
-                    while (ap_get_client_block(r, sink, sizeof(sink)) > 0) {
-                    }
+                if (cap == max + 1) {
+                    r->connection->keepalive = AP_CONN_CLOSE;
                     return HTTP_REQUEST_ENTITY_TOO_LARGE;
                 }
                 nbuf = apr_palloc(r->pool, ncap);
@@ -93,6 +123,7 @@ static int read_body(request_rec *r, apr_size_t max, char **data,
             }
             n = ap_get_client_block(r, buf + got, cap - got);
             if (n < 0) {
+                r->connection->keepalive = AP_CONN_CLOSE;
                 return HTTP_BAD_REQUEST;
             }
             if (n == 0) {
@@ -102,6 +133,7 @@ static int read_body(request_rec *r, apr_size_t max, char **data,
         }
     }
     if (got > max) {
+        r->connection->keepalive = AP_CONN_CLOSE;
         return HTTP_REQUEST_ENTITY_TOO_LARGE;
     }
     *data = buf;
@@ -230,19 +262,28 @@ int comet_publisher_handler(request_rec *r)
     if (!comet_globals.store || !comet_globals.in_child) {
         return HTTP_SERVICE_UNAVAILABLE;
     }
-    r->allowed = (AP_METHOD_BIT << M_GET) | (AP_METHOD_BIT << M_POST)
-                 | (AP_METHOD_BIT << M_PUT) | (AP_METHOD_BIT << M_DELETE);
+    /* httpd's 405 answer makes its Allow header from these. */
+    ap_allow_standard_methods(r, REPLACE_ALLOW, M_GET, M_POST, M_PUT,
+                              M_DELETE, M_OPTIONS, -1);
+    if (r->method_number == M_OPTIONS) {
+        apr_table_setn(r->headers_out, "Allow",
+                       "GET, HEAD, POST, PUT, DELETE, OPTIONS");
+        ap_set_content_length(r, 0);
+        return OK;
+    }
     if (r->method_number != M_GET && r->method_number != M_POST
         && r->method_number != M_PUT && r->method_number != M_DELETE) {
+        r->connection->keepalive = AP_CONN_CLOSE;
         return HTTP_METHOD_NOT_ALLOWED;
     }
     rc = comet_request_channels(r, dc, 1, &ids, &n);
     if (rc != OK) {
-        if (r->method_number == M_POST || r->method_number == M_PUT) {
-            ap_discard_request_body(r);
-        }
-        return error_reply(r, rc, r->notes ? apr_table_get(r->notes,
-                           "comet-error") : "invalid channel");
+        const char *why = apr_table_get(r->notes, "comet-error");
+
+        /* A body sent with a refused request is not read: the
+         * connection ends after the answer. */
+        r->connection->keepalive = AP_CONN_CLOSE;
+        return error_reply(r, rc, why ? why : "invalid channel");
     }
     switch (r->method_number) {
     case M_POST:

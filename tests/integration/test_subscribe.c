@@ -504,7 +504,10 @@ START_TEST(cors_and_channel_expressions_follow_the_config)
 END_TEST
 
 
-/* Sum of VmRSS (kB) and of open descriptors over the server's children. */
+/* Sum of private resident memory (RssAnon, kB) and of open descriptors
+ * over the server's children.  Shared memory is left out on purpose: the
+ * store segment's pages count once touched, which is growth towards its
+ * fixed size, not a leak. */
 static void children_usage(const it_server_t *s, long *rss_kb, long *fds)
 {
     pid_t kids[64];
@@ -518,8 +521,8 @@ static void children_usage(const it_server_t *s, long *rss_kb, long *fds)
 
         snprintf(path, sizeof(path), "/proc/%d/status", (int)kids[i]);
         if (it_read_file(path, buf, sizeof(buf)) > 0
-            && (p = strstr(buf, "VmRSS:"))) {
-            *rss_kb += atol(p + 6);
+            && (p = strstr(buf, "RssAnon:"))) {
+            *rss_kb += atol(p + 8);
         }
         snprintf(cmd, sizeof(cmd), "ls /proc/%d/fd | wc -l", (int)kids[i]);
         if (it_run(cmd, out, sizeof(out), 5000) == 0) {
@@ -812,12 +815,13 @@ START_TEST(fifty_thousand_subscribe_disconnect_cycles_leave_nothing_behind)
     ck_assert(wait_subscribers(s2.port, "churn", 0));
     ck_assert(wait_subscribers(s2.port, "other", 0));
     children_usage(&s2, &rss1, &fds1);
-    fprintf(stderr, "churn: children RSS %ld -> %ld kB, fds %ld -> %ld\n",
+    fprintf(stderr, "churn: children private RSS %ld -> %ld kB, fds %ld -> "
+            "%ld\n",
             rss0, rss1, fds0, fds1);
     ck_assert_msg(fds1 <= fds0 + 4, "descriptors grew from %ld to %ld",
                   fds0, fds1);
-    ck_assert_msg(rss1 <= rss0 + 2048, "RSS grew from %ld to %ld kB", rss0,
-                  rss1);
+    ck_assert_msg(rss1 <= rss0 + 1024, "private RSS grew from %ld to %ld kB",
+                  rss0, rss1);
     it_server_stop(&s2);
 }
 END_TEST

@@ -1,0 +1,365 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may
+ * not use this file except in compliance with the License.
+ */
+
+/*
+ * mod_comet_status.c -- mod_comet's section of server-status.
+ *
+ * Store-wide numbers come from the store.  What happens in each child's
+ * hub (connections held, deliveries, slow subscribers dropped) is known
+ * only inside that process, so every child's bridge thread copies its
+ * counters once a second (the hub's tick) into its record of a small
+ * shared array, one record per store process slot; any child answering
+ * server-status reads them all.  When a process ends, its counters are
+ * added to "retired" totals so that the "since start" sums do not shrink.
+ *
+ * The array lives in its own anonymous shared memory in the process pool,
+ * found again after a graceful restart through the pool's user data, like
+ * the store (see mod_comet.c): plain data only, no cleanup of ours.
+ *
+ * Threads: tick on the bridge thread; the status hook on request threads;
+ * the rest in child_init / child exit.
+ */
+
+#include <errno.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <apr_shm.h>
+#include <apr_strings.h>
+#include <httpd.h>
+#include <http_config.h>
+#include <http_log.h>
+#include <http_protocol.h>
+#include <mod_status.h>
+
+#include "mod_comet.h"
+#include "comet_pubsrv.h"
+
+APLOG_USE_MODULE(comet);
+
+#define STATUS_KEY "mod_comet.status"
+
+/* One process slot's counters; written by that process only.  Fields are
+ * stored and loaded one by one with relaxed atomics: a reader may see a
+ * mix of two ticks, which is fine for a status page. */
+typedef struct status_slot_t {
+    apr_int32_t  pid;               /* 0: no process                     */
+    apr_uint32_t connections;       /* subscribers held by the hub       */
+    apr_uint32_t by_transport[3];   /* sse, long-poll, stream            */
+    apr_uint32_t pub_clients;       /* publish socket connections        */
+    apr_uint64_t adopted;
+    apr_uint64_t deliveries;
+    apr_uint64_t dropped_slow;
+    apr_uint64_t pub_commands;
+    apr_uint64_t pub_publishes;
+} status_slot_t;
+
+typedef struct status_shm_t {
+    apr_uint32_t  nslots;
+    /* Sums of the processes that have ended since the server started. */
+    apr_uint64_t  retired_adopted;
+    apr_uint64_t  retired_deliveries;
+    apr_uint64_t  retired_dropped_slow;
+    apr_uint64_t  retired_pub_commands;
+    apr_uint64_t  retired_pub_publishes;
+    status_slot_t slot[1];          /* [nslots] */
+} status_shm_t;
+
+static status_shm_t *status;
+
+#define LOAD(x)     __atomic_load_n(&(x), __ATOMIC_RELAXED)
+#define STORE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
+#define ADD(x, v)   __atomic_add_fetch(&(x), (v), __ATOMIC_RELAXED)
+
+int comet_status_post_config(apr_pool_t *pconf, server_rec *s)
+{
+    apr_pool_t *pp = s->process->pool;
+    apr_uint32_t n = comet_globals.nslots;
+    apr_size_t size = sizeof(status_shm_t) + sizeof(status_slot_t) * n;
+    apr_shm_t *shm = NULL;
+    apr_status_t rv;
+
+    status = NULL;
+    if (!comet_globals.store || !n) {
+        return OK;
+    }
+    apr_pool_userdata_get((void **)&shm, STATUS_KEY, pp);
+    if (shm) {
+        status = apr_shm_baseaddr_get(shm);
+        if (status->nslots == n) {
+            return OK;
+        }
+        /* The store kept its slot count; so must we.  Cannot happen
+         * unless the store was made anew: start counting again. */
+        status = NULL;
+    }
+    rv = apr_shm_create(&shm, size, NULL, pp);
+    if (rv != APR_SUCCESS) {
+        /* Not worth refusing to start for: the section shows less. */
+        ap_log_error(APLOG_MARK, APLOG_WARNING, rv, s, "no shared memory "
+                     "for per-process statistics; server-status will show "
+                     "store-wide numbers only");
+        return OK;
+    }
+    status = apr_shm_baseaddr_get(shm);
+    memset(status, 0, size);
+    status->nslots = n;
+    apr_pool_userdata_set(shm, STATUS_KEY, NULL, pp);
+    return OK;
+}
+
+/* Add a record's counters to the retired totals and free it, once: the
+ * pid is taken with a compare-and-swap, so that the ending process and a
+ * reader that found it dead cannot both count it. */
+static void retire(status_slot_t *sl, apr_int32_t pid)
+{
+    if (!pid || !__atomic_compare_exchange_n(&sl->pid, &pid, 0, 0,
+                                             __ATOMIC_ACQ_REL,
+                                             __ATOMIC_RELAXED)) {
+        return;
+    }
+    ADD(status->retired_adopted, LOAD(sl->adopted));
+    ADD(status->retired_deliveries, LOAD(sl->deliveries));
+    ADD(status->retired_dropped_slow, LOAD(sl->dropped_slow));
+    ADD(status->retired_pub_commands, LOAD(sl->pub_commands));
+    ADD(status->retired_pub_publishes, LOAD(sl->pub_publishes));
+}
+
+static void write_slot(comet_hub_t *hub)
+{
+    status_slot_t *sl = &status->slot[comet_globals.slot];
+    comet_pubsrv_stats_t ps;
+    comet_hub_stats_t hs;
+    int i;
+
+    comet_hub_stats(hub, &hs);
+    comet_pubsock_stats(&ps);
+    STORE(sl->connections, hs.subscribers);
+    for (i = 0; i < 3; i++) {
+        STORE(sl->by_transport[i], hs.by_transport[i]);
+    }
+    STORE(sl->pub_clients, ps.clients);
+    STORE(sl->adopted, hs.adopted);
+    STORE(sl->deliveries, hs.deliveries);
+    STORE(sl->dropped_slow, hs.dropped_slow);
+    STORE(sl->pub_commands, ps.commands);
+    STORE(sl->pub_publishes, ps.publishes);
+}
+
+void comet_status_tick(comet_hub_t *hub, void *baton)
+{
+    if (status && comet_globals.in_child) {
+        write_slot(hub);
+    }
+}
+
+static apr_status_t status_child_exit(void *data)
+{
+    comet_hub_t *hub = data;
+    status_slot_t *sl;
+
+    if (!status || !comet_globals.in_child) {
+        return APR_SUCCESS;
+    }
+    /* The bridge thread has been joined: the last numbers, then retire. */
+    sl = &status->slot[comet_globals.slot];
+    write_slot(hub);
+    retire(sl, (apr_int32_t)getpid());
+    return APR_SUCCESS;
+}
+
+void comet_status_child_init(apr_pool_t *pchild, comet_hub_t *hub)
+{
+    status_slot_t *sl;
+    apr_int32_t old;
+
+    if (!status || comet_globals.slot >= status->nslots) {
+        return;
+    }
+    sl = &status->slot[comet_globals.slot];
+    /* The store hands a slot out again only once its process is gone. */
+    old = LOAD(sl->pid);
+    retire(sl, old);
+    memset((char *)sl + sizeof(sl->pid), 0, sizeof(*sl) - sizeof(sl->pid));
+    STORE(sl->pid, (apr_int32_t)getpid());
+    /* A pre-cleanup registered before the bridge's runs after it (they
+     * run last registered first): after the join, while the hub is
+     * still there to read. */
+    apr_pool_pre_cleanup_register(pchild, hub, status_child_exit);
+}
+
+/* ---- the server-status section ---------------------------------------------------- */
+
+typedef struct status_sums_t {
+    apr_uint64_t adopted, deliveries, dropped_slow, pub_commands,
+                 pub_publishes;
+    apr_uint32_t pub_clients, connections, processes;
+} status_sums_t;
+
+static int slot_alive(status_slot_t *sl, apr_int32_t *pid)
+{
+    *pid = LOAD(sl->pid);
+    if (!*pid) {
+        return 0;
+    }
+    if (kill((pid_t)*pid, 0) != 0 && errno == ESRCH) {
+        /* Killed outright: count what it did, forget it. */
+        retire(sl, *pid);
+        return 0;
+    }
+    return 1;
+}
+
+static void sum_slots(status_sums_t *sum)
+{
+    apr_uint32_t i;
+
+    memset(sum, 0, sizeof(*sum));
+    sum->adopted = LOAD(status->retired_adopted);
+    sum->deliveries = LOAD(status->retired_deliveries);
+    sum->dropped_slow = LOAD(status->retired_dropped_slow);
+    sum->pub_commands = LOAD(status->retired_pub_commands);
+    sum->pub_publishes = LOAD(status->retired_pub_publishes);
+    for (i = 0; i < status->nslots; i++) {
+        status_slot_t *sl = &status->slot[i];
+        apr_int32_t pid;
+
+        if (!slot_alive(sl, &pid)) {
+            continue;
+        }
+        sum->processes++;
+        sum->adopted += LOAD(sl->adopted);
+        sum->deliveries += LOAD(sl->deliveries);
+        sum->dropped_slow += LOAD(sl->dropped_slow);
+        sum->pub_commands += LOAD(sl->pub_commands);
+        sum->pub_publishes += LOAD(sl->pub_publishes);
+        sum->pub_clients += LOAD(sl->pub_clients);
+        sum->connections += LOAD(sl->connections);
+    }
+}
+
+static int comet_status_hook(request_rec *r, int flags)
+{
+    comet_store_t *st = comet_globals.store;
+    comet_store_config_t cfg;
+    comet_store_stats_t ss;
+    status_sums_t sum;
+    const char *sock = comet_pubsock_path();
+    int brief = flags & AP_STATUS_SHORT;
+    apr_uint32_t i, n = 0;
+
+    if (!st) {
+        return OK;
+    }
+    comet_store_stats(st, &ss);
+    comet_store_get_config(st, &cfg);
+    if (status) {
+        sum_slots(&sum);
+    }
+    else {
+        memset(&sum, 0, sizeof(sum));
+    }
+
+    if (brief) {
+        ap_rprintf(r,
+                   "CometChannels: %u\n"
+                   "CometChannelsMax: %u\n"
+                   "CometMessages: %" APR_UINT64_T_FMT "\n"
+                   "CometSharedMemorySize: %" APR_SIZE_T_FMT "\n"
+                   "CometSharedMemoryUsed: %" APR_SIZE_T_FMT "\n"
+                   "CometSharedMemoryFree: %" APR_SIZE_T_FMT "\n"
+                   "CometSubscribers: %" APR_UINT64_T_FMT "\n"
+                   "CometConnections: %u\n"
+                   "CometPublishes: %" APR_UINT64_T_FMT "\n"
+                   "CometDeliveries: %" APR_UINT64_T_FMT "\n"
+                   "CometDroppedSlow: %" APR_UINT64_T_FMT "\n"
+                   "CometSocketClients: %u\n"
+                   "CometSocketPublishes: %" APR_UINT64_T_FMT "\n"
+                   "CometProcesses: %u\n",
+                   ss.channels, ss.channels_max, ss.messages, cfg.size,
+                   ss.bytes_used, ss.bytes_free, ss.subscribers,
+                   sum.connections, ss.published, sum.deliveries,
+                   sum.dropped_slow, sum.pub_clients, sum.pub_publishes,
+                   sum.processes);
+    }
+    else {
+        ap_rputs("<hr />\n<h2>mod_comet</h2>\n<dl>\n", r);
+        ap_rprintf(r,
+                   "<dt>Channels: %u (room for %u)</dt>\n"
+                   "<dt>Stored messages: %" APR_UINT64_T_FMT "</dt>\n"
+                   "<dt>Shared memory: %" APR_SIZE_T_FMT " bytes; message "
+                   "area %" APR_SIZE_T_FMT " used, %" APR_SIZE_T_FMT
+                   " free</dt>\n"
+                   "<dt>Subscribers: %" APR_UINT64_T_FMT " (subscriptions "
+                   "counted per channel), %u connections</dt>\n"
+                   "<dt>Publishes since start: %" APR_UINT64_T_FMT
+                   "</dt>\n"
+                   "<dt>Deliveries since start: %" APR_UINT64_T_FMT
+                   "; slow subscribers dropped: %" APR_UINT64_T_FMT
+                   "</dt>\n",
+                   ss.channels, ss.channels_max, ss.messages, cfg.size,
+                   ss.bytes_used, ss.bytes_free, ss.subscribers,
+                   sum.connections, ss.published, sum.deliveries,
+                   sum.dropped_slow);
+        if (sock) {
+            ap_rprintf(r, "<dt>Publish socket %s: %u clients, %"
+                       APR_UINT64_T_FMT " publishes since start</dt>\n",
+                       ap_escape_html(r->pool, sock), sum.pub_clients,
+                       sum.pub_publishes);
+        }
+        ap_rputs("</dl>\n", r);
+    }
+
+    if (!status) {
+        return OK;
+    }
+    if (!brief && !(flags & AP_STATUS_NOTABLE)) {
+        ap_rputs("<table border=\"0\"><tr><th>PID</th><th>Slot</th>"
+                 "<th>Subscribers</th><th>Connections</th><th>SSE</th>"
+                 "<th>Long-poll</th><th>Stream</th><th>Deliveries</th>"
+                 "<th>Dropped (slow)</th><th>Socket clients</th></tr>\n", r);
+    }
+    for (i = 0; i < status->nslots; i++) {
+        status_slot_t *sl = &status->slot[i];
+        apr_uint64_t subs;
+        apr_int32_t pid;
+
+        if (!slot_alive(sl, &pid)) {
+            continue;
+        }
+        subs = comet_store_proc_subscribers(st, i);
+        if (brief) {
+            ap_rprintf(r, "CometProcess%u: pid=%d slot=%u subscribers=%"
+                       APR_UINT64_T_FMT " connections=%u sse=%u longpoll=%u "
+                       "stream=%u deliveries=%" APR_UINT64_T_FMT
+                       " dropped_slow=%" APR_UINT64_T_FMT
+                       " socket_clients=%u\n", n, (int)pid, i, subs,
+                       LOAD(sl->connections), LOAD(sl->by_transport[0]),
+                       LOAD(sl->by_transport[1]), LOAD(sl->by_transport[2]),
+                       LOAD(sl->deliveries), LOAD(sl->dropped_slow),
+                       LOAD(sl->pub_clients));
+        }
+        else if (!(flags & AP_STATUS_NOTABLE)) {
+            ap_rprintf(r, "<tr><td>%d</td><td>%u</td><td>%" APR_UINT64_T_FMT
+                       "</td><td>%u</td><td>%u</td><td>%u</td><td>%u</td>"
+                       "<td>%" APR_UINT64_T_FMT "</td><td>%" APR_UINT64_T_FMT
+                       "</td><td>%u</td></tr>\n", (int)pid, i, subs,
+                       LOAD(sl->connections), LOAD(sl->by_transport[0]),
+                       LOAD(sl->by_transport[1]), LOAD(sl->by_transport[2]),
+                       LOAD(sl->deliveries), LOAD(sl->dropped_slow),
+                       LOAD(sl->pub_clients));
+        }
+        n++;
+    }
+    if (!brief && !(flags & AP_STATUS_NOTABLE)) {
+        ap_rputs("</table>\n", r);
+    }
+    return OK;
+}
+
+void comet_status_register_hooks(apr_pool_t *p)
+{
+    APR_OPTIONAL_HOOK(ap, status_hook, comet_status_hook, NULL, NULL,
+                      APR_HOOK_MIDDLE);
+}
