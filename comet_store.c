@@ -2247,31 +2247,46 @@ apr_status_t comet_store_publish(comet_store_t *st,
     return APR_SUCCESS;
 }
 
+/* Check a channel id, take the lock and find the channel: APR_SUCCESS with
+ * the lock held and *idx set; otherwise the error with the lock not held
+ * (COMET_EBADCHAN, COMET_ENOCHAN, or the lock's own). */
+static apr_status_t lock_existing(comet_store_t *st, const char *channel,
+                                  apr_size_t len, apr_uint32_t *idx)
+{
+    apr_uint32_t hash;
+    apr_status_t rv;
+
+    if (comet_channel_id_check(channel, len, st->hdr->max_channel_id)
+        != APR_SUCCESS) {
+        return COMET_EBADCHAN;
+    }
+    hash = id_hash(st->hdr->seed, channel, len);
+    if ((rv = store_lock(st)) != APR_SUCCESS) {
+        return rv;
+    }
+    *idx = chan_lookup(st, channel, len, hash);
+    if (*idx == STORE_NIL) {
+        store_unlock(st);
+        return COMET_ENOCHAN;
+    }
+    return APR_SUCCESS;
+}
+
 apr_status_t comet_store_delete(comet_store_t *st, const char *channel,
                                 apr_size_t len, comet_wake_fn *wake,
                                 void *baton, apr_uint32_t *receivers)
 {
     store_hdr_t *h = st->hdr;
-    apr_uint32_t hash, idx, b;
+    apr_uint32_t idx, b;
     store_chan_t *ch;
     store_wake_t w;
     apr_time_t now;
     apr_status_t rv;
 
-    if (comet_channel_id_check(channel, len, h->max_channel_id)
-        != APR_SUCCESS) {
-        return COMET_EBADCHAN;
-    }
-    hash = id_hash(h->seed, channel, len);
     wake_init(st, &w);
     now = comet_now_mono();
-    if ((rv = store_lock(st)) != APR_SUCCESS) {
+    if ((rv = lock_existing(st, channel, len, &idx)) != APR_SUCCESS) {
         return rv;
-    }
-    idx = chan_lookup(st, channel, len, hash);
-    if (idx == STORE_NIL) {
-        store_unlock(st);
-        return COMET_ENOCHAN;
     }
     op_begin(st, STORE_OP_DELETE);
     ch = CH(st, idx);
@@ -2423,21 +2438,11 @@ apr_status_t comet_store_read_by_id(comet_store_t *st, const char *channel,
                                     apr_time_t now, apr_pool_t *p,
                                     comet_read_t *out)
 {
-    apr_uint32_t hash, idx;
+    apr_uint32_t idx;
     apr_status_t rv;
 
-    if (comet_channel_id_check(channel, len, st->hdr->max_channel_id)
-        != APR_SUCCESS) {
-        return COMET_EBADCHAN;
-    }
-    hash = id_hash(st->hdr->seed, channel, len);
-    if ((rv = store_lock(st)) != APR_SUCCESS) {
+    if ((rv = lock_existing(st, channel, len, &idx)) != APR_SUCCESS) {
         return rv;
-    }
-    idx = chan_lookup(st, channel, len, hash);
-    if (idx == STORE_NIL) {
-        store_unlock(st);
-        return COMET_ENOCHAN;
     }
     op_begin(st, STORE_OP_READ);
     read_locked(st, idx, after, max_msgs, max_bytes, now, p, out);
@@ -2454,22 +2459,12 @@ apr_status_t comet_store_channel_stats(comet_store_t *st, const char *channel,
                                        apr_size_t len,
                                        comet_channel_stats_t *out)
 {
-    apr_uint32_t hash, idx;
+    apr_uint32_t idx;
     store_chan_t *ch;
     apr_status_t rv;
 
-    if (comet_channel_id_check(channel, len, st->hdr->max_channel_id)
-        != APR_SUCCESS) {
-        return COMET_EBADCHAN;
-    }
-    hash = id_hash(st->hdr->seed, channel, len);
-    if ((rv = store_lock(st)) != APR_SUCCESS) {
+    if ((rv = lock_existing(st, channel, len, &idx)) != APR_SUCCESS) {
         return rv;
-    }
-    idx = chan_lookup(st, channel, len, hash);
-    if (idx == STORE_NIL) {
-        store_unlock(st);
-        return COMET_ENOCHAN;
     }
     ch = CH(st, idx);
     memset(out, 0, sizeof(*out));

@@ -166,23 +166,25 @@ typedef struct sub_req_t {
     comet_chanref_t   *refs;
     apr_uint64_t      *seqs;
     int                subscribed;   /* how many refs hold a subscription */
+    apr_table_t       *args;         /* the query, once parsed           */
 } sub_req_t;
 
-static const char *query_arg(request_rec *r, const char *name)
+/* The query argument name, parsed once per request. */
+static const char *query_arg(sub_req_t *sr, const char *name)
 {
-    apr_table_t *args;
-
-    if (!r->args) {
+    if (!sr->r->args) {
         return NULL;
     }
-    ap_args_to_table(r, &args);
-    return apr_table_get(args, name);
+    if (!sr->args) {
+        ap_args_to_table(sr->r, &sr->args);
+    }
+    return apr_table_get(sr->args, name);
 }
 
 static int pick_transport(sub_req_t *sr)
 {
     request_rec *r = sr->r;
-    const char *t = query_arg(r, "transport");
+    const char *t = query_arg(sr, "transport");
     const char *accept = apr_table_get(r->headers_in, "Accept");
     int allowed = comet_dir_transports(sr->dc);
 
@@ -221,12 +223,12 @@ static int parse_position(sub_req_t *sr)
 {
     request_rec *r = sr->r;
     const char *id = apr_table_get(r->headers_in, "Last-Event-ID");
-    const char *backlog = query_arg(r, "backlog");
+    const char *backlog = query_arg(sr, "backlog");
     apr_size_t n = 0;
     apr_uint32_t epoch;
 
     if (!id) {
-        id = query_arg(r, "last_event_id");
+        id = query_arg(sr, "last_event_id");
     }
     sr->backlog = -1;
     if (backlog) {

@@ -3,6 +3,7 @@
  */
 
 /* The unit test runner: every suite of tests/unit, exit status = failures. */
+#include <stdio.h>
 #include <stdlib.h>
 
 #include <apr_general.h>
@@ -24,6 +25,27 @@ void comet_test_pool_teardown(void)
 {
     apr_pool_destroy(comet_test_pool);
     comet_test_pool = NULL;
+}
+
+const char *comet_test_show(const char *s, apr_size_t len)
+{
+    static char out[2][1024];
+    static int which;
+    char *o = out[which ^= 1];
+    apr_size_t i, n = 0;
+
+    for (i = 0; i < len && i < 200; i++) {
+        unsigned char c = (unsigned char)s[i];
+
+        if (c >= 0x20 && c < 0x7f && c != '\\') {
+            o[n++] = (char)c;
+        }
+        else {
+            n += (apr_size_t)sprintf(o + n, "\\x%02x", c);
+        }
+    }
+    o[n] = '\0';
+    return o;
 }
 
 int main(void)

@@ -20,35 +20,14 @@ static comet_buf_t *new_buf(apr_size_t max)
     return b;
 }
 
-/* Printable form of bytes for failure messages (cut at 200). */
-static const char *show(const char *s, apr_size_t len)
-{
-    static char out[2][1024];
-    static int which;
-    char *o = out[which ^= 1];
-    apr_size_t i, n = 0;
-
-    for (i = 0; i < len && i < 200; i++) {
-        unsigned char c = (unsigned char)s[i];
-
-        if (c >= 0x20 && c < 0x7f && c != '\\') {
-            o[n++] = (char)c;
-        }
-        else {
-            n += (apr_size_t)sprintf(o + n, "\\x%02x", c);
-        }
-    }
-    o[n] = '\0';
-    return o;
-}
 
 static void assert_bytes(const comet_buf_t *b, const char *want,
                          apr_size_t want_len, int line)
 {
     ck_assert_msg(b->len == want_len && memcmp(b->data, want, want_len) == 0,
                   "line %d: got \"%s\" (%lu bytes), want \"%s\" (%lu bytes)",
-                  line, show(b->data, b->len), (unsigned long)b->len,
-                  show(want, want_len), (unsigned long)want_len);
+                  line, comet_test_show(b->data, b->len), (unsigned long)b->len,
+                  comet_test_show(want, want_len), (unsigned long)want_len);
 }
 
 #define ASSERT_BUF(b, lit) assert_bytes((b), (lit), sizeof(lit) - 1, __LINE__)
@@ -341,7 +320,7 @@ START_TEST(sse_any_payload_reaches_eventsource_intact)
         ck_assert_msg(events->len == want->len
                       && memcmp(events->data, want->data, want->len) == 0,
                       "payload \"%s\" came out as \"%s\"",
-                      show(payload, len), show(events->data, events->len));
+                      comet_test_show(payload, len), comet_test_show(events->data, events->len));
     }
 }
 END_TEST

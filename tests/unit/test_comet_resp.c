@@ -11,34 +11,14 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static const char *show(const char *s, apr_size_t len)
-{
-    static char out[2][1024];
-    static int which;
-    char *o = out[which ^= 1];
-    apr_size_t i, n = 0;
-
-    for (i = 0; i < len && i < 200; i++) {
-        unsigned char c = (unsigned char)s[i];
-
-        if (c >= 0x20 && c < 0x7f && c != '\\') {
-            o[n++] = (char)c;
-        }
-        else {
-            n += (apr_size_t)sprintf(o + n, "\\x%02x", c);
-        }
-    }
-    o[n] = '\0';
-    return o;
-}
 
 static void assert_bytes(const char *got, apr_size_t got_len,
                          const char *want, apr_size_t want_len, int line)
 {
     ck_assert_msg(got_len == want_len && memcmp(got, want, want_len) == 0,
                   "line %d: got \"%s\" (%lu bytes), want \"%s\" (%lu bytes)",
-                  line, show(got, got_len), (unsigned long)got_len,
-                  show(want, want_len), (unsigned long)want_len);
+                  line, comet_test_show(got, got_len), (unsigned long)got_len,
+                  comet_test_show(want, want_len), (unsigned long)want_len);
 }
 
 #define ASSERT_BUF(b, lit) \

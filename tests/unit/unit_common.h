@@ -17,4 +17,8 @@ extern apr_pool_t *comet_test_pool;
 void comet_test_pool_setup(void);
 void comet_test_pool_teardown(void);
 
+/* Printable form of bytes for failure messages: escapes what is not
+ * printable ASCII, cut at 200 bytes.  Two results may be used at once. */
+const char *comet_test_show(const char *s, apr_size_t len);
+
 #endif
