@@ -273,8 +273,42 @@ static int comet_handler(request_rec *r)
     return DECLINED;
 }
 
+/* Comet locations are not files: skip httpd's walk of the file system for
+ * them (a stat() per path component of a path that does not exist, about
+ * a fifth of the CPU of a publish or a subscribe).  As with mod_proxy,
+ * <Directory> and .htaccess then do not apply; <Location> does.
+ *
+ * translate_name runs after the first location walk, so SetHandler of the
+ * request's <Location> is known there; map_to_storage (which walks the
+ * file system) comes next. */
+static int comet_translate_name(request_rec *r)
+{
+    core_dir_config *d = ap_get_core_module_config(r->per_dir_config);
+    const char *handler, *err = NULL;
+
+    if (!d->expr_handler) {
+        return DECLINED;
+    }
+    handler = ap_expr_str_exec(r, d->expr_handler, &err);
+    if (!err && handler
+        && (!strcmp(handler, COMET_SUBSCRIBER_HANDLER)
+            || !strcmp(handler, COMET_PUBLISHER_HANDLER))) {
+        apr_table_setn(r->notes, "comet-location", "1");
+    }
+    return DECLINED;
+}
+
+static int comet_map_to_storage(request_rec *r)
+{
+    return apr_table_get(r->notes, "comet-location") ? OK : DECLINED;
+}
+
 static void comet_register_hooks(apr_pool_t *p)
 {
+    ap_hook_translate_name(comet_translate_name, NULL, NULL,
+                           APR_HOOK_REALLY_FIRST);
+    ap_hook_map_to_storage(comet_map_to_storage, NULL, NULL,
+                           APR_HOOK_FIRST);
     ap_hook_post_config(comet_post_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_init(comet_child_init, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_stopping(comet_child_stopping, NULL, NULL, APR_HOOK_MIDDLE);

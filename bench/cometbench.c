@@ -256,7 +256,11 @@ typedef struct conn {
     char     lm[LM_MAX];
     char     etag[ETAG_MAX];
     uint32_t *inflight;             /* publisher: channel of each unanswered request */
+    uint64_t *inflight_seq;         /* ... its sequence number */
+    uint64_t *inflight_t;           /* ... its send time (in the payload) */
+    uint8_t  *inflight_tries;       /* ... how often it was sent */
     uint32_t inflight_head, inflight_n;
+    uint32_t resend_n;              /* publisher: requests to send again */
 } conn_t;
 
 /* ------------------------------------------------------------------ */
@@ -281,6 +285,7 @@ static struct {
     uint64_t connect_errors, reconnects, disconnects, stream_ends;
     uint64_t sub_errors, oversize, bad, missed;
     uint64_t sent, acked, pub_errors, pub_lost, pub_reconnects, receivers;
+    uint64_t pub_retries;
     uint64_t pub_t0, pub_last_ack, pub_sent_last;
     int      pubs_open;
     uint64_t deliveries, unique, expected;
@@ -1445,11 +1450,9 @@ static void sub_eof(conn_t *c, uint64_t now)
 static void pub_start(conn_t *c, uint64_t now);
 
 /* Format one message for channel ch into the publisher's write buffer. */
-static void pub_send(conn_t *c, uint32_t ch)
+static void pub_format(conn_t *c, uint32_t ch, uint64_t seq, uint64_t t)
 {
     char chan[96], path[1024], head[1400], hdr[48];
-    uint64_t seq = ++ch_seq[ch];
-    uint64_t t = now_ns();
     int hl = snprintf(hdr, sizeof hdr, "%" PRIu64 " %" PRIu64 " ", seq, t);
     size_t plen = (size_t)hl > (size_t)opt.size ? (size_t)hl : (size_t)opt.size;
     chan_name(chan, sizeof chan, ch);
@@ -1477,11 +1480,38 @@ static void pub_send(conn_t *c, uint32_t ch)
     }
     if (opt.pub_mode == PUB_RESP)
         wbuf_append(c, "\r\n", 2);
-    c->inflight[(c->inflight_head + c->inflight_n) % (uint32_t)opt.pipeline] = ch;
-    c->inflight_n++;
     c->dirty = 1;
+}
+
+static void pub_send(conn_t *c, uint32_t ch)
+{
+    uint64_t seq = ++ch_seq[ch];
+    uint64_t t = now_ns();
+    uint32_t k = (c->inflight_head + c->inflight_n) % (uint32_t)opt.pipeline;
+    pub_format(c, ch, seq, t);
+    c->inflight[k] = ch;
+    c->inflight_seq[k] = seq;
+    c->inflight_t[k] = t;
+    c->inflight_tries[k] = 1;
+    c->inflight_n++;
     st.sent++;
     st.pub_sent_last = t;
+}
+
+/* After a reconnect: send again, in order, the requests the broken
+ * connection left unanswered (they keep their sequence numbers and send
+ * times, so a retry shows in the latency, and a request that had been
+ * carried out after all shows up as duplicate deliveries). */
+static void pub_resend(conn_t *c)
+{
+    for (uint32_t i = 0; i < c->resend_n; i++) {
+        uint32_t k = (c->inflight_head + i) % (uint32_t)opt.pipeline;
+        pub_format(c, c->inflight[k], c->inflight_seq[k], c->inflight_t[k]);
+        c->inflight_tries[k]++;
+        st.pub_retries++;
+    }
+    c->inflight_n = c->resend_n;
+    c->resend_n = 0;
 }
 
 static void pub_ack(conn_t *c, int ok, uint64_t now)
@@ -1503,18 +1533,42 @@ static void pub_ack(conn_t *c, int ok, uint64_t now)
     }
 }
 
+/* A publisher connection broke.  When no byte of an answer to the requests
+ * still outstanding had arrived (the server closed an idle keep-alive
+ * connection just as the next request went out), they are sent again on a
+ * fresh connection, up to PUB_TRIES times in all, as HTTP clients do for a
+ * reused connection that closes without answering.  Otherwise, or when the
+ * run is over, they count as unanswered. */
+#define PUB_TRIES 3
 static void pub_broken(conn_t *c, uint64_t now)
 {
-    st.pub_lost += c->inflight_n;
+    uint32_t keep = 0;
+    int answered_part = opt.pub_mode == PUB_RESP ? c->len > 0
+                        : (c->rs.phase != RP_HEAD || c->len > 0);
+    if (!answered_part && c->inflight_n > 0) {
+        keep = c->inflight_n;
+        for (uint32_t i = 0; i < c->inflight_n; i++)
+            if (c->inflight_tries[(c->inflight_head + i) % (uint32_t)opt.pipeline]
+                >= PUB_TRIES)
+                keep = 0;
+    }
+    if (st.phase == P_DONE)
+        keep = 0;
+    if (keep) {
+        c->resend_n = keep;
+    } else {
+        st.pub_lost += c->inflight_n;
+        c->inflight_head = 0;
+        c->resend_n = 0;
+    }
     c->inflight_n = 0;
-    c->inflight_head = 0;
     if (c->state == CS_OPEN)
         st.pubs_open--;
     st.pub_reconnects++;
     if (st.phase == P_DONE)
         conn_close(c);
     else
-        retry_at(c, now + 50 * NS_PER_MS);
+        retry_at(c, now + (keep ? 0 : 50 * NS_PER_MS));
 }
 
 static void pub_start(conn_t *c, uint64_t now)
@@ -1525,6 +1579,11 @@ static void pub_start(conn_t *c, uint64_t now)
         retry_at(c, now + 100 * NS_PER_MS);
     } else if (rc == 1) {
         st.pubs_open++;
+        if (c->resend_n) {
+            pub_resend(c);
+            if (conn_flush(c) < 0)
+                pub_broken(c, now);
+        }
     }
 }
 
@@ -1706,7 +1765,7 @@ static void pub_pump(uint64_t now)
 static int pubs_idle(void)
 {
     for (int i = 0; i < opt.pub_conns; i++)
-        if (pubs[i].inflight_n)
+        if (pubs[i].inflight_n || pubs[i].resend_n)
             return 0;
     return 1;
 }
@@ -1879,10 +1938,16 @@ static void on_event(conn_t *c, uint32_t ev, uint64_t now)
         }
         c->state = CS_OPEN;
         set_events(c, 0);
-        if (c->kind == CK_SUB)
+        if (c->kind == CK_SUB) {
             sub_connected(c, now);
-        else
+        } else {
             st.pubs_open++;
+            if (c->resend_n) {
+                pub_resend(c);
+                if (conn_flush(c) < 0)
+                    pub_broken(c, now);
+            }
+        }
         return;
     }
     if ((ev & EPOLLOUT) && c->woff < c->wlen) {
@@ -1976,8 +2041,10 @@ static void report(uint64_t now)
     if (opt.pub_mode != PUB_NONE)
         fprintf(stderr,
                 "  publish   %" PRIu64 " sent, %" PRIu64 " acknowledged, %"
-                PRIu64 " errors, %" PRIu64 " unanswered; %.0f/s over %.3f s\n",
-                st.sent, st.acked, st.pub_errors, st.pub_lost, pub_rate, pub_s);
+                PRIu64 " errors, %" PRIu64 " unanswered, %" PRIu64
+                " sent again after a closed connection; %.0f/s over %.3f s\n",
+                st.sent, st.acked, st.pub_errors, st.pub_lost, st.pub_retries,
+                pub_rate, pub_s);
     if (st.expected || st.deliveries)
         fprintf(stderr,
                 "  deliver   %" PRIu64 " of %" PRIu64 " expected; loss %" PRIu64
@@ -2016,9 +2083,10 @@ static void report(uint64_t now)
            us(st.conn.max));
     printf("\"sent\":%" PRIu64 ",\"published\":%" PRIu64 ",\"pub_errors\":%"
            PRIu64 ",\"pub_lost\":%" PRIu64 ",\"pub_per_s\":%.1f,\"pub_s\":%.3f,"
-           "\"receivers\":%" PRIu64 ",",
+           "\"receivers\":%" PRIu64 ",\"pub_retries\":%" PRIu64 ","
+           "\"pub_reconnects\":%" PRIu64 ",",
            st.sent, st.acked, st.pub_errors, st.pub_lost, pub_rate, pub_s,
-           st.receivers);
+           st.receivers, st.pub_retries, st.pub_reconnects);
     printf("\"deliveries\":%" PRIu64 ",\"unique\":%" PRIu64 ",\"expected\":%"
            PRIu64 ",\"loss\":%" PRIu64 ",\"dups\":%" PRIu64 ",\"reorders\":%"
            PRIu64 ",\"bad\":%" PRIu64 ",\"missed\":%" PRIu64
@@ -2357,6 +2425,9 @@ int main(int argc, char **argv)
         pubs[i].kind = CK_PUB;
         pubs[i].idx = (uint32_t)i;
         pubs[i].inflight = xmalloc(sizeof *pubs[i].inflight * (size_t)opt.pipeline);
+        pubs[i].inflight_seq = xmalloc(sizeof *pubs[i].inflight_seq * (size_t)opt.pipeline);
+        pubs[i].inflight_t = xmalloc(sizeof *pubs[i].inflight_t * (size_t)opt.pipeline);
+        pubs[i].inflight_tries = xmalloc((size_t)opt.pipeline);
     }
 
     st.t0 = now_ns();
@@ -2402,6 +2473,8 @@ int main(int argc, char **argv)
     srv_sample(&st.s_end, 1);
     now = now_ns();
     st.phase = P_DONE;
+    for (int i = 0; i < opt.pub_conns; i++)
+        st.pub_lost += pubs[i].resend_n;    /* never got to be sent again */
     report(now);
     for (long i = 0; i < opt.subs; i++)
         conn_close(&subs[i]);
@@ -2415,6 +2488,9 @@ int main(int argc, char **argv)
         free(pubs[i].buf);
         free(pubs[i].wbuf);
         free(pubs[i].inflight);
+        free(pubs[i].inflight_seq);
+        free(pubs[i].inflight_t);
+        free(pubs[i].inflight_tries);
     }
     free(subs);
     free(pubs);

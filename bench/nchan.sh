@@ -7,6 +7,8 @@
 #                                      master PID
 #   sh bench/nchan.sh stop DIR         stop the master started in DIR
 #   sh bench/nchan.sh pid DIR          print the master PID (if running)
+#   sh bench/nchan.sh check            install if missing (as root); exit 1
+#                                      with a message when unavailable
 #
 # Installs nginx and the Nchan module from Debian when missing (as root).
 set -eu
@@ -36,8 +38,9 @@ ensure_installed() {
     [ "$(id -u)" = 0 ] || die "nginx with the Nchan module is missing: apt-get install nginx-light libnginx-mod-nchan"
     echo "nchan.sh: installing nginx-light libnginx-mod-nchan" >&2
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null
-    apt-get install -y -qq --no-install-recommends nginx-light libnginx-mod-nchan >/dev/null
+    apt-get update -qq >/dev/null 2>&1 || true
+    apt-get install -y -qq --no-install-recommends nginx-light libnginx-mod-nchan \
+        >/dev/null 2>&1 || die "apt-get install nginx-light libnginx-mod-nchan failed"
     [ -x "$NGINX" ] && find_module >/dev/null || die "install failed"
 }
 
@@ -113,5 +116,6 @@ case "${1:-}" in
     start) [ $# -eq 3 ] || die "usage: nchan.sh start DIR PORT"; start "$2" "$3" ;;
     stop)  [ $# -eq 2 ] || die "usage: nchan.sh stop DIR"; stop "$2" ;;
     pid)   [ $# -eq 2 ] || die "usage: nchan.sh pid DIR"; master_pid "$2" ;;
-    *)     die "usage: nchan.sh start DIR PORT | stop DIR | pid DIR" ;;
+    check) ensure_installed ;;
+    *)     die "usage: nchan.sh start DIR PORT | stop DIR | pid DIR | check" ;;
 esac

@@ -12,7 +12,13 @@
 # bench/out/<timestamp>/table.txt.
 #
 # Environment: NCHAN_PORT (default 18480), COMET_PORT (default 18481),
-# SERVERS (default "comet nchan"; a server that cannot start is skipped).
+# SERVERS (default "comet nchan"; a server that cannot start is skipped),
+# SCENARIOS (default: all; e.g. "sc_idle_one sc_fanout_socket"),
+# COMET_MODULE (default .libs/mod_comet.so of this tree).
+#
+# Exit status: 0 when every mod_comet run produced a result with no lost
+# delivery, no unanswered publish and no crashed child; 1 otherwise (the
+# reasons are printed last).  Nchan missing or failing only warns.
 set -eu
 
 mode=${1:-quick}
@@ -40,19 +46,23 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/comet-bench.XXXXXX")
 # ---- sizes ------------------------------------------------------------------
 
 if [ "$mode" = full ]; then
-    REPS=3
+    REPS=3 WARMUP=0.5
     IDLE_SUBS=10000 HOLD=3
     FAN_SUBS=5000 FAN_MSGS=200 FAN_RATE=50
     THR_CHANNELS=100 THR_PER_CHANNEL=10 THR_SECONDS=10
     LP_SUBS=1000 LP_MSGS=100 LP_RATE=20
+    FANEQ_MSGS=100 FANEQ_RATE=10
+    THREQ_RATE=2000 THREQ_SECONDS=5
     PUB_SECONDS=5
     TIMEOUT=180
 else
-    REPS=1
-    IDLE_SUBS=1000 HOLD=1
+    REPS=1 WARMUP=0.2
+    IDLE_SUBS=1000 HOLD=0.5
     FAN_SUBS=500 FAN_MSGS=40 FAN_RATE=50
-    THR_CHANNELS=10 THR_PER_CHANNEL=10 THR_SECONDS=2
+    THR_CHANNELS=10 THR_PER_CHANNEL=10 THR_SECONDS=1
     LP_SUBS=100 LP_MSGS=20 LP_RATE=20
+    FANEQ_MSGS=10 FANEQ_RATE=20
+    THREQ_RATE=1000 THREQ_SECONDS=1
     PUB_SECONDS=1
     TIMEOUT=60
 fi
@@ -67,6 +77,7 @@ fi
 #                templates, publish method, wire dialect)
 #   NAME_pubsock for the publish-path scenario over its Unix socket: the
 #                cometbench options, or nothing when it has none
+#   NAME_probe   (optional) run before NAME_pubsock
 
 SRV_PID=
 
@@ -90,7 +101,7 @@ nchan_pubsock() {
     :                                   # Nchan publishes over HTTP only
 }
 
-# ======== mod_comet: TO BE FILLED IN ========================================
+# ======== mod_comet =========================================================
 # httpd (event MPM) with mod_comet, from bench/comet.conf.in, in its own
 # ServerRoot under "$work/comet": pid file, error_log, runtime files and the
 # publish socket all live there.  The module is the one built in this tree
@@ -233,9 +244,12 @@ comet_stop() {
             sleep 0.05
         done
     fi
-    # Whatever is left of that process group (children of a killed parent).
+    # Whatever is left of that process group (children of a killed
+    # parent), each by its PID.
     if [ -n "${COMET_PGID:-}" ]; then
-        kill -KILL -- "-$COMET_PGID" 2>/dev/null || true
+        for c in $(pgrep -g "$COMET_PGID" 2>/dev/null); do
+            kill -KILL "$c" 2>/dev/null || true
+        done
         wait "$COMET_PGID" 2>/dev/null || true
     fi
     COMET_PGID=
@@ -248,6 +262,15 @@ comet_stop() {
 # and --server comet for its long-poll JSON and stream formats).
 comet_args() {
     echo "--server comet --port $COMET_PORT --sub-url /sub/%s --pub http --pub-url /pub/%s"
+}
+
+# comet_probe: find out whether this build serves the publish socket, when
+# no run has started the server yet (called before NAME_pubsock).
+comet_probe() {
+    [ -z "$comet_has_sock" ] || return 0
+    started=comet
+    comet_start >/dev/null 2>&1 || true
+    stop_all
 }
 
 # comet_pubsock: publishing over mod_comet's Unix socket (Redis protocol),
@@ -275,6 +298,12 @@ trap 'exit 130' INT TERM
 
 # ---- runs -------------------------------------------------------------------
 
+# Busy CPU time of the whole machine so far, in clock ticks (/proc/stat).
+machine_ticks() {
+    awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat
+}
+HZ=$(getconf CLK_TCK 2>/dev/null || echo 100)
+
 # run SERVER SCENARIO REP [cometbench options...]
 run() {
     r_srv=$1 r_scen=$2 r_rep=$3
@@ -286,19 +315,46 @@ run() {
         return 0
     fi
     log=$out/$r_scen-$r_srv-$r_rep.log
+    t_before=$(machine_ticks)
     # shellcheck disable=SC2046 # the server options are words on purpose
     if "$bench" --scenario "$r_scen" --watch-pid "$SRV_PID" --timeout "$TIMEOUT" \
+            --warmup "$WARMUP" \
             $("${r_srv}_args") "$@" > "$work/line.json" 2> "$log"; then
         rc=0
     else
         rc=$?
     fi
+    t_after=$(machine_ticks)
+    crashes=$(grep -c 'exit signal\|exited on signal' "$out/$r_srv-error.log" 2>/dev/null || true)
     stop_all
     if [ -s "$work/line.json" ]; then
-        sed "s/^{/{\"rep\":$r_rep,/" "$work/line.json" >> "$results"
+        # The CPU that neither the server nor cometbench used meanwhile:
+        # other processes on the machine, which distort the figures.
+        other=$(awk -v t=$((t_after - t_before)) -v hz="$HZ" '{
+            s = 0; c = 0
+            if (match($0, /"srv_cpu_s":[0-9.]+/)) s = substr($0, RSTART + 12, RLENGTH - 12)
+            if (match($0, /"client_cpu_s":[0-9.]+/)) c = substr($0, RSTART + 15, RLENGTH - 15)
+            o = t / hz - s - c; if (o < 0) o = 0
+            printf "%.2f", o }' "$work/line.json")
+        sed -i "s/^{/{\"rep\":$r_rep,\"other_cpu_s\":$other,/" "$work/line.json"
+        cat "$work/line.json" >> "$results"
         summarize "$r_srv" "$r_scen" "$r_rep" "$work/line.json"
+        bad=$(awk '{
+            r = ""
+            if (match($0, /"loss":[1-9]/)) r = r " lost deliveries;"
+            if (match($0, /"pub_lost":[1-9]/)) r = r " unanswered publishes;"
+            if (match($0, /"failed":[1-9]/)) r = r " subscribers not connected;"
+            if (match($0, /"timed_out":true/)) r = r " timed out;"
+            printf "%s", r }' "$work/line.json")
     else
+        bad=" no result (exit $rc);"
         echo "  $r_srv $r_scen #$r_rep: no result (exit $rc), see $log" >&2
+    fi
+    now_crashes=$(grep -c 'exit signal\|exited on signal' "$out/$r_srv-error.log" 2>/dev/null || true)
+    [ "${now_crashes:-0}" -gt "${crashes:-0}" ] && bad="$bad child crashed (exit signal in $r_srv-error.log);"
+    if [ -n "$bad" ]; then
+        echo "$r_srv $r_scen #$r_rep:$bad see $log" >> "$out/problems.txt"
+        echo "  $r_srv $r_scen #$r_rep: PROBLEM:$bad" >&2
     fi
 }
 
@@ -311,10 +367,10 @@ summarize() {
             }
             return "?"
         }
-        { printf "  %-6s %-14s #%s  subs %s/%s  published %s  loss %s  p50 %s us  p99 %s us  deliv/s %s  pub/s %s  B/sub %s  srv cpu %s s\n",
+        { printf "  %-6s %-14s #%s  subs %s/%s  published %s  loss %s  p50 %s us  p99 %s us  deliv/s %s  pub/s %s  B/sub %s  srv cpu %s s  others %s s\n",
               srv, scen, rep, f("connected"), f("subs"), f("published"), f("loss"),
               f("p50_us"), f("p99_us"), f("deliv_per_s"), f("pub_per_s"),
-              f("mem_per_sub_b"), f("srv_cpu_s") }' "$4" >&2
+              f("mem_per_sub_b"), f("srv_cpu_s"), f("other_cpu_s") }' "$4" >&2
 }
 
 # The scenarios; each takes SERVER REP.
@@ -336,6 +392,19 @@ sc_throughput() {
         --duration "$THR_SECONDS" --rate 0 --pub-conns 4 --pipeline 8 --size 100 \
         --settle 10
 }
+# The same two at a rate both servers sustain, so that latencies are
+# compared under the same load (the two above run each server as fast as
+# it goes, so its latency is that of its own, different, load).
+sc_fanout_eq() {
+    run "$1" fanout-eq "$2" --transport sse --subs "$FAN_SUBS" --channels 1 \
+        --messages "$FANEQ_MSGS" --rate "$FANEQ_RATE" --size 100 --settle 10
+}
+sc_throughput_eq() {
+    run "$1" throughput-eq "$2" --transport sse \
+        --subs $((THR_CHANNELS * THR_PER_CHANNEL)) --channels "$THR_CHANNELS" \
+        --duration "$THREQ_SECONDS" --rate "$THREQ_RATE" --pub-conns 4 --pipeline 8 \
+        --size 100 --settle 10
+}
 sc_longpoll() {
     run "$1" longpoll "$2" --transport longpoll --subs "$LP_SUBS" --channels 1 \
         --messages "$LP_MSGS" --rate "$LP_RATE" --size 100 --settle 10
@@ -344,15 +413,52 @@ sc_pub_http() {
     run "$1" pub-http "$2" --subs 0 --channels 100 --duration "$PUB_SECONDS" \
         --rate 0 --pub-conns 4 --pipeline 8 --size 100
 }
-sc_pub_socket() {
+# opts: the cometbench options for publishing over SERVER's Unix socket,
+# or nothing.
+pubsock_opts() {
+    if command -v "${1}_probe" >/dev/null 2>&1; then
+        "${1}_probe"
+    fi
     opts=$("${1}_pubsock")
+}
+
+# Fan-out as above with the publisher on the server's Unix socket (where
+# it has one), so that the publisher's HTTP path does not hold back the rate.
+sc_fanout_socket() {
+    pubsock_opts "$1"
+    [ -n "$opts" ] || return 0
+    # shellcheck disable=SC2086
+    run "$1" fanout-socket "$2" --transport sse --subs "$FAN_SUBS" --channels 1 \
+        --messages "$FAN_MSGS" --rate "$FAN_RATE" --size 100 --settle 10 $opts
+}
+sc_pub_socket() {
+    pubsock_opts "$1"
     [ -n "$opts" ] || return 0
     # shellcheck disable=SC2086
     run "$1" pub-socket "$2" --subs 0 --channels 100 --duration "$PUB_SECONDS" \
         --rate 0 --pub-conns 4 --pipeline 8 --size 100 $opts
 }
 
-SCENARIOS="sc_idle_channels sc_idle_one sc_fanout sc_throughput sc_longpoll sc_pub_http sc_pub_socket"
+SCENARIOS=${SCENARIOS:-"sc_idle_channels sc_idle_one sc_fanout sc_fanout_eq sc_fanout_socket sc_throughput sc_throughput_eq sc_longpoll sc_pub_http sc_pub_socket"}
+
+# Nchan: installed when missing (as root); without it the table shows n/a.
+case " $SERVERS " in
+*" nchan "*)
+    if ! sh "$root/bench/nchan.sh" check; then
+        echo "run.sh: Nchan is not available (needs nginx-light and" \
+             "libnginx-mod-nchan); its runs are skipped, its column shows n/a" >&2
+        SERVERS=$(echo "$SERVERS" | sed 's/\bnchan\b//; s/  */ /g; s/^ //; s/ $//')
+    fi
+    ;;
+esac
+
+# Others' load distorts every figure here: say so when the machine is busy.
+t0=$(machine_ticks); sleep 1; busy=$(( ($(machine_ticks) - t0) * 100 / HZ ))
+if [ "$busy" -gt 20 ]; then
+    echo "run.sh: warning: the machine is busy (${busy}% of one CPU used by" \
+         "others in the last second); figures will be distorted" >&2
+fi
+echo "before: ${busy}% of one CPU busy; load average $(cat /proc/loadavg)" > "$out/load.txt"
 
 echo "benchmark ($mode): $REPS repetition(s); output in $out" >&2
 rep=1
@@ -406,13 +512,20 @@ function row(scen, field, label,   c, n, r) {
 }
 {
     s = str("scenario"); sv = str("server")
-    split("connect_s connect_p99_us mem_per_sub_b pss_per_sub_b p50_us p90_us p99_us max_us deliv_per_s pub_per_s loss srv_cpu_s srv_rss_kb_peak", F, " ")
+    split("connect_s connect_p99_us mem_per_sub_b pss_per_sub_b p50_us p90_us p99_us max_us deliv_per_s pub_per_s loss pub_lost pub_retries srv_cpu_s srv_rss_kb_peak other_cpu_s", F, " ")
     for (i in F) {
         x = val(F[i])
         if (x == "") continue
         k = s SUBSEP sv SUBSEP F[i]
         v[k, ++cnt[k]] = x
+        sum[sv, F[i]] += x
+        seen[sv] = 1
     }
+}
+function total(field, label) {
+    printf "%-44s | %16s | %12s | %6s\n", label,
+        ("comet" in seen) ? sum["comet", field] + 0 : "n/a",
+        ("nchan" in seen) ? sum["nchan", field] + 0 : "n/a", ""
 }
 END {
     printf "%-44s | %16s | %12s | %6s\n", "figure", "mod_comet median", "Nchan median", "ratio"
@@ -433,18 +546,53 @@ END {
     row("fanout", "pub_per_s", "fan-out: publishes/s achieved")
     row("fanout", "loss", "fan-out: lost deliveries")
     row("fanout", "srv_cpu_s", "fan-out: server CPU (s)")
+    row("fanout-eq", "pub_per_s", "fan-out, same rate: publishes/s")
+    row("fanout-eq", "p50_us", "fan-out, same rate: latency p50 (us)")
+    row("fanout-eq", "p99_us", "fan-out, same rate: latency p99 (us)")
+    row("fanout-eq", "max_us", "fan-out, same rate: latency max (us)")
+    row("fanout-eq", "loss", "fan-out, same rate: lost deliveries")
+    row("fanout-eq", "srv_cpu_s", "fan-out, same rate: server CPU (s)")
+    row("fanout-socket", "pub_per_s", "fan-out, socket publisher: publishes/s")
+    row("fanout-socket", "deliv_per_s", "fan-out, socket publisher: deliveries/s")
+    row("fanout-socket", "p50_us", "fan-out, socket publisher: p50 (us)")
+    row("fanout-socket", "p99_us", "fan-out, socket publisher: p99 (us)")
+    row("fanout-socket", "loss", "fan-out, socket publisher: lost")
     row("throughput", "pub_per_s", "throughput: publishes/s")
     row("throughput", "deliv_per_s", "throughput: deliveries/s")
+    row("throughput", "p50_us", "throughput: latency p50 (us)")
     row("throughput", "p99_us", "throughput: latency p99 (us)")
     row("throughput", "loss", "throughput: lost deliveries")
     row("throughput", "srv_cpu_s", "throughput: server CPU (s)")
     row("throughput", "srv_rss_kb_peak", "throughput: server RSS peak (KB)")
+    row("throughput-eq", "pub_per_s", "throughput, same rate: publishes/s")
+    row("throughput-eq", "p50_us", "throughput, same rate: latency p50 (us)")
+    row("throughput-eq", "p99_us", "throughput, same rate: latency p99 (us)")
+    row("throughput-eq", "loss", "throughput, same rate: lost deliveries")
+    row("throughput-eq", "srv_cpu_s", "throughput, same rate: server CPU (s)")
     row("longpoll", "p50_us", "long-poll: latency p50 (us)")
     row("longpoll", "p99_us", "long-poll: latency p99 (us)")
     row("longpoll", "deliv_per_s", "long-poll: deliveries/s")
     row("longpoll", "loss", "long-poll: lost deliveries")
     row("longpoll", "srv_cpu_s", "long-poll: server CPU (s)")
+    row("longpoll", "pub_retries", "long-poll: publishes sent again (1)")
     row("pub-http", "pub_per_s", "publish, HTTP POST, no subs: publishes/s")
     row("pub-socket", "pub_per_s", "publish, Unix socket, no subs: publishes/s")
+    total("loss", "all runs: lost deliveries (sum)")
+    total("pub_lost", "all runs: unanswered publishes (sum)")
+    total("pub_retries", "all runs: publishes sent again (sum) (1)")
+    total("other_cpu_s", "all runs: CPU s used by other processes (2)")
+    print "(1) after the server closed an idle keep-alive publisher connection"
+    print "    as the next request went out; sent again on a new connection."
+    print "(2) busy CPU of the machine during the runs minus the server'"'"'s and"
+    print "    cometbench'"'"'s own: other processes, which distort the figures."
 }' "$results" | tee "$out/table.txt"
 echo "raw results: $results" >&2
+echo "after: load average $(cat /proc/loadavg)" >> "$out/load.txt"
+if [ -s "$out/problems.txt" ]; then
+    echo "run.sh: problems (see $out):" >&2
+    sed 's/^/  /' "$out/problems.txt" >&2
+    if grep -q '^comet ' "$out/problems.txt"; then
+        exit 1
+    fi
+fi
+exit 0
