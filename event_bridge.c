@@ -23,6 +23,7 @@
 
 #include "mod_comet.h"
 #include "event_bridge.h"
+#include "comet_loop.h"
 
 APLOG_USE_MODULE(comet);
 
@@ -30,6 +31,11 @@ typedef struct comet_bridge_t {
     apr_pool_t   *pool;
     apr_thread_t *thread;
     comet_hub_t  *hub;
+    /* The publish socket has a loop and thread of its own, so that a
+     * publisher's reply never waits behind a large fan-out. */
+    apr_pool_t   *pub_pool;
+    comet_loop_t *pub_loop;
+    apr_thread_t *pub_thread;
     server_rec   *server;
     apr_uint32_t  max_subscribers;
     volatile int  running;
@@ -64,16 +70,35 @@ static void *APR_THREAD_FUNC bridge_main(apr_thread_t *thd, void *data)
     return NULL;
 }
 
+static void *APR_THREAD_FUNC pub_main(apr_thread_t *thd, void *data)
+{
+    comet_bridge_t *b = data;
+    apr_status_t rv = comet_loop_run(b->pub_loop);
+
+    if (rv != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_CRIT, rv, b->server,
+                     "publish socket loop failed in this process");
+    }
+    apr_thread_exit(thd, rv);
+    return NULL;
+}
+
 static void bridge_join(comet_bridge_t *b)
 {
     apr_status_t trv;
 
-    if (!b->thread || b->joined) {
+    if (b->joined) {
         return;
     }
-    comet_hub_stop(b->hub);
-    apr_thread_join(&trv, b->thread);
     b->joined = 1;
+    if (b->pub_thread) {
+        comet_loop_stop(b->pub_loop);
+        apr_thread_join(&trv, b->pub_thread);
+    }
+    if (b->thread) {
+        comet_hub_stop(b->hub);
+        apr_thread_join(&trv, b->thread);
+    }
 }
 
 static apr_status_t bridge_cleanup(void *data)
@@ -124,14 +149,35 @@ void comet_bridge_child_init(apr_pool_t *pchild, server_rec *s)
     if ((rv = comet_hub_create(&b->hub, &cfg, b->pool)) != APR_SUCCESS) {
         goto failed;
     }
-    /* The loop is the thread's once it runs: attach before. */
-    comet_pubsock_child_init(b->pool, s, comet_hub_loop(b->hub));
+    /* A loop is its thread's once it runs: attach before.  The server's
+     * pool is a child of its loop's, so that it goes first. */
+    if ((rv = apr_pool_create(&b->pub_pool, b->pool)) != APR_SUCCESS
+        || (rv = comet_loop_create(&b->pub_loop, 64, b->pub_pool))
+           != APR_SUCCESS) {
+        goto failed;
+    }
+    {
+        apr_pool_t *srv_pool;
+
+        if ((rv = apr_pool_create(&srv_pool, b->pub_pool)) != APR_SUCCESS) {
+            goto failed;
+        }
+        comet_pubsock_child_init(srv_pool, s, b->pub_loop);
+    }
     comet_status_child_init(pchild, b->hub);
     /* The thread must take no signal meant for httpd's own threads. */
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
     b->running = 1;
     rv = apr_thread_create(&b->thread, NULL, bridge_main, b, b->pool);
+    if (rv == APR_SUCCESS
+        && apr_thread_create(&b->pub_thread, NULL, pub_main, b, b->pool)
+           != APR_SUCCESS) {
+        b->pub_thread = NULL;
+        ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s, "cannot start the "
+                     "publish socket thread of process %" APR_PID_T_FMT,
+                     getpid());
+    }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rv != APR_SUCCESS) {
         b->running = 0;

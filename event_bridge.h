@@ -3,9 +3,11 @@
  */
 
 /*
- * event_bridge.h -- the one thread per child process that owns the parked
- * subscribers of that process (it runs the process's comet_hub) and the
- * publish socket's connections.
+ * event_bridge.h -- the threads a child process adds to httpd's: the
+ * bridge thread, which owns the parked subscribers of the process (it runs
+ * the process's comet_hub), and a second small loop thread that serves the
+ * publish socket's connections (so that a publisher's reply never waits
+ * behind a large fan-out).
  *
  * Started in child_init, stopped when the child stops (child_stopping, and
  * at the latest in a pre-cleanup of the child pool, with a join).
