@@ -120,7 +120,7 @@
 /* ------------------------------------------------------------------ */
 
 #define STORE_MAGIC         APR_UINT64_C(0x31544d4f4354454d) /* "METCOMT1" */
-#define STORE_VERSION       1
+#define STORE_VERSION       2
 #define STORE_NIL           0xffffffffu
 #define STORE_BLK_SIZE      64
 #define STORE_BLK_DATA      (STORE_BLK_SIZE - 4)
@@ -263,7 +263,9 @@ typedef struct store_hdr_t {
     apr_uint32_t chan_free;
     apr_uint32_t channels;
     apr_uint32_t sweep;         /* maintain cursor */
-    apr_uint32_t pad1;
+    apr_uint32_t fresh;         /* blocks [fresh, nblocks) were never used:
+                                   free without being on the free list, so
+                                   a new segment is not written through   */
     apr_int64_t  sweep_due;     /* mono: nothing reclaimable before */
     /* ids */
     apr_uint64_t seq;           /* last seq handed out */
@@ -1005,10 +1007,10 @@ apr_status_t comet_store_format(comet_store_t **pst, void *base,
         st->chans[i].hnext = i + 1 < g.channels_max ? i + 1 : STORE_NIL;
     }
     h->chan_free = 0;
-    for (i = 0; i < g.nblocks; i++) {
-        st->blks[i].raw.next = i + 1 < g.nblocks ? i + 1 : STORE_NIL;
-    }
-    h->free_head = 0;
+    /* Blocks are handed out from 'fresh' once the free list is empty: the
+     * segment's pages are touched only as far as it is used. */
+    h->free_head = STORE_NIL;
+    h->fresh = 0;
     h->free_blocks = g.nblocks;
 
     /* Magic last: a segment whose format was cut short is refused. */
@@ -1108,18 +1110,33 @@ static void op_end(comet_store_t *st)
 
 #define BLK(st, i)  (&(st)->blks[(i)])
 
-/* Take n >= 1 blocks: the free list is already linked, so the first n of
- * it are the chain.  Caller checked free_blocks >= n. */
+/* Take n >= 1 blocks as a chain: from the free list while it has some,
+ * then never used ones from 'fresh'.  Caller checked free_blocks >= n.
+ * 'fresh' moves before a block is used, so a repair never finds a used
+ * block at or past it. */
 static apr_uint32_t blk_alloc(comet_store_t *st, apr_uint32_t n,
                               apr_uint32_t *plast)
 {
     store_hdr_t *h = st->hdr;
-    apr_uint32_t first = h->free_head, last = first, i;
+    apr_uint32_t first = STORE_NIL, last = STORE_NIL, i, b;
 
-    for (i = 1; i < n; i++) {
-        last = BLK(st, last)->raw.next;
+    for (i = 0; i < n; i++) {
+        if (h->free_head != STORE_NIL) {
+            b = h->free_head;
+            h->free_head = BLK(st, b)->raw.next;
+        }
+        else {
+            b = h->fresh++;
+            STORE_ORDER();
+        }
+        if (last == STORE_NIL) {
+            first = b;
+        }
+        else {
+            BLK(st, last)->raw.next = b;
+        }
+        last = b;
     }
-    h->free_head = BLK(st, last)->raw.next;
     h->free_blocks -= n;
     BLK(st, last)->raw.next = STORE_NIL;
     *plast = last;
@@ -2947,8 +2964,19 @@ static int store_scan(comet_store_t *st, int fix, char *why, apr_size_t len)
         }
         h->channels = in_use;
         h->free_head = STORE_NIL;
-        nfree = 0;
-        for (b = st->nblocks; b-- > 0;) {
+        /* Never past a used block (cannot happen: fresh moves first; but a
+         * repair trusts nothing it can check). */
+        for (b = st->nblocks; b-- > h->fresh;) {
+            if (mark_test(st, b)) {
+                h->fresh = b + 1;
+                break;
+            }
+        }
+        if (h->fresh > st->nblocks) {
+            h->fresh = st->nblocks;
+        }
+        nfree = st->nblocks - h->fresh;
+        for (b = h->fresh; b-- > 0;) {
             if (!mark_test(st, b)) {
                 BLK(st, b)->raw.next = h->free_head;
                 h->free_head = b;
@@ -3007,10 +3035,22 @@ static int store_scan(comet_store_t *st, int fix, char *why, apr_size_t len)
                  in_use, steps);
     }
     nfree = 0;
+    if (h->fresh > st->nblocks) {
+        scan_bad(&sc, "fresh block index %u past %u blocks", h->fresh,
+                 st->nblocks);
+    }
     for (b = h->free_head; b != STORE_NIL && !sc.bad;
          b = BLK(st, b)->raw.next) {
-        if (b >= st->nblocks || mark_test(st, b)) {
+        if (b >= h->fresh || mark_test(st, b)) {
             scan_bad(&sc, "free block list damaged at %u", b);
+            break;
+        }
+        mark_set(st, b, 1);
+        nfree++;
+    }
+    for (b = h->fresh; b < st->nblocks && !sc.bad; b++) {
+        if (mark_test(st, b)) {
+            scan_bad(&sc, "block %u past the fresh index is in use", b);
             break;
         }
         mark_set(st, b, 1);
