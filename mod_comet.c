@@ -40,6 +40,10 @@ comet_globals_t comet_globals;
  * pool.  Plain data only: no function of this module may be reachable from
  * it after the module is unloaded. */
 typedef struct comet_persist_t {
+    /* First, so that any version of the module can read it: the module
+     * that made this record.  Another one (an upgrade followed by a
+     * graceful restart) must not use the handles below. */
+    char           version[32];
     apr_shm_t     *shm;
     comet_store_t *store;
     apr_size_t     size;
@@ -135,6 +139,7 @@ static apr_status_t create_persist(comet_persist_t **out, server_rec *s,
                      "cannot set up the channel store in shared memory");
         return rv;
     }
+    apr_cpystrn(ps->version, COMET_MODULE_VERSION, sizeof(ps->version));
     ps->size = cfg->size;
     ps->nslots = cfg->max_procs;
     ps->wake_fds = apr_palloc(pp, sizeof(int) * ps->nslots);
@@ -180,6 +185,14 @@ static int comet_post_config(apr_pool_t *pconf, apr_pool_t *plog,
                                      * 2 + 2);
 
     apr_pool_userdata_get((void **)&ps, COMET_PERSIST_KEY, s->process->pool);
+    if (ps && strcmp(ps->version, COMET_MODULE_VERSION)) {
+        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s,
+                     "mod_comet %s replaces %s on a graceful restart: "
+                     "starting a new channel store (messages of the old "
+                     "one are not kept; clients are told they missed "
+                     "some)", COMET_MODULE_VERSION, ps->version);
+        ps = NULL;
+    }
     if (!ps) {
         if ((rv = create_persist(&ps, s, &cfg)) != APR_SUCCESS) {
             return HTTP_INTERNAL_SERVER_ERROR;

@@ -24,6 +24,9 @@
 #include "comet_pubsrv.h"
 
 /* Shown by the publish socket's HELLO and INFO. */
+/* Shown by HELLO/INFO, and kept with the store across graceful restarts:
+ * a release that changes the store's layout or its handle must change it,
+ * so that a graceful restart into it starts a new store. */
 #define COMET_MODULE_VERSION     "0.1.0"
 
 #define COMET_SUBSCRIBER_HANDLER "comet-subscriber"
