@@ -23,7 +23,6 @@
 #include "comet_loop.h"
 #include "comet_pubsrv.h"
 
-/* Shown by the publish socket's HELLO and INFO. */
 /* Shown by HELLO/INFO, and kept with the store across graceful restarts:
  * a release that changes the store's layout or its handle must change it,
  * so that a graceful restart into it starts a new store. */
