@@ -820,8 +820,12 @@ START_TEST(fifty_thousand_subscribe_disconnect_cycles_leave_nothing_behind)
             rss0, rss1, fds0, fds1);
     ck_assert_msg(fds1 <= fds0 + 4, "descriptors grew from %ld to %ld",
                   fds0, fds1);
-    ck_assert_msg(rss1 <= rss0 + 1024, "private RSS grew from %ld to %ld kB",
-                  rss0, rss1);
+    /* Under AddressSanitizer freed memory waits in its quarantine (up to
+     * 256 MB), so RSS says nothing there; ASan itself checks the heap. */
+    if (!getenv("COMET_ASAN")) {
+        ck_assert_msg(rss1 <= rss0 + 1024, "private RSS grew from %ld to "
+                      "%ld kB", rss0, rss1);
+    }
     it_server_stop(&s2);
 }
 END_TEST
