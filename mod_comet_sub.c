@@ -28,6 +28,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <unistd.h>
 
 #include <apr_atomic.h>
@@ -570,6 +571,28 @@ static apr_uint32_t held_limit(void)
     return threads > 2 ? (apr_uint32_t)threads / 2 : 1;
 }
 
+/* How often a held subscriber looks whether its client is still there. */
+#define HELD_POLL apr_time_from_msec(250)
+
+/* True when the client has closed its side of a connection of its own (a
+ * stream of HTTP/2 shares its socket with others: there httpd sets
+ * c->aborted instead).  Nothing is read: the bytes stay for the filters. */
+static int peer_left(conn_rec *c)
+{
+    apr_os_sock_t fd;
+    struct pollfd p;
+
+    if (c->master
+        || apr_os_sock_get(&fd, ap_get_conn_socket(c)) != APR_SUCCESS) {
+        return 0;
+    }
+    p.fd = fd;
+    p.events = POLLRDHUP;
+    p.revents = 0;
+    return poll(&p, 1, 0) > 0
+           && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
 /* Reserve a place for a held subscriber; 0 when the process has none. */
 static int held_reserve(void)
 {
@@ -634,12 +657,13 @@ static int park_held(sub_req_t *sr, comet_hub_t *hub)
         if (h.closed) {
             break;
         }
-        if (!cancelled && (h.overflow || r->connection->aborted)) {
+        if (!cancelled && (h.overflow || r->connection->aborted
+                           || peer_left(r->connection))) {
             /* Under h.mu and before close: see comet_hub_cancel. */
             comet_hub_cancel(hub, handle);
             cancelled = 1;
         }
-        apr_thread_cond_timedwait(h.cv, h.mu, apr_time_from_sec(1));
+        apr_thread_cond_timedwait(h.cv, h.mu, HELD_POLL);
     }
     apr_thread_mutex_unlock(h.mu);
     return OK;

@@ -439,6 +439,35 @@ START_TEST(subscribers_in_both_children_receive_a_publish)
 }
 END_TEST
 
+/* HTTP/1.0 has no chunked coding: the subscriber is held and its stream
+ * ends at close. */
+START_TEST(an_http_1_0_client_gets_a_close_delimited_stream)
+{
+    sub_t s;
+    int fd;
+    size_t len = 0;
+    char *buf = malloc(BUFSZ);
+
+    fd = it_connect(srv.port);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(it_sendf(fd, "GET /sub/old HTTP/1.0\r\n"
+                              "Accept: text/event-stream\r\n\r\n"), 0);
+    ck_assert(it_read_until(fd, buf, BUFSZ, &len, 0, "retry: 3000\n\n",
+                            5000) == 1);
+    ck_assert_ptr_null(strcasestr(buf, "Transfer-Encoding"));
+    ck_assert(wait_subscribers(srv.port, "old", 1));
+    ck_assert_int_eq(publish(srv.port, "old", "for an old client", NULL,
+                             NULL, 0), 201);
+    ck_assert_msg(it_read_until(fd, buf, BUFSZ, &len, 0,
+                                "data: for an old client\n\n", 5000) == 1,
+                  "got %s", buf);
+    close(fd);
+    ck_assert(wait_subscribers(srv.port, "old", 0));
+    free(buf);
+    (void)s;
+}
+END_TEST
+
 START_TEST(bad_input_gets_a_clear_4xx)
 {
     it_response_t *res = malloc(sizeof(*res));
@@ -797,6 +826,53 @@ START_TEST(sse_and_long_poll_over_http2_work)
 }
 END_TEST
 
+/* CometMaxSubscribers bounds each child; one more gets 503 with
+ * Retry-After, and a place frees when a subscriber leaves. */
+START_TEST(the_subscriber_limit_answers_503_with_retry_after)
+{
+    it_server_t s2;
+    it_opts_t o;
+    sub_t subs[3];
+    int opened = 0, refused = 0;
+    it_response_t *res = malloc(sizeof(*res));
+    char v[32];
+
+    memset(&o, 0, sizeof(o));
+    o.extra = "CometMaxSubscribers 1\n";
+    ck_assert_int_eq(it_server_start(&s2, &o), 0);
+    /* Two children with room for one each: by the third at the latest a
+     * child that already holds one gets the request. */
+    for (int i = 0; i < 3 && !refused; i++) {
+        ck_assert_int_eq(sub_open(&subs[opened], s2.port, "/sub/capped",
+                                  "Accept: text/event-stream\r\n"), 0);
+        if (strstr(subs[opened].buf, " 503 ")) {
+            refused = 1;
+            ck_assert_ptr_nonnull(strcasestr(subs[opened].buf,
+                                             "Retry-After: 5"));
+            sub_close(&subs[opened]);
+        }
+        else {
+            ck_assert_ptr_nonnull(strstr(subs[opened].buf, " 200 "));
+            opened++;
+            ck_assert(wait_subscribers(s2.port, "capped", opened));
+        }
+    }
+    ck_assert_msg(refused, "no 503 with %d subscribers open", opened);
+    ck_assert_int_le(opened, 2);
+    for (int i = 0; i < opened; i++) {
+        sub_close(&subs[i]);
+    }
+    ck_assert(wait_subscribers(s2.port, "capped", 0));
+    ck_assert_int_eq(it_http(s2.port, "GET", "/sub/capped?transport=longpoll"
+                             "&last_event_id=00000001:0", NULL, NULL, 0, res,
+                             5000), 0);
+    ck_assert_int_eq(res->status, 200);
+    (void)v;
+    free(res);
+    it_server_stop(&s2);
+}
+END_TEST
+
 /* 50,000 subscribe/disconnect cycles: memory and descriptors of the
  * children come back to where they were (a leak of a record, a pool or a
  * socket per cycle would show as megabytes or thousands of fds). */
@@ -847,6 +923,7 @@ Suite *test_subscribe_suite(void)
     tcase_add_test(tc, keepalive_comments_flow_on_an_idle_stream);
     tcase_add_test(tc, a_client_that_leaves_is_forgotten_within_a_second);
     tcase_add_test(tc, subscribers_in_both_children_receive_a_publish);
+    tcase_add_test(tc, an_http_1_0_client_gets_a_close_delimited_stream);
     tcase_add_test(tc, bad_input_gets_a_clear_4xx);
     tcase_add_test(tc, cors_and_channel_expressions_follow_the_config);
     suite_add_tcase(s, tc);
@@ -856,6 +933,7 @@ Suite *test_subscribe_suite(void)
     tcase_add_test(own, graceful_restart_ends_parked_streams_and_clients_resume);
     tcase_add_test(own, sse_over_tls_works);
     tcase_add_test(own, sse_and_long_poll_over_http2_work);
+    tcase_add_test(own, the_subscriber_limit_answers_503_with_retry_after);
     tcase_add_test(own, five_thousand_parked_subscribers_all_receive_while_the_site_answers);
     tcase_add_test(own, fifty_thousand_subscribe_disconnect_cycles_leave_nothing_behind);
     suite_add_tcase(s, own);
