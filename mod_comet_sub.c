@@ -101,23 +101,23 @@ int comet_request_channels(request_rec *r, const comet_dir_conf_t *dc,
         }
     }
     else {
+        /* The rest of the path after the <Location>; when nothing follows
+         * it (a nested <Location /events/room1> that only tunes a
+         * directive, or a <LocationMatch>), the last path segment. */
         const char *loc = dc->location;
         apr_size_t ll = loc ? strlen(loc) : 0;
 
+        spec = NULL;
         if (ll && !strncmp(r->uri, loc, ll)) {
             spec = r->uri + ll;
+            while (*spec == '/') {
+                spec++;
+            }
         }
-        else if (ll && loc[ll - 1] == '/' && !strncmp(r->uri, loc, ll - 1)
-                 && r->uri[ll - 1] == '\0') {
-            spec = "";
-        }
-        else {
+        if (!spec || !*spec) {
             const char *slash = strrchr(r->uri, '/');
 
             spec = slash ? slash + 1 : r->uri;
-        }
-        while (*spec == '/') {
-            spec++;
         }
     }
     if (!spec || !*spec) {

@@ -1,0 +1,214 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may
+ * not use this file except in compliance with the License.
+ */
+
+/* A real browser (headless Chromium) subscribes with EventSource: it gets
+ * live messages, and after the server ends its stream (graceful restart)
+ * it reconnects by itself with Last-Event-ID and loses nothing.  The page
+ * reports every event it sees by publishing it to a second channel, which
+ * the test reads back. */
+
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+static const char page[] =
+    "<!doctype html><meta charset=utf-8><title>comet</title>\n"
+    "<script>\n"
+    "function report(text) {\n"
+    "  fetch('/pub/browser-ack', {method: 'POST', body: text});\n"
+    "}\n"
+    "const es = new EventSource('/sub/browser');\n"
+    "es.onopen = () => report('open');\n"
+    "es.onmessage = (e) => report('got ' + e.data + ' id=' + e.lastEventId);\n"
+    "es.addEventListener('typing', (e) => report('typed ' + e.data));\n"
+    "</script>\n";
+
+static pid_t start_browser(const it_server_t *srv)
+{
+    char url[128], profile[400], path[400];
+    const char *list = getenv("COMET_IT_LIST");
+    FILE *f;
+    pid_t pid;
+
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/browser.html",
+             srv->port);
+    snprintf(profile, sizeof(profile), "--user-data-dir=%s/chromium",
+             srv->dir);
+    snprintf(path, sizeof(path), "%s/chromium.log", srv->dir);
+    pid = fork();
+    if (pid == 0) {
+        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+        setsid();
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+        execlp(getenv("COMET_CHROMIUM") ? getenv("COMET_CHROMIUM")
+                                        : "chromium", "chromium",
+               "--headless", "--no-sandbox", "--disable-gpu",
+               "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update",
+               "--disable-sync", "--remote-debugging-port=0", profile, url,
+               (char *)NULL);
+        _exit(127);
+    }
+    /* The runner kills whatever group is left if this test dies. */
+    if (pid > 0 && list && (f = fopen(list, "a"))) {
+        fprintf(f, "%d %s\n", (int)pid, srv->dir);
+        fclose(f);
+    }
+    return pid;
+}
+
+static void stop_browser(pid_t pid)
+{
+    int status;
+
+    if (pid > 0) {
+        kill(-pid, SIGKILL);
+        waitpid(pid, &status, 0);
+    }
+}
+
+typedef struct ack_t {
+    int port;
+    const char *want;
+    char body[65536];
+} ack_t;
+
+/* What the page has reported so far: every kept message of browser-ack. */
+static int acked(void *baton)
+{
+    ack_t *a = baton;
+    it_response_t *res = malloc(sizeof(*res));
+    int found = 0;
+
+    if (it_http(a->port, "GET", "/sub/browser-ack?transport=longpoll"
+                "&backlog=all", NULL, NULL, 0, res, 5000) == 0
+        && res->status == 200) {
+        size_t n = res->body_len < sizeof(a->body) - 1
+                   ? res->body_len : sizeof(a->body) - 1;
+
+        memcpy(a->body, res->body, n);
+        a->body[n] = '\0';
+        found = strstr(res->body, a->want) != NULL;
+    }
+    free(res);
+    return found;
+}
+
+static int wait_ack(int port, const char *want, int ms, char *seen,
+                    size_t seenlen)
+{
+    ack_t *a = malloc(sizeof(*a));
+    int ok;
+
+    a->port = port;
+    a->want = want;
+    a->body[0] = '\0';
+    /* Long-polls that find nothing wait: give each a short timeout. */
+    ok = it_wait_for(acked, a, ms);
+    {
+        size_t n = strlen(a->body);
+
+        n = n < seenlen - 1 ? n : seenlen - 1;
+        memcpy(seen, a->body, n);
+        seen[n] = '\0';
+    }
+    free(a);
+    return ok;
+}
+
+static int publish(int port, const char *channel, const char *data,
+                   const char *event, char *id, size_t idlen)
+{
+    it_response_t *res = malloc(sizeof(*res));
+    char path[256], hdr[128];
+    int status = -1;
+
+    snprintf(path, sizeof(path), "/pub/%s", channel);
+    hdr[0] = '\0';
+    if (event) {
+        snprintf(hdr, sizeof(hdr), "Comet-Event: %s\r\n", event);
+    }
+    if (it_http(port, "POST", path, hdr, data, strlen(data), res, 5000)
+        == 0) {
+        status = res->status;
+        if (id && !it_header(res, "Comet-Message-Id", id, idlen)) {
+            id[0] = '\0';
+        }
+    }
+    free(res);
+    return status;
+}
+
+START_TEST(a_browser_receives_live_messages_and_resumes_after_a_restart)
+{
+    it_server_t srv;
+    it_opts_t o;
+    char path[400], seen[65536], want[128], id1[64], id2[64];
+    FILE *f;
+    pid_t browser;
+
+    memset(&o, 0, sizeof(o));
+    /* Long-polls of the test's own checks answer within a second. */
+    o.extra = "<Location /sub/browser-ack>\n  CometSubscriberTimeout 1\n"
+              "</Location>\n";
+    ck_assert_int_eq(it_server_start(&srv, &o), 0);
+    snprintf(path, sizeof(path), "%s/htdocs/browser.html", srv.dir);
+    f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(page, f);
+    fclose(f);
+
+    browser = start_browser(&srv);
+    ck_assert_int_gt(browser, 0);
+    ck_assert_msg(wait_ack(srv.port, "\"data\":\"open\"", 30000, seen,
+                           sizeof(seen)),
+                  "the page never reported its EventSource open: %s", seen);
+
+    /* Live: an untyped and a typed message. */
+    ck_assert_int_eq(publish(srv.port, "browser", "hello-1", NULL, id1,
+                             sizeof(id1)), 201);
+    snprintf(want, sizeof(want), "got hello-1 id=%s", id1);
+    ck_assert_msg(wait_ack(srv.port, want, 10000, seen, sizeof(seen)),
+                  "wanted '%s', the page saw: %s", want, seen);
+    ck_assert_int_eq(publish(srv.port, "browser", "alice", "typing", NULL,
+                             0), 201);
+    ck_assert_msg(wait_ack(srv.port, "typed alice", 10000, seen,
+                           sizeof(seen)), "the page saw: %s", seen);
+
+    /* The server ends the stream; what is published while the browser is
+     * away reaches it when it comes back with its Last-Event-ID. */
+    ck_assert_int_eq(it_server_graceful(&srv), 0);
+    ck_assert_int_eq(publish(srv.port, "browser", "while-away", NULL, id2,
+                             sizeof(id2)), 202);
+    snprintf(want, sizeof(want), "got while-away id=%s", id2);
+    ck_assert_msg(wait_ack(srv.port, want, 20000, seen, sizeof(seen)),
+                  "wanted '%s' after the reconnect, the page saw: %s", want,
+                  seen);
+
+    stop_browser(browser);
+    it_server_stop(&srv);
+}
+END_TEST
+
+Suite *test_browser_suite(void)
+{
+    Suite *s = suite_create("browser");
+    TCase *tc = tcase_create("eventsource");
+
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, a_browser_receives_live_messages_and_resumes_after_a_restart);
+    suite_add_tcase(s, tc);
+    return s;
+}
