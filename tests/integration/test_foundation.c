@@ -156,6 +156,71 @@ START_TEST(graceful_restart_keeps_the_store_and_stop_leaves_nothing)
 }
 END_TEST
 
+/* conf-samples work as written: comet.conf with every directive
+ * uncommented at its documented default, and the example site. */
+START_TEST(the_sample_configs_parse_as_written)
+{
+    char cwd[400], path[512], line[1024], out[16384], extra[2048], tmp[64];
+    /* Absolute: httpd reads Include paths relative to its ServerRoot. */
+    const char *src = getenv("COMET_SRCDIR") ? getenv("COMET_SRCDIR")
+                                             : getcwd(cwd, sizeof(cwd));
+    FILE *in, *outf;
+    it_opts_t o;
+    int fd, directives = 0;
+
+    snprintf(path, sizeof(path), "%s/conf-samples/comet.conf", src);
+    in = fopen(path, "r");
+    ck_assert_ptr_nonnull(in);
+    strcpy(tmp, "/tmp/comet-conf.XXXXXX");
+    fd = mkstemp(tmp);
+    ck_assert_int_ge(fd, 0);
+    outf = fdopen(fd, "w");
+    while (fgets(line, sizeof(line), in)) {
+        char *p = line;
+
+        while (*p == ' ') {
+            p++;
+        }
+        /* "#CometX value" is a directive shown at its default; the
+         * example <Location> blocks are commented out as a whole, with
+         * their own directives commented once more. */
+        if (p[0] == '#') {
+            char *q = p + 1;
+
+            while (*q == ' ') {
+                q++;
+            }
+            if (*q == '#' && !strncmp(q + 1, "Comet", 5)) {
+                q++;
+            }
+            if (!strncmp(q, "Comet", 5)) {
+                directives++;
+            }
+            if (!strncmp(q, "Comet", 5) || !strncmp(q, "<Location", 9)
+                || !strncmp(q, "</Location>", 11)
+                || !strncmp(q, "SetHandler", 10)
+                || !strncmp(q, "Require", 7)) {
+                fputs(q, outf);
+                continue;
+            }
+        }
+        fputs(line, outf);
+    }
+    fclose(in);
+    fclose(outf);
+    ck_assert_int_ge(directives, 16);
+
+    memset(&o, 0, sizeof(o));
+    snprintf(extra, sizeof(extra), "Include %s\nInclude %s/conf-samples/"
+             "example-site.conf\n", tmp, src);
+    o.extra = extra;
+    ck_assert_msg(it_server_try(&o, 0, out, sizeof(out)) == 0, "output: %s",
+                  out);
+    ck_assert_msg(strstr(out, "Syntax OK"), "output: %s", out);
+    unlink(tmp);
+}
+END_TEST
+
 Suite *test_foundation_suite(void)
 {
     Suite *s = suite_create("foundation");
@@ -170,6 +235,7 @@ Suite *test_foundation_suite(void)
     tcase_set_timeout(cfg, 120);
     tcase_add_test(cfg, a_bad_directive_value_is_refused_naming_it_and_the_line);
     tcase_add_test(cfg, a_non_async_mpm_is_refused_with_a_clear_error);
+    tcase_add_test(cfg, the_sample_configs_parse_as_written);
     tcase_add_test(cfg, graceful_restart_keeps_the_store_and_stop_leaves_nothing);
     suite_add_tcase(s, cfg);
     return s;
