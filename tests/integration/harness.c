@@ -800,3 +800,104 @@ int it_run(const char *cmd, char *out, size_t outlen, int timeout_ms)
     }
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
+
+/* ---- subscribers and publishes ---------------------------------------- */
+
+int it_sub_open(it_sub_t *s, int port, const char *path, const char *hdrs)
+{
+    memset(s, 0, sizeof(*s));
+    s->buf = malloc(IT_SUB_BUFSZ);
+    s->fd = it_connect(port);
+    if (!s->buf || s->fd < 0
+        || it_sendf(s->fd, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s\r\n",
+                    path, hdrs ? hdrs : "") != 0
+        || it_read_until(s->fd, s->buf, IT_SUB_BUFSZ, &s->len, 0,
+                         "\r\n\r\n", 5000) != 1) {
+        return -1;
+    }
+    s->body = (size_t)(strstr(s->buf, "\r\n\r\n") - s->buf) + 4;
+    return 0;
+}
+
+int it_sub_wait(it_sub_t *s, const char *needle, int timeout_ms)
+{
+    return it_read_until(s->fd, s->buf, IT_SUB_BUFSZ, &s->len, s->body,
+                         needle, timeout_ms);
+}
+
+void it_sub_close(it_sub_t *s)
+{
+    if (s->fd >= 0) {
+        close(s->fd);
+    }
+    free(s->buf);
+    s->fd = -1;
+    s->buf = NULL;
+}
+
+int it_publish(int port, const char *channel, const char *data,
+               const char *event, char *id, size_t idlen)
+{
+    it_response_t *res = malloc(sizeof(*res));
+    char path[1200], hdr[256];
+    int status = -1;
+
+    snprintf(path, sizeof(path), "/pub/%s", channel);
+    hdr[0] = '\0';
+    if (event) {
+        snprintf(hdr, sizeof(hdr), "Comet-Event: %s\r\n", event);
+    }
+    if (res && it_http(port, "POST", path, hdr, data, strlen(data), res,
+                       5000) == 0) {
+        status = res->status;
+        if (id && !it_header(res, "Comet-Message-Id", id, idlen)) {
+            id[0] = '\0';
+        }
+    }
+    free(res);
+    return status;
+}
+
+int it_subscribers(int port, const char *channel)
+{
+    it_response_t *res = malloc(sizeof(*res));
+    char path[1200];
+    const char *p;
+    int n = -1;
+
+    snprintf(path, sizeof(path), "/pub/%s", channel);
+    if (res && it_http(port, "GET", path, NULL, NULL, 0, res, 5000) == 0) {
+        if (res->status == 200
+            && (p = strstr(res->body, "\"subscribers\":"))) {
+            n = atoi(p + 14);
+        }
+        else if (res->status == 404) {
+            n = 0;
+        }
+    }
+    free(res);
+    return n;
+}
+
+typedef struct count_t {
+    int port;
+    const char *channel;
+    int want;
+} count_t;
+
+static int count_is(void *baton)
+{
+    count_t *c = baton;
+
+    return it_subscribers(c->port, c->channel) == c->want;
+}
+
+int it_wait_subscribers(int port, const char *channel, int want)
+{
+    count_t c;
+
+    c.port = port;
+    c.channel = channel;
+    c.want = want;
+    return it_wait_for(count_is, &c, 10000);
+}

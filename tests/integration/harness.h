@@ -105,6 +105,39 @@ const char *it_header(const it_response_t *res, const char *name,
 /* Parse a raw HTTP response held in raw[0..len) into res (de-chunking). */
 int it_parse_response(const char *raw, size_t len, it_response_t *res);
 
+/* ---- subscribers and publishes ---------------------------------------- */
+
+#define IT_SUB_BUFSZ (256 * 1024)
+
+/* A subscriber connection: buf holds everything read so far, the body
+ * starting at buf + body. */
+typedef struct it_sub_t {
+    int fd;
+    char *buf;
+    size_t len;
+    size_t body;
+} it_sub_t;
+
+/* GET path with the extra headers ("Name: value\r\n"... or NULL) and wait
+ * for the response head.  0, or -1 (s is closed by it_sub_close). */
+int it_sub_open(it_sub_t *s, int port, const char *path, const char *hdrs);
+
+/* Read until needle shows up in the body: 1 found, else 0/-1. */
+int it_sub_wait(it_sub_t *s, const char *needle, int timeout_ms);
+
+void it_sub_close(it_sub_t *s);
+
+/* POST data to /pub/<channel> (with a Comet-Event header when event);
+ * returns the HTTP status (-1 on a transport error) and copies the
+ * Comet-Message-Id header into id when id is not NULL. */
+int it_publish(int port, const char *channel, const char *data,
+               const char *event, char *id, size_t idlen);
+
+/* Subscribers the store counts on channel, over all processes (0 for an
+ * unknown channel, -1 on error); and a bounded wait until it is want. */
+int it_subscribers(int port, const char *channel);
+int it_wait_subscribers(int port, const char *channel, int want);
+
 /* Run a command line through sh; capture stdout+stderr into out.
  * Returns the exit status (or -1). */
 int it_run(const char *cmd, char *out, size_t outlen, int timeout_ms);

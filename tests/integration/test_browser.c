@@ -128,29 +128,6 @@ static int wait_ack(int port, const char *want, int ms, char *seen,
     return ok;
 }
 
-static int publish(int port, const char *channel, const char *data,
-                   const char *event, char *id, size_t idlen)
-{
-    it_response_t *res = malloc(sizeof(*res));
-    char path[256], hdr[128];
-    int status = -1;
-
-    snprintf(path, sizeof(path), "/pub/%s", channel);
-    hdr[0] = '\0';
-    if (event) {
-        snprintf(hdr, sizeof(hdr), "Comet-Event: %s\r\n", event);
-    }
-    if (it_http(port, "POST", path, hdr, data, strlen(data), res, 5000)
-        == 0) {
-        status = res->status;
-        if (id && !it_header(res, "Comet-Message-Id", id, idlen)) {
-            id[0] = '\0';
-        }
-    }
-    free(res);
-    return status;
-}
-
 START_TEST(a_browser_receives_live_messages_and_resumes_after_a_restart)
 {
     it_server_t srv;
@@ -177,12 +154,12 @@ START_TEST(a_browser_receives_live_messages_and_resumes_after_a_restart)
                   "the page never reported its EventSource open: %s", seen);
 
     /* Live: an untyped and a typed message. */
-    ck_assert_int_eq(publish(srv.port, "browser", "hello-1", NULL, id1,
+    ck_assert_int_eq(it_publish(srv.port, "browser", "hello-1", NULL, id1,
                              sizeof(id1)), 201);
     snprintf(want, sizeof(want), "got hello-1 id=%s", id1);
     ck_assert_msg(wait_ack(srv.port, want, 10000, seen, sizeof(seen)),
                   "wanted '%s', the page saw: %s", want, seen);
-    ck_assert_int_eq(publish(srv.port, "browser", "alice", "typing", NULL,
+    ck_assert_int_eq(it_publish(srv.port, "browser", "alice", "typing", NULL,
                              0), 201);
     ck_assert_msg(wait_ack(srv.port, "typed alice", 10000, seen,
                            sizeof(seen)), "the page saw: %s", seen);
@@ -193,7 +170,7 @@ START_TEST(a_browser_receives_live_messages_and_resumes_after_a_restart)
      * already back (live: 201). */
     ck_assert_int_eq(it_server_graceful(&srv), 0);
     {
-        int st = publish(srv.port, "browser", "while-away", NULL, id2,
+        int st = it_publish(srv.port, "browser", "while-away", NULL, id2,
                          sizeof(id2));
         char *first;
 

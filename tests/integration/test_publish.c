@@ -59,17 +59,10 @@ static void unix_addr(struct sockaddr_un *sa, const char *path)
     memcpy(sa->sun_path, path, strlen(path));
 }
 
-typedef struct sub_t {
-    int fd;
-    char *buf;
-    size_t len;
-    size_t body;
-} sub_t;
-
-static int sub_send(sub_t *s, int port, const char *channel)
+static int sub_send(it_sub_t *s, int port, const char *channel)
 {
     memset(s, 0, sizeof(*s));
-    s->buf = malloc(BUFSZ);
+    s->buf = malloc(IT_SUB_BUFSZ);
     s->fd = it_connect(port);
     if (s->fd < 0) {
         return -1;
@@ -78,37 +71,21 @@ static int sub_send(sub_t *s, int port, const char *channel)
                     "Accept: text/event-stream\r\n\r\n", channel);
 }
 
-static int sub_head(sub_t *s)
+static int sub_head(it_sub_t *s)
 {
-    if (it_read_until(s->fd, s->buf, BUFSZ, &s->len, 0, "\r\n\r\n", 5000)
-        != 1) {
+    if (it_read_until(s->fd, s->buf, IT_SUB_BUFSZ, &s->len, 0, "\r\n\r\n",
+                      5000) != 1) {
         return -1;
     }
     s->body = (size_t)(strstr(s->buf, "\r\n\r\n") - s->buf) + 4;
     return strncmp(s->buf, "HTTP/1.1 200", 12) ? -1 : 0;
 }
 
-static int sub_open(sub_t *s, int port, const char *channel)
+static int sub_open(it_sub_t *s, int port, const char *channel)
 {
     return sub_send(s, port, channel) == 0 ? sub_head(s) : -1;
 }
 
-static int sub_wait(sub_t *s, const char *needle, int ms)
-{
-    return it_read_until(s->fd, s->buf, BUFSZ, &s->len, s->body, needle, ms);
-}
-
-static void sub_close(sub_t *s)
-{
-    if (s->fd >= 0) {
-        close(s->fd);
-    }
-    free(s->buf);
-    s->fd = -1;
-    s->buf = NULL;
-}
-
-/* server-status?auto into buf (NUL-terminated); 0 on success. */
 static int status_auto(char *buf, size_t max)
 {
     it_response_t *res = malloc(sizeof(*res));
@@ -216,7 +193,7 @@ static int resp(const char *req, size_t reqlen, const char *want, char *out,
 START_TEST(redis_cli_publish_counts_the_subscribers_of_both_children)
 {
     enum { MAXSUB = 80, BURST = 8 };
-    sub_t s[MAXSUB];
+    it_sub_t s[MAXSUB];
     long long per[16];
     char out[4096], expect[64];
     int n = 0, nproc = 0;
@@ -249,7 +226,7 @@ START_TEST(redis_cli_publish_counts_the_subscribers_of_both_children)
     snprintf(expect, sizeof(expect), "%d\n", n);
     ck_assert_str_eq(out, expect);
     for (int i = 0; i < n; i++) {
-        ck_assert_msg(sub_wait(&s[i], "data: hello both\n", 5000) == 1,
+        ck_assert_msg(it_sub_wait(&s[i], "data: hello both\n", 5000) == 1,
                       "subscriber %d got nothing", i);
     }
 
@@ -262,7 +239,7 @@ START_TEST(redis_cli_publish_counts_the_subscribers_of_both_children)
     ck_assert_str_eq(out, "0\n");
 
     for (int i = 0; i < n; i++) {
-        sub_close(&s[i]);
+        it_sub_close(&s[i]);
     }
     ck_assert(wait_status("CometSubscribers", 0));
 }
@@ -275,7 +252,7 @@ START_TEST(pipelined_publishes_arrive_in_order)
     enum { N = 90 };
     char *req = malloc(N * 40), *out = malloc(N * 8), want[64], cmd[600];
     size_t len = 0;
-    sub_t s;
+    it_sub_t s;
 
     ck_assert_int_eq(sub_open(&s, srv.port, "order"), 0);
     ck_assert(wait_status("CometSubscribers", 1));
@@ -299,7 +276,7 @@ START_TEST(pipelined_publishes_arrive_in_order)
         char *at;
 
         snprintf(want, sizeof(want), "data: m%d\n", i);
-        ck_assert_msg(sub_wait(&s, want, 5000) == 1, "no %s", want);
+        ck_assert_msg(it_sub_wait(&s, want, 5000) == 1, "no %s", want);
         at = strstr(s.buf + from, want);
         ck_assert_msg(at, "%s out of order", want);
         from = (int)(at - s.buf);
@@ -311,9 +288,9 @@ START_TEST(pipelined_publishes_arrive_in_order)
              srv.socket_path);
     ck_assert_int_eq(it_run(cmd, out, N * 8, 20000), 0);
     ck_assert_msg(strstr(out, "errors: 0, replies: 3"), "%s", out);
-    ck_assert_int_eq(sub_wait(&s, "data: p3\n", 5000), 1);
+    ck_assert_int_eq(it_sub_wait(&s, "data: p3\n", 5000), 1);
     ck_assert_ptr_nonnull(strstr(strstr(s.buf, "data: p1\n"), "data: p2\n"));
-    sub_close(&s);
+    it_sub_close(&s);
     free(req);
     free(out);
 }
@@ -392,7 +369,7 @@ END_TEST
 START_TEST(a_redis_client_library_connects_and_publishes)
 {
     char cmd[2048], out[4096];
-    sub_t s;
+    it_sub_t s;
 
     if (access("/usr/bin/python3", X_OK) != 0
         || it_run("/usr/bin/python3 -c 'import redis'", out, sizeof(out),
@@ -416,31 +393,31 @@ START_TEST(a_redis_client_library_connects_and_publishes)
     ck_assert_int_eq(it_run(cmd, out, sizeof(out), 20000), 0);
     ck_assert_str_eq(out, "True\n1\n[(b'py', 1)]\n[b'py']\nstandalone\nt\n"
                      "[b'messages', 1, b'bytes', 11]\n");
-    ck_assert_int_eq(sub_wait(&s, "data: from python\n", 5000), 1);
-    sub_close(&s);
+    ck_assert_int_eq(it_sub_wait(&s, "data: from python\n", 5000), 1);
+    it_sub_close(&s);
 }
 END_TEST
 
 START_TEST(comet_delete_over_the_socket_ends_the_subscribers)
 {
     char out[4096];
-    sub_t s;
+    it_sub_t s;
 
     ck_assert_int_eq(sub_open(&s, srv.port, "gone"), 0);
     ck_assert(wait_status("CometSubscribers", 1));
     ck_assert_int_eq(cli("COMET.PUBLISH gone notice 'last words'", out,
                          sizeof(out)), 0);
     ck_assert_str_eq(out, "1\n");
-    ck_assert_int_eq(sub_wait(&s, "event: notice\n", 5000), 1);
+    ck_assert_int_eq(it_sub_wait(&s, "event: notice\n", 5000), 1);
     ck_assert_int_eq(cli("COMET.DELETE gone", out, sizeof(out)), 0);
     ck_assert_str_eq(out, "1\n");
     /* The stream ends (last chunk) and the server closes. */
-    ck_assert_int_eq(sub_wait(&s, "0\r\n\r\n", 5000), 1);
+    ck_assert_int_eq(it_sub_wait(&s, "0\r\n\r\n", 5000), 1);
     ck_assert_int_eq(cli("COMET.DELETE gone", out, sizeof(out)), 0);
     ck_assert_str_eq(out, "\n");
     ck_assert_int_eq(cli("COMET.INFO gone", out, sizeof(out)), 0);
     ck_assert_str_eq(out, "\n");
-    sub_close(&s);
+    it_sub_close(&s);
 }
 END_TEST
 
@@ -494,7 +471,7 @@ START_TEST(http_publish_answers_201_or_202_with_id_and_receivers)
 {
     it_response_t *res = malloc(sizeof(*res));
     char id[64], body[256];
-    sub_t s;
+    it_sub_t s;
 
     ck_assert_int_eq(it_http(srv.port, "POST", "/pub/h1", NULL, "nobody",
                              6, res, 5000), 0);
@@ -513,8 +490,8 @@ START_TEST(http_publish_answers_201_or_202_with_id_and_receivers)
                              5000), 0);
     ck_assert_int_eq(res->status, 201);
     ck_assert_msg(strstr(res->body, "\"receivers\":1}"), "%s", res->body);
-    ck_assert_int_eq(sub_wait(&s, "event: update\n", 5000), 1);
-    ck_assert_int_eq(sub_wait(&s, "data: to you\n", 5000), 1);
+    ck_assert_int_eq(it_sub_wait(&s, "event: update\n", 5000), 1);
+    ck_assert_int_eq(it_sub_wait(&s, "data: to you\n", 5000), 1);
 
     /* An empty body is an empty message. */
     ck_assert_int_eq(it_http(srv.port, "POST", "/pub/h1", NULL, "", 0, res,
@@ -528,7 +505,7 @@ START_TEST(http_publish_answers_201_or_202_with_id_and_receivers)
     ck_assert_int_eq(it_http(srv.port, "POST", "/pub/a,b", NULL, "x", 1,
                              res, 5000), 0);
     ck_assert_int_eq(res->status, 400);
-    sub_close(&s);
+    it_sub_close(&s);
     free(res);
 }
 END_TEST
@@ -536,7 +513,7 @@ END_TEST
 START_TEST(http_get_describes_a_channel_and_delete_ends_it)
 {
     it_response_t *res = malloc(sizeof(*res));
-    sub_t s;
+    it_sub_t s;
 
     ck_assert_int_eq(it_http(srv.port, "GET", "/pub/h2", NULL, NULL, 0, res,
                              5000), 0);
@@ -562,11 +539,11 @@ START_TEST(http_get_describes_a_channel_and_delete_ends_it)
     ck_assert_int_eq(res->status, 200);
     ck_assert_str_eq(res->body, "{\"channel\":\"h2\",\"deleted\":true,"
                      "\"receivers\":1}\n");
-    ck_assert_int_eq(sub_wait(&s, "0\r\n\r\n", 5000), 1);
+    ck_assert_int_eq(it_sub_wait(&s, "0\r\n\r\n", 5000), 1);
     ck_assert_int_eq(it_http(srv.port, "DELETE", "/pub/h2", NULL, NULL, 0,
                              res, 5000), 0);
     ck_assert_int_eq(res->status, 404);
-    sub_close(&s);
+    it_sub_close(&s);
     free(res);
 }
 END_TEST
@@ -672,7 +649,7 @@ START_TEST(server_status_counts_what_was_done)
     it_response_t *res = malloc(sizeof(*res));
     long long used, avail;
     char out[256];
-    sub_t s[3];
+    it_sub_t s[3];
 
     /* A fresh server: every count starts at zero. */
     ck_assert_int_eq(status_value("CometSubscribers"), 0);
@@ -694,7 +671,7 @@ START_TEST(server_status_counts_what_was_done)
                              3, res, 5000), 0);
     ck_assert_int_eq(res->status, 201);
     for (int i = 0; i < 3; i++) {
-        ck_assert_int_eq(sub_wait(&s[i], "data: two\n", 5000), 1);
+        ck_assert_int_eq(it_sub_wait(&s[i], "data: two\n", 5000), 1);
     }
     ck_assert_int_eq(status_value("CometPublishes"), 2);
     ck_assert_int_eq(status_value("CometChannels"), 1);
@@ -714,7 +691,7 @@ START_TEST(server_status_counts_what_was_done)
     ck_assert_ptr_nonnull(strstr(res->body, "<dt>Subscribers: 3 "));
     ck_assert_ptr_nonnull(strstr(res->body, "<th>Deliveries</th>"));
     for (int i = 0; i < 3; i++) {
-        sub_close(&s[i]);
+        it_sub_close(&s[i]);
     }
     ck_assert(wait_status("CometSubscribers", 0));
     free(res);

@@ -20,119 +20,11 @@
 
 #include "harness.h"
 
-#define BUFSZ (256 * 1024)
+#define BUFSZ IT_SUB_BUFSZ
 
 static it_server_t srv;
 
 /* ---- helpers ------------------------------------------------------------------- */
-
-typedef struct sub_t {
-    int fd;
-    char *buf;
-    size_t len;
-    size_t body;        /* offset of the body */
-} sub_t;
-
-/* Open a subscriber and wait for the response head. */
-static int sub_open(sub_t *s, int port, const char *path, const char *hdrs)
-{
-    memset(s, 0, sizeof(*s));
-    s->buf = malloc(BUFSZ);
-    s->fd = it_connect(port);
-    if (s->fd < 0 || it_sendf(s->fd, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                              "%s\r\n", path, hdrs ? hdrs : "") != 0) {
-        return -1;
-    }
-    if (it_read_until(s->fd, s->buf, BUFSZ, &s->len, 0, "\r\n\r\n", 5000)
-        != 1) {
-        return -1;
-    }
-    s->body = (size_t)(strstr(s->buf, "\r\n\r\n") - s->buf) + 4;
-    return 0;
-}
-
-static int sub_wait(sub_t *s, const char *needle, int ms)
-{
-    return it_read_until(s->fd, s->buf, BUFSZ, &s->len, s->body, needle, ms);
-}
-
-static void sub_close(sub_t *s)
-{
-    if (s->fd >= 0) {
-        close(s->fd);
-    }
-    free(s->buf);
-    s->fd = -1;
-    s->buf = NULL;
-}
-
-static int publish(int port, const char *channel, const char *data,
-                   const char *event, char *id, size_t idlen)
-{
-    it_response_t *res = malloc(sizeof(*res));
-    char path[1200], hdr[256];
-    int status;
-
-    snprintf(path, sizeof(path), "/pub/%s", channel);
-    hdr[0] = '\0';
-    if (event) {
-        snprintf(hdr, sizeof(hdr), "Comet-Event: %s\r\n", event);
-    }
-    if (it_http(port, "POST", path, hdr, data, strlen(data), res, 5000)
-        != 0) {
-        free(res);
-        return -1;
-    }
-    status = res->status;
-    if (id) {
-        if (!it_header(res, "Comet-Message-Id", id, idlen)) {
-            id[0] = '\0';
-        }
-    }
-    free(res);
-    return status;
-}
-
-/* Subscribers the store counts on a channel (over all processes). */
-static int subscribers(int port, const char *channel)
-{
-    it_response_t *res = malloc(sizeof(*res));
-    char path[1200];
-    const char *p;
-    int n = -1;
-
-    snprintf(path, sizeof(path), "/pub/%s", channel);
-    if (it_http(port, "GET", path, NULL, NULL, 0, res, 5000) == 0
-        && res->status == 200
-        && (p = strstr(res->body, "\"subscribers\":"))) {
-        n = atoi(p + 14);
-    }
-    else if (res->status == 404) {
-        n = 0;
-    }
-    free(res);
-    return n;
-}
-
-typedef struct count_t {
-    int port;
-    const char *channel;
-    int want;
-} count_t;
-
-static int count_is(void *baton)
-{
-    count_t *c = baton;
-
-    return subscribers(c->port, c->channel) == c->want;
-}
-
-static int wait_subscribers(int port, const char *channel, int want)
-{
-    count_t c = { port, channel, want };
-
-    return it_wait_for(count_is, &c, 10000);
-}
 
 static void start(void)
 {
@@ -164,44 +56,44 @@ static void stop(void)
 
 START_TEST(sse_delivers_each_message_as_an_event_with_a_resumable_id)
 {
-    sub_t s;
+    it_sub_t s;
     char id1[64], id2[64], want[256];
 
-    ck_assert_int_eq(sub_open(&s, srv.port, "/sub/sse1",
+    ck_assert_int_eq(it_sub_open(&s, srv.port, "/sub/sse1",
                               "Accept: text/event-stream\r\n"), 0);
     ck_assert_ptr_nonnull(strstr(s.buf, " 200 "));
     ck_assert_ptr_nonnull(strcasestr(s.buf,
                           "Content-Type: text/event-stream"));
     ck_assert_ptr_nonnull(strcasestr(s.buf, "Connection: close"));
     ck_assert_ptr_nonnull(strcasestr(s.buf, "Transfer-Encoding: chunked"));
-    ck_assert(wait_subscribers(srv.port, "sse1", 1));
+    ck_assert(it_wait_subscribers(srv.port, "sse1", 1));
 
-    ck_assert_int_eq(publish(srv.port, "sse1", "hello", NULL, id1,
+    ck_assert_int_eq(it_publish(srv.port, "sse1", "hello", NULL, id1,
                              sizeof(id1)), 201);
     /* CR, LF and CRLF all split lines: no payload breaks the framing. */
-    ck_assert_int_eq(publish(srv.port, "sse1", "a\nb\r\nc\rd\n\nid: x",
+    ck_assert_int_eq(it_publish(srv.port, "sse1", "a\nb\r\nc\rd\n\nid: x",
                              "typing", id2, sizeof(id2)), 201);
     snprintf(want, sizeof(want), "id: %s\ndata: hello\n\n", id1);
-    ck_assert_msg(sub_wait(&s, want, 5000) == 1, "got: %s", s.buf);
+    ck_assert_msg(it_sub_wait(&s, want, 5000) == 1, "got: %s", s.buf);
     snprintf(want, sizeof(want), "id: %s\nevent: typing\ndata: a\ndata: b\n"
              "data: c\ndata: d\ndata:\ndata: id: x\n\n", id2);
-    ck_assert_msg(sub_wait(&s, want, 5000) == 1, "got: %s", s.buf);
-    sub_close(&s);
+    ck_assert_msg(it_sub_wait(&s, want, 5000) == 1, "got: %s", s.buf);
+    it_sub_close(&s);
 }
 END_TEST
 
 START_TEST(long_poll_waits_then_answers_with_json_and_the_next_id)
 {
-    sub_t s;
+    it_sub_t s;
     char id[64], want[256];
     it_response_t *res = malloc(sizeof(*res));
     const char *p;
     char next[64], path[256];
 
-    ck_assert_int_eq(sub_open(&s, srv.port, "/sub/lp", NULL), 0);
+    ck_assert_int_eq(it_sub_open(&s, srv.port, "/sub/lp", NULL), 0);
     ck_assert_ptr_nonnull(strcasestr(s.buf, "application/json"));
-    ck_assert(wait_subscribers(srv.port, "lp", 1));
-    ck_assert_int_eq(publish(srv.port, "lp", "first \"quoted\"", NULL, id,
+    ck_assert(it_wait_subscribers(srv.port, "lp", 1));
+    ck_assert_int_eq(it_publish(srv.port, "lp", "first \"quoted\"", NULL, id,
                              sizeof(id)), 201);
     ck_assert_int_eq(it_read_to_close(s.fd, s.buf, BUFSZ, &s.len, 5000), 1);
     snprintf(want, sizeof(want), "\"data\":\"first \\\"quoted\\\"\"");
@@ -210,14 +102,14 @@ START_TEST(long_poll_waits_then_answers_with_json_and_the_next_id)
     ck_assert_msg(strstr(s.buf + s.body, want), "got: %s", s.buf);
     /* A clean end: the terminating chunk. */
     ck_assert_ptr_nonnull(strstr(s.buf + s.body, "\r\n0\r\n\r\n"));
-    sub_close(&s);
+    it_sub_close(&s);
 
     /* A burst between two polls is delivered whole, in order. */
     for (int i = 0; i < 5; i++) {
         char msg[16];
 
         snprintf(msg, sizeof(msg), "burst-%d", i);
-        ck_assert_int_eq(publish(srv.port, "lp", msg, NULL, NULL, 0), 202);
+        ck_assert_int_eq(it_publish(srv.port, "lp", msg, NULL, NULL, 0), 202);
     }
     snprintf(path, sizeof(path), "/sub/lp?last_event_id=%s", id);
     ck_assert_int_eq(it_http(srv.port, "GET", path, NULL, NULL, 0, res,
@@ -251,85 +143,85 @@ START_TEST(long_poll_times_out_with_an_empty_answer)
     ck_assert_msg(strstr(res->body, "\"messages\":[]"), "got %s", res->body);
     ck_assert(it_now_ms() - t0 >= 900);
     ck_assert(it_now_ms() - t0 < 5000);
-    ck_assert(wait_subscribers(srv.port, "quiet", 0));
+    ck_assert(it_wait_subscribers(srv.port, "quiet", 0));
     free(res);
 }
 END_TEST
 
 START_TEST(stream_sends_one_json_object_per_line)
 {
-    sub_t s;
+    it_sub_t s;
     char id[64], want[256];
 
-    ck_assert_int_eq(sub_open(&s, srv.port, "/sub/nd?transport=stream",
+    ck_assert_int_eq(it_sub_open(&s, srv.port, "/sub/nd?transport=stream",
                               NULL), 0);
     ck_assert_ptr_nonnull(strcasestr(s.buf, "application/x-ndjson"));
-    ck_assert(wait_subscribers(srv.port, "nd", 1));
-    ck_assert_int_eq(publish(srv.port, "nd", "x\ty", "ev", id, sizeof(id)),
+    ck_assert(it_wait_subscribers(srv.port, "nd", 1));
+    ck_assert_int_eq(it_publish(srv.port, "nd", "x\ty", "ev", id, sizeof(id)),
                      201);
     snprintf(want, sizeof(want), "{\"channel\":\"nd\",\"id\":\"%s\","
              "\"event\":\"ev\",", id);
-    ck_assert_msg(sub_wait(&s, want, 5000) == 1, "got: %s", s.buf);
-    ck_assert_msg(sub_wait(&s, "\"data\":\"x\\ty\"}\n", 5000) == 1,
+    ck_assert_msg(it_sub_wait(&s, want, 5000) == 1, "got: %s", s.buf);
+    ck_assert_msg(it_sub_wait(&s, "\"data\":\"x\\ty\"}\n", 5000) == 1,
                   "got: %s", s.buf);
-    sub_close(&s);
+    it_sub_close(&s);
 
     /* Accept: application/x-ndjson picks it too. */
-    ck_assert_int_eq(sub_open(&s, srv.port, "/sub/nd",
+    ck_assert_int_eq(it_sub_open(&s, srv.port, "/sub/nd",
                               "Accept: application/x-ndjson\r\n"), 0);
     ck_assert_ptr_nonnull(strcasestr(s.buf, "application/x-ndjson"));
-    sub_close(&s);
+    it_sub_close(&s);
 }
 END_TEST
 
 START_TEST(several_channels_tell_which_channel_a_message_came_from)
 {
-    sub_t s;
+    it_sub_t s;
     char ida[64], idb[64], want[256];
 
-    ck_assert_int_eq(sub_open(&s, srv.port, "/sub/ma,mb",
+    ck_assert_int_eq(it_sub_open(&s, srv.port, "/sub/ma,mb",
                               "Accept: text/event-stream\r\n"), 0);
-    ck_assert(wait_subscribers(srv.port, "mb", 1));
-    ck_assert_int_eq(publish(srv.port, "mb", "to b", NULL, idb,
+    ck_assert(it_wait_subscribers(srv.port, "mb", 1));
+    ck_assert_int_eq(it_publish(srv.port, "mb", "to b", NULL, idb,
                              sizeof(idb)), 201);
-    ck_assert_int_eq(publish(srv.port, "ma", "to a", "kind", ida,
+    ck_assert_int_eq(it_publish(srv.port, "ma", "to a", "kind", ida,
                              sizeof(ida)), 201);
-    ck_assert_msg(sub_wait(&s, "event: mb\ndata: to b\n\n", 5000) == 1,
+    ck_assert_msg(it_sub_wait(&s, "event: mb\ndata: to b\n\n", 5000) == 1,
                   "got: %s", s.buf);
-    ck_assert_msg(sub_wait(&s, "event: ma#kind\ndata: to a\n\n", 5000) == 1,
+    ck_assert_msg(it_sub_wait(&s, "event: ma#kind\ndata: to a\n\n", 5000) == 1,
                   "got: %s", s.buf);
     /* The compound id carries both positions: "<epoch>:<a>,<b>". */
     snprintf(want, sizeof(want), "id: %s,%s\nevent: ma#kind",
              ida, strchr(idb, ':') + 1);
     ck_assert_msg(strstr(s.buf, want), "want %s in %s", want, s.buf);
-    sub_close(&s);
+    it_sub_close(&s);
 }
 END_TEST
 
 START_TEST(a_reconnecting_client_resumes_without_loss)
 {
-    sub_t s;
+    it_sub_t s;
     char id[64], hdr[128], msg[32];
     int i;
 
-    ck_assert_int_eq(sub_open(&s, srv.port, "/sub/resume",
+    ck_assert_int_eq(it_sub_open(&s, srv.port, "/sub/resume",
                               "Accept: text/event-stream\r\n"), 0);
-    ck_assert(wait_subscribers(srv.port, "resume", 1));
-    ck_assert_int_eq(publish(srv.port, "resume", "m0", NULL, id, sizeof(id)),
+    ck_assert(it_wait_subscribers(srv.port, "resume", 1));
+    ck_assert_int_eq(it_publish(srv.port, "resume", "m0", NULL, id, sizeof(id)),
                      201);
-    ck_assert(sub_wait(&s, "data: m0\n", 5000) == 1);
-    sub_close(&s);
-    ck_assert(wait_subscribers(srv.port, "resume", 0));
+    ck_assert(it_sub_wait(&s, "data: m0\n", 5000) == 1);
+    it_sub_close(&s);
+    ck_assert(it_wait_subscribers(srv.port, "resume", 0));
     /* Published while the client is away. */
     for (i = 1; i <= 10; i++) {
         snprintf(msg, sizeof(msg), "m%d", i);
-        ck_assert_int_eq(publish(srv.port, "resume", msg, NULL, NULL, 0),
+        ck_assert_int_eq(it_publish(srv.port, "resume", msg, NULL, NULL, 0),
                          202);
     }
     snprintf(hdr, sizeof(hdr), "Accept: text/event-stream\r\n"
              "Last-Event-ID: %s\r\n", id);
-    ck_assert_int_eq(sub_open(&s, srv.port, "/sub/resume", hdr), 0);
-    ck_assert(sub_wait(&s, "data: m10\n", 5000) == 1);
+    ck_assert_int_eq(it_sub_open(&s, srv.port, "/sub/resume", hdr), 0);
+    ck_assert(it_sub_wait(&s, "data: m10\n", 5000) == 1);
     for (i = 1; i <= 10; i++) {
         char *p;
 
@@ -339,31 +231,31 @@ START_TEST(a_reconnecting_client_resumes_without_loss)
     }
     ck_assert_ptr_null(strstr(s.buf, "data: m0\n"));
     ck_assert_ptr_null(strstr(s.buf, "comet-missed"));
-    sub_close(&s);
+    it_sub_close(&s);
 
     /* Browsers send no header on their first connect: the query works. */
     snprintf(hdr, sizeof(hdr), "/sub/resume?last_event_id=%s", id);
-    ck_assert_int_eq(sub_open(&s, srv.port, hdr,
+    ck_assert_int_eq(it_sub_open(&s, srv.port, hdr,
                               "Accept: text/event-stream\r\n"), 0);
-    ck_assert(sub_wait(&s, "data: m10\n", 5000) == 1);
-    sub_close(&s);
+    ck_assert(it_sub_wait(&s, "data: m10\n", 5000) == 1);
+    it_sub_close(&s);
 
     /* Backlog on request, without an id. */
-    ck_assert_int_eq(sub_open(&s, srv.port, "/sub/resume?backlog=2",
+    ck_assert_int_eq(it_sub_open(&s, srv.port, "/sub/resume?backlog=2",
                               "Accept: text/event-stream\r\n"), 0);
-    ck_assert(sub_wait(&s, "data: m10\n", 5000) == 1);
+    ck_assert(it_sub_wait(&s, "data: m10\n", 5000) == 1);
     ck_assert_ptr_nonnull(strstr(s.buf, "data: m9\n"));
     ck_assert_ptr_null(strstr(s.buf, "data: m8\n"));
-    sub_close(&s);
+    it_sub_close(&s);
 }
 END_TEST
 
 START_TEST(keepalive_comments_flow_on_an_idle_stream)
 {
-    sub_t s;
+    it_sub_t s;
     size_t from;
 
-    ck_assert_int_eq(sub_open(&s, srv.port, "/ka/idle",
+    ck_assert_int_eq(it_sub_open(&s, srv.port, "/ka/idle",
                               "Accept: text/event-stream\r\n"), 0);
     from = s.len;
     ck_assert(it_read_until(s.fd, s.buf, BUFSZ, &s.len, from, ":\n\n", 3000)
@@ -371,40 +263,40 @@ START_TEST(keepalive_comments_flow_on_an_idle_stream)
     from = s.len;
     ck_assert(it_read_until(s.fd, s.buf, BUFSZ, &s.len, from, ":\n\n", 3000)
               == 1);
-    sub_close(&s);
+    it_sub_close(&s);
 }
 END_TEST
 
 START_TEST(a_client_that_leaves_is_forgotten_within_a_second)
 {
-    sub_t s[3];
+    it_sub_t s[3];
 
     for (int i = 0; i < 3; i++) {
-        ck_assert_int_eq(sub_open(&s[i], srv.port, "/sub/leave",
+        ck_assert_int_eq(it_sub_open(&s[i], srv.port, "/sub/leave",
                                   i == 1 ? NULL
                                          : "Accept: text/event-stream\r\n"),
                          0);
     }
-    ck_assert(wait_subscribers(srv.port, "leave", 3));
+    ck_assert(it_wait_subscribers(srv.port, "leave", 3));
     for (int i = 0; i < 3; i++) {
-        sub_close(&s[i]);
+        it_sub_close(&s[i]);
     }
-    ck_assert(wait_subscribers(srv.port, "leave", 0));
+    ck_assert(it_wait_subscribers(srv.port, "leave", 0));
 }
 END_TEST
 
 START_TEST(subscribers_in_both_children_receive_a_publish)
 {
     enum { N = 40 };
-    sub_t s[N];
+    it_sub_t s[N];
     char log[262144], id[64];
     int pids[16], npids = 0;
 
     for (int i = 0; i < N; i++) {
-        ck_assert_int_eq(sub_open(&s[i], srv.port, "/sub/spread",
+        ck_assert_int_eq(it_sub_open(&s[i], srv.port, "/sub/spread",
                                   "Accept: text/event-stream\r\n"), 0);
     }
-    ck_assert(wait_subscribers(srv.port, "spread", N));
+    ck_assert(it_wait_subscribers(srv.port, "spread", N));
     /* The access log names the process that served each subscribe. */
     {
         char path[512];
@@ -429,12 +321,12 @@ START_TEST(subscribers_in_both_children_receive_a_publish)
         }
     }
     ck_assert_msg(npids >= 2, "all %d subscribers landed in one process", N);
-    ck_assert_int_eq(publish(srv.port, "spread", "everyone", NULL, id,
+    ck_assert_int_eq(it_publish(srv.port, "spread", "everyone", NULL, id,
                              sizeof(id)), 201);
     for (int i = 0; i < N; i++) {
-        ck_assert_msg(sub_wait(&s[i], "data: everyone\n", 5000) == 1,
+        ck_assert_msg(it_sub_wait(&s[i], "data: everyone\n", 5000) == 1,
                       "subscriber %d got nothing", i);
-        sub_close(&s[i]);
+        it_sub_close(&s[i]);
     }
 }
 END_TEST
@@ -443,7 +335,7 @@ END_TEST
  * ends at close. */
 START_TEST(an_http_1_0_client_gets_a_close_delimited_stream)
 {
-    sub_t s;
+    it_sub_t s;
     int fd;
     size_t len = 0;
     char *buf = malloc(BUFSZ);
@@ -455,14 +347,14 @@ START_TEST(an_http_1_0_client_gets_a_close_delimited_stream)
     ck_assert(it_read_until(fd, buf, BUFSZ, &len, 0, "retry: 3000\n\n",
                             5000) == 1);
     ck_assert_ptr_null(strcasestr(buf, "Transfer-Encoding"));
-    ck_assert(wait_subscribers(srv.port, "old", 1));
-    ck_assert_int_eq(publish(srv.port, "old", "for an old client", NULL,
+    ck_assert(it_wait_subscribers(srv.port, "old", 1));
+    ck_assert_int_eq(it_publish(srv.port, "old", "for an old client", NULL,
                              NULL, 0), 201);
     ck_assert_msg(it_read_until(fd, buf, BUFSZ, &len, 0,
                                 "data: for an old client\n\n", 5000) == 1,
                   "got %s", buf);
     close(fd);
-    ck_assert(wait_subscribers(srv.port, "old", 0));
+    ck_assert(it_wait_subscribers(srv.port, "old", 0));
     free(buf);
     (void)s;
 }
@@ -509,7 +401,7 @@ START_TEST(cors_and_channel_expressions_follow_the_config)
 {
     it_response_t *res = malloc(sizeof(*res));
     char v[128];
-    sub_t s;
+    it_sub_t s;
 
     ck_assert_int_eq(it_http(srv.port, "OPTIONS", "/cors/c",
                              "Origin: https://app.example\r\n", NULL, 0, res,
@@ -524,10 +416,10 @@ START_TEST(cors_and_channel_expressions_follow_the_config)
     ck_assert_ptr_null(it_header(res, "Access-Control-Allow-Origin", v,
                                  sizeof(v)));
     /* CometChannel takes the channel from an expression. */
-    ck_assert_int_eq(sub_open(&s, srv.port, "/byarg?fromquery",
+    ck_assert_int_eq(it_sub_open(&s, srv.port, "/byarg?fromquery",
                               "Accept: text/event-stream\r\n"), 0);
-    ck_assert(wait_subscribers(srv.port, "fromquery", 1));
-    sub_close(&s);
+    ck_assert(it_wait_subscribers(srv.port, "fromquery", 1));
+    it_sub_close(&s);
     free(res);
 }
 END_TEST
@@ -589,26 +481,26 @@ START_TEST(an_id_older_than_the_buffer_gets_the_rest_and_a_missed_signal)
 {
     it_server_t s2;
     it_opts_t o;
-    sub_t s;
+    it_sub_t s;
     char id[64], hdr[128], msg[16];
 
     memset(&o, 0, sizeof(o));
     o.extra = "CometMessageBufferLength 3\n";
     ck_assert_int_eq(it_server_start(&s2, &o), 0);
-    ck_assert_int_eq(publish(s2.port, "small", "m0", NULL, id, sizeof(id)),
+    ck_assert_int_eq(it_publish(s2.port, "small", "m0", NULL, id, sizeof(id)),
                      202);
     for (int i = 1; i <= 6; i++) {
         snprintf(msg, sizeof(msg), "m%d", i);
-        ck_assert_int_eq(publish(s2.port, "small", msg, NULL, NULL, 0), 202);
+        ck_assert_int_eq(it_publish(s2.port, "small", msg, NULL, NULL, 0), 202);
     }
     snprintf(hdr, sizeof(hdr), "Accept: text/event-stream\r\n"
              "Last-Event-ID: %s\r\n", id);
-    ck_assert_int_eq(sub_open(&s, s2.port, "/sub/small", hdr), 0);
-    ck_assert(sub_wait(&s, "data: m6\n", 5000) == 1);
+    ck_assert_int_eq(it_sub_open(&s, s2.port, "/sub/small", hdr), 0);
+    ck_assert(it_sub_wait(&s, "data: m6\n", 5000) == 1);
     ck_assert_ptr_nonnull(strstr(s.buf, "event: comet-missed\ndata: small"));
     ck_assert_ptr_nonnull(strstr(s.buf, "data: m4\n"));
     ck_assert_ptr_null(strstr(s.buf, "data: m3\n"));
-    sub_close(&s);
+    it_sub_close(&s);
 
     /* Long-poll says the same in its JSON. */
     {
@@ -628,27 +520,27 @@ END_TEST
 START_TEST(graceful_restart_ends_parked_streams_and_clients_resume)
 {
     it_server_t s2;
-    sub_t s;
+    it_sub_t s;
     char id[64], hdr[128];
 
     ck_assert_int_eq(it_server_start(&s2, NULL), 0);
-    ck_assert_int_eq(sub_open(&s, s2.port, "/sub/gr",
+    ck_assert_int_eq(it_sub_open(&s, s2.port, "/sub/gr",
                               "Accept: text/event-stream\r\n"), 0);
-    ck_assert(wait_subscribers(s2.port, "gr", 1));
-    ck_assert_int_eq(publish(s2.port, "gr", "before", NULL, id, sizeof(id)),
+    ck_assert(it_wait_subscribers(s2.port, "gr", 1));
+    ck_assert_int_eq(it_publish(s2.port, "gr", "before", NULL, id, sizeof(id)),
                      201);
-    ck_assert(sub_wait(&s, "data: before\n", 5000) == 1);
+    ck_assert(it_sub_wait(&s, "data: before\n", 5000) == 1);
     ck_assert_int_eq(it_server_graceful(&s2), 0);
     /* The stream ended cleanly (last chunk) and promptly. */
     ck_assert_int_eq(it_read_to_close(s.fd, s.buf, BUFSZ, &s.len, 5000), 1);
     ck_assert_ptr_nonnull(strstr(s.buf + s.body, "0\r\n\r\n"));
-    sub_close(&s);
-    ck_assert_int_eq(publish(s2.port, "gr", "after", NULL, NULL, 0), 202);
+    it_sub_close(&s);
+    ck_assert_int_eq(it_publish(s2.port, "gr", "after", NULL, NULL, 0), 202);
     snprintf(hdr, sizeof(hdr), "Accept: text/event-stream\r\n"
              "Last-Event-ID: %s\r\n", id);
-    ck_assert_int_eq(sub_open(&s, s2.port, "/sub/gr", hdr), 0);
-    ck_assert(sub_wait(&s, "data: after\n", 5000) == 1);
-    sub_close(&s);
+    ck_assert_int_eq(it_sub_open(&s, s2.port, "/sub/gr", hdr), 0);
+    ck_assert(it_sub_wait(&s, "data: after\n", 5000) == 1);
+    it_sub_close(&s);
     it_server_stop(&s2);
 }
 END_TEST
@@ -669,8 +561,8 @@ START_TEST(sse_over_tls_works)
              s2.tls_port);
     f = popen(cmd, "r");
     ck_assert_ptr_nonnull(f);
-    ck_assert(wait_subscribers(s2.port, "tls", 1));
-    ck_assert_int_eq(publish(s2.port, "tls", "secret", NULL, NULL, 0), 201);
+    ck_assert(it_wait_subscribers(s2.port, "tls", 1));
+    ck_assert_int_eq(it_publish(s2.port, "tls", "secret", NULL, NULL, 0), 201);
     /* Read until the event is there (curl exits by --max-time at worst). */
     while (n < sizeof(out) - 1) {
         size_t r = fread(out + n, 1, 1, f);
@@ -722,12 +614,12 @@ START_TEST(five_thousand_parked_subscribers_all_receive_while_the_site_answers)
                                   "\r\nAccept: text/event-stream\r\n\r\n"),
                          0);
     }
-    ck_assert(wait_subscribers(s2.port, "many", N));
+    ck_assert(it_wait_subscribers(s2.port, "many", N));
     /* The site still answers. */
     ck_assert_int_eq(it_http(s2.port, "GET", "/index.html", NULL, NULL, 0,
                              res, 5000), 0);
     ck_assert_int_eq(res->status, 200);
-    ck_assert_int_eq(publish(s2.port, "many", "to all", NULL, NULL, 0), 201);
+    ck_assert_int_eq(it_publish(s2.port, "many", "to all", NULL, NULL, 0), 201);
 
     /* Each stream must show the event; read whatever is there. */
     end = it_now_ms() + 30000;
@@ -772,7 +664,7 @@ START_TEST(five_thousand_parked_subscribers_all_receive_while_the_site_answers)
     for (int i = 0; i < N; i++) {
         close(fds[i]);
     }
-    ck_assert(wait_subscribers(s2.port, "many", 0));
+    ck_assert(it_wait_subscribers(s2.port, "many", 0));
     it_server_stop(&s2);
     free(fds);
     free(got);
@@ -805,8 +697,8 @@ START_TEST(sse_and_long_poll_over_http2_work)
              s2.port);
     lp = popen(cmd, "r");
     ck_assert(sse && lp);
-    ck_assert(wait_subscribers(s2.port, "h2", 2));
-    ck_assert_int_eq(publish(s2.port, "h2", "over h2", NULL, NULL, 0), 201);
+    ck_assert(it_wait_subscribers(s2.port, "h2", 2));
+    ck_assert_int_eq(it_publish(s2.port, "h2", "over h2", NULL, NULL, 0), 201);
     while (n < sizeof(out) - 1 && fread(out + n, 1, 1, sse) == 1) {
         n++;
         out[n] = '\0';
@@ -832,7 +724,7 @@ START_TEST(the_subscriber_limit_answers_503_with_retry_after)
 {
     it_server_t s2;
     it_opts_t o;
-    sub_t subs[3];
+    it_sub_t subs[3];
     int opened = 0, refused = 0;
     it_response_t *res = malloc(sizeof(*res));
     char v[32];
@@ -843,26 +735,26 @@ START_TEST(the_subscriber_limit_answers_503_with_retry_after)
     /* Two children with room for one each: by the third at the latest a
      * child that already holds one gets the request. */
     for (int i = 0; i < 3 && !refused; i++) {
-        ck_assert_int_eq(sub_open(&subs[opened], s2.port, "/sub/capped",
+        ck_assert_int_eq(it_sub_open(&subs[opened], s2.port, "/sub/capped",
                                   "Accept: text/event-stream\r\n"), 0);
         if (strstr(subs[opened].buf, " 503 ")) {
             refused = 1;
             ck_assert_ptr_nonnull(strcasestr(subs[opened].buf,
                                              "Retry-After: 5"));
-            sub_close(&subs[opened]);
+            it_sub_close(&subs[opened]);
         }
         else {
             ck_assert_ptr_nonnull(strstr(subs[opened].buf, " 200 "));
             opened++;
-            ck_assert(wait_subscribers(s2.port, "capped", opened));
+            ck_assert(it_wait_subscribers(s2.port, "capped", opened));
         }
     }
     ck_assert_msg(refused, "no 503 with %d subscribers open", opened);
     ck_assert_int_le(opened, 2);
     for (int i = 0; i < opened; i++) {
-        sub_close(&subs[i]);
+        it_sub_close(&subs[i]);
     }
-    ck_assert(wait_subscribers(s2.port, "capped", 0));
+    ck_assert(it_wait_subscribers(s2.port, "capped", 0));
     ck_assert_int_eq(it_http(s2.port, "GET", "/sub/capped?transport=longpoll"
                              "&last_event_id=00000001:0", NULL, NULL, 0, res,
                              5000), 0);
@@ -885,11 +777,11 @@ START_TEST(fifty_thousand_subscribe_disconnect_cycles_leave_nothing_behind)
     /* Warm up: pools, allocator arenas and tables reach their working
      * size first. */
     churn(s2.port, 5000);
-    ck_assert(wait_subscribers(s2.port, "churn", 0));
+    ck_assert(it_wait_subscribers(s2.port, "churn", 0));
     children_usage(&s2, &rss0, &fds0);
     churn(s2.port, 50000);
-    ck_assert(wait_subscribers(s2.port, "churn", 0));
-    ck_assert(wait_subscribers(s2.port, "other", 0));
+    ck_assert(it_wait_subscribers(s2.port, "churn", 0));
+    ck_assert(it_wait_subscribers(s2.port, "other", 0));
     children_usage(&s2, &rss1, &fds1);
     fprintf(stderr, "churn: children private RSS %ld -> %ld kB, fds %ld -> "
             "%ld\n",
