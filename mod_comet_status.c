@@ -48,6 +48,10 @@ typedef struct status_slot_t {
     apr_uint32_t connections;       /* subscribers held by the hub       */
     apr_uint32_t by_transport[3];   /* sse, long-poll, stream            */
     apr_uint32_t pub_clients;       /* publish socket connections        */
+    apr_uint32_t suspended;         /* suspended subscribers (TLS, 1.0)  */
+    apr_uint32_t held;              /* held subscribers (HTTP/2)         */
+    apr_uint32_t mpm_conns;         /* the MPM's connections, and those  */
+    apr_uint32_t mpm_suspended;     /* of them it counts as suspended    */
     apr_uint64_t adopted;
     apr_uint64_t deliveries;
     apr_uint64_t dropped_slow;
@@ -140,6 +144,15 @@ static void write_slot(comet_hub_t *hub)
         STORE(sl->by_transport[i], hs.by_transport[i]);
     }
     STORE(sl->pub_clients, ps.clients);
+    {
+        apr_uint32_t susp, conns, msusp;
+
+        comet_susp_counts(&susp, &conns, &msusp);
+        STORE(sl->suspended, susp);
+        STORE(sl->held, comet_sub_held_count());
+        STORE(sl->mpm_conns, conns);
+        STORE(sl->mpm_suspended, msusp);
+    }
     STORE(sl->adopted, hs.adopted);
     STORE(sl->deliveries, hs.deliveries);
     STORE(sl->dropped_slow, hs.dropped_slow);
@@ -195,6 +208,7 @@ typedef struct status_sums_t {
     apr_uint64_t adopted, deliveries, dropped_slow, pub_commands,
                  pub_publishes;
     apr_uint32_t pub_clients, connections, processes;
+    apr_uint32_t suspended, held, mpm_conns, mpm_suspended;
 } status_sums_t;
 
 static int slot_alive(status_slot_t *sl, apr_int32_t *pid)
@@ -236,6 +250,10 @@ static void sum_slots(status_sums_t *sum)
         sum->pub_publishes += LOAD(sl->pub_publishes);
         sum->pub_clients += LOAD(sl->pub_clients);
         sum->connections += LOAD(sl->connections);
+        sum->suspended += LOAD(sl->suspended);
+        sum->held += LOAD(sl->held);
+        sum->mpm_conns += LOAD(sl->mpm_conns);
+        sum->mpm_suspended += LOAD(sl->mpm_suspended);
     }
 }
 
@@ -276,12 +294,17 @@ static int comet_status_hook(request_rec *r, int flags)
                    "CometDroppedSlow: %" APR_UINT64_T_FMT "\n"
                    "CometSocketClients: %u\n"
                    "CometSocketPublishes: %" APR_UINT64_T_FMT "\n"
-                   "CometProcesses: %u\n",
+                   "CometProcesses: %u\n"
+                   "CometSuspended: %u\n"
+                   "CometHeld: %u\n"
+                   "CometMpmConnections: %u\n"
+                   "CometMpmSuspended: %u\n",
                    ss.channels, ss.channels_max, ss.messages, cfg.size,
                    ss.bytes_used, ss.bytes_free, ss.subscribers,
                    sum.connections, ss.published, sum.deliveries,
                    sum.dropped_slow, sum.pub_clients, sum.pub_publishes,
-                   sum.processes);
+                   sum.processes, sum.suspended, sum.held, sum.mpm_conns,
+                   sum.mpm_suspended);
     }
     else {
         ap_rputs("<hr />\n<h2>mod_comet</h2>\n<dl>\n", r);
@@ -297,11 +320,17 @@ static int comet_status_hook(request_rec *r, int flags)
                    "</dt>\n"
                    "<dt>Deliveries since start: %" APR_UINT64_T_FMT
                    "; slow subscribers dropped: %" APR_UINT64_T_FMT
+                   "</dt>\n"
+                   "<dt>Through httpd's filters: %u suspended (no worker "
+                   "kept; TLS, HTTP/1.0), %u held (HTTP/2, a worker each)"
+                   "</dt>\n"
+                   "<dt>Event MPM connections: %u, of which %u suspended"
                    "</dt>\n",
                    ss.channels, ss.channels_max, ss.messages, cfg.size,
                    ss.bytes_used, ss.bytes_free, ss.subscribers,
                    sum.connections, ss.published, sum.deliveries,
-                   sum.dropped_slow);
+                   sum.dropped_slow, sum.suspended, sum.held, sum.mpm_conns,
+                   sum.mpm_suspended);
         if (sock) {
             ap_rprintf(r, "<dt>Publish socket %s: %u clients, %"
                        APR_UINT64_T_FMT " publishes since start</dt>\n",
@@ -334,11 +363,15 @@ static int comet_status_hook(request_rec *r, int flags)
                        APR_UINT64_T_FMT " connections=%u sse=%u longpoll=%u "
                        "stream=%u deliveries=%" APR_UINT64_T_FMT
                        " dropped_slow=%" APR_UINT64_T_FMT
-                       " socket_clients=%u\n", n, (int)pid, i, subs,
+                       " socket_clients=%u suspended=%u held=%u "
+                       "mpm_connections=%u mpm_suspended=%u\n", n, (int)pid,
+                       i, subs,
                        LOAD(sl->connections), LOAD(sl->by_transport[0]),
                        LOAD(sl->by_transport[1]), LOAD(sl->by_transport[2]),
                        LOAD(sl->deliveries), LOAD(sl->dropped_slow),
-                       LOAD(sl->pub_clients));
+                       LOAD(sl->pub_clients), LOAD(sl->suspended),
+                       LOAD(sl->held), LOAD(sl->mpm_conns),
+                       LOAD(sl->mpm_suspended));
         }
         else if (!(flags & AP_STATUS_NOTABLE)) {
             ap_rprintf(r, "<tr><td>%d</td><td>%u</td><td>%" APR_UINT64_T_FMT

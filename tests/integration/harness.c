@@ -800,3 +800,36 @@ int it_run(const char *cmd, char *out, size_t outlen, int timeout_ms)
     }
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
+
+long it_status_value(int port, const char *key)
+{
+    it_response_t *res = malloc(sizeof(*res));
+    char want[128];
+    const char *p;
+    long v = -1;
+
+    snprintf(want, sizeof(want), "\n%s: ", key);
+    if (it_http(port, "GET", "/server-status?auto", NULL, NULL, 0, res, 5000)
+        == 0 && res->status == 200 && (p = strstr(res->body, want))) {
+        v = atol(p + strlen(want));
+    }
+    free(res);
+    return v;
+}
+
+int it_log_count(const it_server_t *srv, const char *needle)
+{
+    static char log[4 * 1024 * 1024];
+    char path[512];
+    const char *p;
+    int n = 0;
+
+    snprintf(path, sizeof(path), "%s/error_log", srv->dir);
+    if (it_read_file(path, log, sizeof(log)) < 0) {
+        return 0;
+    }
+    for (p = log; (p = strstr(p, needle)); p += strlen(needle)) {
+        n++;
+    }
+    return n;
+}

@@ -109,6 +109,12 @@ int it_parse_response(const char *raw, size_t len, it_response_t *res);
  * Returns the exit status (or -1). */
 int it_run(const char *cmd, char *out, size_t outlen, int timeout_ms);
 
+/* A number from GET /server-status?auto ("Key: N"), or -1. */
+long it_status_value(int port, const char *key);
+
+/* Occurrences of needle in the server's error log. */
+int it_log_count(const it_server_t *srv, const char *needle);
+
 /* Milliseconds on a monotonic clock. */
 long long it_now_ms(void);
 

@@ -1,0 +1,483 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may
+ * not use this file except in compliance with the License.
+ */
+
+/* Suspended subscribers end to end: TLS streams parked without a worker
+ * thread each (more of them than the workers there are), clients that
+ * leave, long-polls answered and timed out, graceful restart and stop
+ * with parked streams, and thousands of subscribe/disconnect cycles.
+ * Every test ends by checking that the MPM's connections are all gone
+ * and that no child crashed. */
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "tls_client.h"
+
+/* ---- helpers ------------------------------------------------------------------- */
+
+static int publish(int port, const char *channel, const char *data)
+{
+    it_response_t *res = malloc(sizeof(*res));
+    char path[256];
+    int status = -1;
+
+    snprintf(path, sizeof(path), "/pub/%s", channel);
+    if (it_http(port, "POST", path, NULL, data, strlen(data), res, 5000)
+        == 0) {
+        status = res->status;
+    }
+    free(res);
+    return status;
+}
+
+static int subscribers(int port, const char *channel)
+{
+    it_response_t *res = malloc(sizeof(*res));
+    char path[256];
+    const char *p;
+    int n = -1;
+
+    snprintf(path, sizeof(path), "/pub/%s", channel);
+    if (it_http(port, "GET", path, NULL, NULL, 0, res, 5000) == 0) {
+        if (res->status == 200
+            && (p = strstr(res->body, "\"subscribers\":"))) {
+            n = atoi(p + 14);
+        }
+        else if (res->status == 404) {
+            n = 0;
+        }
+    }
+    free(res);
+    return n;
+}
+
+typedef struct count_t {
+    int port;
+    const char *channel;
+    int want;
+} count_t;
+
+static int count_is(void *baton)
+{
+    count_t *c = baton;
+
+    return subscribers(c->port, c->channel) == c->want;
+}
+
+static int wait_subscribers(int port, const char *channel, int want, int ms)
+{
+    count_t c = { port, channel, want };
+
+    return it_wait_for(count_is, &c, ms);
+}
+
+/* Nothing of a subscriber is left: no suspended or held subscriber, no
+ * MPM connection counted as suspended, and no MPM connection but the
+ * status request's own. */
+static int all_ended(void *baton)
+{
+    int port = *(int *)baton;
+
+    return it_status_value(port, "CometSuspended") == 0
+           && it_status_value(port, "CometHeld") == 0
+           && it_status_value(port, "CometMpmSuspended") == 0
+           && it_status_value(port, "CometMpmConnections") <= 1;
+}
+
+static void assert_all_ended(const it_server_t *s)
+{
+    int port = s->port;
+
+    ck_assert_msg(it_wait_for(all_ended, &port, 10000), "left: suspended "
+                  "%ld held %ld, MPM connections %ld (suspended %ld)",
+                  it_status_value(port, "CometSuspended"),
+                  it_status_value(port, "CometHeld"),
+                  it_status_value(port, "CometMpmConnections"),
+                  it_status_value(port, "CometMpmSuspended"));
+    ck_assert_int_eq(it_log_count(s, "exit signal"), 0);
+}
+
+static const char *request(const char *path, const char *accept)
+{
+    static char buf[512];
+
+    snprintf(buf, sizeof(buf), "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+             "%s%s%s\r\n", path, accept ? "Accept: " : "",
+             accept ? accept : "", accept ? "\r\n" : "");
+    return buf;
+}
+
+static void start_tls(it_server_t *s, int async_factor)
+{
+    it_opts_t o;
+
+    memset(&o, 0, sizeof(o));
+    o.tls = 1;
+    o.async_factor = async_factor;
+    o.extra = "<Location /lp1/>\n  SetHandler comet-subscriber\n"
+              "  CometSubscriberTimeout 1\n</Location>\n"
+              "<Location /ka/>\n  SetHandler comet-subscriber\n"
+              "  CometKeepalive 1\n</Location>\n";
+    ck_assert_int_eq(it_server_start(s, &o), 0);
+}
+
+/* ---- tests ------------------------------------------------------------------------ */
+
+static int thirty_suspended(void *baton)
+{
+    return it_status_value(*(int *)baton, "CometSuspended") == 30;
+}
+
+/* 30 TLS SSE subscribers with two children of 5 threads: held, at most 2
+ * per child would be allowed; suspended, all park, ordinary requests are
+ * answered meanwhile, and all get the message. */
+START_TEST(thirty_tls_subscribers_park_without_a_worker_each)
+{
+    enum { N = 30 };
+    it_server_t s;
+    it_tls_t *t = calloc(N, sizeof(*t));
+    it_response_t *res = malloc(sizeof(*res));
+
+    start_tls(&s, 10);
+    for (int i = 0; i < N; i++) {
+        ck_assert_int_eq(it_tls_open(&t[i], s.tls_port,
+                                     request("/sub/thirty",
+                                             "text/event-stream")), 0);
+        ck_assert_msg(it_tls_read_until(&t[i], "retry: 3000\n", 0, 5000),
+                      "subscriber %d: %s", i, t[i].buf);
+        ck_assert_ptr_nonnull(strstr(t[i].buf, " 200 "));
+        ck_assert_ptr_nonnull(strcasestr(t[i].buf,
+                                         "Transfer-Encoding: chunked"));
+    }
+    ck_assert(wait_subscribers(s.port, "thirty", N, 10000));
+    ck_assert(it_wait_for(thirty_suspended, &s.port, 5000));
+    /* The site answers while they wait. */
+    for (int i = 0; i < 20; i++) {
+        long long t0 = it_now_ms();
+
+        ck_assert_int_eq(it_http(s.port, "GET", "/index.html", NULL, NULL, 0,
+                                 res, 5000), 0);
+        ck_assert_int_eq(res->status, 200);
+        ck_assert_int_lt(it_now_ms() - t0, 2000);
+    }
+    ck_assert_int_eq(publish(s.port, "thirty", "to all thirty"), 201);
+    for (int i = 0; i < N; i++) {
+        ck_assert_msg(it_tls_read_until(&t[i], "data: to all thirty\n\n",
+                                        t[i].body, 5000),
+                      "subscriber %d got: %s", i, t[i].buf);
+    }
+    /* Not one of them keeps a worker. */
+    ck_assert_int_eq(it_status_value(s.port, "CometHeld"), 0);
+    for (int i = 0; i < N; i++) {
+        it_tls_close(&t[i], i % 2);
+    }
+    ck_assert(wait_subscribers(s.port, "thirty", 0, 10000));
+    assert_all_ended(&s);
+    it_server_stop(&s);
+    free(t);
+    free(res);
+}
+END_TEST
+
+/* A TLS client that leaves, with or without close_notify, in every
+ * transport, is forgotten within two seconds. */
+START_TEST(a_tls_client_that_leaves_is_forgotten_within_two_seconds)
+{
+    it_server_t s;
+    it_tls_t t[3];
+    const char *paths[] = { "/sub/gone", "/sub/gone?transport=longpoll",
+                            "/sub/gone?transport=stream" };
+
+    start_tls(&s, 0);
+    for (int round = 0; round < 2; round++) {
+        long long t0;
+
+        for (int i = 0; i < 3; i++) {
+            ck_assert_int_eq(it_tls_open(&t[i], s.tls_port,
+                                         request(paths[i], NULL)), 0);
+            ck_assert(it_tls_read_until(&t[i], "\r\n\r\n", 0, 5000));
+        }
+        ck_assert(wait_subscribers(s.port, "gone", 3, 10000));
+        t0 = it_now_ms();
+        for (int i = 0; i < 3; i++) {
+            it_tls_close(&t[i], round);
+        }
+        ck_assert(wait_subscribers(s.port, "gone", 0, 2000));
+        fprintf(stderr, "TLS clients forgotten %lld ms after leaving (%s)\n",
+                it_now_ms() - t0, round ? "close_notify" : "no close_notify");
+    }
+    assert_all_ended(&s);
+    it_server_stop(&s);
+}
+END_TEST
+
+/* A TLS long-poll: answered by a publish with the message and a clean
+ * end; with nothing published, answered empty after its timeout. */
+START_TEST(tls_long_poll_is_answered_by_a_publish_or_times_out)
+{
+    it_server_t s;
+    it_tls_t t;
+    long long t0;
+
+    start_tls(&s, 0);
+    ck_assert_int_eq(it_tls_open(&t, s.tls_port, request("/sub/tlp", NULL)),
+                     0);
+    ck_assert(it_tls_read_until(&t, "\r\n\r\n", 0, 5000));
+    ck_assert_ptr_nonnull(strcasestr(t.buf, "application/json"));
+    ck_assert(wait_subscribers(s.port, "tlp", 1, 10000));
+    ck_assert_int_eq(publish(s.port, "tlp", "polled"), 201);
+    ck_assert(it_tls_read_to_close(&t, 5000));
+    ck_assert_msg(strstr(t.buf + t.body, "\"data\":\"polled\""), "got %s",
+                  t.buf);
+    ck_assert_msg(strstr(t.buf + t.body, "\r\n0\r\n\r\n"), "no last chunk: "
+                  "%s", t.buf);
+    it_tls_close(&t, 1);
+
+    t0 = it_now_ms();
+    ck_assert_int_eq(it_tls_open(&t, s.tls_port, request("/lp1/tquiet",
+                                                          NULL)), 0);
+    ck_assert(it_tls_read_to_close(&t, 10000));
+    ck_assert_msg(strstr(t.buf + t.body, "\"messages\":[]"), "got %s",
+                  t.buf);
+    ck_assert_msg(strstr(t.buf + t.body, "\r\n0\r\n\r\n"), "no last chunk: "
+                  "%s", t.buf);
+    ck_assert_int_ge(it_now_ms() - t0, 900);
+    ck_assert_int_lt(it_now_ms() - t0, 5000);
+    it_tls_close(&t, 1);
+
+    /* Keepalives flow on an idle TLS stream. */
+    ck_assert_int_eq(it_tls_open(&t, s.tls_port,
+                                 request("/ka/tidle", "text/event-stream")),
+                     0);
+    ck_assert(it_tls_read_until(&t, "retry: 3000\n\n", 0, 5000));
+    ck_assert(it_tls_read_until(&t, ":\n\n", t.len, 3000));
+    ck_assert(it_tls_read_until(&t, ":\n\n", t.len, 3000));
+    it_tls_close(&t, 0);
+    ck_assert(wait_subscribers(s.port, "tlp", 0, 10000));
+    ck_assert(wait_subscribers(s.port, "tquiet", 0, 10000));
+    ck_assert(wait_subscribers(s.port, "tidle", 0, 10000));
+    assert_all_ended(&s);
+    it_server_stop(&s);
+}
+END_TEST
+
+typedef struct pids_t {
+    pid_t pid[64];
+    int n;
+} pids_t;
+
+static int all_exited(void *baton)
+{
+    pids_t *p = baton;
+
+    for (int i = 0; i < p->n; i++) {
+        if (kill(p->pid[i], 0) == 0) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int new_children_answer(void *baton)
+{
+    it_server_t *s = baton;
+    pid_t kids[64];
+    it_response_t *res;
+    int ok;
+
+    if (it_server_children(s, kids, 64) < 2) {
+        return 0;
+    }
+    res = malloc(sizeof(*res));
+    ok = it_http(s->port, "GET", "/index.html", NULL, NULL, 0, res, 2000)
+         == 0 && res->status == 200;
+    free(res);
+    return ok;
+}
+
+/* A graceful restart with parked TLS subscribers: every stream ends
+ * cleanly and promptly, the old children exit, the new ones serve. */
+START_TEST(graceful_restart_ends_parked_tls_streams_and_old_children_exit)
+{
+    enum { N = 8 };
+    it_server_t s;
+    it_tls_t t[N + 1];
+    pids_t old;
+    long long t0;
+
+    start_tls(&s, 4);
+    for (int i = 0; i < N; i++) {
+        ck_assert_int_eq(it_tls_open(&t[i], s.tls_port,
+                                     request("/sub/tgr",
+                                             "text/event-stream")), 0);
+        ck_assert(it_tls_read_until(&t[i], "retry: 3000\n\n", 0, 5000));
+    }
+    ck_assert_int_eq(it_tls_open(&t[N], s.tls_port,
+                                 request("/sub/tgrlp", NULL)), 0);
+    ck_assert(it_tls_read_until(&t[N], "\r\n\r\n", 0, 5000));
+    ck_assert(wait_subscribers(s.port, "tgr", N, 10000));
+    ck_assert(wait_subscribers(s.port, "tgrlp", 1, 10000));
+    old.n = it_server_children(&s, old.pid, 64);
+    t0 = it_now_ms();
+    /* As apachectl -k graceful; the streams end at once, long before the
+     * new generation is up. */
+    ck_assert_int_eq(kill(s.pid, SIGUSR1), 0);
+    for (int i = 0; i <= N; i++) {
+        ck_assert_msg(it_tls_read_to_close(&t[i], 5000), "stream %d did not "
+                      "end", i);
+        ck_assert_msg(strstr(t[i].buf + t[i].body, "0\r\n\r\n"),
+                      "stream %d ended without its last chunk: %s", i,
+                      t[i].buf);
+        it_tls_close(&t[i], 1);
+    }
+    fprintf(stderr, "graceful restart: streams ended after %lld ms\n",
+            it_now_ms() - t0);
+    ck_assert(it_wait_for(all_exited, &old, 10000));
+    fprintf(stderr, "graceful restart: old children gone after %lld ms\n",
+            it_now_ms() - t0);
+    ck_assert(it_wait_for(new_children_answer, &s, 20000));
+    /* The new generation serves TLS subscribers. */
+    ck_assert_int_eq(it_tls_open(&t[0], s.tls_port,
+                                 request("/sub/tgr", "text/event-stream")),
+                     0);
+    ck_assert(it_tls_read_until(&t[0], "retry: 3000\n\n", 0, 5000));
+    ck_assert(wait_subscribers(s.port, "tgr", 1, 10000));
+    ck_assert_int_eq(publish(s.port, "tgr", "after the restart"), 201);
+    ck_assert(it_tls_read_until(&t[0], "data: after the restart\n\n",
+                                t[0].body, 5000));
+    it_tls_close(&t[0], 0);
+    ck_assert(wait_subscribers(s.port, "tgr", 0, 10000));
+    assert_all_ended(&s);
+    it_server_stop(&s);
+}
+END_TEST
+
+/* Stopping the server with parked TLS subscribers: it exits promptly,
+ * the streams end, and no child crashes on the way. */
+START_TEST(stopping_with_parked_tls_subscribers_is_prompt)
+{
+    enum { N = 8 };
+    it_server_t s;
+    it_tls_t t[N];
+    char path[600], log[65536];
+    long long t0;
+
+    start_tls(&s, 4);
+    for (int i = 0; i < N; i++) {
+        ck_assert_int_eq(it_tls_open(&t[i], s.tls_port,
+                                     request("/sub/tstop",
+                                             "text/event-stream")), 0);
+        ck_assert(it_tls_read_until(&t[i], "retry: 3000\n\n", 0, 5000));
+    }
+    ck_assert(wait_subscribers(s.port, "tstop", N, 10000));
+    snprintf(path, sizeof(path), "%s", s.dir);
+    t0 = it_now_ms();
+    it_server_stop(&s);
+    ck_assert_int_lt(it_now_ms() - t0, 5000);
+    for (int i = 0; i < N; i++) {
+        ck_assert(it_tls_read_to_close(&t[i], 5000));
+        it_tls_close(&t[i], 0);
+    }
+    strcpy(s.dir, path);
+    ck_assert_int_eq(it_log_count(&s, "exit signal"), 0);
+    snprintf(path, sizeof(path), "%s/error_log", s.dir);
+    it_read_file(path, log, sizeof(log));
+    ck_assert_msg(!strstr(log, "still did not exit"), "a child had to be "
+                  "killed: %s", log);
+}
+END_TEST
+
+/* One client process of the churn: cycles subscribe/leave in every
+ * shape, some leaving before the head arrives. */
+static void churn_client(int port, int cycles, int seed)
+{
+    static const char *const paths[] = {
+        "/sub/tchurn", "/sub/tchurn?transport=longpoll",
+        "/sub/tchurn?transport=stream", "/sub/tchurn,tother",
+    };
+    unsigned r = (unsigned)seed * 2654435761u;
+
+    for (int i = 0; i < cycles; i++) {
+        it_tls_t t;
+        int shape;
+
+        r = r * 1103515245u + 12345u;
+        shape = (int)((r >> 16) % 8);
+        if (it_tls_open(&t, port, request(paths[shape % 4],
+                                          shape % 4 == 0
+                                          ? "text/event-stream" : NULL))
+            != 0) {
+            _exit(2);
+        }
+        if (shape < 6 && !it_tls_read_until(&t, "\r\n\r\n", 0, 5000)) {
+            _exit(3);
+        }
+        it_tls_close(&t, shape & 1);
+    }
+    _exit(0);
+}
+
+/* Thousands of TLS subscribe/disconnect cycles from several clients at
+ * once, with messages published meanwhile: no crash, every subscriber
+ * and connection ends, descriptors do not grow. */
+START_TEST(thousands_of_tls_subscribe_disconnect_cycles_leave_nothing)
+{
+    enum { CLIENTS = 4, CYCLES = 600 };
+    it_server_t s;
+    pid_t kids[CLIENTS];
+    int running = CLIENTS, published = 0;
+    long long t0 = it_now_ms();
+
+    start_tls(&s, 10);
+    for (int k = 0; k < CLIENTS; k++) {
+        kids[k] = fork();
+        ck_assert_int_ge(kids[k], 0);
+        if (kids[k] == 0) {
+            churn_client(s.tls_port, CYCLES, k + 1);
+        }
+    }
+    while (running) {
+        int status;
+        pid_t p = waitpid(-1, &status, WNOHANG);
+
+        if (p > 0) {
+            ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                          "churn client failed: %d", status);
+            running--;
+            continue;
+        }
+        /* Writes racing the leaving clients. */
+        publish(s.port, "tchurn", "churning");
+        publish(s.port, "tother", "churning");
+        published += 2;
+    }
+    fprintf(stderr, "TLS churn: %d cycles, %d publishes, %lld ms\n",
+            CLIENTS * CYCLES, published, it_now_ms() - t0);
+    ck_assert(wait_subscribers(s.port, "tchurn", 0, 10000));
+    ck_assert(wait_subscribers(s.port, "tother", 0, 10000));
+    assert_all_ended(&s);
+    it_server_stop(&s);
+}
+END_TEST
+
+Suite *test_suspend_suite(void)
+{
+    Suite *s = suite_create("suspend");
+    TCase *tc = tcase_create("tls");
+
+    tcase_set_timeout(tc, 180);
+    tcase_add_test(tc, thirty_tls_subscribers_park_without_a_worker_each);
+    tcase_add_test(tc, a_tls_client_that_leaves_is_forgotten_within_two_seconds);
+    tcase_add_test(tc, tls_long_poll_is_answered_by_a_publish_or_times_out);
+    tcase_add_test(tc, graceful_restart_ends_parked_tls_streams_and_old_children_exit);
+    tcase_add_test(tc, stopping_with_parked_tls_subscribers_is_prompt);
+    tcase_add_test(tc, thousands_of_tls_subscribe_disconnect_cycles_leave_nothing);
+    suite_add_tcase(s, tc);
+    return s;
+}
