@@ -137,9 +137,10 @@ apr_uint32_t comet_sub_held_count(void);
  *                    when the hub refuses (the place is given back).
  *   hub_stopping     comet_hub_config_t.on_stop (hub thread).
  *   stopping/stopped child_stopping, before and after the hub stops.
- *   counts           suspended connections, and the MPM's connections and
+ *   counts           suspended connections, the MPM's connections and
  *                    suspended connections of this process as its hooks
- *                    see them (any thread). */
+ *                    see them, and how often a callback found the gate
+ *                    shut (since the process started; any thread). */
 void comet_susp_register_hooks(apr_pool_t *p);
 void comet_susp_post_config(server_rec *s);
 void comet_susp_child_init(apr_pool_t *pchild);
@@ -153,7 +154,7 @@ void comet_susp_hub_stopping(comet_hub_t *hub, void *baton);
 void comet_susp_stopping(int graceful);
 void comet_susp_stopped(int graceful);
 void comet_susp_counts(apr_uint32_t *suspended, apr_uint32_t *mpm_conns,
-                       apr_uint32_t *mpm_suspended);
+                       apr_uint32_t *mpm_suspended, apr_uint32_t *gate_waits);
 
 /* mod_comet_pub.c: the comet-publisher handler.  Request thread. */
 int comet_publisher_handler(request_rec *r);

@@ -52,6 +52,7 @@ typedef struct status_slot_t {
     apr_uint32_t held;              /* held subscribers (HTTP/2)         */
     apr_uint32_t mpm_conns;         /* the MPM's connections, and those  */
     apr_uint32_t mpm_suspended;     /* of them it counts as suspended    */
+    apr_uint32_t gate_waits;        /* suspended: callbacks sent back    */
     apr_uint64_t adopted;
     apr_uint64_t deliveries;
     apr_uint64_t dropped_slow;
@@ -145,9 +146,10 @@ static void write_slot(comet_hub_t *hub)
     }
     STORE(sl->pub_clients, ps.clients);
     {
-        apr_uint32_t susp, conns, msusp;
+        apr_uint32_t susp, conns, msusp, waits;
 
-        comet_susp_counts(&susp, &conns, &msusp);
+        comet_susp_counts(&susp, &conns, &msusp, &waits);
+        STORE(sl->gate_waits, waits);
         STORE(sl->suspended, susp);
         STORE(sl->held, comet_sub_held_count());
         STORE(sl->mpm_conns, conns);
@@ -208,7 +210,7 @@ typedef struct status_sums_t {
     apr_uint64_t adopted, deliveries, dropped_slow, pub_commands,
                  pub_publishes;
     apr_uint32_t pub_clients, connections, processes;
-    apr_uint32_t suspended, held, mpm_conns, mpm_suspended;
+    apr_uint32_t suspended, held, mpm_conns, mpm_suspended, gate_waits;
 } status_sums_t;
 
 static int slot_alive(status_slot_t *sl, apr_int32_t *pid)
@@ -254,6 +256,7 @@ static void sum_slots(status_sums_t *sum)
         sum->held += LOAD(sl->held);
         sum->mpm_conns += LOAD(sl->mpm_conns);
         sum->mpm_suspended += LOAD(sl->mpm_suspended);
+        sum->gate_waits += LOAD(sl->gate_waits);
     }
 }
 
@@ -298,13 +301,14 @@ static int comet_status_hook(request_rec *r, int flags)
                    "CometSuspended: %u\n"
                    "CometHeld: %u\n"
                    "CometMpmConnections: %u\n"
-                   "CometMpmSuspended: %u\n",
+                   "CometMpmSuspended: %u\n"
+                   "CometSuspendGateWaits: %u\n",
                    ss.channels, ss.channels_max, ss.messages, cfg.size,
                    ss.bytes_used, ss.bytes_free, ss.subscribers,
                    sum.connections, ss.published, sum.deliveries,
                    sum.dropped_slow, sum.pub_clients, sum.pub_publishes,
                    sum.processes, sum.suspended, sum.held, sum.mpm_conns,
-                   sum.mpm_suspended);
+                   sum.mpm_suspended, sum.gate_waits);
     }
     else {
         ap_rputs("<hr />\n<h2>mod_comet</h2>\n<dl>\n", r);

@@ -139,6 +139,7 @@ static apr_uint32_t g_limit;        /* set in post_config                 */
 static volatile apr_uint32_t g_now; /* suspended (reserved) connections   */
 static volatile apr_uint32_t g_refusal_logged;
 static volatile apr_uint32_t g_mpm_conns, g_mpm_susp;
+static volatile apr_uint32_t g_gate_waits;  /* callbacks the gate sent back */
 
 static ap_filter_rec_t *nb_filter;
 
@@ -737,6 +738,7 @@ static void susp_run(void *baton)
         if (!gate_passed(s)) {
             /* The suspending worker is still on its way out: try again
              * (it needs microseconds). */
+            apr_atomic_inc32(&g_gate_waits);
             pthread_mutex_unlock(&g_mu);
             sched_yield();
             if (ap_mpm_register_timed_callback(0, susp_run, s)
@@ -1034,8 +1036,9 @@ void comet_susp_stopped(int graceful)
 }
 
 void comet_susp_counts(apr_uint32_t *suspended, apr_uint32_t *mpm_conns,
-                       apr_uint32_t *mpm_suspended)
+                       apr_uint32_t *mpm_suspended, apr_uint32_t *gate_waits)
 {
+    *gate_waits = apr_atomic_read32(&g_gate_waits);
     *suspended = apr_atomic_read32(&g_now);
     *mpm_conns = apr_atomic_read32(&g_mpm_conns);
     *mpm_suspended = apr_atomic_read32(&g_mpm_susp);

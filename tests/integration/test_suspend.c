@@ -393,6 +393,55 @@ START_TEST(stopping_with_parked_tls_subscribers_is_prompt)
 }
 END_TEST
 
+/* Past (ThreadsPerChild - 1) x AsyncRequestWorkerFactor suspended
+ * subscribers a process answers 503 with Retry-After and says in the log
+ * which setting raises the bound; a place frees when a subscriber
+ * leaves. */
+START_TEST(the_suspended_bound_answers_503_and_names_the_setting)
+{
+    enum { MAX = 12 };
+    it_server_t s;
+    it_tls_t t[MAX];
+    int opened = 0, refused = 0;
+
+    /* 4 per process: (5 - 1) x 1. */
+    start_tls(&s, 1);
+    while (opened < MAX && !refused) {
+        it_tls_t *c = &t[opened];
+
+        ck_assert_int_eq(it_tls_open(c, s.tls_port,
+                                     request("/sub/bound",
+                                             "text/event-stream")), 0);
+        ck_assert(it_tls_read_until(c, "\r\n\r\n", 0, 5000));
+        if (strstr(c->buf, " 503 ")) {
+            refused = 1;
+            ck_assert_ptr_nonnull(strcasestr(c->buf, "Retry-After: 5"));
+            it_tls_close(c, 1);
+        }
+        else {
+            ck_assert_ptr_nonnull(strstr(c->buf, " 200 "));
+            opened++;
+            ck_assert(wait_subscribers(s.port, "bound", opened, 10000));
+        }
+    }
+    ck_assert_msg(refused, "no 503 with %d suspended", opened);
+    ck_assert_int_ge(opened, 4);
+    ck_assert_int_le(opened, 8);
+    ck_assert_int_eq(it_log_count(&s, "Raise AsyncRequestWorkerFactor"), 1);
+    for (int i = 0; i < opened; i++) {
+        it_tls_close(&t[i], 0);
+    }
+    ck_assert(wait_subscribers(s.port, "bound", 0, 10000));
+    ck_assert_int_eq(it_tls_open(&t[0], s.tls_port,
+                                 request("/sub/bound", "text/event-stream")),
+                     0);
+    ck_assert(it_tls_read_until(&t[0], "retry: 3000\n\n", 0, 5000));
+    it_tls_close(&t[0], 0);
+    assert_all_ended(&s);
+    it_server_stop(&s);
+}
+END_TEST
+
 /* One client process of the churn: cycles subscribe/leave in every
  * shape, some leaving before the head arrives. */
 static void churn_client(int port, int cycles, int seed)
@@ -457,8 +506,9 @@ START_TEST(thousands_of_tls_subscribe_disconnect_cycles_leave_nothing)
         publish(s.port, "tother", "churning");
         published += 2;
     }
-    fprintf(stderr, "TLS churn: %d cycles, %d publishes, %lld ms\n",
-            CLIENTS * CYCLES, published, it_now_ms() - t0);
+    fprintf(stderr, "TLS churn: %d cycles, %d publishes, %lld ms, gate "
+            "waits %ld\n", CLIENTS * CYCLES, published, it_now_ms() - t0,
+            it_status_value(s.port, "CometSuspendGateWaits"));
     ck_assert(wait_subscribers(s.port, "tchurn", 0, 10000));
     ck_assert(wait_subscribers(s.port, "tother", 0, 10000));
     assert_all_ended(&s);
@@ -477,6 +527,7 @@ Suite *test_suspend_suite(void)
     tcase_add_test(tc, tls_long_poll_is_answered_by_a_publish_or_times_out);
     tcase_add_test(tc, graceful_restart_ends_parked_tls_streams_and_old_children_exit);
     tcase_add_test(tc, stopping_with_parked_tls_subscribers_is_prompt);
+    tcase_add_test(tc, the_suspended_bound_answers_503_and_names_the_setting);
     tcase_add_test(tc, thousands_of_tls_subscribe_disconnect_cycles_leave_nothing);
     suite_add_tcase(s, tc);
     return s;
