@@ -833,3 +833,26 @@ int it_log_count(const it_server_t *srv, const char *needle)
     }
     return n;
 }
+
+void it_children_usage(const it_server_t *s, long *rss_kb, long *fds)
+{
+    pid_t kids[64];
+    int n = it_server_children(s, kids, 64);
+
+    *rss_kb = 0;
+    *fds = 0;
+    for (int i = 0; i < n; i++) {
+        char path[64], buf[4096], *p;
+        char cmd[128], out[64];
+
+        snprintf(path, sizeof(path), "/proc/%d/status", (int)kids[i]);
+        if (it_read_file(path, buf, sizeof(buf)) > 0
+            && (p = strstr(buf, "RssAnon:"))) {
+            *rss_kb += atol(p + 8);
+        }
+        snprintf(cmd, sizeof(cmd), "ls /proc/%d/fd | wc -l", (int)kids[i]);
+        if (it_run(cmd, out, sizeof(out), 5000) == 0) {
+            *fds += atol(out);
+        }
+    }
+}

@@ -57,6 +57,12 @@ int it_server_try(const it_opts_t *opts, int start, char *out,
 /* Pids of the server's child processes (at most max); returns the count. */
 int it_server_children(const it_server_t *srv, pid_t *pids, int max);
 
+/* Sum of private resident memory (RssAnon, kB) and of open descriptors
+ * over the server's children.  Shared memory is left out on purpose: the
+ * store segment's pages count once touched, which is growth towards its
+ * fixed size, not a leak. */
+void it_children_usage(const it_server_t *s, long *rss_kb, long *fds);
+
 /* Print the last lines of the server's error log to stderr. */
 void it_server_log_tail(const it_server_t *srv, int lines);
 

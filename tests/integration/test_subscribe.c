@@ -533,33 +533,6 @@ START_TEST(cors_and_channel_expressions_follow_the_config)
 END_TEST
 
 
-/* Sum of private resident memory (RssAnon, kB) and of open descriptors
- * over the server's children.  Shared memory is left out on purpose: the
- * store segment's pages count once touched, which is growth towards its
- * fixed size, not a leak. */
-static void children_usage(const it_server_t *s, long *rss_kb, long *fds)
-{
-    pid_t kids[64];
-    int n = it_server_children(s, kids, 64);
-
-    *rss_kb = 0;
-    *fds = 0;
-    for (int i = 0; i < n; i++) {
-        char path[64], buf[4096], *p;
-        char cmd[128], out[64];
-
-        snprintf(path, sizeof(path), "/proc/%d/status", (int)kids[i]);
-        if (it_read_file(path, buf, sizeof(buf)) > 0
-            && (p = strstr(buf, "RssAnon:"))) {
-            *rss_kb += atol(p + 8);
-        }
-        snprintf(cmd, sizeof(cmd), "ls /proc/%d/fd | wc -l", (int)kids[i]);
-        if (it_run(cmd, out, sizeof(out), 5000) == 0) {
-            *fds += atol(out);
-        }
-    }
-}
-
 /* Subscribe and leave, over and over, in every shape. */
 static void churn(int port, int cycles)
 {
@@ -886,11 +859,11 @@ START_TEST(fifty_thousand_subscribe_disconnect_cycles_leave_nothing_behind)
      * size first. */
     churn(s2.port, 5000);
     ck_assert(wait_subscribers(s2.port, "churn", 0));
-    children_usage(&s2, &rss0, &fds0);
+    it_children_usage(&s2, &rss0, &fds0);
     churn(s2.port, 50000);
     ck_assert(wait_subscribers(s2.port, "churn", 0));
     ck_assert(wait_subscribers(s2.port, "other", 0));
-    children_usage(&s2, &rss1, &fds1);
+    it_children_usage(&s2, &rss1, &fds1);
     fprintf(stderr, "churn: children private RSS %ld -> %ld kB, fds %ld -> "
             "%ld\n",
             rss0, rss1, fds0, fds1);
