@@ -393,6 +393,64 @@ START_TEST(stopping_with_parked_tls_subscribers_is_prompt)
 }
 END_TEST
 
+static int dropped_one(void *baton)
+{
+    return it_status_value(*(int *)baton, "CometDroppedSlow") >= 1;
+}
+
+/* A TLS subscriber that stops reading: writes to it never wait (the
+ * site keeps answering, no worker stays busy), and once its unsent bytes
+ * pass CometMaxPendingBytes it is dropped. */
+START_TEST(a_tls_client_that_does_not_read_blocks_no_worker_and_is_dropped)
+{
+    it_server_t s;
+    it_opts_t o;
+    it_tls_t t;
+    it_response_t *res = malloc(sizeof(*res));
+    char *msg = malloc(16 * 1024 + 1);
+    int sent = 0;
+
+    memset(&o, 0, sizeof(o));
+    o.tls = 1;
+    o.extra = "CometMaxPendingBytes 65536\n";
+    ck_assert_int_eq(it_server_start(&s, &o), 0);
+    memset(msg, 'x', 16 * 1024);
+    msg[16 * 1024] = '\0';
+    ck_assert_int_eq(it_tls_open_rcvbuf(&t, s.tls_port,
+                                        request("/sub/slow",
+                                                "text/event-stream"), 4096),
+                     0);
+    ck_assert(it_tls_read_until(&t, "retry: 3000\n\n", 0, 5000));
+    ck_assert(wait_subscribers(s.port, "slow", 1, 10000));
+    /* It reads nothing from here on. */
+    while (subscribers(s.port, "slow") == 1) {
+        long long t0 = it_now_ms();
+
+        ck_assert_int_lt(sent, 2000);
+        ck_assert_int_eq(publish(s.port, "slow", msg), 201);
+        sent++;
+        if (sent % 25 == 0) {
+            long busy = it_status_value(s.port, "BusyWorkers");
+
+            ck_assert_int_eq(it_http(s.port, "GET", "/index.html", NULL,
+                                     NULL, 0, res, 5000), 0);
+            ck_assert_int_eq(res->status, 200);
+            /* This request and the status request, nothing else. */
+            ck_assert_msg(busy >= 1 && busy <= 2, "%ld busy workers", busy);
+        }
+        ck_assert_int_lt(it_now_ms() - t0, 1000);
+    }
+    fprintf(stderr, "a TLS client that does not read: dropped after %d "
+            "messages of 16 KB\n", sent);
+    ck_assert(it_wait_for(dropped_one, &s.port, 5000));
+    it_tls_close(&t, 0);
+    assert_all_ended(&s);
+    it_server_stop(&s);
+    free(res);
+    free(msg);
+}
+END_TEST
+
 /* Past (ThreadsPerChild - 1) x AsyncRequestWorkerFactor suspended
  * subscribers a process answers 503 with Retry-After and says in the log
  * which setting raises the bound; a place frees when a subscriber
@@ -559,6 +617,7 @@ Suite *test_suspend_suite(void)
     tcase_add_test(tc, graceful_restart_ends_parked_tls_streams_and_old_children_exit);
     tcase_add_test(tc, stopping_with_parked_tls_subscribers_is_prompt);
     tcase_add_test(tc, the_suspended_bound_answers_503_and_names_the_setting);
+    tcase_add_test(tc, a_tls_client_that_does_not_read_blocks_no_worker_and_is_dropped);
     tcase_add_test(tc, thousands_of_tls_subscribe_disconnect_cycles_leave_nothing);
     suite_add_tcase(s, tc);
     return s;

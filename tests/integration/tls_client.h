@@ -25,6 +25,11 @@ typedef struct it_tls_t {
  * 0, or -1 (everything released). */
 int it_tls_open(it_tls_t *t, int port, const char *request);
 
+/* The same with the socket's receive buffer set to rcvbuf bytes before
+ * connecting (a client that reads little holds little). */
+int it_tls_open_rcvbuf(it_tls_t *t, int port, const char *request,
+                       int rcvbuf);
+
 /* Read until needle appears at or after offset from, the server closes,
  * or timeout_ms passes: 1 found, 0 not. */
 int it_tls_read_until(it_tls_t *t, const char *needle, size_t from,
