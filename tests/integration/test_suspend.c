@@ -605,6 +605,103 @@ START_TEST(thousands_of_tls_subscribe_disconnect_cycles_leave_nothing)
 }
 END_TEST
 
+/* A churn client that never fails: it goes on until killed, through
+ * restarts and refusals. */
+static void churn_forever(int port, int seed)
+{
+    unsigned r = (unsigned)seed * 2654435761u;
+
+    for (;;) {
+        it_tls_t t;
+
+        r = r * 1103515245u + 12345u;
+        if (it_tls_open(&t, port, request((r >> 16) % 2 ? "/sub/tload"
+                                          : "/sub/tload?transport=longpoll",
+                                          NULL)) != 0) {
+            usleep(10000);
+            continue;
+        }
+        if ((r >> 20) % 4) {
+            it_tls_read_until(&t, "\r\n\r\n", 0, 2000);
+        }
+        it_tls_close(&t, (r >> 18) & 1);
+    }
+}
+
+static void publish_for(int port, int ms)
+{
+    long long end = it_now_ms() + ms;
+
+    while (it_now_ms() < end) {
+        if (publish(port, "tload", "load") < 0) {
+            usleep(10000);
+        }
+    }
+}
+
+/* A graceful restart, then a stop, while TLS clients churn, streams are
+ * parked and messages are published: no child crashes or hangs, the
+ * server comes back after the restart and stops promptly. */
+START_TEST(restart_and_stop_during_tls_churn_crash_nothing)
+{
+    enum { CLIENTS = 3, PARKED = 10 };
+    it_server_t s;
+    it_tls_t t[PARKED];
+    pid_t kids[CLIENTS];
+    pids_t old;
+    char dir[256];
+    long long t0;
+
+    start_tls(&s, 10);
+    for (int i = 0; i < PARKED; i++) {
+        ck_assert_int_eq(it_tls_open(&t[i], s.tls_port,
+                                     request("/sub/tparked",
+                                             "text/event-stream")), 0);
+        ck_assert(it_tls_read_until(&t[i], "retry: 3000\n\n", 0, 5000));
+    }
+    for (int k = 0; k < CLIENTS; k++) {
+        kids[k] = fork();
+        ck_assert_int_ge(kids[k], 0);
+        if (kids[k] == 0) {
+            churn_forever(s.tls_port, k + 7);
+        }
+    }
+    publish_for(s.port, 1000);
+    old.n = it_server_children(&s, old.pid, 64);
+    ck_assert_int_eq(kill(s.pid, SIGUSR1), 0);
+    for (int i = 0; i < PARKED; i++) {
+        ck_assert_msg(it_tls_read_to_close(&t[i], 5000), "parked stream %d "
+                      "did not end", i);
+        it_tls_close(&t[i], 0);
+    }
+    publish_for(s.port, 1000);
+    ck_assert(it_wait_for(all_exited, &old, 15000));
+    ck_assert(it_wait_for(new_children_answer, &s, 20000));
+    for (int i = 0; i < PARKED; i++) {
+        ck_assert_int_eq(it_tls_open(&t[i], s.tls_port,
+                                     request("/sub/tparked",
+                                             "text/event-stream")), 0);
+        ck_assert(it_tls_read_until(&t[i], "retry: 3000\n\n", 0, 5000));
+    }
+    publish_for(s.port, 1000);
+    strcpy(dir, s.dir);
+    t0 = it_now_ms();
+    it_server_stop(&s);
+    ck_assert_int_lt(it_now_ms() - t0, 5000);
+    for (int k = 0; k < CLIENTS; k++) {
+        kill(kids[k], SIGKILL);
+        waitpid(kids[k], NULL, 0);
+    }
+    for (int i = 0; i < PARKED; i++) {
+        ck_assert(it_tls_read_to_close(&t[i], 5000));
+        it_tls_close(&t[i], 0);
+    }
+    strcpy(s.dir, dir);
+    ck_assert_int_eq(it_log_count(&s, "exit signal"), 0);
+    ck_assert_int_eq(it_log_count(&s, "still did not exit"), 0);
+}
+END_TEST
+
 Suite *test_suspend_suite(void)
 {
     Suite *s = suite_create("suspend");
@@ -619,6 +716,7 @@ Suite *test_suspend_suite(void)
     tcase_add_test(tc, the_suspended_bound_answers_503_and_names_the_setting);
     tcase_add_test(tc, a_tls_client_that_does_not_read_blocks_no_worker_and_is_dropped);
     tcase_add_test(tc, thousands_of_tls_subscribe_disconnect_cycles_leave_nothing);
+    tcase_add_test(tc, restart_and_stop_during_tls_churn_crash_nothing);
     suite_add_tcase(s, tc);
     return s;
 }
