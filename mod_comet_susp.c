@@ -149,17 +149,19 @@ static int g_threads;
 
 /* ---- where a worker thread sits in the scoreboard ------------------------------------ */
 
-static __thread int t_tslot = -2;   /* -2: not looked up, -1: none        */
+static __thread int t_tslot = -1;   /* -1: not found (yet)                */
 static __thread int t_pslot = -1;
 
+/* This thread's worker slot, found once (by its pid and thread id; the
+ * parent writes the process slot's pid right after the fork, so a miss
+ * is not remembered). */
 static int my_worker(int *pslot, int *tslot)
 {
-    if (t_tslot == -2) {
+    if (t_tslot < 0) {
         int servers = 0, threads = 0;
         pid_t pid = getpid();
         apr_os_thread_t me = apr_os_thread_current();
 
-        t_tslot = -1;
         ap_mpm_query(AP_MPMQ_HARD_LIMIT_DAEMONS, &servers);
         ap_mpm_query(AP_MPMQ_HARD_LIMIT_THREADS, &threads);
         for (int p = 0; ap_scoreboard_image && p < servers
