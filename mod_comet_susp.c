@@ -495,8 +495,15 @@ static void task_linger(comet_hub_t *hub, comet_hub_task_t *t, int stopping)
         schedule(s);
     }
     else if (!s->linger_armed && !s->linger_over) {
-        s->linger_armed = 1;
-        comet_timer_arm_in(comet_hub_loop(hub), &s->linger, SUSP_LINGER);
+        if (comet_timer_arm_in(comet_hub_loop(hub), &s->linger, SUSP_LINGER)
+            == APR_SUCCESS) {
+            s->linger_armed = 1;
+        }
+        else {
+            /* No timer to wait with: no waiting. */
+            s->linger_over = 1;
+            schedule(s);
+        }
     }
     maybe_free(s);
     pthread_mutex_unlock(&g_mu);
