@@ -533,7 +533,8 @@ START_TEST(cors_and_channel_expressions_follow_the_config)
 END_TEST
 
 
-/* Subscribe and leave, over and over, in every shape. */
+/* Subscribe and leave, over and over, in every shape (detached, and
+ * suspended for HTTP/1.0). */
 static void churn(int port, int cycles)
 {
     static const char *const reqs[] = {
@@ -541,6 +542,8 @@ static void churn(int port, int cycles)
         "Accept: text/event-stream\r\n\r\n",
         "GET /sub/churn?transport=stream HTTP/1.1\r\nHost: x\r\n\r\n",
         "GET /sub/churn,other HTTP/1.1\r\nHost: x\r\n\r\n",
+        /* Suspended (no chunked coding): the MPM's connection is kept. */
+        "GET /sub/churn HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n",
     };
     char buf[4096];
 
@@ -549,7 +552,7 @@ static void churn(int port, int cycles)
         size_t len = 0;
 
         ck_assert_int_ge(fd, 0);
-        ck_assert_int_eq(it_sendf(fd, "%s", reqs[i % 3]), 0);
+        ck_assert_int_eq(it_sendf(fd, "%s", reqs[i % 4]), 0);
         ck_assert_int_eq(it_read_until(fd, buf, sizeof(buf), &len, 0,
                                        "\r\n\r\n", 5000), 1);
         close(fd);
@@ -849,6 +852,16 @@ END_TEST
 /* 50,000 subscribe/disconnect cycles: memory and descriptors of the
  * children come back to where they were (a leak of a record, a pool or a
  * socket per cycle would show as megabytes or thousands of fds). */
+/* Every suspended connection has ended, as mod_comet and the MPM count. */
+static int no_suspended_left(void *baton)
+{
+    int port = *(int *)baton;
+
+    return it_status_value(port, "CometSuspended") == 0
+           && it_status_value(port, "CometMpmSuspended") == 0
+           && it_status_value(port, "CometMpmConnections") <= 1;
+}
+
 START_TEST(fifty_thousand_subscribe_disconnect_cycles_leave_nothing_behind)
 {
     it_server_t s2;
@@ -863,6 +876,8 @@ START_TEST(fifty_thousand_subscribe_disconnect_cycles_leave_nothing_behind)
     churn(s2.port, 50000);
     ck_assert(wait_subscribers(s2.port, "churn", 0));
     ck_assert(wait_subscribers(s2.port, "other", 0));
+    ck_assert(it_wait_for(no_suspended_left, &s2.port, 10000));
+    ck_assert_int_eq(it_log_count(&s2, "exit signal"), 0);
     it_children_usage(&s2, &rss1, &fds1);
     fprintf(stderr, "churn: children private RSS %ld -> %ld kB, fds %ld -> "
             "%ld\n",
