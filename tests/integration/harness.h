@@ -74,6 +74,9 @@ long it_read_file(const char *path, char *buf, size_t max);
 /* Connected TCP socket to 127.0.0.1:port (blocking), or -1. */
 int it_connect(int port);
 int it_connect_unix(const char *path);
+/* The same with the receive buffer set to rcvbuf bytes before connecting
+ * (a client that reads little holds little). */
+int it_connect_rcvbuf(int port, int rcvbuf);
 
 /* Send all of buf. 0 or -1. */
 int it_send(int fd, const char *buf, size_t len);

@@ -398,29 +398,41 @@ static int dropped_one(void *baton)
     return it_status_value(*(int *)baton, "CometDroppedSlow") >= 1;
 }
 
-/* A TLS subscriber that stops reading: writes to it never wait (the
- * site keeps answering, no worker stays busy), and once its unsent bytes
- * pass CometMaxPendingBytes it is dropped. */
-START_TEST(a_tls_client_that_does_not_read_blocks_no_worker_and_is_dropped)
+/* A suspended subscriber that stops reading (TLS, or plain HTTP/1.0):
+ * writes to it never wait (the site keeps answering, no worker stays
+ * busy), and once its unsent bytes pass CometMaxPendingBytes it is
+ * dropped. */
+static void slow_client(int tls)
 {
     it_server_t s;
     it_opts_t o;
     it_tls_t t;
     it_response_t *res = malloc(sizeof(*res));
-    char *msg = malloc(16 * 1024 + 1);
-    int sent = 0;
+    char *msg = malloc(16 * 1024 + 1), *buf = malloc(4096);
+    size_t len = 0;
+    int sent = 0, fd = -1;
 
     memset(&o, 0, sizeof(o));
-    o.tls = 1;
+    o.tls = tls;
     o.extra = "CometMaxPendingBytes 65536\n";
     ck_assert_int_eq(it_server_start(&s, &o), 0);
     memset(msg, 'x', 16 * 1024);
     msg[16 * 1024] = '\0';
-    ck_assert_int_eq(it_tls_open_rcvbuf(&t, s.tls_port,
-                                        request("/sub/slow",
-                                                "text/event-stream"), 4096),
-                     0);
-    ck_assert(it_tls_read_until(&t, "retry: 3000\n\n", 0, 5000));
+    if (tls) {
+        ck_assert_int_eq(it_tls_open_rcvbuf(&t, s.tls_port,
+                                            request("/sub/slow",
+                                                    "text/event-stream"),
+                                            4096), 0);
+        ck_assert(it_tls_read_until(&t, "retry: 3000\n\n", 0, 5000));
+    }
+    else {
+        fd = it_connect_rcvbuf(s.port, 4096);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(it_sendf(fd, "GET /sub/slow HTTP/1.0\r\n"
+                                  "Accept: text/event-stream\r\n\r\n"), 0);
+        ck_assert(it_read_until(fd, buf, 4096, &len, 0, "retry: 3000\n\n",
+                                5000) == 1);
+    }
     ck_assert(wait_subscribers(s.port, "slow", 1, 10000));
     /* It reads nothing from here on. */
     while (subscribers(s.port, "slow") == 1) {
@@ -440,14 +452,31 @@ START_TEST(a_tls_client_that_does_not_read_blocks_no_worker_and_is_dropped)
         }
         ck_assert_int_lt(it_now_ms() - t0, 1000);
     }
-    fprintf(stderr, "a TLS client that does not read: dropped after %d "
-            "messages of 16 KB\n", sent);
+    fprintf(stderr, "a%s client that does not read: dropped after %d "
+            "messages of 16 KB\n", tls ? " TLS" : "n HTTP/1.0", sent);
     ck_assert(it_wait_for(dropped_one, &s.port, 5000));
-    it_tls_close(&t, 0);
+    if (tls) {
+        it_tls_close(&t, 0);
+    }
+    else {
+        close(fd);
+    }
     assert_all_ended(&s);
     it_server_stop(&s);
     free(res);
     free(msg);
+    free(buf);
+}
+
+START_TEST(a_tls_client_that_does_not_read_blocks_no_worker_and_is_dropped)
+{
+    slow_client(1);
+}
+END_TEST
+
+START_TEST(an_http_1_0_client_that_does_not_read_blocks_no_worker_either)
+{
+    slow_client(0);
 }
 END_TEST
 
@@ -715,6 +744,7 @@ Suite *test_suspend_suite(void)
     tcase_add_test(tc, stopping_with_parked_tls_subscribers_is_prompt);
     tcase_add_test(tc, the_suspended_bound_answers_503_and_names_the_setting);
     tcase_add_test(tc, a_tls_client_that_does_not_read_blocks_no_worker_and_is_dropped);
+    tcase_add_test(tc, an_http_1_0_client_that_does_not_read_blocks_no_worker_either);
     tcase_add_test(tc, thousands_of_tls_subscribe_disconnect_cycles_leave_nothing);
     tcase_add_test(tc, restart_and_stop_during_tls_churn_crash_nothing);
     suite_add_tcase(s, tc);

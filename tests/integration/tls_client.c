@@ -2,9 +2,7 @@
  * not use this file except in compliance with the License.
  */
 
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -43,26 +41,6 @@ static int wait_fd(int fd, int want_write, long long end)
     return poll(&p, 1, left) > 0;
 }
 
-static int connect_rcvbuf(int port, int rcvbuf)
-{
-    struct sockaddr_in sa;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-    if (fd < 0) {
-        return -1;
-    }
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
-    memset(&sa, 0, sizeof(sa));
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons((unsigned short)port);
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 int it_tls_open(it_tls_t *t, int port, const char *request)
 {
     return it_tls_open_rcvbuf(t, port, request, 0);
@@ -77,7 +55,7 @@ int it_tls_open_rcvbuf(it_tls_t *t, int port, const char *request,
     int rc;
 
     memset(t, 0, sizeof(*t));
-    t->fd = rcvbuf > 0 ? connect_rcvbuf(port, rcvbuf) : it_connect(port);
+    t->fd = rcvbuf > 0 ? it_connect_rcvbuf(port, rcvbuf) : it_connect(port);
     if (t->fd < 0) {
         return -1;
     }
