@@ -31,7 +31,9 @@
 #include <http_config.h>
 #include <http_log.h>
 #include <http_protocol.h>
+#include <ap_mpm.h>
 #include <mod_status.h>
+#include <scoreboard.h>
 
 #include "mod_comet.h"
 #include "comet_pubsrv.h"
@@ -211,7 +213,23 @@ typedef struct status_sums_t {
                  pub_publishes;
     apr_uint32_t pub_clients, connections, processes;
     apr_uint32_t suspended, held, mpm_conns, mpm_suspended, gate_waits;
+    apr_uint32_t sb_conns, sb_suspended, sb_lingering;
 } status_sums_t;
+
+/* The MPM's own record of process pid: the numbers its listener copies
+ * there when it maintains its queues (so they may be old). */
+static process_score *sb_process(apr_int32_t pid)
+{
+    int servers = 0;
+
+    ap_mpm_query(AP_MPMQ_HARD_LIMIT_DAEMONS, &servers);
+    for (int i = 0; ap_scoreboard_image && i < servers; i++) {
+        if (ap_scoreboard_image->parent[i].pid == (pid_t)pid) {
+            return &ap_scoreboard_image->parent[i];
+        }
+    }
+    return NULL;
+}
 
 static int slot_alive(status_slot_t *sl, apr_int32_t *pid)
 {
@@ -239,6 +257,7 @@ static void sum_slots(status_sums_t *sum)
     sum->pub_publishes = LOAD(status->retired_pub_publishes);
     for (i = 0; i < status->nslots; i++) {
         status_slot_t *sl = &status->slot[i];
+        process_score *ps;
         apr_int32_t pid;
 
         if (!slot_alive(sl, &pid)) {
@@ -257,6 +276,11 @@ static void sum_slots(status_sums_t *sum)
         sum->mpm_conns += LOAD(sl->mpm_conns);
         sum->mpm_suspended += LOAD(sl->mpm_suspended);
         sum->gate_waits += LOAD(sl->gate_waits);
+        if ((ps = sb_process(pid)) != NULL) {
+            sum->sb_conns += ps->connections;
+            sum->sb_suspended += ps->suspended;
+            sum->sb_lingering += ps->lingering_close;
+        }
     }
 }
 
@@ -302,13 +326,17 @@ static int comet_status_hook(request_rec *r, int flags)
                    "CometHeld: %u\n"
                    "CometMpmConnections: %u\n"
                    "CometMpmSuspended: %u\n"
-                   "CometSuspendGateWaits: %u\n",
+                   "CometSuspendGateWaits: %u\n"
+                   "CometScoreboardConnections: %u\n"
+                   "CometScoreboardSuspended: %u\n"
+                   "CometScoreboardLingering: %u\n",
                    ss.channels, ss.channels_max, ss.messages, cfg.size,
                    ss.bytes_used, ss.bytes_free, ss.subscribers,
                    sum.connections, ss.published, sum.deliveries,
                    sum.dropped_slow, sum.pub_clients, sum.pub_publishes,
                    sum.processes, sum.suspended, sum.held, sum.mpm_conns,
-                   sum.mpm_suspended, sum.gate_waits);
+                   sum.mpm_suspended, sum.gate_waits, sum.sb_conns,
+                   sum.sb_suspended, sum.sb_lingering);
     }
     else {
         ap_rputs("<hr />\n<h2>mod_comet</h2>\n<dl>\n", r);

@@ -90,6 +90,61 @@ static int all_ended(void *baton)
            && it_status_value(port, "CometMpmConnections") <= 1;
 }
 
+/* The MPM's scoreboard agrees: no connection suspended, and its counts
+ * did not wrap (a connection ended in the wrong state makes the
+ * lingering count wrap to 4294967xxx).  The MPM copies its counts there
+ * only when it maintains its timeout queues: keep-alive connections left
+ * to time out (KeepAliveTimeout 1) make each child do so. */
+static int scoreboard_clean(void *baton)
+{
+    int port = *(int *)baton;
+
+    return it_status_value(port, "CometScoreboardSuspended") == 0
+           && it_status_value(port, "CometScoreboardLingering") < 1000
+           && it_status_value(port, "CometScoreboardConnections") < 1000;
+}
+
+static int scoreboard_thirty(void *baton)
+{
+    return it_status_value(*(int *)baton, "CometScoreboardSuspended") == 30;
+}
+
+/* Wait for cond while keep-alive connections time out in the children. */
+static int wait_scoreboard(int port, int (*cond)(void *))
+{
+    int clean = 0;
+
+    for (int round = 0; round < 5 && !clean; round++) {
+        int fds[6];
+
+        for (int i = 0; i < 6; i++) {
+            char buf[4096];
+            size_t len = 0;
+
+            fds[i] = it_connect(port);
+            ck_assert_int_ge(fds[i], 0);
+            ck_assert_int_eq(it_sendf(fds[i], "GET /index.html HTTP/1.1\r\n"
+                                      "Host: x\r\n\r\n"), 0);
+            ck_assert(it_read_until(fds[i], buf, sizeof(buf), &len, 0,
+                                    "document root\n", 5000) == 1);
+        }
+        clean = it_wait_for(cond, &port, 3000);
+        for (int i = 0; i < 6; i++) {
+            close(fds[i]);
+        }
+    }
+    return clean;
+}
+
+static void assert_scoreboard_clean(int port)
+{
+    ck_assert_msg(wait_scoreboard(port, scoreboard_clean), "scoreboard: %ld suspended, %ld lingering, %ld "
+                  "connections",
+                  it_status_value(port, "CometScoreboardSuspended"),
+                  it_status_value(port, "CometScoreboardLingering"),
+                  it_status_value(port, "CometScoreboardConnections"));
+}
+
 static void assert_all_ended(const it_server_t *s)
 {
     int port = s->port;
@@ -100,6 +155,7 @@ static void assert_all_ended(const it_server_t *s)
                   it_status_value(port, "CometHeld"),
                   it_status_value(port, "CometMpmConnections"),
                   it_status_value(port, "CometMpmSuspended"));
+    assert_scoreboard_clean(port);
     ck_assert_int_eq(it_log_count(s, "exit signal"), 0);
 }
 
@@ -120,7 +176,8 @@ static void start_tls(it_server_t *s, int async_factor)
     memset(&o, 0, sizeof(o));
     o.tls = 1;
     o.async_factor = async_factor;
-    o.extra = "<Location /lp1/>\n  SetHandler comet-subscriber\n"
+    o.extra = "KeepAliveTimeout 1\n"
+              "<Location /lp1/>\n  SetHandler comet-subscriber\n"
               "  CometSubscriberTimeout 1\n</Location>\n"
               "<Location /ka/>\n  SetHandler comet-subscriber\n"
               "  CometKeepalive 1\n</Location>\n";
@@ -157,6 +214,11 @@ START_TEST(thirty_tls_subscribers_park_without_a_worker_each)
     }
     ck_assert(wait_subscribers(s.port, "thirty", N, 10000));
     ck_assert(it_wait_for(thirty_suspended, &s.port, 5000));
+    /* The MPM counts them as suspended too. */
+    ck_assert_msg(wait_scoreboard(s.port, scoreboard_thirty), "scoreboard: "
+                  "%ld suspended",
+                  it_status_value(s.port, "CometScoreboardSuspended"));
+    ck_assert_int_eq(it_status_value(s.port, "CometMpmSuspended"), N);
     /* The site answers while they wait. */
     for (int i = 0; i < 20; i++) {
         long long t0 = it_now_ms();
@@ -414,7 +476,7 @@ static void slow_client(int tls)
 
     memset(&o, 0, sizeof(o));
     o.tls = tls;
-    o.extra = "CometMaxPendingBytes 65536\n";
+    o.extra = "CometMaxPendingBytes 65536\nKeepAliveTimeout 1\n";
     ck_assert_int_eq(it_server_start(&s, &o), 0);
     memset(msg, 'x', 16 * 1024);
     msg[16 * 1024] = '\0';
