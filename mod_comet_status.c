@@ -379,7 +379,8 @@ static int comet_status_hook(request_rec *r, int flags)
         ap_rputs("<table border=\"0\"><tr><th>PID</th><th>Slot</th>"
                  "<th>Subscribers</th><th>Connections</th><th>SSE</th>"
                  "<th>Long-poll</th><th>Stream</th><th>Deliveries</th>"
-                 "<th>Dropped (slow)</th><th>Socket clients</th></tr>\n", r);
+                 "<th>Dropped (slow)</th><th>Socket clients</th>"
+                 "<th>Suspended</th><th>Held</th></tr>\n", r);
     }
     for (i = 0; i < status->nslots; i++) {
         status_slot_t *sl = &status->slot[i];
@@ -409,11 +410,13 @@ static int comet_status_hook(request_rec *r, int flags)
             ap_rprintf(r, "<tr><td>%d</td><td>%u</td><td>%" APR_UINT64_T_FMT
                        "</td><td>%u</td><td>%u</td><td>%u</td><td>%u</td>"
                        "<td>%" APR_UINT64_T_FMT "</td><td>%" APR_UINT64_T_FMT
-                       "</td><td>%u</td></tr>\n", (int)pid, i, subs,
+                       "</td><td>%u</td><td>%u</td><td>%u</td></tr>\n",
+                       (int)pid, i, subs,
                        LOAD(sl->connections), LOAD(sl->by_transport[0]),
                        LOAD(sl->by_transport[1]), LOAD(sl->by_transport[2]),
                        LOAD(sl->deliveries), LOAD(sl->dropped_slow),
-                       LOAD(sl->pub_clients));
+                       LOAD(sl->pub_clients), LOAD(sl->suspended),
+                       LOAD(sl->held));
         }
         n++;
     }
