@@ -175,6 +175,11 @@ static int make_config(it_server_t *srv, const it_opts_t *o)
     chmod(srv->dir, 0755);
     snprintf(path, sizeof(path), "%s/htdocs", srv->dir);
     mkdir(path, 0755);
+    /* A child that crashes leaves its core here (the runner prints its
+     * backtrace); children run as www-data. */
+    snprintf(path, sizeof(path), "%s/cores", srv->dir);
+    mkdir(path, 0777);
+    chmod(path, 0777);
     snprintf(path, sizeof(path), "%s/htdocs/index.html", srv->dir);
     write_file(path, "hello from the document root\n");
     snprintf(srv->socket_path, sizeof(srv->socket_path), "%s/comet.sock",
@@ -274,6 +279,8 @@ static pid_t spawn_httpd(const it_server_t *srv, const char *mode,
             rl.rlim_cur = rl.rlim_max;
             setrlimit(RLIMIT_NOFILE, &rl);
         }
+        rl.rlim_cur = rl.rlim_max = RLIM_INFINITY;
+        setrlimit(RLIMIT_CORE, &rl);
         if (fd >= 0) {
             dup2(fd, 1);
             dup2(fd, 2);
@@ -412,7 +419,9 @@ int it_server_start(it_server_t *srv, const it_opts_t *opts)
     return 0;
 }
 
-void it_server_stop(it_server_t *srv)
+/* Send sig to the server, wait for it to exit (bounded), then SIGKILL the
+ * whole process group if anything is left. */
+static void stop_with(it_server_t *srv, int sig)
 {
     long long end;
     int status;
@@ -420,7 +429,7 @@ void it_server_stop(it_server_t *srv)
     if (srv->pid <= 0) {
         return;
     }
-    kill(srv->pid, SIGTERM);
+    kill(srv->pid, sig);
     end = it_now_ms() + 15000;
     while (it_now_ms() < end) {
         pid_t r = waitpid(srv->pid, &status, WNOHANG);
@@ -434,6 +443,18 @@ void it_server_stop(it_server_t *srv)
     kill(-srv->pid, SIGKILL);
     waitpid(srv->pid, &status, WNOHANG);
     srv->pid = 0;
+}
+
+void it_server_stop(it_server_t *srv)
+{
+    /* apachectl -k graceful-stop (GracefulShutdownTimeout bounds it). */
+    stop_with(srv, SIGWINCH);
+}
+
+void it_server_stop_now(it_server_t *srv)
+{
+    /* apachectl -k stop */
+    stop_with(srv, SIGTERM);
 }
 
 typedef struct gen_t {

@@ -40,9 +40,18 @@ typedef struct it_server_t {
  * been printed and srv->pid is 0. */
 int it_server_start(it_server_t *srv, const it_opts_t *opts);
 
-/* SIGTERM, wait for exit (bounded), SIGKILL the whole process group if it
- * did not go.  Safe to call twice. */
+/* Graceful stop (SIGWINCH; the config's GracefulShutdownTimeout bounds
+ * it), wait for exit (bounded), SIGKILL the whole process group if it did
+ * not go.  Safe to call twice.  Graceful, because httpd 2.4's event MPM
+ * may crash when stopped ungracefully while a worker is closing a
+ * connection (close_worker_sockets() can read a socket whose pool the
+ * worker has just freed), which would hide the crashes the runner looks
+ * for. */
 void it_server_stop(it_server_t *srv);
+
+/* The same with SIGTERM (apachectl -k stop): children end at once.  For
+ * tests of that very path; best with no request in flight. */
+void it_server_stop_now(it_server_t *srv);
 
 /* apachectl -k graceful: SIGUSR1, then wait until a new generation of
  * children answers.  0 on success. */

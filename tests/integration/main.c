@@ -46,6 +46,15 @@ static int crashed_children(const char *dir)
         return 0;
     }
     fprintf(stderr, "---- a child crashed in %s ----\n%s----\n", dir, out);
+    /* Its core, when the system writes one there and gdb is at hand. */
+    snprintf(cmd, sizeof(cmd), "for c in '%s'/cores/core*; do [ -f \"$c\" ] "
+             "&& command -v gdb >/dev/null && gdb -batch -ex bt "
+             "\"$(command -v apache2)\" \"$c\" 2>/dev/null | grep '^#'; "
+             "done | head -n 40", dir);
+    it_run(cmd, out, sizeof(out), 60000);
+    if (out[0]) {
+        fprintf(stderr, "backtrace:\n%s----\n", out);
+    }
     return 1;
 }
 
