@@ -50,11 +50,7 @@ typedef struct status_slot_t {
     apr_uint32_t connections;       /* subscribers held by the hub       */
     apr_uint32_t by_transport[3];   /* sse, long-poll, stream            */
     apr_uint32_t pub_clients;       /* publish socket connections        */
-    apr_uint32_t suspended;         /* suspended subscribers (TLS, 1.0)  */
-    apr_uint32_t held;              /* held subscribers (HTTP/2)         */
-    apr_uint32_t mpm_conns;         /* the MPM's connections, and those  */
-    apr_uint32_t mpm_suspended;     /* of them it counts as suspended    */
-    apr_uint32_t gate_waits;        /* suspended: callbacks sent back    */
+    comet_live_t live;              /* kept live (comet_status_live)     */
     apr_uint64_t adopted;
     apr_uint64_t deliveries;
     apr_uint64_t dropped_slow;
@@ -133,6 +129,17 @@ static void retire(status_slot_t *sl, apr_int32_t pid)
     ADD(status->retired_pub_publishes, LOAD(sl->pub_publishes));
 }
 
+comet_live_t *comet_status_live(void)
+{
+    static comet_live_t local;
+
+    if (status && comet_globals.in_child
+        && comet_globals.slot < status->nslots) {
+        return &status->slot[comet_globals.slot].live;
+    }
+    return &local;
+}
+
 static void write_slot(comet_hub_t *hub)
 {
     status_slot_t *sl = &status->slot[comet_globals.slot];
@@ -147,16 +154,7 @@ static void write_slot(comet_hub_t *hub)
         STORE(sl->by_transport[i], hs.by_transport[i]);
     }
     STORE(sl->pub_clients, ps.clients);
-    {
-        apr_uint32_t susp, conns, msusp, waits;
 
-        comet_susp_counts(&susp, &conns, &msusp, &waits);
-        STORE(sl->gate_waits, waits);
-        STORE(sl->suspended, susp);
-        STORE(sl->held, comet_sub_held_count());
-        STORE(sl->mpm_conns, conns);
-        STORE(sl->mpm_suspended, msusp);
-    }
     STORE(sl->adopted, hs.adopted);
     STORE(sl->deliveries, hs.deliveries);
     STORE(sl->dropped_slow, hs.dropped_slow);
@@ -271,11 +269,11 @@ static void sum_slots(status_sums_t *sum)
         sum->pub_publishes += LOAD(sl->pub_publishes);
         sum->pub_clients += LOAD(sl->pub_clients);
         sum->connections += LOAD(sl->connections);
-        sum->suspended += LOAD(sl->suspended);
-        sum->held += LOAD(sl->held);
-        sum->mpm_conns += LOAD(sl->mpm_conns);
-        sum->mpm_suspended += LOAD(sl->mpm_suspended);
-        sum->gate_waits += LOAD(sl->gate_waits);
+        sum->suspended += LOAD(sl->live.suspended);
+        sum->held += LOAD(sl->live.held);
+        sum->mpm_conns += LOAD(sl->live.mpm_conns);
+        sum->mpm_suspended += LOAD(sl->live.mpm_suspended);
+        sum->gate_waits += LOAD(sl->live.gate_waits);
         if ((ps = sb_process(pid)) != NULL) {
             sum->sb_conns += ps->connections;
             sum->sb_suspended += ps->suspended;
@@ -402,9 +400,9 @@ static int comet_status_hook(request_rec *r, int flags)
                        LOAD(sl->connections), LOAD(sl->by_transport[0]),
                        LOAD(sl->by_transport[1]), LOAD(sl->by_transport[2]),
                        LOAD(sl->deliveries), LOAD(sl->dropped_slow),
-                       LOAD(sl->pub_clients), LOAD(sl->suspended),
-                       LOAD(sl->held), LOAD(sl->mpm_conns),
-                       LOAD(sl->mpm_suspended));
+                       LOAD(sl->pub_clients), LOAD(sl->live.suspended),
+                       LOAD(sl->live.held), LOAD(sl->live.mpm_conns),
+                       LOAD(sl->live.mpm_suspended));
         }
         else if (!(flags & AP_STATUS_NOTABLE)) {
             ap_rprintf(r, "<tr><td>%d</td><td>%u</td><td>%" APR_UINT64_T_FMT
@@ -415,8 +413,8 @@ static int comet_status_hook(request_rec *r, int flags)
                        LOAD(sl->connections), LOAD(sl->by_transport[0]),
                        LOAD(sl->by_transport[1]), LOAD(sl->by_transport[2]),
                        LOAD(sl->deliveries), LOAD(sl->dropped_slow),
-                       LOAD(sl->pub_clients), LOAD(sl->suspended),
-                       LOAD(sl->held));
+                       LOAD(sl->pub_clients), LOAD(sl->live.suspended),
+                       LOAD(sl->live.held));
         }
         n++;
     }

@@ -565,12 +565,6 @@ static const comet_hub_sink_t held_sink = { held_write, held_close };
 
 /* Held subscribers each keep a worker thread; at most half of a process's
  * threads may be held, so that ordinary requests are always served. */
-static volatile apr_uint32_t held_now;
-
-apr_uint32_t comet_sub_held_count(void)
-{
-    return apr_atomic_read32(&held_now);
-}
 
 static apr_uint32_t held_limit(void)
 {
@@ -605,8 +599,8 @@ static int peer_left(conn_rec *c)
 /* Reserve a place for a held subscriber; 0 when the process has none. */
 static int held_reserve(void)
 {
-    if (apr_atomic_inc32(&held_now) >= held_limit()) {
-        apr_atomic_dec32(&held_now);
+    if (apr_atomic_inc32(&comet_status_live()->held) >= held_limit()) {
+        apr_atomic_dec32(&comet_status_live()->held);
         return 0;
     }
     return 1;
@@ -837,7 +831,7 @@ int comet_subscriber_handler(request_rec *r)
         rc = park_held(sr, hub);
     }
     if (!detach) {
-        apr_atomic_dec32(&held_now);
+        apr_atomic_dec32(&comet_status_live()->held);
     }
     return rc;
 

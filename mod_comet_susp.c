@@ -34,7 +34,8 @@
  *            hooks bump it: the thread serves another connection).  A
  *            callback that finds the gate shut registers itself again.
  *   ending   last bytes and a non-blocking wait for them to leave (5 s at
- *            most), the hub-thread watcher removed, then: EOR (access log,
+ *            most from the hub's end of the stream), the hub-thread
+ *            watcher removed, then: EOR (access log,
  *            r->pool), lingering close start (last TLS record, FIN), the
  *            connection state set back to SUSPENDED (the MPM's counters),
  *            and c->pool destroyed (socket closed).
@@ -123,7 +124,7 @@ struct susp_t {
     unsigned            writable:1;     /* room seen since               */
     unsigned            ww:1;           /* waiting for room              */
     unsigned            retiring:1;
-    unsigned            linger_armed:1, linger_over:1;
+    unsigned            linger_posted:1, linger_armed:1, linger_over:1;
     int                 tasks;          /* tasks posted, not yet run     */
     comet_loop_io_t     io;
     comet_timer_t       linger;
@@ -136,10 +137,8 @@ static int g_no_callbacks;          /* ungraceful stop: see above         */
 
 /* Per-process numbers. */
 static apr_uint32_t g_limit;        /* set in post_config                 */
-static volatile apr_uint32_t g_now; /* suspended (reserved) connections   */
 static volatile apr_uint32_t g_refusal_logged;
-static volatile apr_uint32_t g_mpm_conns, g_mpm_susp;
-static volatile apr_uint32_t g_gate_waits;  /* callbacks the gate sent back */
+/* (The numbers are in comet_status_live().) */
 
 static ap_filter_rec_t *nb_filter;
 
@@ -375,6 +374,14 @@ static void sink_close(void *baton)
         /* Dropped (slow, gone, cancelled): no orderly end. */
         s->abort = 1;
     }
+    else if (s->watch != W_GONE && !s->linger_posted) {
+        /* The end is known: from now on what is left gets SUSP_LINGER to
+         * leave. */
+        s->linger_posted = 1;
+        if (!post(s, &s->t_linger)) {
+            s->watch = W_GONE;
+        }
+    }
     if (!maybe_free(s)) {
         schedule(s);
     }
@@ -483,7 +490,7 @@ static void task_want_write(comet_hub_t *hub, comet_hub_task_t *t,
     pthread_mutex_unlock(&g_mu);
 }
 
-/* The last bytes are out of our hands: they get SUSP_LINGER to leave. */
+/* The hub has ended the stream: what is left gets SUSP_LINGER to leave. */
 static void task_linger(comet_hub_t *hub, comet_hub_task_t *t, int stopping)
 {
     susp_t *s = t->baton;
@@ -551,7 +558,7 @@ static int await_room(susp_t *s)
         s->writable = 0;
         return A_PUSH;
     }
-    if (s->watch == W_GONE || (s->phase == P_TAIL && s->linger_over)) {
+    if (s->watch == W_GONE || s->linger_over) {
         return -1;
     }
     if (!s->ww) {
@@ -684,7 +691,7 @@ static int run(susp_t *s, int in_callback)
             list_remove(s);
             pthread_mutex_unlock(&g_mu);
             finish(s);
-            apr_atomic_dec32(&g_now);
+            apr_atomic_dec32(&comet_status_live()->suspended);
             pthread_mutex_lock(&g_mu);
             s->phase = P_DONE;
             s->sched = 0;
@@ -730,10 +737,6 @@ static int run(susp_t *s, int in_callback)
         }
         if (a == A_FINALIZE) {
             s->phase = P_TAIL;
-            if (s->pending && !s->abort && s->watch != W_GONE
-                && !post(s, &s->t_linger)) {
-                s->watch = W_GONE;
-            }
         }
     }
 }
@@ -747,7 +750,7 @@ static void susp_run(void *baton)
         if (!gate_passed(s)) {
             /* The suspending worker is still on its way out: try again
              * (it needs microseconds). */
-            apr_atomic_inc32(&g_gate_waits);
+            apr_atomic_inc32(&comet_status_live()->gate_waits);
             pthread_mutex_unlock(&g_mu);
             sched_yield();
             if (ap_mpm_register_timed_callback(0, susp_run, s)
@@ -770,9 +773,9 @@ static apr_status_t conn_gone(void *data)
     conn_rec *c = data;
 
     if (c->cs && c->cs->state == CONN_STATE_SUSPENDED) {
-        apr_atomic_dec32(&g_mpm_susp);
+        apr_atomic_dec32(&comet_status_live()->mpm_suspended);
     }
-    apr_atomic_dec32(&g_mpm_conns);
+    apr_atomic_dec32(&comet_status_live()->mpm_conns);
     return APR_SUCCESS;
 }
 
@@ -785,7 +788,7 @@ static int susp_pre_connection(conn_rec *c, void *csd)
         return OK;
     }
     moved_on();
-    apr_atomic_inc32(&g_mpm_conns);
+    apr_atomic_inc32(&comet_status_live()->mpm_conns);
     apr_pool_cleanup_register(c->pool, c, conn_gone, apr_pool_cleanup_null);
     return OK;
 }
@@ -802,7 +805,7 @@ static void susp_suspend_connection(conn_rec *c, request_rec *r)
     if (c->master || !c->cs || c->cs->state != CONN_STATE_SUSPENDED) {
         return;
     }
-    apr_atomic_inc32(&g_mpm_susp);
+    apr_atomic_inc32(&comet_status_live()->mpm_suspended);
     if (!(s = ap_get_module_config(c->conn_config, &comet_module))) {
         return;
     }
@@ -893,8 +896,8 @@ int comet_susp_possible(request_rec *r)
 
 int comet_susp_reserve(request_rec *r)
 {
-    if (apr_atomic_inc32(&g_now) >= g_limit) {
-        apr_atomic_dec32(&g_now);
+    if (apr_atomic_inc32(&comet_status_live()->suspended) >= g_limit) {
+        apr_atomic_dec32(&comet_status_live()->suspended);
         if (apr_atomic_cas32(&g_refusal_logged, 1, 0) == 0) {
             ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, "%u subscribers "
                           "are suspended in this process, as many as the "
@@ -912,7 +915,7 @@ int comet_susp_reserve(request_rec *r)
 
 void comet_susp_unreserve(void)
 {
-    apr_atomic_dec32(&g_now);
+    apr_atomic_dec32(&comet_status_live()->suspended);
 }
 
 void comet_susp_prepare(request_rec *r)
@@ -1042,13 +1045,4 @@ void comet_susp_stopped(int graceful)
             pthread_mutex_unlock(&g_mu);
         }
     }
-}
-
-void comet_susp_counts(apr_uint32_t *suspended, apr_uint32_t *mpm_conns,
-                       apr_uint32_t *mpm_suspended, apr_uint32_t *gate_waits)
-{
-    *gate_waits = apr_atomic_read32(&g_gate_waits);
-    *suspended = apr_atomic_read32(&g_now);
-    *mpm_conns = apr_atomic_read32(&g_mpm_conns);
-    *mpm_suspended = apr_atomic_read32(&g_mpm_susp);
 }

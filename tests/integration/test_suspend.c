@@ -587,6 +587,67 @@ START_TEST(an_http_1_0_client_that_does_not_read_blocks_no_worker_either)
 }
 END_TEST
 
+static int stuck_logged(void *baton)
+{
+    const it_server_t *s = baton;
+    char path[512], *log = malloc(1024 * 1024);
+    int found;
+
+    snprintf(path, sizeof(path), "%s/access_log", s->dir);
+    found = it_read_file(path, log, 1024 * 1024) > 0
+            && strstr(log, "GET /sub/stuck ");
+    free(log);
+    return found;
+}
+
+/* A stream that ends (its channel deleted) while its client reads
+ * nothing: the end waits at most a few seconds for the client, then the
+ * connection is cut and freed. */
+START_TEST(an_ended_stream_whose_client_does_not_read_is_cut_after_a_while)
+{
+    it_server_t s;
+    it_opts_t o;
+    it_tls_t t;
+    it_response_t *res = malloc(sizeof(*res));
+    char *msg = malloc(16 * 1024 + 1);
+    long long t0;
+
+    memset(&o, 0, sizeof(o));
+    o.tls = 1;
+    o.extra = "CometMaxPendingBytes 16M\nKeepAliveTimeout 1\n";
+    ck_assert_int_eq(it_server_start(&s, &o), 0);
+    memset(msg, 'y', 16 * 1024);
+    msg[16 * 1024] = '\0';
+    ck_assert_int_eq(it_tls_open_rcvbuf(&t, s.tls_port,
+                                        request("/sub/stuck",
+                                                "text/event-stream"), 4096),
+                     0);
+    ck_assert(it_tls_read_until(&t, "retry: 3000\n\n", 0, 5000));
+    ck_assert(wait_subscribers(s.port, "stuck", 1, 10000));
+    /* 8 MB: more than the kernel's buffers hold (some 3 MB here, at most
+     * tcp_wmem's 4 MB), less than CometMaxPendingBytes. */
+    for (int i = 0; i < 512; i++) {
+        ck_assert_int_eq(publish(s.port, "stuck", msg), 201);
+    }
+    ck_assert_int_eq(subscribers(s.port, "stuck"), 1);
+    t0 = it_now_ms();
+    ck_assert_int_eq(it_http(s.port, "DELETE", "/pub/stuck", NULL, NULL, 0,
+                             res, 5000), 0);
+    ck_assert_int_eq(res->status, 200);
+    /* The access log line is written as the connection ends. */
+    ck_assert(it_wait_for(stuck_logged, &s, 15000));
+    fprintf(stderr, "an ended stream nobody reads: cut after %lld ms\n",
+            it_now_ms() - t0);
+    /* It was given its few seconds (5). */
+    ck_assert_int_ge(it_now_ms() - t0, 4000);
+    it_tls_close(&t, 0);
+    assert_all_ended(&s);
+    it_server_stop(&s);
+    free(res);
+    free(msg);
+}
+END_TEST
+
 /* Past (ThreadsPerChild - 1) x AsyncRequestWorkerFactor suspended
  * subscribers a process answers 503 with Retry-After and says in the log
  * which setting raises the bound; a place frees when a subscriber
@@ -856,6 +917,7 @@ Suite *test_suspend_suite(void)
     tcase_add_test(tc, the_suspended_bound_answers_503_and_names_the_setting);
     tcase_add_test(tc, a_tls_client_that_does_not_read_blocks_no_worker_and_is_dropped);
     tcase_add_test(tc, an_http_1_0_client_that_does_not_read_blocks_no_worker_either);
+    tcase_add_test(tc, an_ended_stream_whose_client_does_not_read_is_cut_after_a_while);
     tcase_add_test(tc, thousands_of_tls_subscribe_disconnect_cycles_leave_nothing);
     tcase_add_test(tc, restart_and_stop_during_tls_churn_crash_nothing);
     suite_add_tcase(s, tc);
