@@ -18,6 +18,8 @@ APR_CFLAGS   = $(shell apr-1-config --cflags --cppflags --includes 2>/dev/null)
 APR_LIBS     = $(shell apr-1-config --link-ld --libs 2>/dev/null)
 CHECK_CFLAGS = $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS   = $(shell pkg-config --libs check 2>/dev/null)
+# The integration tests' TLS client.
+SSL_LIBS     = $(shell pkg-config --libs openssl 2>/dev/null || echo -lssl -lcrypto)
 
 WARN        := -Wall -Wextra -Werror -Wno-unused-parameter
 STD         := -std=gnu99
@@ -70,7 +72,7 @@ $(BUILD)/unit_tests: $(UNIT_SRC) $(CORE_SRC) $(CORE_HDR) $(wildcard tests/unit/*
 	$(CC) $(TEST_CFLAGS) -o $@ $(UNIT_SRC) $(CORE_SRC) $(TEST_LIBS)
 
 $(BUILD)/integration_tests: $(IT_SRC) $(CORE_SRC) $(CORE_HDR) $(wildcard tests/integration/*.h) $(BUILD)/integration_suites.h
-	$(CC) $(TEST_CFLAGS) -o $@ $(IT_SRC) $(CORE_SRC) $(TEST_LIBS)
+	$(CC) $(TEST_CFLAGS) -o $@ $(IT_SRC) $(CORE_SRC) $(TEST_LIBS) $(SSL_LIBS)
 
 unit: $(BUILD)/unit_tests
 	$(BUILD)/unit_tests

@@ -139,11 +139,14 @@ struct comet_hub_t {
     comet_timer_t    maintain;
     apr_uint32_t     epoch;
 
-    apr_thread_mutex_t *mu;         /* guards the three fields below      */
+    apr_thread_mutex_t *mu;         /* guards the fields below, to tasks_closed */
     hub_handoff_t   *handoff, *handoff_tail;
     comet_hub_sub_t **cancels;
     apr_size_t       ncancels, cancels_cap;
     int              stopping;
+    comet_hub_task_t *tasks, *tasks_tail;
+    int              tasks_closed;  /* the thread is done: posts refused  */
+    int              loop_done;     /* hub thread only: the loop has ended */
 
     hub_chan_t     **table;
     apr_size_t       table_size;    /* power of two                       */
@@ -1153,6 +1156,30 @@ static void link_sub(comet_hub_t *hub, hub_handoff_t *h)
     }
 }
 
+/* Run the tasks posted so far (those posted meanwhile come with the next
+ * wakeup).  close_after: take turns until none is left, then refuse any
+ * more (the end of comet_hub_run). */
+static void run_tasks(comet_hub_t *hub, int close_after)
+{
+    comet_hub_task_t *t, *next;
+
+    do {
+        apr_thread_mutex_lock(hub->mu);
+        t = hub->tasks;
+        hub->tasks = hub->tasks_tail = NULL;
+        if (!t && close_after) {
+            hub->tasks_closed = 1;
+        }
+        apr_thread_mutex_unlock(hub->mu);
+        for (; t; t = next) {
+            /* The task may be posted again (or freed) by its fn. */
+            next = t->next;
+            t->next = NULL;
+            t->fn(hub, t, hub->loop_done);
+        }
+    } while (close_after && !hub->tasks_closed);
+}
+
 static void on_wake(comet_loop_t *loop, void *baton)
 {
     comet_hub_t *hub = baton;
@@ -1187,6 +1214,7 @@ static void on_wake(comet_loop_t *loop, void *baton)
             sub_free(hub, cancel[i]);
         }
     }
+    run_tasks(hub, 0);
 }
 
 /* ---- life ---------------------------------------------------------------------------- */
@@ -1242,6 +1270,10 @@ apr_status_t comet_hub_run(comet_hub_t *hub)
     apr_status_t rv = comet_loop_run(hub->loop);
     hub_handoff_t *h, *next;
 
+    hub->loop_done = 1;
+    if (hub->cfg.on_stop) {
+        hub->cfg.on_stop(hub, hub->cfg.on_stop_baton);
+    }
     apr_thread_mutex_lock(hub->mu);
     hub->stopping = 1;
     h = hub->handoff;
@@ -1271,6 +1303,8 @@ apr_status_t comet_hub_run(comet_hub_t *hub)
         comet_loop_io_remove(hub->loop, &hub->wake_io);
     }
     comet_timer_cancel(hub->loop, &hub->maintain);
+    /* Tasks posted up to now run; later posts are refused. */
+    run_tasks(hub, 1);
     free(hub->table);
     hub->table = NULL;
     free(hub->cancels);
@@ -1312,6 +1346,27 @@ void comet_hub_cancel(comet_hub_t *hub, comet_hub_sub_t *handle)
     hub->cancels[hub->ncancels++] = handle;
     apr_thread_mutex_unlock(hub->mu);
     comet_loop_wake(hub->loop);
+}
+
+apr_status_t comet_hub_post(comet_hub_t *hub, comet_hub_task_t *task)
+{
+    apr_thread_mutex_lock(hub->mu);
+    if (hub->tasks_closed) {
+        apr_thread_mutex_unlock(hub->mu);
+        return APR_EAGAIN;
+    }
+    task->next = NULL;
+    if (hub->tasks_tail) {
+        hub->tasks_tail->next = task;
+    }
+    else {
+        hub->tasks = task;
+    }
+    hub->tasks_tail = task;
+    /* Under the lock: once tasks_closed is set the loop may go. */
+    comet_loop_wake(hub->loop);
+    apr_thread_mutex_unlock(hub->mu);
+    return APR_SUCCESS;
 }
 
 apr_uint32_t comet_hub_count(comet_hub_t *hub)

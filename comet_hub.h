@@ -60,6 +60,12 @@ typedef struct comet_hub_config_t {
      * hub's counters where other processes can read them); may be NULL. */
     void         (*tick)(comet_hub_t *hub, void *baton);
     void          *tick_baton;
+    /* Called once on the hub thread when comet_hub_run's loop has ended,
+     * before the hub ends its subscribers: the last moment at which code
+     * sharing the hub's loop may still use it (remove its watchers and
+     * timers).  May be NULL. */
+    void         (*on_stop)(comet_hub_t *hub, void *baton);
+    void          *on_stop_baton;
 } comet_hub_config_t;
 
 /* Code that writes a sink subscriber's bytes.  Called on the hub thread;
@@ -115,6 +121,28 @@ apr_status_t comet_hub_adopt(comet_hub_t *hub, const comet_hub_spec_t *spec,
 /* End a sink subscriber (its client left): the hub releases it and calls
  * its close callback soon.  Any thread, until close has been called. */
 void comet_hub_cancel(comet_hub_t *hub, comet_hub_sub_t *handle);
+
+/* ---- work for the hub's thread ---------------------------------------------
+ * Code that shares the hub's loop (comet_hub_loop) may only touch it on the
+ * hub's thread; other threads hand it work as tasks.  A task is a record
+ * of the caller's (no allocation): fn(hub, task, stopping) runs once on the
+ * hub thread, tasks in the order they were posted.  stopping is 0 while
+ * the loop runs; 1 once it has ended (the task must then not touch the
+ * loop: watchers and timers are no longer served). */
+typedef struct comet_hub_task_t comet_hub_task_t;
+typedef void comet_hub_task_fn(comet_hub_t *hub, comet_hub_task_t *task,
+                               int stopping);
+struct comet_hub_task_t {
+    comet_hub_task_t  *next;      /* the hub's                          */
+    comet_hub_task_fn *fn;
+    void              *baton;
+};
+
+/* Queue a task (not already queued).  APR_SUCCESS: fn will run, also when
+ * the hub is stopping.  APR_EAGAIN: the hub's thread has finished for
+ * good and will touch nothing of the caller's any more (fn never runs).
+ * Any thread; one short lock. */
+apr_status_t comet_hub_post(comet_hub_t *hub, comet_hub_task_t *task);
 
 /* Subscribers held now (adopted and not yet ended).  Any thread. */
 apr_uint32_t comet_hub_count(comet_hub_t *hub);

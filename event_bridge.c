@@ -146,6 +146,7 @@ void comet_bridge_child_init(apr_pool_t *pchild, server_rec *s)
     cfg.wake = comet_wake_slot;
     b->max_subscribers = cfg.max_subscribers;
     cfg.tick = comet_status_tick;
+    cfg.on_stop = comet_susp_hub_stopping;
     if ((rv = comet_hub_create(&b->hub, &cfg, b->pool)) != APR_SUCCESS) {
         goto failed;
     }
@@ -195,12 +196,16 @@ failed:
 
 void comet_bridge_child_stopping(int graceful)
 {
+    comet_susp_stopping(graceful);
     if (bridge && bridge->hub) {
         /* End every parked subscriber now (the hub's ending writes never
          * block), and wait for it: the process may exit right after this
          * hook, and must not do so while the bridge is inside the store. */
         bridge_join(bridge);
     }
+    /* Suspended subscribers the hub has ended: on an ungraceful stop no
+     * callback may run any more; they are finished here. */
+    comet_susp_stopped(graceful);
 }
 
 void comet_bridge_register_hooks(apr_pool_t *p)

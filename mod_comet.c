@@ -219,6 +219,7 @@ static int comet_post_config(apr_pool_t *pconf, apr_pool_t *plog,
     comet_globals.shm = ps->shm;
     comet_globals.wake_fds = ps->wake_fds;
     comet_globals.nslots = ps->nslots;
+    comet_susp_post_config(s);
 
     return comet_bridge_post_config(pconf, ptemp, s);
 }
@@ -242,6 +243,7 @@ static void comet_child_init(apr_pool_t *pchild, server_rec *s)
         return;
     }
     install_core_log(s);
+    comet_susp_child_init(pchild);
     rv = comet_store_proc_attach(comet_globals.store, (apr_int32_t)getpid(),
                                  &comet_globals.slot);
     if (rv == COMET_ENOSLOT) {
@@ -327,6 +329,7 @@ static void comet_register_hooks(apr_pool_t *p)
     ap_hook_child_stopping(comet_child_stopping, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_handler(comet_handler, NULL, NULL, APR_HOOK_MIDDLE);
     comet_bridge_register_hooks(p);
+    comet_susp_register_hooks(p);
 }
 
 AP_DECLARE_MODULE(comet) = {

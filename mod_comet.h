@@ -118,6 +118,38 @@ int comet_request_channels(request_rec *r, const comet_dir_conf_t *dc,
  * text body (or httpd's own page when there is none).  Request thread. */
 int comet_error_response(request_rec *r, int status);
 
+
+/* mod_comet_susp.c: suspended subscribers (TLS, HTTP/1.0, transforming
+ * filters: bytes through httpd's filters, no worker kept while waiting).
+ *   register_hooks   the MPM hooks and the non-blocking filter.
+ *   post_config      the per-process bound (parent, not the dry pass).
+ *   child_init       per-thread state (child, before requests).
+ *   possible         whether r may be suspended (request thread).
+ *   reserve          take a place under the bound (0: none, 503);
+ *                    unreserve gives it back when r is not parked after
+ *                    all.
+ *   prepare          writes on r's connection stop waiting for the
+ *                    client; before the head is sent.
+ *   park             hand r to the hub as a sink (spec from the
+ *                    handler; sink fields are set here): SUSPENDED, or OK
+ *                    when the hub refuses (the place is given back).
+ *   hub_stopping     comet_hub_config_t.on_stop (hub thread).
+ *   stopping/stopped child_stopping, before and after the hub stops.
+ * Its numbers are in comet_status_live(). */
+void comet_susp_register_hooks(apr_pool_t *p);
+void comet_susp_post_config(server_rec *s);
+void comet_susp_child_init(apr_pool_t *pchild);
+int comet_susp_possible(request_rec *r);
+int comet_susp_reserve(request_rec *r);
+void comet_susp_unreserve(void);
+void comet_susp_prepare(request_rec *r);
+int comet_susp_park(request_rec *r, comet_hub_t *hub,
+                    comet_hub_spec_t *spec, apr_size_t max_pending);
+void comet_susp_hub_stopping(comet_hub_t *hub, void *baton);
+void comet_susp_stopping(int graceful);
+void comet_susp_stopped(int graceful);
+
+
 /* mod_comet_pub.c: the comet-publisher handler.  Request thread. */
 int comet_publisher_handler(request_rec *r);
 
@@ -145,6 +177,18 @@ const char *comet_pubsock_path(void);
  * bridge thread is joined).  tick: comet_hub_config_t.tick, bridge
  * thread. */
 int comet_status_post_config(apr_pool_t *pconf, server_rec *s);
+/* Numbers that change with every connection, kept by this process right
+ * in its server-status record (shared memory; a process-local record when
+ * there is none), with atomic operations.  Any thread; never NULL. */
+typedef struct comet_live_t {
+    apr_uint32_t suspended;       /* suspended subscribers (places taken) */
+    apr_uint32_t held;            /* held subscribers (HTTP/2)            */
+    apr_uint32_t mpm_conns;       /* the MPM's connections, and those it  */
+    apr_uint32_t mpm_suspended;   /* counts as suspended (as our hooks
+                                     see them)                            */
+    apr_uint32_t gate_waits;      /* callbacks the gate sent back         */
+} comet_live_t;
+comet_live_t *comet_status_live(void);
 void comet_status_child_init(apr_pool_t *pchild, comet_hub_t *hub);
 void comet_status_tick(comet_hub_t *hub, void *baton);
 void comet_status_register_hooks(apr_pool_t *p);

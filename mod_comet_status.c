@@ -31,7 +31,9 @@
 #include <http_config.h>
 #include <http_log.h>
 #include <http_protocol.h>
+#include <ap_mpm.h>
 #include <mod_status.h>
+#include <scoreboard.h>
 
 #include "mod_comet.h"
 #include "comet_pubsrv.h"
@@ -48,6 +50,7 @@ typedef struct status_slot_t {
     apr_uint32_t connections;       /* subscribers held by the hub       */
     apr_uint32_t by_transport[3];   /* sse, long-poll, stream            */
     apr_uint32_t pub_clients;       /* publish socket connections        */
+    comet_live_t live;              /* kept live (comet_status_live)     */
     apr_uint64_t adopted;
     apr_uint64_t deliveries;
     apr_uint64_t dropped_slow;
@@ -126,6 +129,17 @@ static void retire(status_slot_t *sl, apr_int32_t pid)
     ADD(status->retired_pub_publishes, LOAD(sl->pub_publishes));
 }
 
+comet_live_t *comet_status_live(void)
+{
+    static comet_live_t local;
+
+    if (status && comet_globals.in_child
+        && comet_globals.slot < status->nslots) {
+        return &status->slot[comet_globals.slot].live;
+    }
+    return &local;
+}
+
 static void write_slot(comet_hub_t *hub)
 {
     status_slot_t *sl = &status->slot[comet_globals.slot];
@@ -140,6 +154,7 @@ static void write_slot(comet_hub_t *hub)
         STORE(sl->by_transport[i], hs.by_transport[i]);
     }
     STORE(sl->pub_clients, ps.clients);
+
     STORE(sl->adopted, hs.adopted);
     STORE(sl->deliveries, hs.deliveries);
     STORE(sl->dropped_slow, hs.dropped_slow);
@@ -195,7 +210,24 @@ typedef struct status_sums_t {
     apr_uint64_t adopted, deliveries, dropped_slow, pub_commands,
                  pub_publishes;
     apr_uint32_t pub_clients, connections, processes;
+    apr_uint32_t suspended, held, mpm_conns, mpm_suspended, gate_waits;
+    apr_uint32_t sb_conns, sb_suspended, sb_lingering;
 } status_sums_t;
+
+/* The MPM's own record of process pid: the numbers its listener copies
+ * there when it maintains its queues (so they may be old). */
+static process_score *sb_process(apr_int32_t pid)
+{
+    int servers = 0;
+
+    ap_mpm_query(AP_MPMQ_HARD_LIMIT_DAEMONS, &servers);
+    for (int i = 0; ap_scoreboard_image && i < servers; i++) {
+        if (ap_scoreboard_image->parent[i].pid == (pid_t)pid) {
+            return &ap_scoreboard_image->parent[i];
+        }
+    }
+    return NULL;
+}
 
 static int slot_alive(status_slot_t *sl, apr_int32_t *pid)
 {
@@ -223,6 +255,7 @@ static void sum_slots(status_sums_t *sum)
     sum->pub_publishes = LOAD(status->retired_pub_publishes);
     for (i = 0; i < status->nslots; i++) {
         status_slot_t *sl = &status->slot[i];
+        process_score *ps;
         apr_int32_t pid;
 
         if (!slot_alive(sl, &pid)) {
@@ -236,6 +269,16 @@ static void sum_slots(status_sums_t *sum)
         sum->pub_publishes += LOAD(sl->pub_publishes);
         sum->pub_clients += LOAD(sl->pub_clients);
         sum->connections += LOAD(sl->connections);
+        sum->suspended += LOAD(sl->live.suspended);
+        sum->held += LOAD(sl->live.held);
+        sum->mpm_conns += LOAD(sl->live.mpm_conns);
+        sum->mpm_suspended += LOAD(sl->live.mpm_suspended);
+        sum->gate_waits += LOAD(sl->live.gate_waits);
+        if ((ps = sb_process(pid)) != NULL) {
+            sum->sb_conns += ps->connections;
+            sum->sb_suspended += ps->suspended;
+            sum->sb_lingering += ps->lingering_close;
+        }
     }
 }
 
@@ -276,12 +319,22 @@ static int comet_status_hook(request_rec *r, int flags)
                    "CometDroppedSlow: %" APR_UINT64_T_FMT "\n"
                    "CometSocketClients: %u\n"
                    "CometSocketPublishes: %" APR_UINT64_T_FMT "\n"
-                   "CometProcesses: %u\n",
+                   "CometProcesses: %u\n"
+                   "CometSuspended: %u\n"
+                   "CometHeld: %u\n"
+                   "CometMpmConnections: %u\n"
+                   "CometMpmSuspended: %u\n"
+                   "CometSuspendGateWaits: %u\n"
+                   "CometScoreboardConnections: %u\n"
+                   "CometScoreboardSuspended: %u\n"
+                   "CometScoreboardLingering: %u\n",
                    ss.channels, ss.channels_max, ss.messages, cfg.size,
                    ss.bytes_used, ss.bytes_free, ss.subscribers,
                    sum.connections, ss.published, sum.deliveries,
                    sum.dropped_slow, sum.pub_clients, sum.pub_publishes,
-                   sum.processes);
+                   sum.processes, sum.suspended, sum.held, sum.mpm_conns,
+                   sum.mpm_suspended, sum.gate_waits, sum.sb_conns,
+                   sum.sb_suspended, sum.sb_lingering);
     }
     else {
         ap_rputs("<hr />\n<h2>mod_comet</h2>\n<dl>\n", r);
@@ -297,11 +350,17 @@ static int comet_status_hook(request_rec *r, int flags)
                    "</dt>\n"
                    "<dt>Deliveries since start: %" APR_UINT64_T_FMT
                    "; slow subscribers dropped: %" APR_UINT64_T_FMT
+                   "</dt>\n"
+                   "<dt>Through httpd's filters: %u suspended (no worker "
+                   "kept; TLS, HTTP/1.0), %u held (HTTP/2, a worker each)"
+                   "</dt>\n"
+                   "<dt>Event MPM connections: %u, of which %u suspended"
                    "</dt>\n",
                    ss.channels, ss.channels_max, ss.messages, cfg.size,
                    ss.bytes_used, ss.bytes_free, ss.subscribers,
                    sum.connections, ss.published, sum.deliveries,
-                   sum.dropped_slow);
+                   sum.dropped_slow, sum.suspended, sum.held, sum.mpm_conns,
+                   sum.mpm_suspended);
         if (sock) {
             ap_rprintf(r, "<dt>Publish socket %s: %u clients, %"
                        APR_UINT64_T_FMT " publishes since start</dt>\n",
@@ -318,7 +377,8 @@ static int comet_status_hook(request_rec *r, int flags)
         ap_rputs("<table border=\"0\"><tr><th>PID</th><th>Slot</th>"
                  "<th>Subscribers</th><th>Connections</th><th>SSE</th>"
                  "<th>Long-poll</th><th>Stream</th><th>Deliveries</th>"
-                 "<th>Dropped (slow)</th><th>Socket clients</th></tr>\n", r);
+                 "<th>Dropped (slow)</th><th>Socket clients</th>"
+                 "<th>Suspended</th><th>Held</th></tr>\n", r);
     }
     for (i = 0; i < status->nslots; i++) {
         status_slot_t *sl = &status->slot[i];
@@ -334,21 +394,27 @@ static int comet_status_hook(request_rec *r, int flags)
                        APR_UINT64_T_FMT " connections=%u sse=%u longpoll=%u "
                        "stream=%u deliveries=%" APR_UINT64_T_FMT
                        " dropped_slow=%" APR_UINT64_T_FMT
-                       " socket_clients=%u\n", n, (int)pid, i, subs,
+                       " socket_clients=%u suspended=%u held=%u "
+                       "mpm_connections=%u mpm_suspended=%u\n", n, (int)pid,
+                       i, subs,
                        LOAD(sl->connections), LOAD(sl->by_transport[0]),
                        LOAD(sl->by_transport[1]), LOAD(sl->by_transport[2]),
                        LOAD(sl->deliveries), LOAD(sl->dropped_slow),
-                       LOAD(sl->pub_clients));
+                       LOAD(sl->pub_clients), LOAD(sl->live.suspended),
+                       LOAD(sl->live.held), LOAD(sl->live.mpm_conns),
+                       LOAD(sl->live.mpm_suspended));
         }
         else if (!(flags & AP_STATUS_NOTABLE)) {
             ap_rprintf(r, "<tr><td>%d</td><td>%u</td><td>%" APR_UINT64_T_FMT
                        "</td><td>%u</td><td>%u</td><td>%u</td><td>%u</td>"
                        "<td>%" APR_UINT64_T_FMT "</td><td>%" APR_UINT64_T_FMT
-                       "</td><td>%u</td></tr>\n", (int)pid, i, subs,
+                       "</td><td>%u</td><td>%u</td><td>%u</td></tr>\n",
+                       (int)pid, i, subs,
                        LOAD(sl->connections), LOAD(sl->by_transport[0]),
                        LOAD(sl->by_transport[1]), LOAD(sl->by_transport[2]),
                        LOAD(sl->deliveries), LOAD(sl->dropped_slow),
-                       LOAD(sl->pub_clients));
+                       LOAD(sl->pub_clients), LOAD(sl->live.suspended),
+                       LOAD(sl->live.held));
         }
         n++;
     }

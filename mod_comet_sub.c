@@ -15,10 +15,14 @@
  *             told the connection is gone (c->aborted), so httpd logs the
  *             request, frees its pools and forgets the connection.  No
  *             worker thread, no MPM connection slot, ~100 bytes kept.
- *   held      everything else (TLS, HTTP/2, HTTP/1.0, a transforming
- *             filter): the bytes must go through httpd's filters, so the
- *             handler keeps its thread and writes what the hub hands it.
- *             Bounded per process (see CometMaxSubscribers and README).
+ *   suspended TLS, HTTP/1.0, a transforming filter: the bytes must go
+ *             through httpd's filters.  The handler returns SUSPENDED and
+ *             MPM worker callbacks write what the hub hands over, without
+ *             ever waiting for the client (mod_comet_susp.c).  Bounded
+ *             per process by what the event MPM leaves room for.
+ *   held      HTTP/2 (a stream must not be suspended): the handler keeps
+ *             its thread and writes what the hub hands it.  Bounded per
+ *             process (see CometMaxSubscribers and README).
  *
  * A long-poll that finds messages waiting is answered at once, like any
  * ordinary response (keep-alive allowed).
@@ -561,7 +565,6 @@ static const comet_hub_sink_t held_sink = { held_write, held_close };
 
 /* Held subscribers each keep a worker thread; at most half of a process's
  * threads may be held, so that ordinary requests are always served. */
-static volatile apr_uint32_t held_now;
 
 static apr_uint32_t held_limit(void)
 {
@@ -596,11 +599,39 @@ static int peer_left(conn_rec *c)
 /* Reserve a place for a held subscriber; 0 when the process has none. */
 static int held_reserve(void)
 {
-    if (apr_atomic_inc32(&held_now) >= held_limit()) {
-        apr_atomic_dec32(&held_now);
+    if (apr_atomic_inc32(&comet_status_live()->held) >= held_limit()) {
+        apr_atomic_dec32(&comet_status_live()->held);
         return 0;
     }
     return 1;
+}
+
+/* ---- suspended subscribers (see mod_comet_susp.c) ------------------------------------ */
+
+static int park_suspended(sub_req_t *sr, comet_hub_t *hub, comet_buf_t *buf)
+{
+    request_rec *r = sr->r;
+    comet_srv_conf_t *sc = ap_get_module_config(r->server->module_config,
+                                                &comet_module);
+    comet_hub_spec_t spec;
+    int rc;
+
+    comet_susp_prepare(r);
+    if (send_now(r, buf->data, buf->len) != APR_SUCCESS
+        || r->connection->aborted) {
+        /* Trap: never suspend a connection httpd already knows is gone. */
+        comet_susp_unreserve();
+        return OK;
+    }
+    fill_spec(sr, &spec);
+    rc = comet_susp_park(r, hub, &spec, sc->max_pending
+                         ? sc->max_pending : COMET_DEFAULT_MAX_PENDING);
+    if (rc == SUSPENDED) {
+        sr->subscribed = 0;      /* the hub owns the subscriptions now */
+        COMET_SUB_LOG(r, APLOG_DEBUG, 0, "channel=%s: parked (suspended)",
+                      sr->ids[0]);
+    }
+    return rc;
 }
 
 static int park_held(sub_req_t *sr, comet_hub_t *hub)
@@ -679,7 +710,7 @@ int comet_subscriber_handler(request_rec *r)
     sub_req_t *sr;
     comet_read_t **reads;
     comet_buf_t *buf;
-    int rc, any, detach;
+    int rc, any, detach, suspend;
 
     if (!comet_globals.store || !hub) {
         return HTTP_SERVICE_UNAVAILABLE;
@@ -762,11 +793,22 @@ int comet_subscriber_handler(request_rec *r)
                                 reads[i], r->pool);
     }
     detach = can_detach(r);
+    suspend = !detach && comet_susp_possible(r);
+    if (suspend && !comet_susp_reserve(r)) {
+        apr_table_setn(r->err_headers_out, "Retry-After", "5");
+        rc = refuse(r, HTTP_SERVICE_UNAVAILABLE, "too many suspended "
+                    "subscribers in this process (the event MPM's "
+                    "connection limit)");
+        goto refused;
+    }
+    if (suspend) {
+        return park_suspended(sr, hub, buf);
+    }
     if (!detach && !held_reserve()) {
         COMET_SUB_LOG(r, APLOG_WARNING, 0, "channel=%s: refused, %u "
-                      "subscribers that need a worker thread (TLS, HTTP/2, "
-                      "HTTP/1.0) are held in this process already; serve "
-                      "comet locations over plain HTTP/1.1 to hold more",
+                      "subscribers that need a worker thread (HTTP/2) are "
+                      "held in this process already; serve comet locations "
+                      "over HTTP/1.1 to hold more",
                       sr->ids[0], held_limit());
         apr_table_setn(r->err_headers_out, "Retry-After", "5");
         rc = refuse(r, HTTP_SERVICE_UNAVAILABLE, "too many subscribers that "
@@ -788,7 +830,9 @@ int comet_subscriber_handler(request_rec *r)
                       sr->ids[0]);
         rc = park_held(sr, hub);
     }
-    apr_atomic_dec32(&held_now);
+    if (!detach) {
+        apr_atomic_dec32(&comet_status_live()->held);
+    }
     return rc;
 
 refused:

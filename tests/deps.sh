@@ -2,7 +2,7 @@
 # Install (as root) or name (otherwise) the Debian packages mod_comet needs to
 # build, test and run.  Idempotent: does nothing when all are there.
 set -e
-need="apache2 apache2-dev apache2-utils libapr1-dev libaprutil1-dev check pkg-config redis-server redis-tools python3-redis gcc make openssl curl chromium"
+need="apache2 apache2-dev apache2-utils libapr1-dev libaprutil1-dev check pkg-config libssl-dev redis-server redis-tools python3-redis gcc make openssl curl chromium"
 missing=""
 for p in $need; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \

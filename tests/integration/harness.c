@@ -175,6 +175,11 @@ static int make_config(it_server_t *srv, const it_opts_t *o)
     chmod(srv->dir, 0755);
     snprintf(path, sizeof(path), "%s/htdocs", srv->dir);
     mkdir(path, 0755);
+    /* A child that crashes leaves its core here (the runner prints its
+     * backtrace); children run as www-data. */
+    snprintf(path, sizeof(path), "%s/cores", srv->dir);
+    mkdir(path, 0777);
+    chmod(path, 0777);
     snprintf(path, sizeof(path), "%s/htdocs/index.html", srv->dir);
     write_file(path, "hello from the document root\n");
     snprintf(srv->socket_path, sizeof(srv->socket_path), "%s/comet.sock",
@@ -274,6 +279,8 @@ static pid_t spawn_httpd(const it_server_t *srv, const char *mode,
             rl.rlim_cur = rl.rlim_max;
             setrlimit(RLIMIT_NOFILE, &rl);
         }
+        rl.rlim_cur = rl.rlim_max = RLIM_INFINITY;
+        setrlimit(RLIMIT_CORE, &rl);
         if (fd >= 0) {
             dup2(fd, 1);
             dup2(fd, 2);
@@ -412,7 +419,9 @@ int it_server_start(it_server_t *srv, const it_opts_t *opts)
     return 0;
 }
 
-void it_server_stop(it_server_t *srv)
+/* Send sig to the server, wait for it to exit (bounded), then SIGKILL the
+ * whole process group if anything is left. */
+static void stop_with(it_server_t *srv, int sig)
 {
     long long end;
     int status;
@@ -420,7 +429,7 @@ void it_server_stop(it_server_t *srv)
     if (srv->pid <= 0) {
         return;
     }
-    kill(srv->pid, SIGTERM);
+    kill(srv->pid, sig);
     end = it_now_ms() + 15000;
     while (it_now_ms() < end) {
         pid_t r = waitpid(srv->pid, &status, WNOHANG);
@@ -434,6 +443,18 @@ void it_server_stop(it_server_t *srv)
     kill(-srv->pid, SIGKILL);
     waitpid(srv->pid, &status, WNOHANG);
     srv->pid = 0;
+}
+
+void it_server_stop(it_server_t *srv)
+{
+    /* apachectl -k graceful-stop (GracefulShutdownTimeout bounds it). */
+    stop_with(srv, SIGWINCH);
+}
+
+void it_server_stop_now(it_server_t *srv)
+{
+    /* apachectl -k stop */
+    stop_with(srv, SIGTERM);
 }
 
 typedef struct gen_t {
@@ -532,6 +553,26 @@ int it_connect(int port)
         return -1;
     }
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    return fd;
+}
+
+int it_connect_rcvbuf(int port, int rcvbuf)
+{
+    struct sockaddr_in sa;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    if (fd < 0) {
+        return -1;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((unsigned short)port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        close(fd);
+        return -1;
+    }
     return fd;
 }
 
@@ -900,4 +941,60 @@ int it_wait_subscribers(int port, const char *channel, int want)
     c.channel = channel;
     c.want = want;
     return it_wait_for(count_is, &c, 10000);
+}
+
+long it_status_value(int port, const char *key)
+{
+    it_response_t *res = malloc(sizeof(*res));
+    char want[128];
+    const char *p;
+    long v = -1;
+
+    snprintf(want, sizeof(want), "\n%s: ", key);
+    if (it_http(port, "GET", "/server-status?auto", NULL, NULL, 0, res, 5000)
+        == 0 && res->status == 200 && (p = strstr(res->body, want))) {
+        v = atol(p + strlen(want));
+    }
+    free(res);
+    return v;
+}
+
+int it_log_count(const it_server_t *srv, const char *needle)
+{
+    static char log[4 * 1024 * 1024];
+    char path[512];
+    const char *p;
+    int n = 0;
+
+    snprintf(path, sizeof(path), "%s/error_log", srv->dir);
+    if (it_read_file(path, log, sizeof(log)) < 0) {
+        return 0;
+    }
+    for (p = log; (p = strstr(p, needle)); p += strlen(needle)) {
+        n++;
+    }
+    return n;
+}
+
+void it_children_usage(const it_server_t *s, long *rss_kb, long *fds)
+{
+    pid_t kids[64];
+    int n = it_server_children(s, kids, 64);
+
+    *rss_kb = 0;
+    *fds = 0;
+    for (int i = 0; i < n; i++) {
+        char path[64], buf[4096], *p;
+        char cmd[128], out[64];
+
+        snprintf(path, sizeof(path), "/proc/%d/status", (int)kids[i]);
+        if (it_read_file(path, buf, sizeof(buf)) > 0
+            && (p = strstr(buf, "RssAnon:"))) {
+            *rss_kb += atol(p + 8);
+        }
+        snprintf(cmd, sizeof(cmd), "ls /proc/%d/fd | wc -l", (int)kids[i]);
+        if (it_run(cmd, out, sizeof(out), 5000) == 0) {
+            *fds += atol(out);
+        }
+    }
 }

@@ -40,9 +40,18 @@ typedef struct it_server_t {
  * been printed and srv->pid is 0. */
 int it_server_start(it_server_t *srv, const it_opts_t *opts);
 
-/* SIGTERM, wait for exit (bounded), SIGKILL the whole process group if it
- * did not go.  Safe to call twice. */
+/* Graceful stop (SIGWINCH; the config's GracefulShutdownTimeout bounds
+ * it), wait for exit (bounded), SIGKILL the whole process group if it did
+ * not go.  Safe to call twice.  Graceful, because httpd 2.4's event MPM
+ * may crash when stopped ungracefully while a worker is closing a
+ * connection (close_worker_sockets() can read a socket whose pool the
+ * worker has just freed), which would hide the crashes the runner looks
+ * for. */
 void it_server_stop(it_server_t *srv);
+
+/* The same with SIGTERM (apachectl -k stop): children end at once.  For
+ * tests of that very path; best with no request in flight. */
+void it_server_stop_now(it_server_t *srv);
 
 /* apachectl -k graceful: SIGUSR1, then wait until a new generation of
  * children answers.  0 on success. */
@@ -57,6 +66,12 @@ int it_server_try(const it_opts_t *opts, int start, char *out,
 /* Pids of the server's child processes (at most max); returns the count. */
 int it_server_children(const it_server_t *srv, pid_t *pids, int max);
 
+/* Sum of private resident memory (RssAnon, kB) and of open descriptors
+ * over the server's children.  Shared memory is left out on purpose: the
+ * store segment's pages count once touched, which is growth towards its
+ * fixed size, not a leak. */
+void it_children_usage(const it_server_t *s, long *rss_kb, long *fds);
+
 /* Print the last lines of the server's error log to stderr. */
 void it_server_log_tail(const it_server_t *srv, int lines);
 
@@ -68,6 +83,9 @@ long it_read_file(const char *path, char *buf, size_t max);
 /* Connected TCP socket to 127.0.0.1:port (blocking), or -1. */
 int it_connect(int port);
 int it_connect_unix(const char *path);
+/* The same with the receive buffer set to rcvbuf bytes before connecting
+ * (a client that reads little holds little). */
+int it_connect_rcvbuf(int port, int rcvbuf);
 
 /* Send all of buf. 0 or -1. */
 int it_send(int fd, const char *buf, size_t len);
@@ -141,6 +159,12 @@ int it_wait_subscribers(int port, const char *channel, int want);
 /* Run a command line through sh; capture stdout+stderr into out.
  * Returns the exit status (or -1). */
 int it_run(const char *cmd, char *out, size_t outlen, int timeout_ms);
+
+/* A number from GET /server-status?auto ("Key: N"), or -1. */
+long it_status_value(int port, const char *key);
+
+/* Occurrences of needle in the server's error log. */
+int it_log_count(const it_server_t *srv, const char *needle);
 
 /* Milliseconds on a monotonic clock. */
 long long it_now_ms(void);

@@ -4,8 +4,9 @@
 
 /* The integration test runner.  Every apache2 the tests start is listed in
  * a file (COMET_IT_LIST); at the end the runner kills whatever of them is
- * left, prints the tail of each error log when a test failed, and removes
- * the temporary directories. */
+ * left, fails the run when a child crashed ("exit signal" in an error log)
+ * or AddressSanitizer reported anything, prints the tail of each error log
+ * when a test failed, and removes the temporary directories. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,9 +34,33 @@ static int asan_reports(const char *dir)
     return 1;
 }
 
+/* A child that died of a signal (the parent logs "exit signal"). */
+static int crashed_children(const char *dir)
+{
+    char cmd[700], out[8192];
+
+    snprintf(cmd, sizeof(cmd), "grep -h 'exit signal' '%s'/error_log "
+             "2>/dev/null | head -n 20", dir);
+    it_run(cmd, out, sizeof(out), 10000);
+    if (!out[0]) {
+        return 0;
+    }
+    fprintf(stderr, "---- a child crashed in %s ----\n%s----\n", dir, out);
+    /* Its core, when the system writes one there and gdb is at hand. */
+    snprintf(cmd, sizeof(cmd), "for c in '%s'/cores/core*; do [ -f \"$c\" ] "
+             "&& command -v gdb >/dev/null && gdb -batch -ex bt "
+             "\"$(command -v apache2)\" \"$c\" 2>/dev/null | grep '^#'; "
+             "done | head -n 40", dir);
+    it_run(cmd, out, sizeof(out), 60000);
+    if (out[0]) {
+        fprintf(stderr, "backtrace:\n%s----\n", out);
+    }
+    return 1;
+}
+
 static int sweep(const char *list, int failed)
 {
-    int asan = 0;
+    int bad = 0;
 
     FILE *f = fopen(list, "r");
     char line[600], cmd[700], out[256];
@@ -55,7 +80,8 @@ static int sweep(const char *list, int failed)
             fprintf(stderr, "killing leftover apache2 group %d\n", pid);
             kill(-pid, SIGKILL);
         }
-        asan |= asan_reports(srv.dir);
+        bad |= asan_reports(srv.dir);
+        bad |= crashed_children(srv.dir);
         if (failed) {
             it_server_log_tail(&srv, 25);
         }
@@ -67,7 +93,7 @@ static int sweep(const char *list, int failed)
     }
     fclose(f);
     unlink(list);
-    return asan;
+    return bad;
 }
 
 int main(void)
@@ -94,7 +120,8 @@ int main(void)
     failed = srunner_ntests_failed(sr);
     srunner_free(sr);
     if (sweep(list, failed)) {
-        fprintf(stderr, "AddressSanitizer reported errors in the server\n");
+        fprintf(stderr, "AddressSanitizer reported errors in the server, or "
+                "a child process crashed\n");
         failed++;
     }
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;

@@ -585,6 +585,99 @@ START_TEST(a_sink_subscriber_gets_plain_frames_and_can_be_cancelled)
 }
 END_TEST
 
+/* Tasks: run on the hub's thread, in order; told when the loop has ended;
+ * refused once the hub's thread is done. */
+typedef struct task_rec_t {
+    comet_hub_task_t task;
+    pthread_t        ran_on;
+    int              ran, stopping, order;
+} task_rec_t;
+
+static volatile int task_seq;
+
+static void task_fn(comet_hub_t *hub, comet_hub_task_t *task, int stopping)
+{
+    task_rec_t *t = task->baton;
+
+    t->ran_on = pthread_self();
+    t->stopping = stopping;
+    t->order = ++task_seq;
+    __atomic_store_n(&t->ran, 1, __ATOMIC_RELEASE);
+}
+
+static int task_ran(task_rec_t *t)
+{
+    for (int i = 0; i < 2000; i++) {
+        if (__atomic_load_n(&t->ran, __ATOMIC_ACQUIRE)) {
+            return 1;
+        }
+        usleep(1000);
+    }
+    return 0;
+}
+
+static volatile int stop_calls;
+
+static void on_stop(comet_hub_t *hub, void *baton)
+{
+    task_rec_t *late = baton;
+
+    stop_calls++;
+    /* Posted while stopping: still runs, with stopping set. */
+    ck_assert_int_eq(comet_hub_post(hub, &late->task), APR_SUCCESS);
+}
+
+START_TEST(tasks_run_on_the_hub_thread_in_order_and_stop_with_it)
+{
+    task_rec_t a, b, late, refused;
+    comet_hub_config_t cfg;
+
+    hub_join();
+    teardown();
+    comet_test_pool_setup();
+    memset(&fx, 0, sizeof(fx));
+    memset(&a, 0, sizeof(a));
+    memset(&b, 0, sizeof(b));
+    memset(&late, 0, sizeof(late));
+    memset(&refused, 0, sizeof(refused));
+    a.task.fn = b.task.fn = late.task.fn = refused.task.fn = task_fn;
+    a.task.baton = &a;
+    b.task.baton = &b;
+    late.task.baton = &late;
+    refused.task.baton = &refused;
+    fx.st = store_util_make(8 * 1024 * 1024, 0, 0, 0, 4);
+    ck_assert_int_eq(comet_store_proc_attach(fx.st, (apr_int32_t)getpid(),
+                                             &fx.slot), APR_SUCCESS);
+    fx.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.store = fx.st;
+    cfg.slot = fx.slot;
+    cfg.wake_fd = fx.wake_fd;
+    cfg.on_stop = on_stop;
+    cfg.on_stop_baton = &late;
+    ck_assert_int_eq(comet_hub_create(&fx.hub, &cfg, comet_test_pool),
+                     APR_SUCCESS);
+    ck_assert_int_eq(pthread_create(&fx.thread, NULL, hub_thread, fx.hub), 0);
+    fx.running = 1;
+
+    task_seq = 0;
+    stop_calls = 0;
+    ck_assert_int_eq(comet_hub_post(fx.hub, &a.task), APR_SUCCESS);
+    ck_assert_int_eq(comet_hub_post(fx.hub, &b.task), APR_SUCCESS);
+    ck_assert(task_ran(&a) && task_ran(&b));
+    ck_assert(pthread_equal(a.ran_on, fx.thread));
+    ck_assert_int_eq(a.order, 1);
+    ck_assert_int_eq(b.order, 2);
+    ck_assert_int_eq(a.stopping, 0);
+    hub_join();
+    ck_assert_int_eq(stop_calls, 1);
+    ck_assert(late.ran);
+    ck_assert_int_eq(late.stopping, 1);
+    ck_assert_int_eq(comet_hub_post(fx.hub, &refused.task), APR_EAGAIN);
+    ck_assert(!refused.ran);
+}
+END_TEST
+
 Suite *test_comet_hub_suite(void)
 {
     Suite *s = suite_create("comet_hub");
@@ -605,6 +698,7 @@ Suite *test_comet_hub_suite(void)
     tcase_add_test(tc, stopping_the_hub_ends_every_stream_cleanly);
     tcase_add_test(tc, the_subscriber_limit_refuses_adoption);
     tcase_add_test(tc, a_sink_subscriber_gets_plain_frames_and_can_be_cancelled);
+    tcase_add_test(tc, tasks_run_on_the_hub_thread_in_order_and_stop_with_it);
     suite_add_tcase(s, tc);
     return s;
 }
