@@ -933,14 +933,20 @@ static int count_is(void *baton)
     return it_subscribers(c->port, c->channel) == c->want;
 }
 
-int it_wait_subscribers(int port, const char *channel, int want)
+int it_wait_subscribers_ms(int port, const char *channel, int want,
+                           int timeout_ms)
 {
     count_t c;
 
     c.port = port;
     c.channel = channel;
     c.want = want;
-    return it_wait_for(count_is, &c, 10000);
+    return it_wait_for(count_is, &c, timeout_ms);
+}
+
+int it_wait_subscribers(int port, const char *channel, int want)
+{
+    return it_wait_subscribers_ms(port, channel, want, 10000);
 }
 
 long it_status_value(int port, const char *key)

@@ -155,6 +155,8 @@ int it_publish(int port, const char *channel, const char *data,
  * unknown channel, -1 on error); and a bounded wait until it is want. */
 int it_subscribers(int port, const char *channel);
 int it_wait_subscribers(int port, const char *channel, int want);
+int it_wait_subscribers_ms(int port, const char *channel, int want,
+                           int timeout_ms);
 
 /* Run a command line through sh; capture stdout+stderr into out.
  * Returns the exit status (or -1). */

@@ -36,47 +36,6 @@ static int publish(int port, const char *channel, const char *data)
     return status;
 }
 
-static int subscribers(int port, const char *channel)
-{
-    it_response_t *res = malloc(sizeof(*res));
-    char path[256];
-    const char *p;
-    int n = -1;
-
-    snprintf(path, sizeof(path), "/pub/%s", channel);
-    if (it_http(port, "GET", path, NULL, NULL, 0, res, 5000) == 0) {
-        if (res->status == 200
-            && (p = strstr(res->body, "\"subscribers\":"))) {
-            n = atoi(p + 14);
-        }
-        else if (res->status == 404) {
-            n = 0;
-        }
-    }
-    free(res);
-    return n;
-}
-
-typedef struct count_t {
-    int port;
-    const char *channel;
-    int want;
-} count_t;
-
-static int count_is(void *baton)
-{
-    count_t *c = baton;
-
-    return subscribers(c->port, c->channel) == c->want;
-}
-
-static int wait_subscribers(int port, const char *channel, int want, int ms)
-{
-    count_t c = { port, channel, want };
-
-    return it_wait_for(count_is, &c, ms);
-}
-
 /* Nothing of a subscriber is left: no suspended or held subscriber, no
  * MPM connection counted as suspended, and no MPM connection but the
  * status request's own. */
@@ -256,7 +215,7 @@ START_TEST(thirty_tls_subscribers_park_without_a_worker_each)
         ck_assert_ptr_nonnull(strcasestr(t[i].buf,
                                          "Transfer-Encoding: chunked"));
     }
-    ck_assert(wait_subscribers(s.port, "thirty", N, 10000));
+    ck_assert(it_wait_subscribers_ms(s.port, "thirty", N, 10000));
     ck_assert(it_wait_for(thirty_suspended, &s.port, 5000));
     /* The MPM counts them as suspended too. */
     ck_assert_msg(wait_scoreboard(s.port, scoreboard_thirty), "scoreboard: "
@@ -283,7 +242,7 @@ START_TEST(thirty_tls_subscribers_park_without_a_worker_each)
     for (int i = 0; i < N; i++) {
         it_tls_close(&t[i], i % 2);
     }
-    ck_assert(wait_subscribers(s.port, "thirty", 0, 10000));
+    ck_assert(it_wait_subscribers_ms(s.port, "thirty", 0, 10000));
     assert_all_ended(&s);
     it_server_stop(&s);
     free(t);
@@ -309,12 +268,12 @@ START_TEST(a_tls_client_that_leaves_is_forgotten_within_two_seconds)
                                          request(paths[i], NULL)), 0);
             ck_assert(it_tls_read_until(&t[i], "\r\n\r\n", 0, 5000));
         }
-        ck_assert(wait_subscribers(s.port, "gone", 3, 10000));
+        ck_assert(it_wait_subscribers_ms(s.port, "gone", 3, 10000));
         t0 = it_now_ms();
         for (int i = 0; i < 3; i++) {
             it_tls_close(&t[i], round);
         }
-        ck_assert(wait_subscribers(s.port, "gone", 0, 2000));
+        ck_assert(it_wait_subscribers_ms(s.port, "gone", 0, 2000));
         fprintf(stderr, "TLS clients forgotten %lld ms after leaving (%s)\n",
                 it_now_ms() - t0, round ? "close_notify" : "no close_notify");
     }
@@ -336,7 +295,7 @@ START_TEST(tls_long_poll_is_answered_by_a_publish_or_times_out)
                      0);
     ck_assert(it_tls_read_until(&t, "\r\n\r\n", 0, 5000));
     ck_assert_ptr_nonnull(strcasestr(t.buf, "application/json"));
-    ck_assert(wait_subscribers(s.port, "tlp", 1, 10000));
+    ck_assert(it_wait_subscribers_ms(s.port, "tlp", 1, 10000));
     ck_assert_int_eq(publish(s.port, "tlp", "polled"), 201);
     ck_assert(it_tls_read_to_close(&t, 5000));
     ck_assert_msg(strstr(t.buf + t.body, "\"data\":\"polled\""), "got %s",
@@ -365,9 +324,9 @@ START_TEST(tls_long_poll_is_answered_by_a_publish_or_times_out)
     ck_assert(it_tls_read_until(&t, ":\n\n", t.len, 3000));
     ck_assert(it_tls_read_until(&t, ":\n\n", t.len, 3000));
     it_tls_close(&t, 0);
-    ck_assert(wait_subscribers(s.port, "tlp", 0, 10000));
-    ck_assert(wait_subscribers(s.port, "tquiet", 0, 10000));
-    ck_assert(wait_subscribers(s.port, "tidle", 0, 10000));
+    ck_assert(it_wait_subscribers_ms(s.port, "tlp", 0, 10000));
+    ck_assert(it_wait_subscribers_ms(s.port, "tquiet", 0, 10000));
+    ck_assert(it_wait_subscribers_ms(s.port, "tidle", 0, 10000));
     assert_all_ended(&s);
     it_server_stop(&s);
 }
@@ -427,8 +386,8 @@ START_TEST(graceful_restart_ends_parked_tls_streams_and_old_children_exit)
     ck_assert_int_eq(it_tls_open(&t[N], s.tls_port,
                                  request("/sub/tgrlp", NULL)), 0);
     ck_assert(it_tls_read_until(&t[N], "\r\n\r\n", 0, 5000));
-    ck_assert(wait_subscribers(s.port, "tgr", N, 10000));
-    ck_assert(wait_subscribers(s.port, "tgrlp", 1, 10000));
+    ck_assert(it_wait_subscribers_ms(s.port, "tgr", N, 10000));
+    ck_assert(it_wait_subscribers_ms(s.port, "tgrlp", 1, 10000));
     old.n = it_server_children(&s, old.pid, 64);
     t0 = it_now_ms();
     /* As apachectl -k graceful; the streams end at once, long before the
@@ -453,12 +412,12 @@ START_TEST(graceful_restart_ends_parked_tls_streams_and_old_children_exit)
                                  request("/sub/tgr", "text/event-stream")),
                      0);
     ck_assert(it_tls_read_until(&t[0], "retry: 3000\n\n", 0, 5000));
-    ck_assert(wait_subscribers(s.port, "tgr", 1, 10000));
+    ck_assert(it_wait_subscribers_ms(s.port, "tgr", 1, 10000));
     ck_assert_int_eq(publish(s.port, "tgr", "after the restart"), 201);
     ck_assert(it_tls_read_until(&t[0], "data: after the restart\n\n",
                                 t[0].body, 5000));
     it_tls_close(&t[0], 0);
-    ck_assert(wait_subscribers(s.port, "tgr", 0, 10000));
+    ck_assert(it_wait_subscribers_ms(s.port, "tgr", 0, 10000));
     assert_all_ended(&s);
     it_server_stop(&s);
 }
@@ -481,7 +440,7 @@ START_TEST(stopping_with_parked_tls_subscribers_is_prompt)
                                              "text/event-stream")), 0);
         ck_assert(it_tls_read_until(&t[i], "retry: 3000\n\n", 0, 5000));
     }
-    ck_assert(wait_subscribers(s.port, "tstop", N, 10000));
+    ck_assert(it_wait_subscribers_ms(s.port, "tstop", N, 10000));
     quiesce(&s, t, N, "tstop");
     snprintf(path, sizeof(path), "%s", s.dir);
     t0 = it_now_ms();
@@ -540,9 +499,9 @@ static void slow_client(int tls)
         ck_assert(it_read_until(fd, buf, 4096, &len, 0, "retry: 3000\n\n",
                                 5000) == 1);
     }
-    ck_assert(wait_subscribers(s.port, "slow", 1, 10000));
+    ck_assert(it_wait_subscribers_ms(s.port, "slow", 1, 10000));
     /* It reads nothing from here on. */
-    while (subscribers(s.port, "slow") == 1) {
+    while (it_subscribers(s.port, "slow") == 1) {
         long long t0 = it_now_ms();
 
         ck_assert_int_lt(sent, 2000);
@@ -623,13 +582,13 @@ START_TEST(an_ended_stream_whose_client_does_not_read_is_cut_after_a_while)
                                                 "text/event-stream"), 4096),
                      0);
     ck_assert(it_tls_read_until(&t, "retry: 3000\n\n", 0, 5000));
-    ck_assert(wait_subscribers(s.port, "stuck", 1, 10000));
+    ck_assert(it_wait_subscribers_ms(s.port, "stuck", 1, 10000));
     /* 8 MB: more than the kernel's buffers hold (some 3 MB here, at most
      * tcp_wmem's 4 MB), less than CometMaxPendingBytes. */
     for (int i = 0; i < 512; i++) {
         ck_assert_int_eq(publish(s.port, "stuck", msg), 201);
     }
-    ck_assert_int_eq(subscribers(s.port, "stuck"), 1);
+    ck_assert_int_eq(it_subscribers(s.port, "stuck"), 1);
     t0 = it_now_ms();
     ck_assert_int_eq(it_http(s.port, "DELETE", "/pub/stuck", NULL, NULL, 0,
                              res, 5000), 0);
@@ -676,7 +635,7 @@ START_TEST(the_suspended_bound_answers_503_and_names_the_setting)
         else {
             ck_assert_ptr_nonnull(strstr(c->buf, " 200 "));
             opened++;
-            ck_assert(wait_subscribers(s.port, "bound", opened, 10000));
+            ck_assert(it_wait_subscribers_ms(s.port, "bound", opened, 10000));
         }
     }
     ck_assert_msg(refused, "no 503 with %d suspended", opened);
@@ -686,7 +645,7 @@ START_TEST(the_suspended_bound_answers_503_and_names_the_setting)
     for (int i = 0; i < opened; i++) {
         it_tls_close(&t[i], 0);
     }
-    ck_assert(wait_subscribers(s.port, "bound", 0, 10000));
+    ck_assert(it_wait_subscribers_ms(s.port, "bound", 0, 10000));
     ck_assert_int_eq(it_tls_open(&t[0], s.tls_port,
                                  request("/sub/bound", "text/event-stream")),
                      0);
@@ -775,8 +734,8 @@ START_TEST(thousands_of_tls_subscribe_disconnect_cycles_leave_nothing)
     start_tls(&s, 10);
     /* Warm up: pools, OpenSSL's and the allocator's caches. */
     churn(s.tls_port, CLIENTS, 100, 100);
-    ck_assert(wait_subscribers(s.port, "tchurn", 0, 10000));
-    ck_assert(wait_subscribers(s.port, "tother", 0, 10000));
+    ck_assert(it_wait_subscribers_ms(s.port, "tchurn", 0, 10000));
+    ck_assert(it_wait_subscribers_ms(s.port, "tother", 0, 10000));
     assert_all_ended(&s);
     it_children_usage(&s, &rss0, &fds0);
 
@@ -785,8 +744,8 @@ START_TEST(thousands_of_tls_subscribe_disconnect_cycles_leave_nothing)
     fprintf(stderr, "TLS churn: %d cycles, %d publishes, %lld ms, gate "
             "waits %ld\n", CLIENTS * cycles, published, it_now_ms() - t0,
             it_status_value(s.port, "CometSuspendGateWaits"));
-    ck_assert(wait_subscribers(s.port, "tchurn", 0, 10000));
-    ck_assert(wait_subscribers(s.port, "tother", 0, 10000));
+    ck_assert(it_wait_subscribers_ms(s.port, "tchurn", 0, 10000));
+    ck_assert(it_wait_subscribers_ms(s.port, "tother", 0, 10000));
     assert_all_ended(&s);
     it_children_usage(&s, &rss1, &fds1);
     fprintf(stderr, "TLS churn: children private RSS %ld -> %ld kB, fds %ld "
