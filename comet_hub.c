@@ -155,8 +155,7 @@ struct comet_hub_t {
 
     comet_buf_t     *out;           /* per-subscriber formatting          */
     comet_buf_t     *bbuf[4];       /* shared batches: sse/nd x chunked   */
-    apr_size_t      *boffs;
-    apr_size_t       boffs_cap;
+    apr_size_t      *boffs;         /* 4 x (HUB_READ_MSGS + 1) offsets    */
 
     volatile apr_uint32_t count;
     volatile apr_uint32_t by_transport[3];
@@ -757,14 +756,10 @@ static void batch_build(comet_hub_t *hub, hub_batch_t *b, int transport,
     b->built = 1;
     b->buf = hub->bbuf[(transport == COMET_T_SSE ? 0 : 2) + !!chunked];
     comet_buf_truncate(b->buf, 0);
-    if ((apr_size_t)n + 1 > hub->boffs_cap) {
-        free(hub->boffs);
-        hub->boffs_cap = (apr_size_t)n + 1 > HUB_READ_MSGS + 1
-                         ? (apr_size_t)n + 1 : HUB_READ_MSGS + 1;
-        hub->boffs = malloc(sizeof(*hub->boffs) * hub->boffs_cap * 4);
-    }
+    /* Every read brings at most HUB_READ_MSGS messages: each shape has
+     * its fixed share of the array made at creation. */
     b->offs = hub->boffs + (((transport == COMET_T_SSE ? 0 : 2) + !!chunked)
-                            * hub->boffs_cap);
+                            * (HUB_READ_MSGS + 1));
     ids[0] = c->id;
     if (rd->missed) {
         format_notice(b->buf, transport, chunked, 0, c->id);
@@ -1247,9 +1242,10 @@ apr_status_t comet_hub_create(comet_hub_t **out, const comet_hub_config_t *cfg,
     }
     hub->table_size = 64;
     hub->table = calloc(hub->table_size, sizeof(*hub->table));
+    hub->boffs = malloc(sizeof(*hub->boffs) * 4 * (HUB_READ_MSGS + 1));
     hub->cancels_cap = 64;
     hub->cancels = malloc(sizeof(*hub->cancels) * hub->cancels_cap);
-    if (!hub->table || !hub->cancels) {
+    if (!hub->table || !hub->cancels || !hub->boffs) {
         return APR_ENOMEM;
     }
     comet_loop_on_wake(hub->loop, on_wake, hub);
