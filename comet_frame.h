@@ -8,7 +8,7 @@
  * Every function appends one complete frame to a comet_buf_t, or nothing
  * at all (APR_ENOSPC/APR_ENOMEM when it does not fit): a stream never
  * carries half a frame.  Payload bytes can never break a frame; names and
- * ids are expected to be clean (channel ids are, see comet_store.h) but
+ * ids are expected to be clean (channel ids are, see comet_ids.h) but
  * are made harmless when they are not.  No function allocates except to
  * grow the buffer.  Any thread that owns the buffer; cost O(bytes written).
  *
