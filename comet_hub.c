@@ -42,6 +42,7 @@
 
 #include "comet_hub.h"
 #include "comet_frame.h"
+#include "comet_render.h"
 #include "comet_loop.h"
 
 /* How much one store read may bring for one channel before the hub turns
@@ -174,195 +175,6 @@ static int tindex(int transport)
 static void stat_add(volatile apr_uint64_t *v, apr_uint64_t n)
 {
     __atomic_add_fetch(v, n, __ATOMIC_RELAXED);
-}
-
-apr_size_t comet_hub_position_id(char *buf, apr_uint32_t epoch,
-                                 const apr_uint64_t *seqs, apr_size_t nchan)
-{
-    if (nchan == 1) {
-        comet_msgid_t id;
-
-        id.epoch = epoch;
-        id.seq = seqs[0];
-        return comet_msgid_format(buf, &id);
-    }
-    return comet_msgid_format_compound(buf, epoch, seqs, nchan);
-}
-
-/* ---- formatting --------------------------------------------------------------- */
-
-/* One message of channel ci as an SSE or ndjson frame; seqs[ci] has
- * already been advanced to the message's id. */
-static apr_status_t format_msg(comet_buf_t *buf, int transport, int chunked,
-                               apr_uint32_t epoch, const char *const *ids,
-                               const apr_uint64_t *seqs, apr_size_t nchan,
-                               apr_size_t ci, const comet_msg_t *msg,
-                               apr_pool_t *p)
-{
-    char idbuf[COMET_MSGID_COMPOUND_MAXLEN(1024)];
-    apr_size_t idlen, mark = 0, before = buf->len;
-    apr_status_t rv;
-
-    idlen = comet_hub_position_id(idbuf, epoch, seqs, nchan);
-    if (chunked && (rv = comet_frame_chunk_begin(buf, &mark))
-        != APR_SUCCESS) {
-        return rv;
-    }
-    if (transport == COMET_T_SSE) {
-        apr_size_t elen;
-        const char *ev = comet_frame_event_name(p, nchan > 1, ids[ci],
-                                                strlen(ids[ci]), msg->event,
-                                                msg->event_len, &elen);
-
-        rv = comet_frame_sse(buf, idbuf, idlen, ev, elen, msg->data,
-                             msg->data_len);
-    }
-    else {
-        comet_frame_msg_t fm;
-        char one[COMET_MSGID_MAXLEN];
-
-        memset(&fm, 0, sizeof(fm));
-        fm.channel = ids[ci];
-        fm.channel_len = strlen(ids[ci]);
-        if (nchan > 1) {
-            fm.id = idbuf;
-            fm.id_len = idlen;
-        }
-        else {
-            fm.id_len = comet_msgid_format(one, &msg->id);
-            fm.id = one;
-        }
-        fm.event = msg->event;
-        fm.event_len = msg->event_len;
-        fm.data = msg->data;
-        fm.data_len = msg->data_len;
-        fm.time = msg->published;
-        rv = comet_frame_ndjson(buf, &fm);
-    }
-    if (rv == APR_SUCCESS && chunked) {
-        rv = comet_frame_chunk_end(buf, mark);
-    }
-    if (rv != APR_SUCCESS) {
-        comet_buf_truncate(buf, before);
-    }
-    return rv;
-}
-
-static apr_status_t format_notice(comet_buf_t *buf, int transport,
-                                  int chunked, int deleted,
-                                  const char *channel)
-{
-    apr_size_t mark = 0, before = buf->len, len = strlen(channel);
-    apr_status_t rv;
-
-    if (chunked && (rv = comet_frame_chunk_begin(buf, &mark))
-        != APR_SUCCESS) {
-        return rv;
-    }
-    if (transport == COMET_T_SSE) {
-        rv = deleted ? comet_frame_sse_deleted(buf, channel, len)
-                     : comet_frame_sse_missed(buf, channel, len);
-    }
-    else {
-        rv = deleted ? comet_frame_ndjson_deleted(buf, channel, len)
-                     : comet_frame_ndjson_missed(buf, channel, len);
-    }
-    if (rv == APR_SUCCESS && chunked) {
-        rv = comet_frame_chunk_end(buf, mark);
-    }
-    if (rv != APR_SUCCESS) {
-        comet_buf_truncate(buf, before);
-    }
-    return rv;
-}
-
-apr_status_t comet_hub_format_stream(comet_buf_t *buf, int transport,
-                                     int chunked, apr_uint32_t epoch,
-                                     const char *const *ids,
-                                     apr_uint64_t *seqs, apr_size_t nchan,
-                                     apr_size_t ci, const comet_read_t *rd,
-                                     apr_pool_t *p)
-{
-    apr_status_t rv = APR_SUCCESS;
-
-    if (!rd) {
-        return APR_SUCCESS;
-    }
-    if (rd->missed) {
-        rv = format_notice(buf, transport, chunked, 0, ids[ci]);
-    }
-    for (int i = 0; rv == APR_SUCCESS && i < rd->msgs->nelts; i++) {
-        const comet_msg_t *msg = &APR_ARRAY_IDX(rd->msgs, i, comet_msg_t);
-        apr_uint64_t prev = seqs[ci];
-
-        if (msg->id.seq <= seqs[ci]) {
-            continue;
-        }
-        seqs[ci] = msg->id.seq;
-        rv = format_msg(buf, transport, chunked, epoch, ids, seqs, nchan, ci,
-                        msg, p);
-        if (rv != APR_SUCCESS) {
-            seqs[ci] = prev;
-        }
-    }
-    if (rv == APR_SUCCESS && rd->deleted) {
-        rv = format_notice(buf, transport, chunked, 1, ids[ci]);
-    }
-    return rv;
-}
-
-apr_status_t comet_hub_format_poll(comet_buf_t *buf, apr_uint32_t epoch,
-                                   const char *const *ids,
-                                   apr_uint64_t *seqs, apr_size_t nchan,
-                                   const comet_read_t *const *reads,
-                                   int missed)
-{
-    char idbuf[COMET_MSGID_COMPOUND_MAXLEN(1024)];
-    comet_frame_poll_t poll;
-    apr_size_t idlen;
-    apr_status_t rv;
-
-    /* The document's id comes first: the position after all it holds. */
-    for (apr_size_t c = 0; c < nchan; c++) {
-        const comet_read_t *rd = reads[c];
-
-        for (int i = 0; rd && i < rd->msgs->nelts; i++) {
-            const comet_msg_t *m = &APR_ARRAY_IDX(rd->msgs, i, comet_msg_t);
-
-            if (m->id.seq > seqs[c]) {
-                seqs[c] = m->id.seq;
-            }
-        }
-    }
-    idlen = comet_hub_position_id(idbuf, epoch, seqs, nchan);
-    if ((rv = comet_frame_poll_begin(&poll, buf, idbuf, idlen, missed))
-        != APR_SUCCESS) {
-        return rv;
-    }
-    for (apr_size_t c = 0; c < nchan; c++) {
-        const comet_read_t *rd = reads[c];
-
-        for (int i = 0; rd && i < rd->msgs->nelts; i++) {
-            const comet_msg_t *m = &APR_ARRAY_IDX(rd->msgs, i, comet_msg_t);
-            comet_frame_msg_t fm;
-            char one[COMET_MSGID_MAXLEN];
-
-            memset(&fm, 0, sizeof(fm));
-            fm.channel = ids[c];
-            fm.channel_len = strlen(ids[c]);
-            fm.id_len = comet_msgid_format(one, &m->id);
-            fm.id = one;
-            fm.event = m->event;
-            fm.event_len = m->event_len;
-            fm.data = m->data;
-            fm.data_len = m->data_len;
-            fm.time = m->published;
-            if ((rv = comet_frame_poll_add(&poll, &fm)) != APR_SUCCESS) {
-                return rv;
-            }
-        }
-    }
-    return comet_frame_poll_end(&poll);
 }
 
 /* ---- channel table ------------------------------------------------------------- */
@@ -593,8 +405,8 @@ static int sub_end(comet_hub_t *hub, comet_hub_sub_t *s)
             ids[i] = s->m[i].chan ? s->m[i].chan->id : "";
         }
         comet_buf_truncate(hub->out, 0);
-        if (comet_hub_format_poll(hub->out, hub->epoch, ids, seqs, s->nchan,
-                                  none, 0) != APR_SUCCESS) {
+        if (comet_render_poll(hub->out, hub->epoch, ids, seqs, s->nchan,
+                              none, 0) != APR_SUCCESS) {
             sub_free(hub, s);
             return 0;
         }
@@ -762,7 +574,7 @@ static void batch_build(comet_hub_t *hub, hub_batch_t *b, int transport,
                             * (HUB_READ_MSGS + 1));
     ids[0] = c->id;
     if (rd->missed) {
-        format_notice(b->buf, transport, chunked, 0, c->id);
+        comet_render_notice(b->buf, transport, chunked, 0, c->id);
     }
     b->missed_end = b->buf->len;
     for (int i = 0; i < n; i++) {
@@ -770,8 +582,8 @@ static void batch_build(comet_hub_t *hub, hub_batch_t *b, int transport,
 
         b->offs[i] = b->buf->len;
         seq = m->id.seq;
-        if (format_msg(b->buf, transport, chunked, hub->epoch, ids, &seq, 1,
-                       0, m, hub->scratch) != APR_SUCCESS) {
+        if (comet_render_msg(b->buf, transport, chunked, hub->epoch, ids,
+                             &seq, 1, 0, m, hub->scratch) != APR_SUCCESS) {
             /* Too large for the batch buffer: leave the rest out; the
              * subscribers get them one by one from the next read. */
             n = i;
@@ -847,7 +659,7 @@ static int deliver_member(comet_hub_t *hub, hub_chan_t *c, hub_member_t *m,
             comet_buf_t tb;
 
             comet_buf_wrap(&tb, tail, sizeof(tail));
-            format_notice(&tb, s->transport, chunked, 1, c->id);
+            comet_render_notice(&tb, s->transport, chunked, 1, c->id);
             if (chunked) {
                 comet_frame_chunk_last(&tb);
             }
@@ -871,8 +683,8 @@ static int deliver_member(comet_hub_t *hub, hub_chan_t *c, hub_member_t *m,
         for (unsigned i = 0; i < s->nchan; i++) {
             reads[i] = &s->m[i] == m ? &mine : NULL;
         }
-        if (comet_hub_format_poll(hub->out, hub->epoch, ids, seqs, s->nchan,
-                                  reads, missed) != APR_SUCCESS) {
+        if (comet_render_poll(hub->out, hub->epoch, ids, seqs, s->nchan,
+                              reads, missed) != APR_SUCCESS) {
             sub_free(hub, s);
             return 0;
         }
@@ -885,9 +697,9 @@ static int deliver_member(comet_hub_t *hub, hub_chan_t *c, hub_member_t *m,
     else {
         apr_size_t ci = (apr_size_t)(m - s->m);
 
-        if (comet_hub_format_stream(hub->out, s->transport, chunked,
-                                    hub->epoch, ids, seqs, s->nchan, ci,
-                                    &mine, hub->scratch) != APR_SUCCESS) {
+        if (comet_render_stream(hub->out, s->transport, chunked,
+                                hub->epoch, ids, seqs, s->nchan, ci,
+                                &mine, hub->scratch) != APR_SUCCESS) {
             sub_free(hub, s);
             return 0;
         }

@@ -32,14 +32,8 @@
 #include <apr_pools.h>
 
 #include "comet_core.h"
-#include "comet_buf.h"
+#include "comet_render.h"
 #include "comet_store.h"
-
-/* Transports; the values are the bits of CometTransports. */
-#define COMET_T_SSE       0x1
-#define COMET_T_LONGPOLL  0x2
-#define COMET_T_STREAM    0x4
-#define COMET_T_ALL       (COMET_T_SSE | COMET_T_LONGPOLL | COMET_T_STREAM)
 
 typedef struct comet_hub_t comet_hub_t;
 typedef struct comet_hub_sub_t comet_hub_sub_t;
@@ -165,35 +159,5 @@ void comet_hub_stats(comet_hub_t *hub, comet_hub_stats_t *out);
  * socket) can share its thread.  Use only from the hub's thread, or before
  * comet_hub_run. */
 struct comet_loop_t *comet_hub_loop(comet_hub_t *hub);
-
-/* ---- formatting, shared by the hub and by request threads ------------------ */
-
-/* Append what a subscriber of transport (SSE or stream) is due from one
- * read of channel ci of its subscription: the missed / deleted notices,
- * then each message newer than seqs[ci] (which advances as they are
- * written).  ids: the subscription's channel ids; multi when nchan > 1.
- * chunked: each message frame becomes one HTTP chunk.  Whole frames or
- * nothing (APR_ENOSPC when buf's bound is reached). */
-apr_status_t comet_hub_format_stream(comet_buf_t *buf, int transport,
-                                     int chunked, apr_uint32_t epoch,
-                                     const char *const *ids,
-                                     apr_uint64_t *seqs, apr_size_t nchan,
-                                     apr_size_t ci, const comet_read_t *rd,
-                                     apr_pool_t *p);
-
-/* The long-poll answer for reads[0..nchan) (NULL entries: nothing read):
- * one JSON document (not chunked) whose "id" is the position after every
- * message it holds; seqs advance. */
-apr_status_t comet_hub_format_poll(comet_buf_t *buf, apr_uint32_t epoch,
-                                   const char *const *ids,
-                                   apr_uint64_t *seqs, apr_size_t nchan,
-                                   const comet_read_t *const *reads,
-                                   int missed);
-
-/* The text id of a subscription's position: "<epoch>:<seq>" for one
- * channel, the compound form for several; in buf (at least
- * COMET_MSGID_COMPOUND_MAXLEN(nchan)).  Returns the length. */
-apr_size_t comet_hub_position_id(char *buf, apr_uint32_t epoch,
-                                 const apr_uint64_t *seqs, apr_size_t nchan);
 
 #endif /* COMET_HUB_H */

@@ -54,6 +54,7 @@
 #include "mod_comet.h"
 #include "event_bridge.h"
 #include "comet_frame.h"
+#include "comet_render.h"
 
 APLOG_USE_MODULE(comet);
 
@@ -417,9 +418,9 @@ static int answer_poll_now(sub_req_t *sr, comet_read_t **reads)
     }
     if (comet_buf_create(&buf, sr->r->pool, 4096, 64 * 1024 * 1024)
         != APR_SUCCESS
-        || comet_hub_format_poll(buf, sr->epoch, sr->ids, sr->seqs,
-                                 (apr_size_t)sr->nchan,
-                                 (const comet_read_t *const *)reads, missed)
+        || comet_render_poll(buf, sr->epoch, sr->ids, sr->seqs,
+                             (apr_size_t)sr->nchan,
+                             (const comet_read_t *const *)reads, missed)
            != APR_SUCCESS) {
         return HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -788,9 +789,9 @@ int comet_subscriber_handler(request_rec *r)
         comet_frame_sse_retry(buf, 3000);
     }
     for (int i = 0; i < sr->nchan && sr->transport != COMET_T_LONGPOLL; i++) {
-        comet_hub_format_stream(buf, sr->transport, 0, sr->epoch, sr->ids,
-                                sr->seqs, (apr_size_t)sr->nchan, (apr_size_t)i,
-                                reads[i], r->pool);
+        comet_render_stream(buf, sr->transport, 0, sr->epoch, sr->ids,
+                            sr->seqs, (apr_size_t)sr->nchan, (apr_size_t)i,
+                            reads[i], r->pool);
     }
     detach = can_detach(r);
     suspend = !detach && comet_susp_possible(r);

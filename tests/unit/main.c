@@ -5,6 +5,7 @@
 /* The unit test runner: every suite of tests/unit, exit status = failures. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <apr_general.h>
 
@@ -46,6 +47,24 @@ const char *comet_test_show(const char *s, apr_size_t len)
     }
     o[n] = '\0';
     return o;
+}
+
+comet_buf_t *comet_test_buf(apr_size_t max)
+{
+    comet_buf_t *b;
+
+    ck_assert_int_eq(comet_buf_create(&b, comet_test_pool, 0, max),
+                     APR_SUCCESS);
+    return b;
+}
+
+void comet_test_assert_bytes(const comet_buf_t *b, const char *want,
+                             apr_size_t want_len, int line)
+{
+    ck_assert_msg(b->len == want_len && memcmp(b->data, want, want_len) == 0,
+                  "line %d: got \"%s\" (%lu bytes), want \"%s\" (%lu bytes)",
+                  line, comet_test_show(b->data, b->len), (unsigned long)b->len,
+                  comet_test_show(want, want_len), (unsigned long)want_len);
 }
 
 int main(void)

@@ -11,33 +11,12 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static comet_buf_t *new_buf(apr_size_t max)
-{
-    comet_buf_t *b;
-
-    ck_assert_int_eq(comet_buf_create(&b, comet_test_pool, 0, max),
-                     APR_SUCCESS);
-    return b;
-}
-
-
-static void assert_bytes(const comet_buf_t *b, const char *want,
-                         apr_size_t want_len, int line)
-{
-    ck_assert_msg(b->len == want_len && memcmp(b->data, want, want_len) == 0,
-                  "line %d: got \"%s\" (%lu bytes), want \"%s\" (%lu bytes)",
-                  line, comet_test_show(b->data, b->len), (unsigned long)b->len,
-                  comet_test_show(want, want_len), (unsigned long)want_len);
-}
-
-#define ASSERT_BUF(b, lit) assert_bytes((b), (lit), sizeof(lit) - 1, __LINE__)
-
 /* What an EventSource makes of a stream (the WHATWG parsing rules): the
  * data of every dispatched event, with its event name, appended to out as
  * "<name>|<data>\x1e".  Lets tests check the framing by its effect. */
 static void eventsource_parse(const char *s, apr_size_t len, comet_buf_t *out)
 {
-    comet_buf_t *data = new_buf(1 << 22), *event = new_buf(4096);
+    comet_buf_t *data = comet_test_buf(1 << 22), *event = comet_test_buf(4096);
     apr_size_t i = 0;
 
     while (i < len) {
@@ -105,11 +84,11 @@ static void normalise_newlines(const char *s, apr_size_t len, comet_buf_t *out)
 
 START_TEST(chunk_has_its_length_in_lowercase_hex)
 {
-    comet_buf_t *b = new_buf(1 << 20);
+    comet_buf_t *b = comet_test_buf(1 << 20);
     char *big = malloc(4096);
 
     ck_assert_int_eq(comet_frame_chunk(b, "hello", 5), APR_SUCCESS);
-    ASSERT_BUF(b, "5\r\nhello\r\n");
+    COMET_ASSERT_BUF(b, "5\r\nhello\r\n");
 
     comet_buf_truncate(b, 0);
     memset(big, 'a', 4096);
@@ -132,18 +111,18 @@ END_TEST
 
 START_TEST(empty_chunk_writes_nothing_and_last_chunk_is_zero)
 {
-    comet_buf_t *b = new_buf(64);
+    comet_buf_t *b = comet_test_buf(64);
 
     ck_assert_int_eq(comet_frame_chunk(b, "", 0), APR_SUCCESS);
     ck_assert_uint_eq(b->len, 0);
     ck_assert_int_eq(comet_frame_chunk_last(b), APR_SUCCESS);
-    ASSERT_BUF(b, "0\r\n\r\n");
+    COMET_ASSERT_BUF(b, "0\r\n\r\n");
 }
 END_TEST
 
 START_TEST(chunk_built_in_place_matches_chunk_of_copy)
 {
-    comet_buf_t *b = new_buf(1 << 20), *want = new_buf(1 << 20);
+    comet_buf_t *b = comet_test_buf(1 << 20), *want = comet_test_buf(1 << 20);
     apr_size_t mark;
     char *big = malloc(70000);
 
@@ -152,8 +131,8 @@ START_TEST(chunk_built_in_place_matches_chunk_of_copy)
     comet_frame_sse(b, "e:1", 3, NULL, 0, "hi", 2);
     comet_frame_sse(b, "e:2", 3, NULL, 0, "yo", 2);
     ck_assert_int_eq(comet_frame_chunk_end(b, mark), APR_SUCCESS);
-    ASSERT_BUF(b, "prefix" "24\r\n"
-                  "id: e:1\ndata: hi\n\n" "id: e:2\ndata: yo\n\n" "\r\n");
+    COMET_ASSERT_BUF(b, "prefix" "24\r\n"
+                        "id: e:1\ndata: hi\n\n" "id: e:2\ndata: yo\n\n" "\r\n");
 
     /* Empty content leaves nothing behind. */
     comet_buf_truncate(b, 0);
@@ -191,102 +170,102 @@ END_TEST
 
 START_TEST(sse_message_has_id_event_and_data_lines)
 {
-    comet_buf_t *b = new_buf(4096);
+    comet_buf_t *b = comet_test_buf(4096);
 
     ck_assert_int_eq(comet_frame_sse(b, "1f03a9c2:42", 11, "typing", 6,
                                      "hello", 5), APR_SUCCESS);
-    ASSERT_BUF(b, "id: 1f03a9c2:42\nevent: typing\ndata: hello\n\n");
+    COMET_ASSERT_BUF(b, "id: 1f03a9c2:42\nevent: typing\ndata: hello\n\n");
 
     comet_buf_truncate(b, 0);
     comet_frame_sse(b, NULL, 0, NULL, 0, "hello", 5);
-    ASSERT_BUF(b, "data: hello\n\n");
+    COMET_ASSERT_BUF(b, "data: hello\n\n");
 
     comet_buf_truncate(b, 0);
     comet_frame_sse(b, "1:2", 3, "", 0, "x", 1);
-    ASSERT_BUF(b, "id: 1:2\ndata: x\n\n");
+    COMET_ASSERT_BUF(b, "id: 1:2\ndata: x\n\n");
 }
 END_TEST
 
 START_TEST(sse_splits_data_at_lf_cr_and_crlf)
 {
-    comet_buf_t *b = new_buf(4096);
+    comet_buf_t *b = comet_test_buf(4096);
 
     comet_frame_sse(b, NULL, 0, NULL, 0, "a\nb", 3);
-    ASSERT_BUF(b, "data: a\ndata: b\n\n");
+    COMET_ASSERT_BUF(b, "data: a\ndata: b\n\n");
 
     comet_buf_truncate(b, 0);
     comet_frame_sse(b, NULL, 0, NULL, 0, "a\r\nb", 4);
-    ASSERT_BUF(b, "data: a\ndata: b\n\n");
+    COMET_ASSERT_BUF(b, "data: a\ndata: b\n\n");
 
     comet_buf_truncate(b, 0);
     comet_frame_sse(b, NULL, 0, NULL, 0, "a\rb", 3);
-    ASSERT_BUF(b, "data: a\ndata: b\n\n");
+    COMET_ASSERT_BUF(b, "data: a\ndata: b\n\n");
 
     /* CR CR is two line ends; LF CR too; CR LF only one. */
     comet_buf_truncate(b, 0);
     comet_frame_sse(b, NULL, 0, NULL, 0, "a\r\rb\n\rc", 7);
-    ASSERT_BUF(b, "data: a\ndata:\ndata: b\ndata:\ndata: c\n\n");
+    COMET_ASSERT_BUF(b, "data: a\ndata:\ndata: b\ndata:\ndata: c\n\n");
 
     comet_buf_truncate(b, 0);
     comet_frame_sse(b, NULL, 0, NULL, 0, "\r\n", 2);
-    ASSERT_BUF(b, "data:\ndata:\n\n");
+    COMET_ASSERT_BUF(b, "data:\ndata:\n\n");
 }
 END_TEST
 
 START_TEST(sse_empty_payload_is_one_empty_data_line)
 {
-    comet_buf_t *b = new_buf(4096), *events = new_buf(4096);
+    comet_buf_t *b = comet_test_buf(4096), *events = comet_test_buf(4096);
 
     comet_frame_sse(b, "1:1", 3, NULL, 0, "", 0);
-    ASSERT_BUF(b, "id: 1:1\ndata:\n\n");
+    COMET_ASSERT_BUF(b, "id: 1:1\ndata:\n\n");
     eventsource_parse(b->data, b->len, events);
-    ASSERT_BUF(events, "|\x1e");           /* dispatched, data "" */
+    COMET_ASSERT_BUF(events, "|\x1e");     /* dispatched, data "" */
 }
 END_TEST
 
 START_TEST(sse_payload_ending_in_newline_keeps_it)
 {
-    comet_buf_t *b = new_buf(4096), *events = new_buf(4096);
+    comet_buf_t *b = comet_test_buf(4096), *events = comet_test_buf(4096);
 
     comet_frame_sse(b, NULL, 0, NULL, 0, "a\n", 2);
-    ASSERT_BUF(b, "data: a\ndata:\n\n");
+    COMET_ASSERT_BUF(b, "data: a\ndata:\n\n");
     comet_buf_truncate(b, 0);
     comet_frame_sse(b, NULL, 0, NULL, 0, "a\r", 2);
-    ASSERT_BUF(b, "data: a\ndata:\n\n");
+    COMET_ASSERT_BUF(b, "data: a\ndata:\n\n");
     comet_buf_truncate(b, 0);
     comet_frame_sse(b, NULL, 0, NULL, 0, "a\r\n", 3);
-    ASSERT_BUF(b, "data: a\ndata:\n\n");
+    COMET_ASSERT_BUF(b, "data: a\ndata:\n\n");
     eventsource_parse(b->data, b->len, events);
-    ASSERT_BUF(events, "|a\n\x1e");
+    COMET_ASSERT_BUF(events, "|a\n\x1e");
 }
 END_TEST
 
 START_TEST(sse_leading_space_and_colon_survive)
 {
-    comet_buf_t *b = new_buf(4096), *events = new_buf(4096);
+    comet_buf_t *b = comet_test_buf(4096), *events = comet_test_buf(4096);
 
     comet_frame_sse(b, NULL, 0, NULL, 0, " x\n:y\ndata: z", 13);
-    ASSERT_BUF(b, "data:  x\ndata: :y\ndata: data: z\n\n");
+    COMET_ASSERT_BUF(b, "data:  x\ndata: :y\ndata: data: z\n\n");
     eventsource_parse(b->data, b->len, events);
-    ASSERT_BUF(events, "| x\n:y\ndata: z\x1e");
+    COMET_ASSERT_BUF(events, "| x\n:y\ndata: z\x1e");
 }
 END_TEST
 
 START_TEST(sse_binary_bytes_pass_through_unchanged)
 {
-    comet_buf_t *b = new_buf(4096);
+    comet_buf_t *b = comet_test_buf(4096);
 
     comet_frame_sse(b, NULL, 0, NULL, 0, "\0\xff\xc3(\x01", 5);
-    ASSERT_BUF(b, "data: \0\xff\xc3(\x01\n\n");
+    COMET_ASSERT_BUF(b, "data: \0\xff\xc3(\x01\n\n");
 }
 END_TEST
 
 START_TEST(sse_id_and_event_cannot_break_the_frame)
 {
-    comet_buf_t *b = new_buf(4096);
+    comet_buf_t *b = comet_test_buf(4096);
 
     comet_frame_sse(b, "1\n2", 3, "a\rb\0", 4, "x", 1);
-    ASSERT_BUF(b, "id: 1?2\nevent: a?b?\ndata: x\n\n");
+    COMET_ASSERT_BUF(b, "id: 1?2\nevent: a?b?\ndata: x\n\n");
 }
 END_TEST
 
@@ -296,8 +275,8 @@ START_TEST(sse_any_payload_reaches_eventsource_intact)
      * one must come out of an EventSource as itself (newlines as LF), as
      * exactly one event with the right name. */
     static const char alphabet[] = "a \r\n:\0x";
-    comet_buf_t *b = new_buf(1 << 16), *events = new_buf(1 << 16);
-    comet_buf_t *want = new_buf(1 << 16);
+    comet_buf_t *b = comet_test_buf(1 << 16), *events = comet_test_buf(1 << 16);
+    comet_buf_t *want = comet_test_buf(1 << 16);
     char payload[64];
     int round;
 
@@ -327,7 +306,7 @@ END_TEST
 
 START_TEST(sse_64k_payload_of_many_lines)
 {
-    comet_buf_t *b = new_buf(1 << 20), *events = new_buf(1 << 20);
+    comet_buf_t *b = comet_test_buf(1 << 20), *events = comet_test_buf(1 << 20);
     char *payload = malloc(65536);
     apr_size_t i;
 
@@ -361,25 +340,25 @@ END_TEST
 
 START_TEST(sse_comment_retry_and_special_events)
 {
-    comet_buf_t *b = new_buf(4096);
+    comet_buf_t *b = comet_test_buf(4096);
 
     comet_frame_sse_comment(b, "keepalive", 9);
-    ASSERT_BUF(b, ": keepalive\n\n");
+    COMET_ASSERT_BUF(b, ": keepalive\n\n");
     comet_buf_truncate(b, 0);
     comet_frame_sse_comment(b, "", 0);
-    ASSERT_BUF(b, ":\n\n");
+    COMET_ASSERT_BUF(b, ":\n\n");
     comet_buf_truncate(b, 0);
     comet_frame_sse_comment(b, "a\r\nb", 4);
-    ASSERT_BUF(b, ": a  b\n\n");
+    COMET_ASSERT_BUF(b, ": a  b\n\n");
     comet_buf_truncate(b, 0);
     comet_frame_sse_retry(b, 3000);
-    ASSERT_BUF(b, "retry: 3000\n\n");
+    COMET_ASSERT_BUF(b, "retry: 3000\n\n");
     comet_buf_truncate(b, 0);
     comet_frame_sse_missed(b, "room1", 5);
-    ASSERT_BUF(b, "event: comet-missed\ndata: room1\n\n");
+    COMET_ASSERT_BUF(b, "event: comet-missed\ndata: room1\n\n");
     comet_buf_truncate(b, 0);
     comet_frame_sse_deleted(b, "room1", 5);
-    ASSERT_BUF(b, "event: comet-deleted\ndata: room1\n\n");
+    COMET_ASSERT_BUF(b, "event: comet-deleted\ndata: room1\n\n");
 }
 END_TEST
 
@@ -416,12 +395,12 @@ END_TEST
         ck_assert_int_eq(comet_frame_json_string(b, (in),              \
                                                  sizeof(in) - 1),      \
                          APR_SUCCESS);                                 \
-        ASSERT_BUF(b, out);                                            \
+        COMET_ASSERT_BUF(b, out);                                      \
     } while (0)
 
 START_TEST(json_escapes_quote_backslash_and_control_bytes)
 {
-    comet_buf_t *b = new_buf(4096);
+    comet_buf_t *b = comet_test_buf(4096);
 
     JSON_IS("", "\"\"");
     JSON_IS("say \"hi\" \\o/", "\"say \\\"hi\\\" \\\\o/\"");
@@ -433,7 +412,7 @@ END_TEST
 
 START_TEST(json_passes_valid_utf8_through)
 {
-    comet_buf_t *b = new_buf(4096);
+    comet_buf_t *b = comet_test_buf(4096);
 
     JSON_IS("caf\xc3\xa9", "\"caf\xc3\xa9\"");                 /* é  */
     JSON_IS("\xe2\x82\xac", "\"\xe2\x82\xac\"");               /* €  */
@@ -446,7 +425,7 @@ END_TEST
 
 START_TEST(json_writes_invalid_utf8_bytes_as_u00xx)
 {
-    comet_buf_t *b = new_buf(4096);
+    comet_buf_t *b = comet_test_buf(4096);
 
     JSON_IS("\x80", "\"\\u0080\"");                     /* lone continuation */
     JSON_IS("\xff\xfe", "\"\\u00ff\\u00fe\"");
@@ -463,7 +442,7 @@ END_TEST
 
 START_TEST(json_64k_strings)
 {
-    comet_buf_t *b = new_buf(1 << 20);
+    comet_buf_t *b = comet_test_buf(1 << 20);
     char *s = malloc(65536);
 
     memset(s, 'a', 65536);
@@ -503,7 +482,7 @@ static comet_frame_msg_t msg_of(const char *channel, const char *id,
 
 START_TEST(poll_body_lists_messages_of_several_channels)
 {
-    comet_buf_t *b = new_buf(4096);
+    comet_buf_t *b = comet_test_buf(4096);
     comet_frame_poll_t poll;
     comet_frame_msg_t m1 = msg_of("room1", "1f03a9c2:41", "typing", "hi",
                                   APR_INT64_C(1700000000123456));
@@ -515,35 +494,38 @@ START_TEST(poll_body_lists_messages_of_several_channels)
     ck_assert_int_eq(comet_frame_poll_add(&poll, &m1), APR_SUCCESS);
     ck_assert_int_eq(comet_frame_poll_add(&poll, &m2), APR_SUCCESS);
     ck_assert_int_eq(comet_frame_poll_end(&poll), APR_SUCCESS);
-    ASSERT_BUF(b, "{\"id\":\"1f03a9c2:41,42\",\"missed\":false,\"messages\":["
-                  "{\"channel\":\"room1\",\"id\":\"1f03a9c2:41\","
-                  "\"event\":\"typing\",\"time\":1700000000123,"
-                  "\"data\":\"hi\"},"
-                  "{\"channel\":\"room2\",\"id\":\"1f03a9c2:42\","
-                  "\"time\":1700000000124,\"data\":\"a\\\"b\\n\"}]}");
+    COMET_ASSERT_BUF(b, "{\"id\":\"1f03a9c2:41,42\""
+                        ",\"missed\":false,\"messages\":["
+                        "{\"channel\":\"room1\",\"id\":\"1f03a9c2:41\","
+                        "\"event\":\"typing\",\"time\":1700000000123,"
+                        "\"data\":\"hi\"},"
+                        "{\"channel\":\"room2\",\"id\":\"1f03a9c2:42\","
+                        "\"time\":1700000000124,\"data\":\"a\\\"b\\n\"}]}");
     ck_assert_uint_eq(poll.messages, 2);
 }
 END_TEST
 
 START_TEST(poll_body_after_timeout_has_no_messages_and_tells_missed)
 {
-    comet_buf_t *b = new_buf(4096);
+    comet_buf_t *b = comet_test_buf(4096);
     comet_frame_poll_t poll;
 
     comet_frame_poll_begin(&poll, b, "1f03a9c2:7", 10, 0);
     comet_frame_poll_end(&poll);
-    ASSERT_BUF(b, "{\"id\":\"1f03a9c2:7\",\"missed\":false,\"messages\":[]}");
+    COMET_ASSERT_BUF(b, "{\"id\":\"1f03a9c2:7\""
+                        ",\"missed\":false,\"messages\":[]}");
 
     comet_buf_truncate(b, 0);
     comet_frame_poll_begin(&poll, b, "1f03a9c2:7", 10, 1);
     comet_frame_poll_end(&poll);
-    ASSERT_BUF(b, "{\"id\":\"1f03a9c2:7\",\"missed\":true,\"messages\":[]}");
+    COMET_ASSERT_BUF(b, "{\"id\":\"1f03a9c2:7\""
+                        ",\"missed\":true,\"messages\":[]}");
 }
 END_TEST
 
 START_TEST(poll_message_that_does_not_fit_is_left_out_whole)
 {
-    comet_buf_t *b = new_buf(120);
+    comet_buf_t *b = comet_test_buf(120);
     comet_frame_poll_t poll;
     comet_frame_msg_t small = msg_of("c", "1:1", NULL, "x", 0);
     comet_frame_msg_t big = msg_of("c", "1:2", NULL,
@@ -559,36 +541,36 @@ START_TEST(poll_message_that_does_not_fit_is_left_out_whole)
     ck_assert_uint_eq(b->len, before);
     ck_assert_uint_eq(poll.messages, 1);
     ck_assert_int_eq(comet_frame_poll_end(&poll), APR_SUCCESS);
-    ASSERT_BUF(b, "{\"id\":\"1:1\",\"missed\":false,\"messages\":["
-                  "{\"channel\":\"c\",\"id\":\"1:1\",\"time\":0,"
-                  "\"data\":\"x\"}]}");
+    COMET_ASSERT_BUF(b, "{\"id\":\"1:1\",\"missed\":false,\"messages\":["
+                        "{\"channel\":\"c\",\"id\":\"1:1\",\"time\":0,"
+                        "\"data\":\"x\"}]}");
     ck_assert_uint_eq(poll.start, 0);
 }
 END_TEST
 
 START_TEST(ndjson_lines_for_message_missed_deleted_and_keepalive)
 {
-    comet_buf_t *b = new_buf(4096);
+    comet_buf_t *b = comet_test_buf(4096);
     comet_frame_msg_t m = msg_of("room1", "1f03a9c2:42", "typing",
                                  "caf\xc3\xa9\n\xff", APR_INT64_C(1000));
 
     ck_assert_int_eq(comet_frame_ndjson(b, &m), APR_SUCCESS);
-    ASSERT_BUF(b, "{\"channel\":\"room1\",\"id\":\"1f03a9c2:42\","
-                  "\"event\":\"typing\",\"time\":1,"
-                  "\"data\":\"caf\xc3\xa9\\n\\u00ff\"}\n");
+    COMET_ASSERT_BUF(b, "{\"channel\":\"room1\",\"id\":\"1f03a9c2:42\","
+                        "\"event\":\"typing\",\"time\":1,"
+                        "\"data\":\"caf\xc3\xa9\\n\\u00ff\"}\n");
     comet_buf_truncate(b, 0);
     comet_frame_ndjson_missed(b, "room1", 5);
     comet_frame_ndjson_deleted(b, "room1", 5);
     comet_frame_ndjson_keepalive(b);
-    ASSERT_BUF(b, "{\"missed\":true,\"channel\":\"room1\"}\n"
-                  "{\"deleted\":true,\"channel\":\"room1\"}\n"
-                  "\n");
+    COMET_ASSERT_BUF(b, "{\"missed\":true,\"channel\":\"room1\"}\n"
+                        "{\"deleted\":true,\"channel\":\"room1\"}\n"
+                        "\n");
 }
 END_TEST
 
 START_TEST(ndjson_line_has_no_raw_newline_whatever_the_payload)
 {
-    comet_buf_t *b = new_buf(1 << 20);
+    comet_buf_t *b = comet_test_buf(1 << 20);
     char payload[256];
     comet_frame_msg_t m;
     int i;
