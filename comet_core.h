@@ -9,6 +9,17 @@
  * header.  They build into the unit tests without a server.  The httpd glue
  * (mod_comet*.c, event_bridge.c) installs a log callback at start-up; the
  * core never logs any other way.
+ *
+ * The threads of a child process, as every header of the core names them
+ * when it says who may call a function:
+ *   request thread  an MPM worker running a handler or a request hook;
+ *   MPM callback    an MPM worker running a timed callback (t=0) of a
+ *                   suspended subscriber;
+ *   hub thread      one per child: the parked subscribers and the store's
+ *                   wakeups (comet_hub.h, on a comet_loop);
+ *   publish thread  one per child: the publish socket (comet_pubsrv.h, on
+ *                   a comet_loop of its own);
+ *   any thread      any of these, and the process's start-up code.
  */
 #ifndef COMET_CORE_H
 #define COMET_CORE_H
@@ -45,14 +56,18 @@ const char *comet_strerror(apr_status_t rv, char *buf, apr_size_t len);
 typedef void comet_log_fn(void *baton, int level, const char *file, int line,
                           apr_status_t rv, const char *fmt, va_list ap);
 
-/* Install the log sink (glue: once per process before any thread starts;
- * NULL restores the default, which writes ERR and WARNING to stderr). */
+/* Install the log sink (NULL restores the default, which writes ERR and
+ * WARNING to stderr).  The process's start-up code, before any other
+ * thread of it starts (the sink is read without a lock); the glue calls it
+ * from its configuration hooks. */
 void comet_log_set(comet_log_fn *fn, void *baton, int max_level);
 
 /* True when a message at this level would be written: lets callers skip
- * building arguments for a disabled level. */
+ * building arguments for a disabled level.  Any thread. */
 int comet_log_enabled(int level);
 
+/* Write one message through the sink (use the comet_log macro).  Any
+ * thread: the glue's sink must be thread-safe. */
 void comet_log_(const char *file, int line, int level, apr_status_t rv,
                 const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
@@ -64,7 +79,7 @@ void comet_log_(const char *file, int line, int level, apr_status_t rv,
 
 /* A clock that never steps back, the same in every process of the machine
  * (CLOCK_MONOTONIC), in microseconds.  Ages and timeouts use it; wall-clock
- * time (apr_time_now) is only ever shown to people. */
+ * time (apr_time_now) is only ever shown to people.  Any thread. */
 apr_time_t comet_now_mono(void);
 
 #endif /* COMET_CORE_H */

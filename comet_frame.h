@@ -10,7 +10,11 @@
  * carries half a frame.  Payload bytes can never break a frame; names and
  * ids are expected to be clean (channel ids are, see comet_ids.h) but
  * are made harmless when they are not.  No function allocates except to
- * grow the buffer.  Any thread that owns the buffer; cost O(bytes written).
+ * grow the buffer.  Cost O(bytes written).
+ *
+ * Threads: every function of this file may be called by any thread that
+ * owns the buffer (in the module: the hub thread and request threads, each
+ * on buffers of its own); none keeps state.
  *
  * Message ids are passed as their text form (comet_msgid_format*), which
  * is what clients see and send back; times are wall-clock apr_time_t
@@ -95,11 +99,11 @@ typedef struct comet_frame_msg_t {
 
 /* ---- HTTP/1.1 chunks ---------------------------------------------------- */
 
-/* <hex len>\r\n<data>\r\n; nothing for len 0. */
+/* <hex len>\r\n<data>\r\n; nothing for len 0.  Any thread that owns buf. */
 apr_status_t comet_frame_chunk(comet_buf_t *buf, const void *data,
                                apr_size_t len);
 
-/* 0\r\n\r\n */
+/* 0\r\n\r\n.  Any thread that owns buf. */
 apr_status_t comet_frame_chunk_last(comet_buf_t *buf);
 
 /* Build a chunk in place: _begin reserves room for the chunk header and
@@ -107,18 +111,22 @@ apr_status_t comet_frame_chunk_last(comet_buf_t *buf);
  * formatter; _end writes the header (moving the content down by the
  * header's unused bytes, so the hex length has no leading zeros) and the
  * trailing CRLF.  An empty content leaves nothing.  Lets a whole batch of
- * SSE messages be formatted once, as one chunk, without a copy. */
+ * SSE messages be formatted once, as one chunk, without a copy.  Any
+ * thread that owns buf. */
 apr_status_t comet_frame_chunk_begin(comet_buf_t *buf, apr_size_t *mark);
 apr_status_t comet_frame_chunk_end(comet_buf_t *buf, apr_size_t mark);
 
 /* ---- Server-Sent Events ------------------------------------------------- */
 
-/* One event; id and event may be NULL (no such line). */
+/* One event; id and event may be NULL (no such line).  Any thread that
+ * owns buf (as every SSE frame below). */
 apr_status_t comet_frame_sse(comet_buf_t *buf,
                              const char *id, apr_size_t id_len,
                              const char *event, apr_size_t event_len,
                              const char *data, apr_size_t data_len);
 
+/* A comment, a retry, the missed and deleted events: see the format
+ * above.  Any thread that owns buf. */
 apr_status_t comet_frame_sse_comment(comet_buf_t *buf, const char *text,
                                      apr_size_t len);
 
@@ -132,7 +140,8 @@ apr_status_t comet_frame_sse_deleted(comet_buf_t *buf, const char *channel,
 
 /* The SSE event name of a message of channel with type (NULL/0: none):
  * multi = the subscription names several channels.  Returns NULL (and
- * *len 0) when the event has no name, else a string in p. */
+ * *len 0) when the event has no name, else a string in p.  Any thread
+ * that owns p. */
 const char *comet_frame_event_name(apr_pool_t *p, int multi,
                                    const char *channel,
                                    apr_size_t channel_len,
@@ -141,7 +150,8 @@ const char *comet_frame_event_name(apr_pool_t *p, int multi,
 
 /* ---- JSON --------------------------------------------------------------- */
 
-/* The JSON string of s[0, len), with its quotes. */
+/* The JSON string of s[0, len), with its quotes.  Any thread that owns
+ * buf. */
 apr_status_t comet_frame_json_string(comet_buf_t *buf, const char *s,
                                      apr_size_t len);
 
@@ -157,6 +167,7 @@ typedef struct comet_frame_poll_t {
     apr_size_t   messages;    /* added so far           */
 } comet_frame_poll_t;
 
+/* Begin, add to and end one long-poll body.  Any thread that owns buf. */
 apr_status_t comet_frame_poll_begin(comet_frame_poll_t *poll,
                                     comet_buf_t *buf,
                                     const char *next_id, apr_size_t id_len,
@@ -165,7 +176,8 @@ apr_status_t comet_frame_poll_add(comet_frame_poll_t *poll,
                                   const comet_frame_msg_t *msg);
 apr_status_t comet_frame_poll_end(comet_frame_poll_t *poll);
 
-/* ndjson stream. */
+/* ndjson stream: a message, the missed and deleted lines, a keepalive.
+ * Any thread that owns buf. */
 apr_status_t comet_frame_ndjson(comet_buf_t *buf,
                                 const comet_frame_msg_t *msg);
 apr_status_t comet_frame_ndjson_missed(comet_buf_t *buf,

@@ -5,26 +5,28 @@
 /*
  * comet_hub.h -- the subscribers of one process, and their delivery.
  *
- * A hub runs on one thread (the event bridge of a child process) over a
- * comet_loop.  It owns every parked subscriber of its process as a compact
- * record; it wakes when the store queues one of its channels (the process
- * slot's eventfd), reads the new messages once per channel, formats them
- * once per kind of subscriber, and writes them with non-blocking sends.
- * It notices clients that leave, sends keepalives, ends long-polls that
- * time out, and drops a subscriber whose unsent output passes a bound.
+ * A hub runs on the hub thread of a child process, over a comet_loop.  It
+ * owns every parked subscriber of its process as a compact record; it
+ * wakes when the store queues one of its channels (the process slot's
+ * eventfd), reads the new messages once per channel, renders them once
+ * per kind of subscriber (comet_render.h), and writes them with
+ * non-blocking sends.  It notices clients that leave, sends keepalives,
+ * ends long-polls that time out, and drops a subscriber whose unsent
+ * output passes a bound.
  *
  * A subscriber reaches the hub in one of two shapes:
  *   - a socket (fd) that the hub writes to directly: plain HTTP/1.1 whose
  *     connection httpd has let go of (see README, "Internals");
- *   - a sink: a set of callbacks through which the hub hands bytes to code
- *     that writes them some other way (TLS, HTTP/2: through httpd's
- *     filters, on a thread of httpd's).
+ *   - a sink: a set of callbacks, called on the hub thread, through which
+ *     the hub hands bytes to code that writes them some other way: through
+ *     httpd's filters on an MPM callback (suspended subscribers: TLS,
+ *     HTTP/1.0) or on the request thread that holds the stream (HTTP/2).
  *
  * Server-independent: APR and POSIX only.
  *
  * Threads: functions marked "any thread" lock what they touch; all others
- * run on the hub's thread (inside comet_hub_run), which is the only one
- * that touches subscriber records.
+ * run on the hub thread (inside comet_hub_run), which is the only one that
+ * touches subscriber records.
  */
 #ifndef COMET_HUB_H
 #define COMET_HUB_H
@@ -91,13 +93,13 @@ typedef struct comet_hub_spec_t {
                                      long-poll: time left to wait         */
 } comet_hub_spec_t;
 
-/* Create a hub in p (which must outlive it).  Caller: the thread that
- * will run it, or its creator before the thread starts. */
+/* Create a hub in p (which must outlive it).  Caller: the hub thread, or
+ * the code that starts it (a child's start-up code), before it starts. */
 apr_status_t comet_hub_create(comet_hub_t **hub,
                               const comet_hub_config_t *cfg, apr_pool_t *p);
 
 /* Run until comet_hub_stop; then end every subscriber (streams get their
- * last chunk) and return.  The hub's thread. */
+ * last chunk) and return.  The thread that calls it is the hub thread. */
 apr_status_t comet_hub_run(comet_hub_t *hub);
 
 /* Ask the hub to stop.  Any thread; returns at once. */
@@ -116,9 +118,9 @@ apr_status_t comet_hub_adopt(comet_hub_t *hub, const comet_hub_spec_t *spec,
  * its close callback soon.  Any thread, until close has been called. */
 void comet_hub_cancel(comet_hub_t *hub, comet_hub_sub_t *handle);
 
-/* ---- work for the hub's thread ---------------------------------------------
+/* ---- work for the hub thread ----------------------------------------------
  * Code that shares the hub's loop (comet_hub_loop) may only touch it on the
- * hub's thread; other threads hand it work as tasks.  A task is a record
+ * hub thread; other threads hand it work as tasks.  A task is a record
  * of the caller's (no allocation): fn(hub, task, stopping) runs once on the
  * hub thread, tasks in the order they were posted.  stopping is 0 while
  * the loop runs; 1 once it has ended (the task must then not touch the
@@ -133,7 +135,7 @@ struct comet_hub_task_t {
 };
 
 /* Queue a task (not already queued).  APR_SUCCESS: fn will run, also when
- * the hub is stopping.  APR_EAGAIN: the hub's thread has finished for
+ * the hub is stopping.  APR_EAGAIN: the hub thread has finished for
  * good and will touch nothing of the caller's any more (fn never runs).
  * Any thread; one short lock. */
 apr_status_t comet_hub_post(comet_hub_t *hub, comet_hub_task_t *task);
@@ -155,9 +157,11 @@ typedef struct comet_hub_stats_t {
  * not as one atomic snapshot). */
 void comet_hub_stats(comet_hub_t *hub, comet_hub_stats_t *out);
 
-/* The hub's event loop, so that other servers of the process (the publish
- * socket) can share its thread.  Use only from the hub's thread, or before
- * comet_hub_run. */
+/* The hub's event loop, so that other code of the process can watch
+ * descriptors and arm timers on the hub thread (the suspended subscribers
+ * do).  Use the loop only on the hub thread (tasks get there, see
+ * comet_hub_post), or before comet_hub_run.  The pointer itself: any
+ * thread. */
 struct comet_loop_t *comet_hub_loop(comet_hub_t *hub);
 
 #endif /* COMET_HUB_H */

@@ -5,15 +5,18 @@
 /*
  * comet_loop.h -- a small epoll event loop for one thread.
  *
- * The per-child event bridge runs on it: it watches the detached
- * subscriber sockets, the store's wakeup descriptor and its own timers,
- * and other threads hand it work through comet_loop_wake().
+ * Each child process runs two: the hub thread's (comet_hub.h: the
+ * detached subscriber sockets, the store's wakeup descriptor, the
+ * suspended subscribers' watchers, keepalive and timeout timers) and the
+ * publish thread's (comet_pubsrv.h: the publish socket's listener and
+ * clients).  Other threads hand a loop work through comet_loop_wake().
  *
- * Threads.  "Loop thread" below means the thread inside comet_loop_run(),
- * or, while no thread is inside it, the one thread that owns the loop
- * (setting up before the bridge thread starts, tearing down after it has
- * returned).  Only comet_loop_wake() and comet_loop_stop() may be called
- * from any thread at any time.
+ * Threads.  "Loop thread" below means the thread inside comet_loop_run()
+ * (in the module: the hub thread for the hub's loop, the publish thread
+ * for the publish socket's), or, while no thread is inside it, the one
+ * thread that owns the loop (setting up before that thread starts, tearing
+ * down after it has returned).  Only comet_loop_wake() and
+ * comet_loop_stop() may be called from any thread at any time.
  *
  * Memory.  The loop allocates from its pool once, at creation, except the
  * timer heap, which grows by doubling up to max_timers pointers.  Watchers
@@ -169,7 +172,7 @@ void comet_timer_init(comet_timer_t *timer, comet_timer_fn *fn,
 apr_status_t comet_timer_arm(comet_loop_t *loop, comet_timer_t *timer,
                              apr_time_t deadline);
 
-/* The same, delay microseconds from now. */
+/* The same, delay microseconds from now.  Loop thread; O(log n). */
 apr_status_t comet_timer_arm_in(comet_loop_t *loop, comet_timer_t *timer,
                                 apr_interval_time_t delay);
 
@@ -180,7 +183,7 @@ void comet_timer_cancel(comet_loop_t *loop, comet_timer_t *timer);
 /* Any thread that owns the record; O(1). */
 int comet_timer_armed(const comet_timer_t *timer);
 
-/* Armed timers (for status pages).  Loop thread; O(1). */
+/* Armed timers (for tests and debugging).  Loop thread; O(1). */
 apr_size_t comet_loop_timer_count(const comet_loop_t *loop);
 
 #endif /* COMET_LOOP_H */

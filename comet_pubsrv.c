@@ -9,7 +9,7 @@
  *
  * One record per connection, in a pool of its own (destroyed when the
  * connection closes).  A connection moves bytes in three steps, all on the
- * loop thread:
+ * loop thread (the publish thread):
  *   read     one recv() into the input buffer per readiness event, so
  *            that a client with a long pipeline cannot hold the loop for
  *            more than one buffer's worth of commands;

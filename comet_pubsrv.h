@@ -40,9 +40,11 @@
  * runs no more of its commands.  A client that stays over that bound
  * without taking any of its replies for stuck_timeout is disconnected.
  *
- * Server-independent: APR and POSIX only.
+ * Server-independent: APR and POSIX only.  The connections are
+ * comet_pubsrv.c's, the commands comet_pubcmd.c's.
  *
- * Threads: everything runs on the loop's thread, except
+ * Threads: everything runs on the loop's thread, which in the module is
+ * the publish thread (a loop of its own, not the hub thread's), except
  * comet_pubsrv_stats (any thread).
  */
 #ifndef COMET_PUBSRV_H
@@ -78,16 +80,16 @@ typedef struct comet_pubsrv_config_t {
 } comet_pubsrv_config_t;
 
 /* A server on loop, in p.  Watches cfg->listen_fd (when >= 0) at once.
- * The loop's thread, before or while the loop runs.  p must be destroyed
- * before the loop's pool, and only while the loop is not running: its
- * cleanup closes every client connection. */
+ * The loop's thread (the publish thread), before or while the loop runs.
+ * p must be destroyed before the loop's pool, and only while the loop is
+ * not running: its cleanup closes every client connection. */
 apr_status_t comet_pubsrv_create(comet_pubsrv_t **srv, comet_loop_t *loop,
                                  const comet_pubsrv_config_t *cfg,
                                  apr_pool_t *p);
 
 /* Serve an already connected stream socket (the server owns fd from now
  * on, also on failure, when it is closed).  APR_EAGAIN when max_clients
- * are connected.  The loop's thread. */
+ * are connected.  The loop's thread (the publish thread). */
 apr_status_t comet_pubsrv_adopt(comet_pubsrv_t *srv, int fd);
 
 typedef struct comet_pubsrv_stats_t {

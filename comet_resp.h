@@ -52,7 +52,8 @@
  *                  reply "-ERR message larger than maximum message size"
  *                  and close.
  *
- * A parser belongs to one thread at a time.
+ * A parser belongs to one thread at a time (in the module: the publish
+ * thread, which owns every publish socket connection).
  */
 #ifndef COMET_RESP_H
 #define COMET_RESP_H
@@ -73,6 +74,7 @@ typedef struct comet_resp_limits_t {
 #define COMET_RESP_MAX_BULK_DEFAULT    (256 * 1024 + 1024)
 #define COMET_RESP_MAX_INLINE_DEFAULT  (64 * 1024)
 
+/* Fill limits with the defaults above.  Any thread. */
 void comet_resp_limits_default(comet_resp_limits_t *limits);
 
 typedef struct comet_resp_parser_t comet_resp_parser_t;
@@ -93,15 +95,18 @@ apr_status_t comet_resp_parser_create(comet_resp_parser_t **parser,
  *   APR_SUCCESS     *cmd filled; it occupied data[0, *consumed)
  *   APR_INCOMPLETE  call again with more bytes after data[*consumed]
  *   COMET_EPROTO, COMET_ETOOBIG: see above (*consumed is 0)
- * cmd stays valid until the next call.  Cost: O(new bytes). */
+ * cmd stays valid until the next call.  The thread that owns the parser;
+ * cost: O(new bytes). */
 apr_status_t comet_resp_parse(comet_resp_parser_t *parser, char *data,
                               apr_size_t len, apr_size_t *consumed,
                               comet_resp_cmd_t *cmd);
 
-/* Text of the last error (no CR/LF, no "-ERR" prefix); "" when none. */
+/* Text of the last error (no CR/LF, no "-ERR" prefix); "" when none.  The
+ * thread that owns the parser. */
 const char *comet_resp_parser_error(const comet_resp_parser_t *parser);
 
-/* Forget everything, errors included (for a new connection). */
+/* Forget everything, errors included (for a new connection).  The thread
+ * that owns the parser. */
 void comet_resp_parser_reset(comet_resp_parser_t *parser);
 
 /* ---- replies ---------------------------------------------------------------
@@ -109,7 +114,7 @@ void comet_resp_parser_reset(comet_resp_parser_t *parser);
  * APR_ENOMEM: out is bounded, see comet_buf.h).  Simple strings and errors
  * are one line: CR and LF in them are written as spaces.  proto is 2 or 3
  * (what the client chose with HELLO); it matters where the RESP3 type
- * differs.  Any thread that owns out; cost O(bytes). */
+ * differs.  Each of them: any thread that owns out; cost O(bytes). */
 
 #define COMET_RESP2 2
 #define COMET_RESP3 3

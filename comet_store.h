@@ -20,9 +20,11 @@
  * repairs the store before it goes on; no call ever deadlocks on a dead
  * process and no repaired store ever hands out a torn message.
  *
- * Unless a function says otherwise: callable from any thread of any process
- * attached to the segment; takes the store lock for a short, bounded time
- * (no I/O, no allocation outside the segment except in the caller's pool).
+ * Threads: unless a function says otherwise, any thread of any process
+ * attached to the segment (request threads, MPM callbacks, the hub thread
+ * and the publish thread all use the store); a call takes the store lock
+ * for a short, bounded time (no I/O, no allocation outside the segment
+ * except in the caller's pool).
  */
 #ifndef COMET_STORE_H
 #define COMET_STORE_H
@@ -59,11 +61,13 @@ typedef struct comet_store_config_t {
                                        1..COMET_STORE_MAX_PROCS (16)       */
 } comet_store_config_t;
 
-/* Fill cfg with the documented defaults for a segment of size bytes. */
+/* Fill cfg with the documented defaults for a segment of size bytes.  Any
+ * thread (no segment involved). */
 void comet_store_config_default(comet_store_config_t *cfg, apr_size_t size);
 
 /* Smallest segment that can hold the fixed part for cfg, so that the glue
- * can refuse a too small CometSharedMemorySize at config time. */
+ * can refuse a too small CometSharedMemorySize at config time.  Any
+ * thread (no segment involved). */
 apr_size_t comet_store_min_size(const comet_store_config_t *cfg);
 
 /* The segment holds about size / 1024 channel records and 64-byte blocks
@@ -74,27 +78,32 @@ apr_size_t comet_store_min_size(const comet_store_config_t *cfg);
 
 /* Format a new store in [base, base + cfg->size) (base 8-byte aligned, as
  * apr_shm_baseaddr_get gives it): draws a new epoch.
- * Caller: the one process that creates the segment, before any other
- * process uses it.  The handle lives in p. */
+ * Caller: the start-up code of the one process that creates the segment
+ * (httpd's parent), before any other process or thread uses it.  The
+ * handle lives in p. */
 apr_status_t comet_store_format(comet_store_t **st, void *base,
                                 const comet_store_config_t *cfg,
                                 apr_pool_t *p);
 
 /* A handle on an already formatted segment (after fork, the child gets the
  * parent's handle for free; this is for a process that maps it anew, and for
- * tests).  COMET_ECORRUPT when base does not hold a store of this layout. */
+ * tests).  COMET_ECORRUPT when base does not hold a store of this layout.
+ * Any thread. */
 apr_status_t comet_store_attach(comet_store_t **st, void *base,
                                 apr_size_t size, apr_pool_t *p);
 
-/* The limits the segment was formatted with (read-only copy). */
+/* The limits the segment was formatted with (read-only copy).  Any
+ * thread. */
 void comet_store_get_config(comet_store_t *st, comet_store_config_t *cfg);
 
+/* The segment's epoch (see comet_ids.h).  Any thread; no lock. */
 apr_uint32_t comet_store_epoch(comet_store_t *st);
 
 /* Update the limits that may change on a graceful restart (buffer length,
  * timeouts, max message size); size, max_procs and max_channel_id stay as
  * formatted.  Channels holding more messages than the new buffer length
- * are trimmed on their next publish or read. */
+ * are trimmed on their next publish or read.  Any thread (the glue: its
+ * start-up code, on a graceful restart). */
 void comet_store_set_limits(comet_store_t *st,
                             const comet_store_config_t *cfg);
 
@@ -102,15 +111,18 @@ void comet_store_set_limits(comet_store_t *st,
 
 /* Claim a slot for process pid (a free one, or one whose process is gone;
  * a dead owner's subscriber counts and queue are cleared first).
- * COMET_ENOSLOT when all max_procs slots hold live processes. */
+ * COMET_ENOSLOT when all max_procs slots hold live processes.  Any thread
+ * (the glue: a child's start-up code). */
 apr_status_t comet_store_proc_attach(comet_store_t *st, apr_int32_t pid,
                                      apr_uint32_t *slot);
 
-/* Give the slot back: its subscriber counts go to zero everywhere. */
+/* Give the slot back: its subscriber counts go to zero everywhere.  Any
+ * thread, once the slot's hub thread no longer runs. */
 void comet_store_proc_detach(comet_store_t *st, apr_uint32_t slot);
 
 /* Clear the slots whose process no longer exists (kill(pid, 0) says
- * ESRCH).  Cheap enough to call once a second.  Returns how many. */
+ * ESRCH).  Cheap enough to call once a second.  Returns how many.  Any
+ * thread (the glue: each hub thread, once a second). */
 apr_uint32_t comet_store_proc_reap(comet_store_t *st);
 
 /* ---- channels and subscribers ------------------------------------------- */
@@ -128,12 +140,16 @@ typedef struct comet_chanref_t {
  * the last id published to the channel even if that message has since
  * expired, so that reading after it never reports a miss.  Errors:
  * COMET_EBADCHAN, APR_EINVAL (slot out of range), COMET_ENOSLOT (slot not
- * attached), COMET_EFULL (no room for the channel or the count). */
+ * attached), COMET_EFULL (no room for the channel or the count).  Any
+ * thread (a request thread, before it parks the subscriber). */
 apr_status_t comet_store_subscribe(comet_store_t *st, apr_uint32_t slot,
                                    const char *channel, apr_size_t len,
                                    apr_time_t now, comet_chanref_t *ref,
                                    comet_msgid_t *newest);
 
+/* Uncount one subscriber counted by comet_store_subscribe; ref is not to
+ * be used afterwards.  Any thread (whoever owns the subscription then: a
+ * request thread, or the hub thread once it has adopted it). */
 void comet_store_unsubscribe(comet_store_t *st, apr_uint32_t slot,
                              const comet_chanref_t *ref, apr_time_t now);
 
@@ -153,7 +169,9 @@ typedef struct comet_publish_result_t {
 /* Called after the lock is released, once per process slot that has
  * subscribers on the channel and was not already marked for wakeup: the
  * glue kicks that process's wakeup fd.  Many publishes between two wakeups
- * of a process thus cost one kick. */
+ * of a process thus cost one kick.  Runs on the thread that published or
+ * deleted (or on the hub thread, for the kicks comet_store_maintain
+ * repeats). */
 typedef void comet_wake_fn(void *baton, apr_uint32_t slot);
 
 /* Append a message to the channel (created if absent), evicting the oldest
@@ -163,7 +181,9 @@ typedef void comet_wake_fn(void *baton, apr_uint32_t slot);
  * COMET_EFULL when no room is left after reclaiming expired messages and
  * idle channels (nothing was changed then).  Cost: the copy of the payload
  * plus one step per subscribed slot; only when the segment is full, one
- * walk over the channel table (at most once per expiry instant). */
+ * walk over the channel table (at most once per expiry instant).  Any
+ * thread (a request thread for HTTP POST, the publish thread for the
+ * publish socket). */
 apr_status_t comet_store_publish(comet_store_t *st,
                                  const comet_publish_t *msg, apr_time_t now,
                                  comet_wake_fn *wake, void *baton,
@@ -172,7 +192,7 @@ apr_status_t comet_store_publish(comet_store_t *st,
 /* Delete a channel: its messages are freed at once; it stays marked
  * deleted (so that its slots' subscribers learn of it through their wakeup
  * queue and end) until its last subscriber is gone.  COMET_ENOCHAN when it
- * does not exist.  *receivers: subscribers it had. */
+ * does not exist.  *receivers: subscribers it had.  Any thread. */
 apr_status_t comet_store_delete(comet_store_t *st, const char *channel,
                                 apr_size_t len, comet_wake_fn *wake,
                                 void *baton, apr_uint32_t *receivers);
@@ -211,14 +231,16 @@ typedef struct comet_read_t {
  *     deleted) and created again, and the old incarnation may have held
  *     messages after 'after'.  The floor is the highest seq of any channel
  *     reclaimed before this one was created, so the rule errs on the side
- *     of reporting a miss, never of hiding one. */
+ *     of reporting a miss, never of hiding one.
+ * Any thread (the hub thread, and request threads answering at once). */
 apr_status_t comet_store_read(comet_store_t *st, const comet_chanref_t *ref,
                               comet_msgid_t after, apr_size_t max_msgs,
                               apr_size_t max_bytes, apr_time_t now,
                               apr_pool_t *p, comet_read_t *out);
 
 /* The same by channel id, for a subscriber not yet subscribed (long-poll
- * answering at once); COMET_ENOCHAN when the channel does not exist. */
+ * answering at once); COMET_ENOCHAN when the channel does not exist.  Any
+ * thread. */
 apr_status_t comet_store_read_by_id(comet_store_t *st, const char *channel,
                                     apr_size_t len, comet_msgid_t after,
                                     apr_size_t max_msgs, apr_size_t max_bytes,
@@ -231,7 +253,7 @@ apr_status_t comet_store_read_by_id(comet_store_t *st, const char *channel,
  * drain: then the caller must look at all its channels.  When it returns
  * max, more may be queued and the mark stays set: call again.  A channel
  * is queued at most once between two drains.  Caller: the one thread that
- * owns the slot. */
+ * owns the slot (in the module: the hub thread of the slot's process). */
 apr_size_t comet_store_proc_drain(comet_store_t *st, apr_uint32_t slot,
                                   comet_chanref_t *refs, apr_size_t max,
                                   int *overflow);
@@ -249,6 +271,8 @@ typedef struct comet_channel_stats_t {
     comet_msgid_t newest;
 } comet_channel_stats_t;
 
+/* One channel's counts; COMET_ENOCHAN when it does not exist.  Any
+ * thread. */
 apr_status_t comet_store_channel_stats(comet_store_t *st, const char *channel,
                                        apr_size_t len,
                                        comet_channel_stats_t *out);
@@ -267,16 +291,19 @@ typedef struct comet_store_stats_t {
     apr_uint64_t recoveries;        /* repairs after a dead lock owner */
 } comet_store_stats_t;
 
+/* The whole segment's counts.  Any thread. */
 void comet_store_stats(comet_store_t *st, comet_store_stats_t *out);
 
-/* Subscribers counted for one slot (server-status per process). */
+/* Subscribers counted for one slot (server-status per process).  Any
+ * thread. */
 apr_uint64_t comet_store_proc_subscribers(comet_store_t *st,
                                           apr_uint32_t slot);
 
 /* Channels with at least one subscriber whose id matches the glob pattern
  * (comet_glob_match; NULL matches all), at most max, copied into p.  The
  * array holds NUL-terminated char *, in table order.  Walks the whole
- * channel table under the lock: for status pages, not for a hot path. */
+ * channel table under the lock: for status pages, not for a hot path.
+ * Any thread. */
 apr_array_header_t *comet_store_channels(comet_store_t *st,
                                          const char *pattern,
                                          apr_size_t max, apr_pool_t *p);
@@ -288,7 +315,7 @@ apr_array_header_t *comet_store_channels(comet_store_t *st,
  * held briefly), and kick again every slot whose kick may have been lost:
  * after a repair, each slot with queued channels; always, each slot
  * marked woken for a second or more without a drain (its publisher may
- * have died between the lock and the kick).  Caller: the bridge thread of
+ * have died between the lock and the kick).  Caller: the hub thread of
  * each process, about once a second.  Returns the number of channels
  * reclaimed. */
 apr_uint32_t comet_store_maintain(comet_store_t *st, apr_time_t now,
@@ -298,7 +325,7 @@ apr_uint32_t comet_store_maintain(comet_store_t *st, apr_time_t now,
  * and counts the store keeps against a full walk, every message's chain
  * and checksum, the free lists.  APR_SUCCESS, or COMET_ECORRUPT with the
  * first problem written to why.  O(segment) under the lock: for tests and
- * debugging. */
+ * debugging.  Any thread. */
 apr_status_t comet_store_check(comet_store_t *st, char *why, apr_size_t len);
 
 /* ---- testing ------------------------------------------------------------ */

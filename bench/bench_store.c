@@ -9,7 +9,7 @@
  *
  * Publishes per second from one process and from two contending ones, the
  * time from a publish until a subscribed process (woken through a pipe,
- * as the bridge thread is) has read the message, the cost of a read, the
+ * as the hub thread is) has read the message, the cost of a read, the
  * shared memory a channel and a 100-byte message take, and how long the
  * lock is held by the rare whole-table passes (maintain, sweep, repair).
  * Prints a table; BENCHMARKS.md keeps the figures.
