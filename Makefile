@@ -32,7 +32,7 @@ CORE_HDR    := $(sort $(wildcard comet_*.h))
 # httpd glue.
 GLUE_SRC    := mod_comet.c $(sort $(filter-out mod_comet.c,$(wildcard mod_comet_*.c))) \
                $(wildcard event_bridge.c)
-GLUE_HDR    := mod_comet.h $(wildcard event_bridge.h)
+GLUE_HDR    := mod_comet.h $(sort $(wildcard mod_comet_*.h)) $(wildcard event_bridge.h)
 
 UNIT_SRC    := $(sort $(wildcard tests/unit/*.c))
 UNIT_SUITES := $(patsubst tests/unit/test_%.c,%,$(sort $(wildcard tests/unit/test_*.c)))

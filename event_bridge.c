@@ -22,6 +22,10 @@
 #include <ap_mpm.h>
 
 #include "mod_comet.h"
+#include "mod_comet_config.h"
+#include "mod_comet_susp.h"
+#include "mod_comet_status.h"
+#include "mod_comet_pubsock.h"
 #include "event_bridge.h"
 #include "comet_loop.h"
 

@@ -31,7 +31,15 @@
 #include <mpm_common.h>
 
 #include "mod_comet.h"
+#include "mod_comet_config.h"
+#include "mod_comet_sub.h"
+#include "mod_comet_pub.h"
+#include "mod_comet_susp.h"
+#include "mod_comet_status.h"
 #include "event_bridge.h"
+
+#define COMET_SUBSCRIBER_HANDLER "comet-subscriber"
+#define COMET_PUBLISHER_HANDLER  "comet-publisher"
 
 
 comet_globals_t comet_globals;

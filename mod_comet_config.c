@@ -21,6 +21,8 @@
 #include <http_core.h>
 
 #include "mod_comet.h"
+#include "mod_comet_config.h"
+#include "comet_hub.h"
 
 /* ---- value parsers ------------------------------------------------------ */
 

@@ -24,6 +24,9 @@
 #include <http_request.h>
 
 #include "mod_comet.h"
+#include "mod_comet_config.h"
+#include "mod_comet_pub.h"
+#include "mod_comet_sub.h"
 
 APLOG_USE_MODULE(comet);
 

@@ -37,7 +37,8 @@
 #include <unixd.h>
 
 #include "mod_comet.h"
-#include "comet_pubsrv.h"
+#include "mod_comet_config.h"
+#include "mod_comet_pubsock.h"
 
 APLOG_USE_MODULE(comet);
 

@@ -36,7 +36,8 @@
 #include <scoreboard.h>
 
 #include "mod_comet.h"
-#include "comet_pubsrv.h"
+#include "mod_comet_status.h"
+#include "mod_comet_pubsock.h"
 
 APLOG_USE_MODULE(comet);
 

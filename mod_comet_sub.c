@@ -52,6 +52,10 @@
 #include <util_script.h>
 
 #include "mod_comet.h"
+#include "mod_comet_config.h"
+#include "mod_comet_sub.h"
+#include "mod_comet_susp.h"
+#include "mod_comet_status.h"
 #include "event_bridge.h"
 #include "comet_frame.h"
 #include "comet_render.h"

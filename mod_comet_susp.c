@@ -79,7 +79,8 @@
 #include <util_filter.h>
 
 #include "mod_comet.h"
-#include "event_bridge.h"
+#include "mod_comet_susp.h"
+#include "mod_comet_status.h"
 #include "comet_loop.h"
 
 APLOG_USE_MODULE(comet);
