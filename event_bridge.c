@@ -116,8 +116,6 @@ static apr_status_t bridge_cleanup(void *data)
 
 void comet_bridge_child_init(apr_pool_t *pchild, server_rec *s)
 {
-    comet_srv_conf_t *sc = ap_get_module_config(s->module_config,
-                                                &comet_module);
     comet_hub_config_t cfg;
     comet_bridge_t *b;
     sigset_t all, old;
@@ -140,10 +138,8 @@ void comet_bridge_child_init(apr_pool_t *pchild, server_rec *s)
     cfg.store = comet_globals.store;
     cfg.slot = comet_globals.slot;
     cfg.wake_fd = comet_globals.wake_fds[comet_globals.slot];
-    cfg.max_pending = sc->max_pending ? sc->max_pending
-                                      : COMET_DEFAULT_MAX_PENDING;
-    cfg.max_subscribers = sc->max_subscribers > 0
-                          ? (apr_uint32_t)sc->max_subscribers : 0;
+    cfg.max_pending = comet_config_max_pending(s);
+    cfg.max_subscribers = comet_config_max_subscribers(s);
     /* A subscriber that does not read must not hold megabytes of kernel
      * memory; what does not fit waits in our bounded queue instead. */
     cfg.sndbuf = 64 * 1024;

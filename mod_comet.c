@@ -168,8 +168,6 @@ static apr_status_t create_persist(comet_persist_t **out, server_rec *s,
 static int comet_post_config(apr_pool_t *pconf, apr_pool_t *plog,
                              apr_pool_t *ptemp, server_rec *s)
 {
-    comet_srv_conf_t *sc = ap_get_module_config(s->module_config,
-                                                &comet_module);
     comet_store_config_t cfg;
     comet_persist_t *ps = NULL;
     int rc, limit = 0;
@@ -189,8 +187,8 @@ static int comet_post_config(apr_pool_t *pconf, apr_pool_t *plog,
      * for children of an old generation still finishing after a graceful
      * restart while the new generation starts. */
     ap_mpm_query(AP_MPMQ_HARD_LIMIT_DAEMONS, &limit);
-    comet_srv_store_config(sc, &cfg, (apr_uint32_t)(limit > 0 ? limit : 16)
-                                     * 2 + 2);
+    comet_config_store(s, &cfg, (apr_uint32_t)(limit > 0 ? limit : 16)
+                                * 2 + 2);
 
     apr_pool_userdata_get((void **)&ps, COMET_PERSIST_KEY, s->process->pool);
     if (ps && strcmp(ps->version, COMET_MODULE_VERSION)) {

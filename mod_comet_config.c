@@ -24,6 +24,35 @@
 #include "mod_comet_config.h"
 #include "comet_hub.h"
 
+/* Server-wide settings.  Only the main server's record counts: there is
+ * one store and one publish socket for the whole httpd. */
+typedef struct comet_srv_conf_t {
+    apr_size_t    shm_size;            /* CometSharedMemorySize          */
+    apr_int64_t   buffer_length;       /* CometMessageBufferLength       */
+    apr_time_t    message_timeout;     /* CometMessageTimeout            */
+    apr_size_t    max_message_size;    /* CometMaxMessageSize            */
+    apr_size_t    max_channel_id;      /* CometMaxChannelIdLength        */
+    apr_time_t    channel_idle;        /* CometChannelIdleTimeout        */
+    const char   *publish_socket;      /* CometPublishSocket; "" = off   */
+    int           socket_mode;         /* CometPublishSocketMode; -1 unset */
+    apr_int64_t   max_subscribers;     /* CometMaxSubscribers, per child */
+    apr_size_t    max_pending;         /* CometMaxPendingBytes           */
+} comet_srv_conf_t;
+
+/* Defaults, documented in README's directive reference. */
+#define COMET_DEFAULT_SHM_SIZE        (64 * 1024 * 1024)
+#define COMET_DEFAULT_BUFFER_LENGTH   100
+#define COMET_DEFAULT_MESSAGE_TIMEOUT apr_time_from_sec(3600)
+#define COMET_DEFAULT_MAX_MESSAGE     (256 * 1024)
+#define COMET_DEFAULT_MAX_CHANNEL_ID  COMET_CHANNEL_ID_MAX_DEFAULT
+#define COMET_DEFAULT_CHANNEL_IDLE    apr_time_from_sec(60)
+#define COMET_DEFAULT_SOCKET_NAME     "comet.sock"
+#define COMET_DEFAULT_SOCKET_MODE     0660
+#define COMET_DEFAULT_MAX_PENDING     (1024 * 1024)
+#define COMET_DEFAULT_KEEPALIVE       apr_time_from_sec(15)
+#define COMET_DEFAULT_SUB_TIMEOUT     apr_time_from_sec(30)
+#define COMET_DEFAULT_MAX_CHANNELS    64
+
 /* ---- value parsers ------------------------------------------------------ */
 
 /* "64M", "512k", "1G", "4096": bytes, at most max. */
@@ -451,6 +480,11 @@ void *comet_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
     return dc;
 }
 
+const comet_dir_conf_t *comet_config_dir(const request_rec *r)
+{
+    return ap_get_module_config(r->per_dir_config, &comet_module);
+}
+
 int comet_dir_transports(const comet_dir_conf_t *dc)
 {
     return dc->transports == -1 ? COMET_T_ALL : dc->transports;
@@ -473,25 +507,69 @@ int comet_dir_max_channels(const comet_dir_conf_t *dc)
                                   : dc->max_channels;
 }
 
-void comet_srv_store_config(const comet_srv_conf_t *sc,
-                            comet_store_config_t *cfg, apr_uint32_t procs)
+static const comet_srv_conf_t *srv_get(const server_rec *s)
 {
+    return ap_get_module_config(s->module_config, &comet_module);
+}
+
+apr_size_t comet_config_max_message(const server_rec *s)
+{
+    apr_size_t v = srv_get(s)->max_message_size;
+
+    return v ? v : COMET_DEFAULT_MAX_MESSAGE;
+}
+
+apr_size_t comet_config_max_channel_id(const server_rec *s)
+{
+    apr_size_t v = srv_get(s)->max_channel_id;
+
+    return v ? v : COMET_DEFAULT_MAX_CHANNEL_ID;
+}
+
+apr_size_t comet_config_max_pending(const server_rec *s)
+{
+    apr_size_t v = srv_get(s)->max_pending;
+
+    return v ? v : COMET_DEFAULT_MAX_PENDING;
+}
+
+apr_uint32_t comet_config_max_subscribers(const server_rec *s)
+{
+    apr_int64_t v = srv_get(s)->max_subscribers;
+
+    return v > 0 ? (apr_uint32_t)v : 0;
+}
+
+int comet_config_socket_mode(const server_rec *s)
+{
+    int v = srv_get(s)->socket_mode;
+
+    return v >= 0 ? v : COMET_DEFAULT_SOCKET_MODE;
+}
+
+const char *comet_config_publish_socket(const server_rec *s, apr_pool_t *p)
+{
+    const char *v = srv_get(s)->publish_socket;
+
+    return v ? v : ap_runtime_dir_relative(p, COMET_DEFAULT_SOCKET_NAME);
+}
+
+void comet_config_store(const server_rec *s, comet_store_config_t *cfg,
+                        apr_uint32_t procs)
+{
+    const comet_srv_conf_t *sc = srv_get(s);
+
     comet_store_config_default(cfg, sc->shm_size ? sc->shm_size
                                                  : COMET_DEFAULT_SHM_SIZE);
-    if (sc->buffer_length != -1) {
-        cfg->buffer_length = (apr_uint32_t)sc->buffer_length;
-    }
-    if (sc->message_timeout != -1) {
-        cfg->message_timeout = sc->message_timeout;
-    }
-    if (sc->max_message_size) {
-        cfg->max_message_size = sc->max_message_size;
-    }
-    if (sc->max_channel_id) {
-        cfg->max_channel_id = sc->max_channel_id;
-    }
-    if (sc->channel_idle != -1) {
-        cfg->channel_idle = sc->channel_idle;
-    }
+    cfg->buffer_length = sc->buffer_length != -1
+                         ? (apr_uint32_t)sc->buffer_length
+                         : COMET_DEFAULT_BUFFER_LENGTH;
+    cfg->message_timeout = sc->message_timeout != -1
+                           ? sc->message_timeout
+                           : COMET_DEFAULT_MESSAGE_TIMEOUT;
+    cfg->max_message_size = comet_config_max_message(s);
+    cfg->max_channel_id = comet_config_max_channel_id(s);
+    cfg->channel_idle = sc->channel_idle != -1 ? sc->channel_idle
+                                               : COMET_DEFAULT_CHANNEL_IDLE;
     cfg->max_procs = procs;
 }

@@ -15,21 +15,6 @@
 
 #include "comet_store.h"
 
-/* Server-wide settings.  Only the main server's record counts: there is
- * one store and one publish socket for the whole httpd. */
-typedef struct comet_srv_conf_t {
-    apr_size_t    shm_size;            /* CometSharedMemorySize          */
-    apr_int64_t   buffer_length;       /* CometMessageBufferLength       */
-    apr_time_t    message_timeout;     /* CometMessageTimeout            */
-    apr_size_t    max_message_size;    /* CometMaxMessageSize            */
-    apr_size_t    max_channel_id;      /* CometMaxChannelIdLength        */
-    apr_time_t    channel_idle;        /* CometChannelIdleTimeout        */
-    const char   *publish_socket;      /* CometPublishSocket; "" = off   */
-    int           socket_mode;         /* CometPublishSocketMode; -1 unset */
-    apr_int64_t   max_subscribers;     /* CometMaxSubscribers, per child */
-    apr_size_t    max_pending;         /* CometMaxPendingBytes           */
-} comet_srv_conf_t;
-
 /* Per-directory settings; "unset" values merge from the parent. */
 typedef struct comet_dir_conf_t {
     const char   *location;            /* the <Location> path, or NULL   */
@@ -43,31 +28,37 @@ typedef struct comet_dir_conf_t {
                                           "" = off                       */
 } comet_dir_conf_t;
 
-/* Defaults, documented in README's directive reference. */
-#define COMET_DEFAULT_SHM_SIZE        (64 * 1024 * 1024)
-#define COMET_DEFAULT_BUFFER_LENGTH   100
-#define COMET_DEFAULT_MESSAGE_TIMEOUT apr_time_from_sec(3600)
-#define COMET_DEFAULT_MAX_MESSAGE     (256 * 1024)
-#define COMET_DEFAULT_CHANNEL_IDLE    apr_time_from_sec(60)
-#define COMET_DEFAULT_SOCKET_NAME     "comet.sock"
-#define COMET_DEFAULT_SOCKET_MODE     0660
-#define COMET_DEFAULT_MAX_PENDING     (1024 * 1024)
-#define COMET_DEFAULT_KEEPALIVE       apr_time_from_sec(15)
-#define COMET_DEFAULT_SUB_TIMEOUT     apr_time_from_sec(30)
-#define COMET_DEFAULT_MAX_CHANNELS    64
-
 extern const command_rec comet_cmds[];
 void *comet_create_srv_conf(apr_pool_t *p, server_rec *s);
 void *comet_merge_srv_conf(apr_pool_t *p, void *base, void *add);
 void *comet_create_dir_conf(apr_pool_t *p, char *dir);
 void *comet_merge_dir_conf(apr_pool_t *p, void *base, void *add);
-/* Effective values (defaults applied). */
+/* The per-directory record of r.  Request thread. */
+const comet_dir_conf_t *comet_config_dir(const request_rec *r);
+
+/* Per-directory values in effect (defaults applied).  Any thread. */
 int comet_dir_transports(const comet_dir_conf_t *dc);
 apr_time_t comet_dir_keepalive(const comet_dir_conf_t *dc);
 apr_time_t comet_dir_subscriber_timeout(const comet_dir_conf_t *dc);
 int comet_dir_max_channels(const comet_dir_conf_t *dc);
-/* Fill a store config from the main server's settings. */
-void comet_srv_store_config(const comet_srv_conf_t *sc,
-                            comet_store_config_t *cfg, apr_uint32_t procs);
+
+/* Server-wide values in effect (defaults applied), the way mod_http2's
+ * h2_config_sgeti gives them: only the main server's record counts (a
+ * virtual host shares it), so any server_rec of this httpd will do.  Any
+ * thread. */
+apr_size_t comet_config_max_message(const server_rec *s);
+apr_size_t comet_config_max_channel_id(const server_rec *s);
+apr_size_t comet_config_max_pending(const server_rec *s);
+/* 0: no limit. */
+apr_uint32_t comet_config_max_subscribers(const server_rec *s);
+int comet_config_socket_mode(const server_rec *s);
+/* The publish socket's path; "" when CometPublishSocket is off, NULL when
+ * the default path (in the runtime directory, made in p) cannot be made. */
+const char *comet_config_publish_socket(const server_rec *s, apr_pool_t *p);
+
+/* Fill a store config from the server-wide settings, for procs process
+ * slots. */
+void comet_config_store(const server_rec *s, comet_store_config_t *cfg,
+                        apr_uint32_t procs);
 
 #endif /* MOD_COMET_CONFIG_H */

@@ -146,10 +146,7 @@ static int read_body(request_rec *r, apr_size_t max, char **data,
 
 static int publish(request_rec *r, const char *channel)
 {
-    comet_srv_conf_t *sc = ap_get_module_config(r->server->module_config,
-                                                &comet_module);
-    apr_size_t max = sc->max_message_size ? sc->max_message_size
-                                          : COMET_DEFAULT_MAX_MESSAGE;
+    apr_size_t max = comet_config_max_message(r->server);
     comet_publish_t msg;
     comet_publish_result_t res;
     char idbuf[COMET_MSGID_MAXLEN];
@@ -257,8 +254,7 @@ static int delete_channel(request_rec *r, const char *channel)
 
 int comet_publisher_handler(request_rec *r)
 {
-    comet_dir_conf_t *dc = ap_get_module_config(r->per_dir_config,
-                                                &comet_module);
+    const comet_dir_conf_t *dc = comet_config_dir(r);
     const char **ids;
     int n, rc;
 

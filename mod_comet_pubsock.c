@@ -107,11 +107,8 @@ static int pubsock_fail(server_rec *s, apr_status_t rv, const char *path,
 int comet_pubsock_post_config(apr_pool_t *pconf, apr_pool_t *ptemp,
                               server_rec *s)
 {
-    comet_srv_conf_t *sc = ap_get_module_config(s->module_config,
-                                                &comet_module);
-    int mode = sc->socket_mode >= 0 ? sc->socket_mode
-                                    : COMET_DEFAULT_SOCKET_MODE;
-    const char *path = sc->publish_socket;
+    int mode = comet_config_socket_mode(s);
+    const char *path = comet_config_publish_socket(s, pconf);
     struct sockaddr_un sa;
     struct stat st;
     pubsock_t *ps;
@@ -122,9 +119,6 @@ int comet_pubsock_post_config(apr_pool_t *pconf, apr_pool_t *ptemp,
     pubsock = NULL;
     if (path && !*path) {
         return OK;                                  /* off */
-    }
-    if (!path) {
-        path = ap_runtime_dir_relative(pconf, COMET_DEFAULT_SOCKET_NAME);
     }
     if (!path || strlen(path) >= sizeof(sa.sun_path)) {
         return pubsock_fail(s, APR_ENAMETOOLONG, path ? path : "(none)",
@@ -196,8 +190,6 @@ int comet_pubsock_post_config(apr_pool_t *pconf, apr_pool_t *ptemp,
 void comet_pubsock_child_init(apr_pool_t *p, server_rec *s,
                               comet_loop_t *loop)
 {
-    comet_srv_conf_t *sc = ap_get_module_config(s->module_config,
-                                                &comet_module);
     comet_pubsrv_config_t cfg;
     apr_status_t rv;
 
@@ -208,8 +200,7 @@ void comet_pubsock_child_init(apr_pool_t *p, server_rec *s,
     memset(&cfg, 0, sizeof(cfg));
     cfg.store = comet_globals.store;
     cfg.listen_fd = pubsock->fd;
-    cfg.max_message = sc->max_message_size ? sc->max_message_size
-                                           : COMET_DEFAULT_MAX_MESSAGE;
+    cfg.max_message = comet_config_max_message(s);
     cfg.wake = comet_wake_slot;
     cfg.version = COMET_MODULE_VERSION;
     rv = comet_pubsrv_create(&pubsrv, loop, &cfg, p);

@@ -91,10 +91,7 @@ int comet_error_response(request_rec *r, int status)
 int comet_request_channels(request_rec *r, const comet_dir_conf_t *dc,
                            int max, const char ***ids, int *n)
 {
-    comet_srv_conf_t *sc = ap_get_module_config(r->server->module_config,
-                                                &comet_module);
-    apr_size_t maxlen = sc->max_channel_id ? sc->max_channel_id
-                                           : COMET_CHANNEL_ID_MAX_DEFAULT;
+    apr_size_t maxlen = comet_config_max_channel_id(r->server);
     const char *spec, **out;
     char *list, *tok, *last;
     int count = 0;
@@ -165,7 +162,7 @@ int comet_request_channels(request_rec *r, const comet_dir_conf_t *dc,
 
 typedef struct sub_req_t {
     request_rec       *r;
-    comet_dir_conf_t  *dc;
+    const comet_dir_conf_t *dc;
     const char       **ids;
     int                nchan;
     int                transport;
@@ -616,8 +613,6 @@ static int held_reserve(void)
 static int park_suspended(sub_req_t *sr, comet_hub_t *hub, comet_buf_t *buf)
 {
     request_rec *r = sr->r;
-    comet_srv_conf_t *sc = ap_get_module_config(r->server->module_config,
-                                                &comet_module);
     comet_hub_spec_t spec;
     int rc;
 
@@ -629,8 +624,7 @@ static int park_suspended(sub_req_t *sr, comet_hub_t *hub, comet_buf_t *buf)
         return OK;
     }
     fill_spec(sr, &spec);
-    rc = comet_susp_park(r, hub, &spec, sc->max_pending
-                         ? sc->max_pending : COMET_DEFAULT_MAX_PENDING);
+    rc = comet_susp_park(r, hub, &spec, comet_config_max_pending(r->server));
     if (rc == SUSPENDED) {
         sr->subscribed = 0;      /* the hub owns the subscriptions now */
         COMET_SUB_LOG(r, APLOG_DEBUG, 0, "channel=%s: parked (suspended)",
@@ -642,8 +636,7 @@ static int park_suspended(sub_req_t *sr, comet_hub_t *hub, comet_buf_t *buf)
 static int park_held(sub_req_t *sr, comet_hub_t *hub)
 {
     request_rec *r = sr->r;
-    comet_srv_conf_t *sc = ap_get_module_config(r->server->module_config,
-                                                &comet_module);
+    apr_size_t max_pending = comet_config_max_pending(r->server);
     comet_hub_spec_t spec;
     comet_hub_sub_t *handle;
     comet_buf_t *spare;
@@ -653,10 +646,8 @@ static int park_held(sub_req_t *sr, comet_hub_t *hub)
     memset(&h, 0, sizeof(h));
     if (apr_thread_mutex_create(&h.mu, APR_THREAD_MUTEX_DEFAULT, r->pool)
         || apr_thread_cond_create(&h.cv, r->pool)
-        || comet_buf_create(&h.out, r->pool, 0, sc->max_pending
-                            ? sc->max_pending : COMET_DEFAULT_MAX_PENDING)
-        || comet_buf_create(&spare, r->pool, 0, sc->max_pending
-                            ? sc->max_pending : COMET_DEFAULT_MAX_PENDING)) {
+        || comet_buf_create(&h.out, r->pool, 0, max_pending)
+        || comet_buf_create(&spare, r->pool, 0, max_pending)) {
         return OK;
     }
     fill_spec(sr, &spec);
@@ -709,8 +700,7 @@ static int park_held(sub_req_t *sr, comet_hub_t *hub)
 
 int comet_subscriber_handler(request_rec *r)
 {
-    comet_dir_conf_t *dc = ap_get_module_config(r->per_dir_config,
-                                                &comet_module);
+    const comet_dir_conf_t *dc = comet_config_dir(r);
     comet_hub_t *hub = comet_bridge_hub();
     sub_req_t *sr;
     comet_read_t **reads;
