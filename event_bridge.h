@@ -3,14 +3,38 @@
  */
 
 /*
- * event_bridge.h -- the threads a child process adds to httpd's: the
- * bridge thread, which owns the parked subscribers of the process (it runs
- * the process's comet_hub), and a second small loop thread that serves the
- * publish socket's connections (so that a publisher's reply never waits
- * behind a large fan-out).
+ * event_bridge.h -- the threads a child process adds to httpd's, and the
+ * names every header of mod_comet uses for the threads that may call a
+ * function.
  *
- * Started in child_init, stopped when the child stops (child_stopping, and
- * at the latest in a pre-cleanup of the child pool, with a join).
+ *   request thread  an MPM worker running a handler or a request hook (the
+ *                   subscriber and publisher handlers, the server-status
+ *                   section).
+ *   MPM callback    an MPM worker running a t=0 timed callback: a
+ *                   suspended subscriber's writes (mod_comet_susp.c).
+ *   hub thread      one per child (this file): runs the child's comet_hub,
+ *                   which owns its parked subscribers, drains the store's
+ *                   wakeups of its process slot, calls the sinks of
+ *                   suspended and held subscribers, and ticks once a
+ *                   second (the server-status record).
+ *   publish thread  one per child (this file): runs a comet_loop of its
+ *                   own that serves the publish socket (comet_pubsrv), so
+ *                   that a publisher's reply never waits behind a large
+ *                   fan-out.
+ *   any thread      the function locks, or uses atomics for, what it
+ *                   touches.
+ *
+ * The hooks that run once (post_config in the parent; child_init,
+ * child_stopping and the child pool's cleanups in a child) run on the
+ * thread httpd runs them on, before the hub and publish threads start or
+ * after they are joined; a function called only from them says which
+ * hook.  mod_comet.c runs the lifecycle: it calls everything below.
+ *
+ * Pools: the threads' pool is a child of the child pool, created and
+ * destroyed by the thread that runs child_init / the child pool's
+ * cleanups; the hub and everything it allocates live in it.  The hub
+ * thread allocates only from the hub's scratch pool and malloc; the
+ * publish thread from the pools of its loop's servers.
  */
 #ifndef COMET_EVENT_BRIDGE_H
 #define COMET_EVENT_BRIDGE_H
@@ -18,25 +42,32 @@
 #include <httpd.h>
 
 #include "comet_hub.h"
+#include "comet_loop.h"
 
-/* Parent, post_config (not the dry pass): what must exist before children
- * fork.  Returns OK or an HTTP error that stops the start. */
-int comet_bridge_post_config(apr_pool_t *pconf, apr_pool_t *ptemp,
-                             server_rec *s);
+/* child_init: make this child's hub (cfg) and the publish thread's loop;
+ * no thread runs yet.  *pub_loop is the loop the publish thread will run,
+ * *pub_pool a pool for the servers on it (destroyed before the loop).
+ * APR_SUCCESS, or an error, logged here: the process will refuse
+ * subscribers. */
+apr_status_t comet_bridge_create(apr_pool_t *pchild, server_rec *s,
+                                 const comet_hub_config_t *cfg,
+                                 comet_hub_t **hub, comet_loop_t **pub_loop,
+                                 apr_pool_t **pub_pool);
 
-/* Child: start the bridge thread. */
-void comet_bridge_child_init(apr_pool_t *pchild, server_rec *s);
+/* child_init, after comet_bridge_create and after the servers of the
+ * publish loop are attached: start the hub thread and the publish thread
+ * (neither takes a signal meant for httpd's threads).  A failure is
+ * logged; without its hub thread the process refuses subscribers. */
+void comet_bridge_start(server_rec *s);
 
-/* Child: the process is stopping (graceful or not): end every parked
- * subscriber now so that the process can go. */
-void comet_bridge_child_stopping(int graceful);
+/* child_stopping, and the child pool's pre-cleanup: stop both threads and
+ * join them.  The hub ends every parked subscriber first (its ending
+ * writes never block).  Any number of times; nothing when there are no
+ * threads. */
+void comet_bridge_stop(void);
 
-void comet_bridge_register_hooks(apr_pool_t *p);
-
-/* This process's hub while the bridge runs, else NULL.  Request threads. */
+/* This process's hub while the hub thread runs, else NULL.  Request
+ * thread. */
 comet_hub_t *comet_bridge_hub(void);
-
-/* True when the process holds CometMaxSubscribers.  Request threads. */
-int comet_bridge_full(comet_hub_t *hub);
 
 #endif /* COMET_EVENT_BRIDGE_H */

@@ -3,8 +3,28 @@
  */
 
 /*
- * mod_comet.c -- the module record, its hooks, and the life of the shared
- * store across httpd's start, graceful restarts and stop.
+ * mod_comet.c -- the module record and its lifecycle: every hook of the
+ * module is registered here, and every start and stop of a per-child
+ * thread is called from here.  The other glue files export what this file
+ * calls.  In the order httpd runs them:
+ *
+ *   register_hooks  the hooks below; the suspended subscribers' connection
+ *                   hooks and filter; the server-status section.
+ *   (pre_config)    none: nothing must exist before the configuration is
+ *                   read.
+ *   post_config     the parent: the event MPM is checked; the store and
+ *                   the slots' wakeup eventfds (kept across graceful
+ *                   restarts); the suspended subscribers' bound; the
+ *                   statistics segment; the publish socket.
+ *   child_init      each child: its slot in the store; its hub thread and
+ *                   publish thread, with the publish socket's server and
+ *                   its server-status record, then started.
+ *   child_stopping  suspended subscribers told; both threads stopped and
+ *                   joined (every parked subscriber gets its end); what
+ *                   suspended subscribers the hub ended is finished.
+ *   pool cleanups   the child pool's pre-cleanup stops the threads if
+ *                   child_stopping did not, then writes the last numbers
+ *                   of the process; its cleanup, last, gives the slot back.
  *
  * Lifetimes (see README, "Internals"):
  * - The store segment, the per-slot wakeup eventfds and the record that
@@ -18,17 +38,20 @@
 
 #include <errno.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <apr_strings.h>
 #include <httpd.h>
 #include <http_config.h>
+#include <http_connection.h>
 #include <http_core.h>
 #include <http_log.h>
 #include <http_protocol.h>
 #include <http_request.h>
 #include <ap_mpm.h>
 #include <mpm_common.h>
+#include <mod_status.h>
 
 #include "mod_comet.h"
 #include "mod_comet_config.h"
@@ -36,13 +59,50 @@
 #include "mod_comet_pub.h"
 #include "mod_comet_susp.h"
 #include "mod_comet_status.h"
+#include "mod_comet_pubsock.h"
 #include "event_bridge.h"
 
 #define COMET_SUBSCRIBER_HANDLER "comet-subscriber"
 #define COMET_PUBLISHER_HANDLER  "comet-publisher"
 
 
-comet_globals_t comet_globals;
+/* This process's share of the store (see mod_comet.h): set in the parent
+ * by post_config (inherited by every child at fork), completed in each
+ * child by child_init. */
+static struct {
+    server_rec    *server;         /* main server of this generation     */
+    comet_store_t *store;          /* NULL: module loaded but unused     */
+    int           *wake_fds;       /* eventfd per process slot           */
+    apr_uint32_t   nslots;
+    apr_uint32_t   slot;           /* this child's slot ...              */
+    int            in_child;       /* ... while it holds it              */
+} proc;
+
+comet_store_t *comet_proc_store(void)
+{
+    return proc.store;
+}
+
+int comet_proc_slot(apr_uint32_t *slot)
+{
+    if (!proc.store || !proc.in_child) {
+        return 0;
+    }
+    if (slot) {
+        *slot = proc.slot;
+    }
+    return 1;
+}
+
+apr_uint32_t comet_proc_nslots(void)
+{
+    return proc.nslots;
+}
+
+server_rec *comet_proc_server(void)
+{
+    return proc.server;
+}
 
 /* What must outlive a graceful restart, kept as user data of the process
  * pool.  Plain data only: no function of this module may be reachable from
@@ -70,12 +130,12 @@ static void core_log(void *baton, int level, const char *file, int line,
 
     apr_vsnprintf(msg, sizeof(msg), fmt, ap);
     ap_log_error_(file, line, APLOG_MODULE_INDEX, level, rv,
-                  comet_globals.server, "%s", msg);
+                  proc.server, "%s", msg);
 }
 
 static void install_core_log(server_rec *s)
 {
-    comet_globals.server = s;
+    proc.server = s;
     comet_log_set(core_log, NULL,
                   ap_get_server_module_loglevel(s, APLOG_MODULE_INDEX));
 }
@@ -86,9 +146,9 @@ void comet_wake_slot(void *baton, apr_uint32_t slot)
 {
     apr_uint64_t one = 1;
 
-    if (slot < comet_globals.nslots && comet_globals.wake_fds[slot] >= 0) {
+    if (slot < proc.nslots && proc.wake_fds[slot] >= 0) {
         /* EAGAIN means the counter is saturated: the slot is woken anyway. */
-        if (write(comet_globals.wake_fds[slot], &one, sizeof(one)) < 0
+        if (write(proc.wake_fds[slot], &one, sizeof(one)) < 0
             && errno != EAGAIN) {
             comet_log(COMET_LOG_WARNING, APR_FROM_OS_ERROR(errno),
                       "cannot wake process slot %u", slot);
@@ -221,43 +281,69 @@ static int comet_post_config(apr_pool_t *pconf, apr_pool_t *plog,
         comet_store_set_limits(ps->store, &cfg);
     }
 
-    comet_globals.store = ps->store;
-    comet_globals.shm = ps->shm;
-    comet_globals.wake_fds = ps->wake_fds;
-    comet_globals.nslots = ps->nslots;
+    proc.store = ps->store;
+    proc.wake_fds = ps->wake_fds;
+    proc.nslots = ps->nslots;
     comet_susp_post_config(s);
-
-    return comet_bridge_post_config(pconf, ptemp, s);
+    if ((rc = comet_status_post_config(pconf, s)) != OK) {
+        return rc;
+    }
+    return comet_pubsock_post_config(pconf, ptemp, s);
 }
 
 /* ---- child processes -------------------------------------------------------- */
 
-static apr_status_t child_exit(void *data)
+static apr_status_t child_threads_exit(void *hub);
+static apr_status_t child_slot_exit(void *data);
+
+/* Every subscriber is a descriptor: use all the process may have. */
+static void raise_fd_limit(void)
 {
-    if (comet_globals.store && comet_globals.in_child) {
-        comet_store_proc_detach(comet_globals.store, comet_globals.slot);
-        comet_globals.in_child = 0;
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
     }
-    return APR_SUCCESS;
+}
+
+static void hub_config(comet_hub_config_t *cfg, server_rec *s)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->store = proc.store;
+    cfg->slot = proc.slot;
+    cfg->wake_fd = proc.wake_fds[proc.slot];
+    cfg->max_pending = comet_config_max_pending(s);
+    cfg->max_subscribers = comet_config_max_subscribers(s);
+    /* A subscriber that does not read must not hold megabytes of kernel
+     * memory; what does not fit waits in our bounded queue instead. */
+    cfg->sndbuf = 64 * 1024;
+    cfg->wake = comet_wake_slot;
+    cfg->tick = comet_status_tick;
+    cfg->on_stop = comet_susp_hub_stopping;
 }
 
 static void comet_child_init(apr_pool_t *pchild, server_rec *s)
 {
+    comet_hub_config_t cfg;
+    comet_hub_t *hub;
+    comet_loop_t *pub_loop;
+    apr_pool_t *pub_pool;
     apr_status_t rv;
 
-    if (!comet_globals.store) {
+    if (!proc.store) {
         return;
     }
     install_core_log(s);
     comet_susp_child_init(pchild);
-    rv = comet_store_proc_attach(comet_globals.store, (apr_int32_t)getpid(),
-                                 &comet_globals.slot);
+    rv = comet_store_proc_attach(proc.store, (apr_int32_t)getpid(),
+                                 &proc.slot);
     if (rv == COMET_ENOSLOT) {
         /* Slots of dead processes may be waiting to be reaped. */
-        comet_store_proc_reap(comet_globals.store);
-        rv = comet_store_proc_attach(comet_globals.store,
+        comet_store_proc_reap(proc.store);
+        rv = comet_store_proc_attach(proc.store,
                                      (apr_int32_t)getpid(),
-                                     &comet_globals.slot);
+                                     &proc.slot);
     }
     if (rv != APR_SUCCESS) {
         ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s,
@@ -265,17 +351,54 @@ static void comet_child_init(apr_pool_t *pchild, server_rec *s)
                      "channel store: it will refuse subscribers", getpid());
         return;
     }
-    comet_globals.in_child = 1;
-    /* Registered first so that it runs last: the bridge (registered below)
-     * is stopped before the slot goes. */
-    apr_pool_cleanup_register(pchild, NULL, child_exit,
+    proc.in_child = 1;
+    /* Registered first so that it runs last: the threads (stopped in a
+     * pre-cleanup) are gone before the slot goes. */
+    apr_pool_cleanup_register(pchild, NULL, child_slot_exit,
                               apr_pool_cleanup_null);
-    comet_bridge_child_init(pchild, s);
+
+    raise_fd_limit();
+    hub_config(&cfg, s);
+    if (comet_bridge_create(pchild, s, &cfg, &hub, &pub_loop, &pub_pool)
+        != APR_SUCCESS) {
+        return;
+    }
+    comet_pubsock_child_init(pub_pool, s, pub_loop);
+    comet_status_child_init();
+    /* A pre-cleanup: the threads' pools are children of pchild. */
+    apr_pool_pre_cleanup_register(pchild, hub, child_threads_exit);
+    comet_bridge_start(s);
 }
 
 static void comet_child_stopping(apr_pool_t *pchild, int graceful)
 {
-    comet_bridge_child_stopping(graceful);
+    comet_susp_stopping(graceful);
+    /* End every parked subscriber now, and wait for it: the process may
+     * exit right after this hook, and must not do so while the hub thread
+     * is inside the store. */
+    comet_bridge_stop();
+    /* Suspended subscribers the hub has ended: on an ungraceful stop no
+     * callback may run any more; they are finished here. */
+    comet_susp_stopped(graceful);
+}
+
+/* ---- the child pool's cleanups ------------------------------------------------ */
+
+static apr_status_t child_threads_exit(void *hub)
+{
+    comet_bridge_stop();
+    /* After the join, while the hub is still there to read. */
+    comet_status_child_exit(hub);
+    return APR_SUCCESS;
+}
+
+static apr_status_t child_slot_exit(void *data)
+{
+    if (proc.store && proc.in_child) {
+        comet_store_proc_detach(proc.store, proc.slot);
+        proc.in_child = 0;
+    }
+    return APR_SUCCESS;
 }
 
 /* ---- handlers ----------------------------------------------------------------- */
@@ -324,18 +447,36 @@ static int comet_map_to_storage(request_rec *r)
     return apr_table_get(r->notes, "comet-location") ? OK : DECLINED;
 }
 
+/* ---- every hook of the module -------------------------------------------------- */
+
 static void comet_register_hooks(apr_pool_t *p)
 {
+    /* The lifecycle (see the top of this file). */
+    ap_hook_post_config(comet_post_config, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_child_init(comet_child_init, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_child_stopping(comet_child_stopping, NULL, NULL, APR_HOOK_MIDDLE);
+
+    /* Requests. */
     ap_hook_translate_name(comet_translate_name, NULL, NULL,
                            APR_HOOK_REALLY_FIRST);
     ap_hook_map_to_storage(comet_map_to_storage, NULL, NULL,
                            APR_HOOK_FIRST);
-    ap_hook_post_config(comet_post_config, NULL, NULL, APR_HOOK_MIDDLE);
-    ap_hook_child_init(comet_child_init, NULL, NULL, APR_HOOK_MIDDLE);
-    ap_hook_child_stopping(comet_child_stopping, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_handler(comet_handler, NULL, NULL, APR_HOOK_MIDDLE);
-    comet_bridge_register_hooks(p);
-    comet_susp_register_hooks(p);
+
+    /* Suspended subscribers (mod_comet_susp.c): every MPM connection
+     * counted, the gate, and the non-blocking filter. */
+    ap_hook_pre_connection(comet_susp_pre_connection, NULL, NULL,
+                           APR_HOOK_REALLY_FIRST);
+    ap_hook_resume_connection(comet_susp_resume_connection, NULL, NULL,
+                              APR_HOOK_MIDDLE);
+    /* Last: after it, nothing of ours is in the hook chain. */
+    ap_hook_suspend_connection(comet_susp_suspend_connection, NULL, NULL,
+                               APR_HOOK_REALLY_LAST);
+    comet_susp_register_filter();
+
+    /* mod_comet's section of server-status (mod_comet_status.c). */
+    APR_OPTIONAL_HOOK(ap, status_hook, comet_status_hook, NULL, NULL,
+                      APR_HOOK_MIDDLE);
 }
 
 AP_DECLARE_MODULE(comet) = {

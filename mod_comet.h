@@ -14,7 +14,6 @@
 
 #include <httpd.h>
 #include <http_config.h>
-#include <apr_shm.h>
 
 #include "comet_store.h"
 
@@ -25,21 +24,25 @@
 
 extern module AP_MODULE_DECLARE_DATA comet_module;
 
-/* Per-process state, set up by mod_comet.c: in the parent by post_config
- * (inherited by every child at fork), completed in each child by
- * child_init. */
-typedef struct comet_globals_t {
-    server_rec     *server;        /* main server of this generation     */
-    comet_store_t  *store;         /* NULL: module loaded but unused     */
-    apr_shm_t      *shm;
-    int            *wake_fds;      /* eventfd per process slot            */
-    apr_uint32_t    nslots;
-    apr_uint32_t    slot;          /* this child's slot                   */
-    int             in_child;
-    struct comet_bridge_t *bridge; /* this child's bridge thread          */
-} comet_globals_t;
+/* This process's share of the store, set up by mod_comet.c: in the
+ * parent by post_config (inherited by every child at fork), completed in
+ * each child by child_init.  Any thread. */
 
-extern comet_globals_t comet_globals;
+/* The channel store; NULL when the module is loaded but has none (the
+ * configuration's dry pass, or a start that failed). */
+comet_store_t *comet_proc_store(void);
+
+/* 1, and this child's slot in the store (slot may be NULL), while it
+ * holds one: from child_init until the child pool's cleanup.  0 in the
+ * parent, and in a child that got no slot. */
+int comet_proc_slot(apr_uint32_t *slot);
+
+/* How many process slots the store has (one wakeup eventfd each). */
+apr_uint32_t comet_proc_nslots(void);
+
+/* The main server of this generation: for log lines that belong to no
+ * request. */
+server_rec *comet_proc_server(void);
 
 /* Store wakeup callback: kicks slot's eventfd.  Any thread. */
 void comet_wake_slot(void *baton, apr_uint32_t slot);

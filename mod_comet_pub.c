@@ -173,7 +173,7 @@ static int publish(request_rec *r, const char *channel)
         msg.event = event;
         msg.event_len = strlen(event);
     }
-    rv = comet_store_publish(comet_globals.store, &msg, comet_now_mono(),
+    rv = comet_store_publish(comet_proc_store(), &msg, comet_now_mono(),
                              comet_wake_slot, NULL, &res);
     switch (rv) {
     case APR_SUCCESS:
@@ -212,7 +212,7 @@ static int channel_info(request_rec *r, const char *channel)
     char idbuf[COMET_MSGID_MAXLEN];
     apr_status_t rv;
 
-    rv = comet_store_channel_stats(comet_globals.store, channel,
+    rv = comet_store_channel_stats(comet_proc_store(), channel,
                                    strlen(channel), &st);
     if (rv == COMET_ENOCHAN) {
         return error_reply(r, HTTP_NOT_FOUND, "no such channel");
@@ -237,7 +237,7 @@ static int delete_channel(request_rec *r, const char *channel)
     apr_uint32_t receivers = 0;
     apr_status_t rv;
 
-    rv = comet_store_delete(comet_globals.store, channel, strlen(channel),
+    rv = comet_store_delete(comet_proc_store(), channel, strlen(channel),
                             comet_wake_slot, NULL, &receivers);
     if (rv == COMET_ENOCHAN) {
         return error_reply(r, HTTP_NOT_FOUND, "no such channel");
@@ -258,7 +258,7 @@ int comet_publisher_handler(request_rec *r)
     const char **ids;
     int n, rc;
 
-    if (!comet_globals.store || !comet_globals.in_child) {
+    if (!comet_proc_store() || !comet_proc_slot(NULL)) {
         return HTTP_SERVICE_UNAVAILABLE;
     }
     /* httpd's 405 answer makes its Allow header from these. */

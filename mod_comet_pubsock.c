@@ -198,7 +198,7 @@ void comet_pubsock_child_init(apr_pool_t *p, server_rec *s,
         return;
     }
     memset(&cfg, 0, sizeof(cfg));
-    cfg.store = comet_globals.store;
+    cfg.store = comet_proc_store();
     cfg.listen_fd = pubsock->fd;
     cfg.max_message = comet_config_max_message(s);
     cfg.wake = comet_wake_slot;

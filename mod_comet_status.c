@@ -79,13 +79,13 @@ static status_shm_t *status;
 int comet_status_post_config(apr_pool_t *pconf, server_rec *s)
 {
     apr_pool_t *pp = s->process->pool;
-    apr_uint32_t n = comet_globals.nslots;
+    apr_uint32_t n = comet_proc_nslots();
     apr_size_t size = sizeof(status_shm_t) + sizeof(status_slot_t) * n;
     apr_shm_t *shm = NULL;
     apr_status_t rv;
 
     status = NULL;
-    if (!comet_globals.store || !n) {
+    if (!comet_proc_store() || !n) {
         return OK;
     }
     apr_pool_userdata_get((void **)&shm, STATUS_KEY, pp);
@@ -130,20 +130,28 @@ static void retire(status_slot_t *sl, apr_int32_t pid)
     ADD(status->retired_pub_publishes, LOAD(sl->pub_publishes));
 }
 
+/* This process's record; NULL when there is no segment or the process
+ * holds no store slot. */
+static status_slot_t *my_slot(void)
+{
+    apr_uint32_t slot;
+
+    if (!status || !comet_proc_slot(&slot) || slot >= status->nslots) {
+        return NULL;
+    }
+    return &status->slot[slot];
+}
+
 comet_live_t *comet_status_live(void)
 {
     static comet_live_t local;
+    status_slot_t *sl = my_slot();
 
-    if (status && comet_globals.in_child
-        && comet_globals.slot < status->nslots) {
-        return &status->slot[comet_globals.slot].live;
-    }
-    return &local;
+    return sl ? &sl->live : &local;
 }
 
-static void write_slot(comet_hub_t *hub)
+static void write_slot(status_slot_t *sl, comet_hub_t *hub)
 {
-    status_slot_t *sl = &status->slot[comet_globals.slot];
     comet_pubsrv_stats_t ps;
     comet_hub_stats_t hs;
     int i;
@@ -165,44 +173,37 @@ static void write_slot(comet_hub_t *hub)
 
 void comet_status_tick(comet_hub_t *hub, void *baton)
 {
-    if (status && comet_globals.in_child) {
-        write_slot(hub);
+    status_slot_t *sl = my_slot();
+
+    if (sl) {
+        write_slot(sl, hub);
     }
 }
 
-static apr_status_t status_child_exit(void *data)
+void comet_status_child_exit(comet_hub_t *hub)
 {
-    comet_hub_t *hub = data;
-    status_slot_t *sl;
+    status_slot_t *sl = my_slot();
 
-    if (!status || !comet_globals.in_child) {
-        return APR_SUCCESS;
+    if (sl) {
+        /* The hub thread has been joined: the last numbers, then retire. */
+        write_slot(sl, hub);
+        retire(sl, (apr_int32_t)getpid());
     }
-    /* The bridge thread has been joined: the last numbers, then retire. */
-    sl = &status->slot[comet_globals.slot];
-    write_slot(hub);
-    retire(sl, (apr_int32_t)getpid());
-    return APR_SUCCESS;
 }
 
-void comet_status_child_init(apr_pool_t *pchild, comet_hub_t *hub)
+void comet_status_child_init(void)
 {
-    status_slot_t *sl;
+    status_slot_t *sl = my_slot();
     apr_int32_t old;
 
-    if (!status || comet_globals.slot >= status->nslots) {
+    if (!sl) {
         return;
     }
-    sl = &status->slot[comet_globals.slot];
     /* The store hands a slot out again only once its process is gone. */
     old = LOAD(sl->pid);
     retire(sl, old);
     memset((char *)sl + sizeof(sl->pid), 0, sizeof(*sl) - sizeof(sl->pid));
     STORE(sl->pid, (apr_int32_t)getpid());
-    /* A pre-cleanup registered before the bridge's runs after it (they
-     * run last registered first): after the join, while the hub is
-     * still there to read. */
-    apr_pool_pre_cleanup_register(pchild, hub, status_child_exit);
 }
 
 /* ---- the server-status section ---------------------------------------------------- */
@@ -283,9 +284,9 @@ static void sum_slots(status_sums_t *sum)
     }
 }
 
-static int comet_status_hook(request_rec *r, int flags)
+int comet_status_hook(request_rec *r, int flags)
 {
-    comet_store_t *st = comet_globals.store;
+    comet_store_t *st = comet_proc_store();
     comet_store_config_t cfg;
     comet_store_stats_t ss;
     status_sums_t sum;
@@ -423,10 +424,4 @@ static int comet_status_hook(request_rec *r, int flags)
         ap_rputs("</table>\n", r);
     }
     return OK;
-}
-
-void comet_status_register_hooks(apr_pool_t *p)
-{
-    APR_OPTIONAL_HOOK(ap, status_hook, comet_status_hook, NULL, NULL,
-                      APR_HOOK_MIDDLE);
 }

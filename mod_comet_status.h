@@ -28,17 +28,20 @@ typedef struct comet_live_t {
 /* This process's live numbers.  Any thread; never NULL. */
 comet_live_t *comet_status_live(void);
 
-/* register_hooks: the server-status section. */
-void comet_status_register_hooks(apr_pool_t *p);
+/* mod_status's status_hook: mod_comet's section.  Request thread. */
+int comet_status_hook(request_rec *r, int flags);
 
 /* post_config (the parent, not the dry pass, after the store): the
  * per-process statistics segment. */
 int comet_status_post_config(apr_pool_t *pconf, server_rec *s);
 
-/* child_init: claim this slot's record; call before the hub thread's
- * pre-cleanup is registered on pchild (this one must run after the hub
- * thread is joined). */
-void comet_status_child_init(apr_pool_t *pchild, comet_hub_t *hub);
+/* child_init, once the process holds its store slot: claim the slot's
+ * record. */
+void comet_status_child_init(void);
+
+/* The child pool's pre-cleanup, after the hub thread is joined: the last
+ * numbers of hub, then the record's counters go to the retired totals. */
+void comet_status_child_exit(comet_hub_t *hub);
 
 /* comet_hub_config_t.tick: copy the hub's counters into this process's
  * record.  Hub thread. */

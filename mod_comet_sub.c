@@ -162,6 +162,8 @@ int comet_request_channels(request_rec *r, const comet_dir_conf_t *dc,
 
 typedef struct sub_req_t {
     request_rec       *r;
+    comet_store_t     *store;
+    apr_uint32_t       slot;         /* this process's, in the store     */
     const comet_dir_conf_t *dc;
     const char       **ids;
     int                nchan;
@@ -302,7 +304,7 @@ static void unsubscribe_all(sub_req_t *sr)
     apr_time_t now = comet_now_mono();
 
     for (int i = 0; i < sr->subscribed; i++) {
-        comet_store_unsubscribe(comet_globals.store, comet_globals.slot,
+        comet_store_unsubscribe(sr->store, sr->slot,
                                 &sr->refs[i], now);
     }
     sr->subscribed = 0;
@@ -322,7 +324,7 @@ static int subscribe_all(sub_req_t *sr)
         comet_msgid_t newest;
         apr_status_t rv;
 
-        rv = comet_store_subscribe(comet_globals.store, comet_globals.slot,
+        rv = comet_store_subscribe(sr->store, sr->slot,
                                    sr->ids[i], strlen(sr->ids[i]), now,
                                    &sr->refs[i], &newest);
         if (rv != APR_SUCCESS) {
@@ -355,7 +357,7 @@ static int read_due(sub_req_t *sr, comet_read_t **reads, int *any)
 
         after.epoch = sr->epoch;
         after.seq = sr->seqs[i];
-        if (comet_store_read(comet_globals.store, &sr->refs[i], after,
+        if (comet_store_read(sr->store, &sr->refs[i], after,
                              100000, 16 * 1024 * 1024, now, sr->r->pool, rd)
             != APR_SUCCESS) {
             continue;
@@ -696,18 +698,28 @@ static int park_held(sub_req_t *sr, comet_hub_t *hub)
     return OK;
 }
 
+/* True when the process holds CometMaxSubscribers already. */
+static int process_full(request_rec *r, comet_hub_t *hub)
+{
+    apr_uint32_t max = comet_config_max_subscribers(r->server);
+
+    return max && comet_hub_count(hub) >= max;
+}
+
 /* ---- the handler ------------------------------------------------------------------- */
 
 int comet_subscriber_handler(request_rec *r)
 {
     const comet_dir_conf_t *dc = comet_config_dir(r);
+    comet_store_t *store = comet_proc_store();
     comet_hub_t *hub = comet_bridge_hub();
+    apr_uint32_t slot;
     sub_req_t *sr;
     comet_read_t **reads;
     comet_buf_t *buf;
     int rc, any, detach, suspend;
 
-    if (!comet_globals.store || !hub) {
+    if (!store || !comet_proc_slot(&slot) || !hub) {
         return HTTP_SERVICE_UNAVAILABLE;
     }
     r->allowed = (AP_METHOD_BIT << M_GET) | (AP_METHOD_BIT << M_OPTIONS);
@@ -716,7 +728,9 @@ int comet_subscriber_handler(request_rec *r)
     sr = apr_pcalloc(r->pool, sizeof(*sr));
     sr->r = r;
     sr->dc = dc;
-    sr->epoch = comet_store_epoch(comet_globals.store);
+    sr->store = store;
+    sr->slot = slot;
+    sr->epoch = comet_store_epoch(store);
 
     if (r->method_number == M_OPTIONS) {
         cors(sr);
@@ -750,7 +764,7 @@ int comet_subscriber_handler(request_rec *r)
         stream_headers(sr);
         return OK;
     }
-    if (comet_bridge_full(hub)) {
+    if (process_full(r, hub)) {
         apr_table_setn(r->err_headers_out, "Retry-After", "5");
         rc = refuse(r, HTTP_SERVICE_UNAVAILABLE, "too many subscribers in "
                     "this process (CometMaxSubscribers)");

@@ -299,7 +299,7 @@ static void schedule(susp_t *s)
     rv = ap_mpm_register_timed_callback(0, susp_run, s);
     if (rv != APR_SUCCESS) {
         s->sched = 0;
-        ap_log_error(APLOG_MARK, APLOG_ERR, rv, comet_globals.server,
+        ap_log_error(APLOG_MARK, APLOG_ERR, rv, comet_proc_server(),
                      "cannot register a callback for a suspended "
                      "subscriber");
     }
@@ -783,7 +783,7 @@ static apr_status_t conn_gone(void *data)
 /* Every connection of the MPM: counted as the MPM counts it (the
  * server-status section shows both numbers, and that suspended
  * connections end). */
-static int susp_pre_connection(conn_rec *c, void *csd)
+int comet_susp_pre_connection(conn_rec *c, void *csd)
 {
     if (c->master || !c->cs) {
         return OK;
@@ -794,12 +794,12 @@ static int susp_pre_connection(conn_rec *c, void *csd)
     return OK;
 }
 
-static void susp_resume_connection(conn_rec *c, request_rec *r)
+void comet_susp_resume_connection(conn_rec *c, request_rec *r)
 {
     moved_on();
 }
 
-static void susp_suspend_connection(conn_rec *c, request_rec *r)
+void comet_susp_suspend_connection(conn_rec *c, request_rec *r)
 {
     susp_t *s;
 
@@ -823,15 +823,8 @@ static void susp_suspend_connection(conn_rec *c, request_rec *r)
     pthread_mutex_unlock(&g_mu);
 }
 
-void comet_susp_register_hooks(apr_pool_t *p)
+void comet_susp_register_filter(void)
 {
-    ap_hook_pre_connection(susp_pre_connection, NULL, NULL,
-                           APR_HOOK_REALLY_FIRST);
-    ap_hook_resume_connection(susp_resume_connection, NULL, NULL,
-                              APR_HOOK_MIDDLE);
-    /* Last: after it, nothing of ours is in the hook chain. */
-    ap_hook_suspend_connection(susp_suspend_connection, NULL, NULL,
-                               APR_HOOK_REALLY_LAST);
     nb_filter = ap_register_output_filter("COMET_NONBLOCK", nb_out_filter,
                                           NULL, AP_FTYPE_NETWORK - 1);
 }

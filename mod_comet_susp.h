@@ -15,8 +15,16 @@
 
 #include "comet_hub.h"
 
-/* register_hooks: the MPM hooks and the non-blocking filter. */
-void comet_susp_register_hooks(apr_pool_t *p);
+/* register_hooks: the non-blocking connection filter. */
+void comet_susp_register_filter(void);
+
+/* The MPM's connection hooks (registered by mod_comet.c): every
+ * connection counted as the MPM counts it, and the gate (a worker that
+ * moved on; a connection just suspended).  Request thread (the MPM worker
+ * serving the connection). */
+int comet_susp_pre_connection(conn_rec *c, void *csd);
+void comet_susp_resume_connection(conn_rec *c, request_rec *r);
+void comet_susp_suspend_connection(conn_rec *c, request_rec *r);
 
 /* post_config (the parent, not the dry pass): the per-process bound. */
 void comet_susp_post_config(server_rec *s);
