@@ -13,7 +13,6 @@
 #include <stdlib.h>
 #include <sys/un.h>
 
-#include <apr_lib.h>
 #include <apr_strings.h>
 #include <httpd.h>
 #include <http_config.h>
@@ -23,6 +22,7 @@
 #include "mod_comet.h"
 #include "mod_comet_config.h"
 #include "comet_hub.h"
+#include "comet_parse.h"
 
 /* Server-wide settings.  Only the main server's record counts: there is
  * one store and one publish socket for the whole httpd. */
@@ -55,46 +55,26 @@ typedef struct comet_srv_conf_t {
 
 /* ---- value parsers ------------------------------------------------------ */
 
-/* "64M", "512k", "1G", "4096": bytes, at most max. */
+/* A size (comet_parse_size) in [min, max] bytes. */
 static const char *parse_size(cmd_parms *cmd, const char *arg,
                               apr_uint64_t min, apr_uint64_t max,
                               apr_size_t *out)
 {
-    char *end;
-    apr_uint64_t v, mult = 1;
+    apr_uint64_t v;
 
-    errno = 0;
-    if (!apr_isdigit(*arg)) {
-        goto bad;
+    switch (comet_parse_size(arg, min, max, &v)) {
+    case APR_SUCCESS:
+        *out = (apr_size_t)v;
+        return NULL;
+    case APR_ERANGE:
+        return apr_psprintf(cmd->pool, "%s: %s is out of range (%"
+                            APR_UINT64_T_FMT " to %" APR_UINT64_T_FMT
+                            " bytes)", cmd->cmd->name, arg, min, max);
+    default:
+        return apr_psprintf(cmd->pool, "%s: '%s' is not a size (a number "
+                            "of bytes with an optional K, M or G suffix)",
+                            cmd->cmd->name, arg);
     }
-    v = apr_strtoi64(arg, &end, 10);
-    if (errno) {
-        goto bad;
-    }
-    switch (apr_tolower(*end)) {
-    case 'k': mult = 1024; end++; break;
-    case 'm': mult = 1024 * 1024; end++; break;
-    case 'g': mult = 1024 * 1024 * 1024; end++; break;
-    default: break;
-    }
-    if (apr_tolower(*end) == 'b') {
-        end++;
-    }
-    if (*end || v > max / mult) {
-        goto bad;
-    }
-    v *= mult;
-    if (v < min || v > max) {
-        return apr_psprintf(cmd->pool, "%s: %s is out of range (%" APR_UINT64_T_FMT
-                            " to %" APR_UINT64_T_FMT " bytes)",
-                            cmd->cmd->name, arg, min, max);
-    }
-    *out = (apr_size_t)v;
-    return NULL;
-bad:
-    return apr_psprintf(cmd->pool, "%s: '%s' is not a size (a number of "
-                        "bytes with an optional K, M or G suffix)",
-                        cmd->cmd->name, arg);
 }
 
 /* A whole number in [min, max]. */
@@ -102,22 +82,17 @@ static const char *parse_number(cmd_parms *cmd, const char *arg,
                                 apr_int64_t min, apr_int64_t max,
                                 apr_int64_t *out)
 {
-    char *end;
-    apr_int64_t v;
-
-    errno = 0;
-    v = apr_strtoi64(arg, &end, 10);
-    if (errno || end == arg || *end || !(apr_isdigit(*arg) || *arg == '-')) {
-        return apr_psprintf(cmd->pool, "%s: '%s' is not a whole number",
-                            cmd->cmd->name, arg);
-    }
-    if (v < min || v > max) {
+    switch (comet_parse_number(arg, min, max, out)) {
+    case APR_SUCCESS:
+        return NULL;
+    case APR_ERANGE:
         return apr_psprintf(cmd->pool, "%s: %s is out of range (%"
                             APR_INT64_T_FMT " to %" APR_INT64_T_FMT ")",
                             cmd->cmd->name, arg, min, max);
+    default:
+        return apr_psprintf(cmd->pool, "%s: '%s' is not a whole number",
+                            cmd->cmd->name, arg);
     }
-    *out = v;
-    return NULL;
 }
 
 /* Seconds, a whole number in [min, max]. */
@@ -297,23 +272,15 @@ static const char *set_transports(cmd_parms *cmd, void *mconfig,
     int t = 0;
 
     while (*(w = ap_getword_conf(cmd->temp_pool, &args))) {
-        if (!strcasecmp(w, "sse") || !strcasecmp(w, "eventsource")) {
-            t |= COMET_T_SSE;
-        }
-        else if (!strcasecmp(w, "longpoll") || !strcasecmp(w, "long-poll")) {
-            t |= COMET_T_LONGPOLL;
-        }
-        else if (!strcasecmp(w, "stream")) {
-            t |= COMET_T_STREAM;
-        }
-        else if (!strcasecmp(w, "all")) {
-            t |= COMET_T_ALL;
-        }
-        else {
+        int one = strcasecmp(w, "all") ? comet_parse_transport_name(w)
+                                       : COMET_T_ALL;
+
+        if (!one) {
             return apr_psprintf(cmd->pool, "%s: unknown transport '%s' "
                                 "(use sse, longpoll, stream or all)",
                                 cmd->cmd->name, w);
         }
+        t |= one;
     }
     if (!t) {
         return apr_psprintf(cmd->pool, "%s: name at least one transport",
