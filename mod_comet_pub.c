@@ -26,7 +26,7 @@
 #include "mod_comet.h"
 #include "mod_comet_config.h"
 #include "mod_comet_pub.h"
-#include "mod_comet_sub.h"
+#include "mod_comet_req.h"
 
 APLOG_USE_MODULE(comet);
 
@@ -277,7 +277,7 @@ int comet_publisher_handler(request_rec *r)
     }
     rc = comet_request_channels(r, dc, 1, &ids, &n);
     if (rc != OK) {
-        const char *why = apr_table_get(r->notes, "comet-error");
+        const char *why = comet_refusal(r);
 
         /* A body sent with a refused request is not read: the
          * connection ends after the answer. */

@@ -54,6 +54,7 @@
 #include "mod_comet.h"
 #include "mod_comet_config.h"
 #include "mod_comet_sub.h"
+#include "mod_comet_req.h"
 #include "mod_comet_susp.h"
 #include "mod_comet_status.h"
 #include "event_bridge.h"
@@ -64,99 +65,6 @@ APLOG_USE_MODULE(comet);
 
 #define COMET_SUB_LOG(r, level, rv, ...) \
     ap_log_rerror(APLOG_MARK, level, rv, r, __VA_ARGS__)
-
-/* ---- which channels ------------------------------------------------------------ */
-
-static int refuse(request_rec *r, int status, const char *why)
-{
-    apr_table_setn(r->notes, "comet-error", why);
-    return status;
-}
-
-int comet_error_response(request_rec *r, int status)
-{
-    const char *why = apr_table_get(r->notes, "comet-error");
-
-    if (status == HTTP_METHOD_NOT_ALLOWED || !why) {
-        return status;
-    }
-    /* A one-line reason, not httpd's HTML page: clients of a push API read
-     * it in a console. */
-    r->status = status;
-    ap_set_content_type(r, "text/plain; charset=utf-8");
-    ap_rprintf(r, "%s\n", why);
-    return OK;
-}
-
-int comet_request_channels(request_rec *r, const comet_dir_conf_t *dc,
-                           int max, const char ***ids, int *n)
-{
-    apr_size_t maxlen = comet_config_max_channel_id(r->server);
-    const char *spec, **out;
-    char *list, *tok, *last;
-    int count = 0;
-
-    if (dc->channel_expr) {
-        const char *err = NULL;
-
-        spec = ap_expr_str_exec(r, dc->channel_expr, &err);
-        if (err) {
-            COMET_SUB_LOG(r, APLOG_ERR, 0, "CometChannel: %s", err);
-            return refuse(r, HTTP_INTERNAL_SERVER_ERROR,
-                          "CometChannel expression failed");
-        }
-    }
-    else {
-        /* The rest of the path after the <Location>; when nothing follows
-         * it (a nested <Location /events/room1> that only tunes a
-         * directive, or a <LocationMatch>), the last path segment. */
-        const char *loc = dc->location;
-        apr_size_t ll = loc ? strlen(loc) : 0;
-
-        spec = NULL;
-        if (ll && !strncmp(r->uri, loc, ll)) {
-            spec = r->uri + ll;
-            while (*spec == '/') {
-                spec++;
-            }
-        }
-        if (!spec || !*spec) {
-            const char *slash = strrchr(r->uri, '/');
-
-            spec = slash ? slash + 1 : r->uri;
-        }
-    }
-    if (!spec || !*spec) {
-        return refuse(r, HTTP_BAD_REQUEST, "no channel named in the request");
-    }
-    out = apr_palloc(r->pool, sizeof(*out) * (apr_size_t)max);
-    list = apr_pstrdup(r->pool, spec);
-    for (tok = apr_strtok(list, ",", &last); tok;
-         tok = apr_strtok(NULL, ",", &last)) {
-        if (count == max) {
-            return refuse(r, HTTP_BAD_REQUEST, apr_psprintf(r->pool,
-                          "too many channels (at most %d)", max));
-        }
-        if (comet_channel_id_check(tok, strlen(tok), maxlen)
-            != APR_SUCCESS) {
-            return refuse(r, HTTP_BAD_REQUEST, apr_psprintf(r->pool,
-                          "invalid channel id (1 to %" APR_SIZE_T_FMT
-                          " bytes of A-Z a-z 0-9 - _ . ~ : @ /)", maxlen));
-        }
-        for (int i = 0; i < count; i++) {
-            if (!strcmp(out[i], tok)) {
-                return refuse(r, HTTP_BAD_REQUEST, "channel named twice");
-            }
-        }
-        out[count++] = tok;
-    }
-    if (!count) {
-        return refuse(r, HTTP_BAD_REQUEST, "no channel named in the request");
-    }
-    *ids = out;
-    *n = count;
-    return OK;
-}
 
 /* ---- the request's wishes ------------------------------------------------------ */
 
@@ -178,66 +86,16 @@ typedef struct sub_req_t {
     apr_table_t       *args;         /* the query, once parsed           */
 } sub_req_t;
 
-/* The query argument name, parsed once per request. */
-static const char *query_arg(sub_req_t *sr, const char *name)
-{
-    if (!sr->r->args) {
-        return NULL;
-    }
-    if (!sr->args) {
-        ap_args_to_table(sr->r, &sr->args);
-    }
-    return apr_table_get(sr->args, name);
-}
-
-static int pick_transport(sub_req_t *sr)
-{
-    request_rec *r = sr->r;
-    const char *t = query_arg(sr, "transport");
-    const char *accept = apr_table_get(r->headers_in, "Accept");
-    int allowed = comet_dir_transports(sr->dc);
-
-    if (t) {
-        if (!strcasecmp(t, "sse") || !strcasecmp(t, "eventsource")) {
-            sr->transport = COMET_T_SSE;
-        }
-        else if (!strcasecmp(t, "longpoll") || !strcasecmp(t, "long-poll")) {
-            sr->transport = COMET_T_LONGPOLL;
-        }
-        else if (!strcasecmp(t, "stream")) {
-            sr->transport = COMET_T_STREAM;
-        }
-        else {
-            return refuse(r, HTTP_BAD_REQUEST, "unknown transport (use sse, "
-                          "longpoll or stream)");
-        }
-    }
-    else if (accept && ap_strcasestr(accept, "text/event-stream")) {
-        sr->transport = COMET_T_SSE;
-    }
-    else if (accept && ap_strcasestr(accept, "application/x-ndjson")) {
-        sr->transport = COMET_T_STREAM;
-    }
-    else {
-        sr->transport = COMET_T_LONGPOLL;
-    }
-    if (!(sr->transport & allowed)) {
-        return refuse(r, HTTP_NOT_ACCEPTABLE, "transport not allowed here "
-                      "(CometTransports)");
-    }
-    return OK;
-}
-
 static int parse_position(sub_req_t *sr)
 {
     request_rec *r = sr->r;
     const char *id = apr_table_get(r->headers_in, "Last-Event-ID");
-    const char *backlog = query_arg(sr, "backlog");
+    const char *backlog = comet_query_arg(r, &sr->args, "backlog");
     apr_size_t n = 0;
     apr_uint32_t epoch;
 
     if (!id) {
-        id = query_arg(sr, "last_event_id");
+        id = comet_query_arg(r, &sr->args, "last_event_id");
     }
     sr->backlog = -1;
     if (backlog) {
@@ -248,8 +106,8 @@ static int parse_position(sub_req_t *sr)
         }
         else if ((sr->backlog = strtol(backlog, &end, 10)) < 0 || *end
                  || end == backlog || sr->backlog > 1000000) {
-            return refuse(r, HTTP_BAD_REQUEST, "backlog must be a count or "
-                          "'all'");
+            return comet_refuse(r, HTTP_BAD_REQUEST, "backlog must be a "
+                                "count or 'all'");
         }
     }
     if (!id || !*id) {
@@ -258,9 +116,10 @@ static int parse_position(sub_req_t *sr)
     if (comet_msgid_parse_compound(&epoch, sr->seqs, (apr_size_t)sr->nchan,
                                    &n, id, strlen(id)) != APR_SUCCESS
         || n != (apr_size_t)sr->nchan) {
-        return refuse(r, HTTP_BAD_REQUEST, apr_psprintf(r->pool,
-                      "invalid last event id (expected <epoch>:<seq> with "
-                      "one seq per channel, %d here)", sr->nchan));
+        return comet_refuse(r, HTTP_BAD_REQUEST, apr_psprintf(r->pool,
+                            "invalid last event id (expected <epoch>:<seq> "
+                            "with one seq per channel, %d here)",
+                            sr->nchan));
     }
     sr->has_id = 1;
     if (epoch != sr->epoch) {
@@ -332,10 +191,10 @@ static int subscribe_all(sub_req_t *sr)
             if (rv == COMET_EFULL) {
                 COMET_SUB_LOG(sr->r, APLOG_WARNING, rv, "channel=%s: cannot "
                               "subscribe, the store is full", sr->ids[i]);
-                return refuse(sr->r, HTTP_SERVICE_UNAVAILABLE,
+                return comet_refuse(sr->r, HTTP_SERVICE_UNAVAILABLE,
                               "the channel store is full");
             }
-            return refuse(sr->r, HTTP_BAD_REQUEST, "invalid channel id");
+            return comet_refuse(sr->r, HTTP_BAD_REQUEST, "invalid channel id");
         }
         sr->subscribed++;
         if (!sr->has_id) {
@@ -698,6 +557,13 @@ static int park_held(sub_req_t *sr, comet_hub_t *hub)
     return OK;
 }
 
+/* 503: this process has no room for another subscriber now. */
+static int refuse_busy(request_rec *r, const char *why)
+{
+    apr_table_setn(r->err_headers_out, "Retry-After", "5");
+    return comet_refuse(r, HTTP_SERVICE_UNAVAILABLE, why);
+}
+
 /* True when the process holds CometMaxSubscribers already. */
 static int process_full(request_rec *r, comet_hub_t *hub)
 {
@@ -751,7 +617,8 @@ int comet_subscriber_handler(request_rec *r)
     }
     if ((rc = comet_request_channels(r, dc, comet_dir_max_channels(dc),
                                      &sr->ids, &sr->nchan)) != OK
-        || (rc = pick_transport(sr)) != OK) {
+        || (rc = comet_request_transport(r, dc, &sr->args,
+                                          &sr->transport)) != OK) {
         goto refused;
     }
     sr->refs = apr_pcalloc(r->pool, sizeof(*sr->refs) * (apr_size_t)sr->nchan);
@@ -765,9 +632,8 @@ int comet_subscriber_handler(request_rec *r)
         return OK;
     }
     if (process_full(r, hub)) {
-        apr_table_setn(r->err_headers_out, "Retry-After", "5");
-        rc = refuse(r, HTTP_SERVICE_UNAVAILABLE, "too many subscribers in "
-                    "this process (CometMaxSubscribers)");
+        rc = refuse_busy(r, "too many subscribers in this process "
+                         "(CometMaxSubscribers)");
         goto refused;
     }
     if ((rc = subscribe_all(sr)) != OK) {
@@ -804,10 +670,8 @@ int comet_subscriber_handler(request_rec *r)
     detach = can_detach(r);
     suspend = !detach && comet_susp_possible(r);
     if (suspend && !comet_susp_reserve(r)) {
-        apr_table_setn(r->err_headers_out, "Retry-After", "5");
-        rc = refuse(r, HTTP_SERVICE_UNAVAILABLE, "too many suspended "
-                    "subscribers in this process (the event MPM's "
-                    "connection limit)");
+        rc = refuse_busy(r, "too many suspended subscribers in this "
+                         "process (the event MPM's connection limit)");
         goto refused;
     }
     if (suspend) {
@@ -819,9 +683,8 @@ int comet_subscriber_handler(request_rec *r)
                       "held in this process already; serve comet locations "
                       "over HTTP/1.1 to hold more",
                       sr->ids[0], held_limit());
-        apr_table_setn(r->err_headers_out, "Retry-After", "5");
-        rc = refuse(r, HTTP_SERVICE_UNAVAILABLE, "too many subscribers that "
-                    "need a worker thread in this process");
+        rc = refuse_busy(r, "too many subscribers that need a worker "
+                         "thread in this process");
         goto refused;
     }
     if (send_now(r, buf->data, buf->len) != APR_SUCCESS

@@ -1,0 +1,123 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may
+ * not use this file except in compliance with the License.
+ */
+
+/*
+ * mod_comet_req.c -- reading a request to a comet location (see
+ * mod_comet_req.h).  What needs no request state is comet_parse.c's.
+ */
+
+#include <apr_strings.h>
+#include <httpd.h>
+#include <http_config.h>
+#include <http_log.h>
+#include <http_protocol.h>
+#include <util_script.h>
+
+#include "mod_comet.h"
+#include "mod_comet_req.h"
+#include "comet_parse.h"
+
+APLOG_USE_MODULE(comet);
+
+#define COMET_REFUSAL_NOTE "comet-error"
+
+int comet_refuse(request_rec *r, int status, const char *why)
+{
+    apr_table_setn(r->notes, COMET_REFUSAL_NOTE, why);
+    return status;
+}
+
+const char *comet_refusal(const request_rec *r)
+{
+    return apr_table_get(r->notes, COMET_REFUSAL_NOTE);
+}
+
+int comet_error_response(request_rec *r, int status)
+{
+    const char *why = comet_refusal(r);
+
+    if (status == HTTP_METHOD_NOT_ALLOWED || !why) {
+        return status;
+    }
+    /* A one-line reason, not httpd's HTML page: clients of a push API read
+     * it in a console. */
+    r->status = status;
+    ap_set_content_type(r, "text/plain; charset=utf-8");
+    ap_rprintf(r, "%s\n", why);
+    return OK;
+}
+
+const char *comet_query_arg(request_rec *r, apr_table_t **args,
+                            const char *name)
+{
+    if (!r->args) {
+        return NULL;
+    }
+    if (!*args) {
+        ap_args_to_table(r, args);
+    }
+    return apr_table_get(*args, name);
+}
+
+int comet_request_channels(request_rec *r, const comet_dir_conf_t *dc,
+                           int max, const char ***ids, int *n)
+{
+    const char *spec, *why;
+
+    if (dc->channel_expr) {
+        const char *err = NULL;
+
+        spec = ap_expr_str_exec(r, dc->channel_expr, &err);
+        if (err) {
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "CometChannel: %s",
+                          err);
+            return comet_refuse(r, HTTP_INTERNAL_SERVER_ERROR,
+                                "CometChannel expression failed");
+        }
+    }
+    else {
+        /* The rest of the path after the <Location>; when nothing follows
+         * it (a nested <Location /events/room1> that only tunes a
+         * directive, or a <LocationMatch>), the last path segment. */
+        const char *loc = dc->location;
+        apr_size_t ll = loc ? strlen(loc) : 0;
+
+        spec = NULL;
+        if (ll && !strncmp(r->uri, loc, ll)) {
+            spec = r->uri + ll;
+            while (*spec == '/') {
+                spec++;
+            }
+        }
+        if (!spec || !*spec) {
+            const char *slash = strrchr(r->uri, '/');
+
+            spec = slash ? slash + 1 : r->uri;
+        }
+    }
+    if (comet_parse_channels(r->pool, spec, max,
+                             comet_config_max_channel_id(r->server), ids, n,
+                             &why) != APR_SUCCESS) {
+        return comet_refuse(r, HTTP_BAD_REQUEST, why);
+    }
+    return OK;
+}
+
+int comet_request_transport(request_rec *r, const comet_dir_conf_t *dc,
+                            apr_table_t **args, int *transport)
+{
+    const char *why;
+
+    switch (comet_parse_transport(comet_query_arg(r, args, "transport"),
+                                  apr_table_get(r->headers_in, "Accept"),
+                                  comet_dir_transports(dc), transport,
+                                  &why)) {
+    case APR_SUCCESS:
+        return OK;
+    case APR_EACCES:
+        return comet_refuse(r, HTTP_NOT_ACCEPTABLE, why);
+    default:
+        return comet_refuse(r, HTTP_BAD_REQUEST, why);
+    }
+}
