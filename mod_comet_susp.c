@@ -51,10 +51,16 @@
  * AsyncRequestWorkerFactor are suspended per process, so that the rest of
  * the site is always served.
  *
- * Threads: handler and callbacks on MPM workers, sink and watcher on the
- * hub thread, stopping on the thread that runs child_stopping.  One mutex
- * (g_mu) guards every record's state; a record is touched by one thread
- * at a time outside it (the one whose callback is scheduled: sched).
+ * Threads (see event_bridge.h): the handler's side on a request thread,
+ * the connection's side in MPM callbacks, the sink, the watcher and the
+ * tasks on the hub thread, stopping on the thread that runs
+ * child_stopping.  One mutex (susp_mu) guards every record's state; a
+ * function whose comment says "Under susp_mu" is called with it held.
+ * Outside it a record is touched by one thread at a time (the one whose
+ * callback is scheduled: sched).
+ *
+ * Names: the file's statics start with susp_ (globals susp_g_, the mutex
+ * susp_mu), its constants with SUSP_.
  */
 
 #include <errno.h>
@@ -93,9 +99,12 @@ APLOG_USE_MODULE(comet);
 /* How long the last bytes may take to leave. */
 #define SUSP_LINGER     apr_time_from_sec(5)
 
-enum { GATE_NONE, GATE_SET, GATE_OPEN };      /* see "the gate" above   */
-enum { W_NONE, W_ACTIVE, W_GONE };            /* the hub-thread watcher */
-enum { P_STREAM, P_TAIL, P_CLOSE, P_DONE };   /* the response           */
+/* See "the gate" above. */
+enum { SUSP_GATE_NONE, SUSP_GATE_SET, SUSP_GATE_OPEN };
+/* The hub-thread watcher. */
+enum { SUSP_W_NONE, SUSP_W_ACTIVE, SUSP_W_GONE };
+/* The response. */
+enum { SUSP_P_STREAM, SUSP_P_TAIL, SUSP_P_CLOSE, SUSP_P_DONE };
 
 typedef struct susp_t susp_t;
 struct susp_t {
@@ -132,32 +141,32 @@ struct susp_t {
     comet_hub_task_t    t_add, t_ww, t_linger, t_retire;
 };
 
-static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
-static susp_t *g_list;
-static int g_no_callbacks;          /* ungraceful stop: see above         */
+static pthread_mutex_t susp_mu = PTHREAD_MUTEX_INITIALIZER;
+static susp_t *susp_g_list;
+static int susp_g_no_callbacks;     /* ungraceful stop: see above         */
 
 /* Per-process numbers. */
-static apr_uint32_t g_limit;        /* set in post_config                 */
-static volatile apr_uint32_t g_refusal_logged;
+static apr_uint32_t susp_g_limit;   /* set in post_config                 */
+static volatile apr_uint32_t susp_g_refusal_logged;
 /* (The numbers are in comet_status_live().) */
 
-static ap_filter_rec_t *nb_filter;
+static ap_filter_rec_t *susp_g_nb_filter;
 
 /* One counter per worker thread slot of this process (the gate). */
-static volatile apr_uint32_t *g_epochs;
-static int g_threads;
+static volatile apr_uint32_t *susp_g_epochs;
+static int susp_g_threads;
 
 /* ---- where a worker thread sits in the scoreboard ------------------------------------ */
 
-static __thread int t_tslot = -1;   /* -1: not found (yet)                */
-static __thread int t_pslot = -1;
+static __thread int susp_t_tslot = -1;  /* -1: not found (yet)            */
+static __thread int susp_t_pslot = -1;
 
 /* This thread's worker slot, found once (by its pid and thread id; the
  * parent writes the process slot's pid right after the fork, so a miss
  * is not remembered). */
-static int my_worker(int *pslot, int *tslot)
+static int susp_my_worker(int *pslot, int *tslot)
 {
-    if (t_tslot < 0) {
+    if (susp_t_tslot < 0) {
         int servers = 0, threads = 0;
         pid_t pid = getpid();
         apr_os_thread_t me = apr_os_thread_current();
@@ -165,46 +174,46 @@ static int my_worker(int *pslot, int *tslot)
         ap_mpm_query(AP_MPMQ_HARD_LIMIT_DAEMONS, &servers);
         ap_mpm_query(AP_MPMQ_HARD_LIMIT_THREADS, &threads);
         for (int p = 0; ap_scoreboard_image && p < servers
-                        && t_tslot < 0; p++) {
+                        && susp_t_tslot < 0; p++) {
             if (ap_scoreboard_image->parent[p].pid != pid) {
                 continue;
             }
-            for (int t = 0; t < threads && t < g_threads; t++) {
+            for (int t = 0; t < threads && t < susp_g_threads; t++) {
                 worker_score *ws = &ap_scoreboard_image->servers[p][t];
 
                 if (ws->pid == pid && apr_os_thread_equal(ws->tid, me)) {
-                    t_pslot = p;
-                    t_tslot = t;
+                    susp_t_pslot = p;
+                    susp_t_tslot = t;
                     break;
                 }
             }
         }
     }
-    if (t_tslot < 0) {
+    if (susp_t_tslot < 0) {
         return 0;
     }
-    *pslot = t_pslot;
-    *tslot = t_tslot;
+    *pslot = susp_t_pslot;
+    *tslot = susp_t_tslot;
     return 1;
 }
 
 /* This thread has left whatever connection it served before. */
-static void moved_on(void)
+static void susp_moved_on(void)
 {
     int p, t;
 
-    if (g_epochs && my_worker(&p, &t)) {
-        apr_atomic_inc32(&g_epochs[t]);
+    if (susp_g_epochs && susp_my_worker(&p, &t)) {
+        apr_atomic_inc32(&susp_g_epochs[t]);
     }
 }
 
-/* Whether the suspending worker has left the MPM's code.  g_mu. */
-static int gate_passed(susp_t *s)
+/* Whether the suspending worker has left the MPM's code.  Under susp_mu. */
+static int susp_gate_passed(susp_t *s)
 {
     worker_score *ws = &ap_scoreboard_image->servers[s->pslot][s->tslot];
     int passed = __atomic_load_n(&ws->status, __ATOMIC_ACQUIRE)
                  != SERVER_BUSY_WRITE
-                 || apr_atomic_read32(&g_epochs[s->tslot]) != s->epoch0;
+                 || apr_atomic_read32(&susp_g_epochs[s->tslot]) != s->epoch0;
 
     /* What the worker wrote before its update is visible after it. */
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
@@ -214,7 +223,7 @@ static int gate_passed(susp_t *s)
 /* ---- the non-blocking connection filter ---------------------------------------------- */
 
 /* The core output filter, last of the connection's. */
-static apr_status_t core_push(conn_rec *c)
+static apr_status_t susp_core_push(conn_rec *c)
 {
     ap_filter_t *f = c->output_filters;
 
@@ -225,7 +234,7 @@ static apr_status_t core_push(conn_rec *c)
     return f->frec->filter_func.out_func(f, NULL);
 }
 
-static apr_status_t nb_out_filter(ap_filter_t *f, apr_bucket_brigade *bb)
+static apr_status_t susp_nb_out_filter(ap_filter_t *f, apr_bucket_brigade *bb)
 {
     apr_bucket *e, *next;
     apr_status_t rv = APR_SUCCESS;
@@ -242,30 +251,30 @@ static apr_status_t nb_out_filter(ap_filter_t *f, apr_bucket_brigade *bb)
         rv = ap_pass_brigade(f->next, bb);
     }
     if (rv == APR_SUCCESS && flush) {
-        rv = core_push(f->c);
+        rv = susp_core_push(f->c);
     }
     return rv;
 }
 
 /* ---- records --------------------------------------------------------------------------- */
 
-static void list_add(susp_t *s)
+static void susp_list_add(susp_t *s)
 {
     s->prev = NULL;
-    s->next = g_list;
-    if (g_list) {
-        g_list->prev = s;
+    s->next = susp_g_list;
+    if (susp_g_list) {
+        susp_g_list->prev = s;
     }
-    g_list = s;
+    susp_g_list = s;
 }
 
-static void list_remove(susp_t *s)
+static void susp_list_remove(susp_t *s)
 {
     if (s->prev) {
         s->prev->next = s->next;
     }
-    else if (g_list == s) {
-        g_list = s->next;
+    else if (susp_g_list == s) {
+        susp_g_list = s->next;
     }
     if (s->next) {
         s->next->prev = s->prev;
@@ -273,10 +282,11 @@ static void list_remove(susp_t *s)
     s->prev = s->next = NULL;
 }
 
-/* Free the record once nothing refers to it any more.  g_mu.  1: freed. */
-static int maybe_free(susp_t *s)
+/* Free the record once nothing refers to it any more.  Under susp_mu.  1:
+ * freed. */
+static int susp_maybe_free(susp_t *s)
 {
-    if (s->phase != P_DONE || !s->closed || s->tasks || s->sched) {
+    if (s->phase != SUSP_P_DONE || !s->closed || s->tasks || s->sched) {
         return 0;
     }
     free(s->out);
@@ -284,19 +294,19 @@ static int maybe_free(susp_t *s)
     return 1;
 }
 
-static void susp_run(void *baton);
+static void susp_callback(void *baton);
 
-/* Have a callback run for s (once: one at a time).  g_mu. */
-static void schedule(susp_t *s)
+/* Have a callback run for s (once: one at a time).  Under susp_mu. */
+static void susp_schedule(susp_t *s)
 {
     apr_status_t rv;
 
-    if (s->sched || s->gate == GATE_NONE || s->phase == P_DONE
-        || g_no_callbacks) {
+    if (s->sched || s->gate == SUSP_GATE_NONE || s->phase == SUSP_P_DONE
+        || susp_g_no_callbacks) {
         return;
     }
     s->sched = 1;
-    rv = ap_mpm_register_timed_callback(0, susp_run, s);
+    rv = ap_mpm_register_timed_callback(0, susp_callback, s);
     if (rv != APR_SUCCESS) {
         s->sched = 0;
         ap_log_error(APLOG_MARK, APLOG_ERR, rv, comet_proc_server(),
@@ -305,8 +315,9 @@ static void schedule(susp_t *s)
     }
 }
 
-/* Post one of s's tasks.  g_mu.  0 when the hub's thread is gone. */
-static int post(susp_t *s, comet_hub_task_t *t)
+/* Post one of s's tasks.  Under susp_mu.  0 when the hub's thread is
+ * gone. */
+static int susp_post(susp_t *s, comet_hub_task_t *t)
 {
     s->tasks++;
     if (comet_hub_post(s->hub, t) != APR_SUCCESS) {
@@ -318,14 +329,14 @@ static int post(susp_t *s, comet_hub_task_t *t)
 
 /* ---- the hub's side: sink (hub thread) ---------------------------------------------- */
 
-static apr_status_t sink_write(void *baton, const char *data, apr_size_t len,
-                               int last)
+static apr_status_t susp_sink_write(void *baton, const char *data,
+                                    apr_size_t len, int last)
 {
     susp_t *s = baton;
     apr_status_t rv = APR_SUCCESS;
 
-    pthread_mutex_lock(&g_mu);
-    if (s->phase == P_STREAM && !s->abort && !s->client_gone) {
+    pthread_mutex_lock(&susp_mu);
+    if (s->phase == SUSP_P_STREAM && !s->abort && !s->client_gone) {
         apr_size_t have = s->len - s->off;
 
         if (have + len > s->max) {
@@ -356,127 +367,127 @@ static apr_status_t sink_write(void *baton, const char *data, apr_size_t len,
                 memcpy(s->out + s->len, data, len);
                 s->len += len;
                 s->last |= !!last;
-                schedule(s);
+                susp_schedule(s);
             }
         }
     }
-    pthread_mutex_unlock(&g_mu);
+    pthread_mutex_unlock(&susp_mu);
     return rv;
 }
 
-static void sink_close(void *baton)
+static void susp_sink_close(void *baton)
 {
     susp_t *s = baton;
 
-    pthread_mutex_lock(&g_mu);
+    pthread_mutex_lock(&susp_mu);
     s->closed = 1;
     s->handle = NULL;
     if (!s->last) {
         /* Dropped (slow, gone, cancelled): no orderly end. */
         s->abort = 1;
     }
-    else if (s->watch != W_GONE && !s->linger_posted) {
+    else if (s->watch != SUSP_W_GONE && !s->linger_posted) {
         /* The end is known: from now on what is left gets SUSP_LINGER to
          * leave. */
         s->linger_posted = 1;
-        if (!post(s, &s->t_linger)) {
-            s->watch = W_GONE;
+        if (!susp_post(s, &s->t_linger)) {
+            s->watch = SUSP_W_GONE;
         }
     }
-    if (!maybe_free(s)) {
-        schedule(s);
+    if (!susp_maybe_free(s)) {
+        susp_schedule(s);
     }
-    pthread_mutex_unlock(&g_mu);
+    pthread_mutex_unlock(&susp_mu);
 }
 
-static const comet_hub_sink_t susp_sink = { sink_write, sink_close };
+static const comet_hub_sink_t susp_sink = { susp_sink_write, susp_sink_close };
 
 /* ---- the hub's side: watcher and tasks (hub thread) --------------------------------- */
 
-static void forget_watch(comet_loop_t *loop, susp_t *s, int loop_usable)
+static void susp_forget_watch(comet_loop_t *loop, susp_t *s, int loop_usable)
 {
-    if (s->watch == W_ACTIVE && loop_usable) {
+    if (s->watch == SUSP_W_ACTIVE && loop_usable) {
         comet_loop_io_remove(loop, &s->io);
     }
     if (s->linger_armed && loop_usable) {
         comet_timer_cancel(loop, &s->linger);
     }
     s->linger_armed = 0;
-    s->watch = W_GONE;
+    s->watch = SUSP_W_GONE;
     s->ww = 0;
 }
 
-static void watch_io(comet_loop_t *loop, int fd, int events, void *baton)
+static void susp_watch_io(comet_loop_t *loop, int fd, int events, void *baton)
 {
     susp_t *s = baton;
 
-    pthread_mutex_lock(&g_mu);
+    pthread_mutex_lock(&susp_mu);
     if (events & (COMET_LOOP_HUP | COMET_LOOP_ERROR)) {
         /* The client closed (or reset): nothing can reach it any more. */
-        forget_watch(loop, s, 1);
+        susp_forget_watch(loop, s, 1);
         s->client_gone = 1;
         if (!s->closed && !s->cancelled && s->handle) {
             s->cancelled = 1;
             comet_hub_cancel(s->hub, s->handle);
         }
-        schedule(s);
+        susp_schedule(s);
     }
     else if ((events & COMET_LOOP_WRITE) && s->ww) {
         s->ww = 0;
         s->writable = 1;
         comet_loop_io_modify(loop, &s->io, COMET_LOOP_READ | COMET_LOOP_EDGE);
-        schedule(s);
+        susp_schedule(s);
     }
     /* Bytes alone are left where they are: under TLS they are mod_ssl's,
      * and a subscriber has nothing more to say.  Edge-triggered, they do
      * not wake us again; the close that follows does. */
-    pthread_mutex_unlock(&g_mu);
+    pthread_mutex_unlock(&susp_mu);
 }
 
-static void linger_over(comet_loop_t *loop, comet_timer_t *timer,
-                        void *baton)
+static void susp_linger_over(comet_loop_t *loop, comet_timer_t *timer,
+                             void *baton)
 {
     susp_t *s = baton;
 
-    pthread_mutex_lock(&g_mu);
+    pthread_mutex_lock(&susp_mu);
     s->linger_armed = 0;
     s->linger_over = 1;
-    schedule(s);
-    pthread_mutex_unlock(&g_mu);
+    susp_schedule(s);
+    pthread_mutex_unlock(&susp_mu);
 }
 
-static void task_add(comet_hub_t *hub, comet_hub_task_t *t, int stopping)
+static void susp_task_add(comet_hub_t *hub, comet_hub_task_t *t, int stopping)
 {
     susp_t *s = t->baton;
 
-    pthread_mutex_lock(&g_mu);
+    pthread_mutex_lock(&susp_mu);
     s->tasks--;
-    if (s->watch == W_NONE) {
+    if (s->watch == SUSP_W_NONE) {
         if (!stopping
             && comet_loop_io_add(comet_hub_loop(hub), &s->io, s->fd,
-                                 COMET_LOOP_READ | COMET_LOOP_EDGE, watch_io,
-                                 s) == APR_SUCCESS) {
-            s->watch = W_ACTIVE;
+                                 COMET_LOOP_READ | COMET_LOOP_EDGE,
+                                 susp_watch_io, s) == APR_SUCCESS) {
+            s->watch = SUSP_W_ACTIVE;
         }
         else {
-            s->watch = W_GONE;
-            schedule(s);
+            s->watch = SUSP_W_GONE;
+            susp_schedule(s);
         }
     }
-    maybe_free(s);
-    pthread_mutex_unlock(&g_mu);
+    susp_maybe_free(s);
+    pthread_mutex_unlock(&susp_mu);
 }
 
 /* The core holds bytes: call back when the socket has room. */
-static void task_want_write(comet_hub_t *hub, comet_hub_task_t *t,
-                            int stopping)
+static void susp_task_want_write(comet_hub_t *hub, comet_hub_task_t *t,
+                                 int stopping)
 {
     susp_t *s = t->baton;
     comet_loop_t *loop = comet_hub_loop(hub);
 
-    pthread_mutex_lock(&g_mu);
+    pthread_mutex_lock(&susp_mu);
     s->tasks--;
-    if (s->watch == W_ACTIVE && !stopping
+    if (s->watch == SUSP_W_ACTIVE && !stopping
         && comet_loop_io_modify(loop, &s->io, COMET_LOOP_READ
                                 | COMET_LOOP_WRITE | COMET_LOOP_EDGE)
            == APR_SUCCESS) {
@@ -484,23 +495,24 @@ static void task_want_write(comet_hub_t *hub, comet_hub_task_t *t,
     else {
         /* No watcher (client gone, hub stopping): the callback sees it
          * and cuts the stream. */
-        forget_watch(loop, s, !stopping);
-        schedule(s);
+        susp_forget_watch(loop, s, !stopping);
+        susp_schedule(s);
     }
-    maybe_free(s);
-    pthread_mutex_unlock(&g_mu);
+    susp_maybe_free(s);
+    pthread_mutex_unlock(&susp_mu);
 }
 
 /* The hub has ended the stream: what is left gets SUSP_LINGER to leave. */
-static void task_linger(comet_hub_t *hub, comet_hub_task_t *t, int stopping)
+static void susp_task_linger(comet_hub_t *hub, comet_hub_task_t *t,
+                             int stopping)
 {
     susp_t *s = t->baton;
 
-    pthread_mutex_lock(&g_mu);
+    pthread_mutex_lock(&susp_mu);
     s->tasks--;
-    if (stopping || s->watch != W_ACTIVE) {
-        forget_watch(comet_hub_loop(hub), s, !stopping);
-        schedule(s);
+    if (stopping || s->watch != SUSP_W_ACTIVE) {
+        susp_forget_watch(comet_hub_loop(hub), s, !stopping);
+        susp_schedule(s);
     }
     else if (!s->linger_armed && !s->linger_over) {
         if (comet_timer_arm_in(comet_hub_loop(hub), &s->linger, SUSP_LINGER)
@@ -510,86 +522,87 @@ static void task_linger(comet_hub_t *hub, comet_hub_task_t *t, int stopping)
         else {
             /* No timer to wait with: no waiting. */
             s->linger_over = 1;
-            schedule(s);
+            susp_schedule(s);
         }
     }
-    maybe_free(s);
-    pthread_mutex_unlock(&g_mu);
+    susp_maybe_free(s);
+    pthread_mutex_unlock(&susp_mu);
 }
 
-static void task_retire(comet_hub_t *hub, comet_hub_task_t *t, int stopping)
+static void susp_task_retire(comet_hub_t *hub, comet_hub_task_t *t,
+                             int stopping)
 {
     susp_t *s = t->baton;
 
-    pthread_mutex_lock(&g_mu);
+    pthread_mutex_lock(&susp_mu);
     s->tasks--;
-    forget_watch(comet_hub_loop(hub), s, !stopping);
-    schedule(s);
-    maybe_free(s);
-    pthread_mutex_unlock(&g_mu);
+    susp_forget_watch(comet_hub_loop(hub), s, !stopping);
+    susp_schedule(s);
+    susp_maybe_free(s);
+    pthread_mutex_unlock(&susp_mu);
 }
 
 void comet_susp_hub_stopping(comet_hub_t *hub, void *baton)
 {
     comet_loop_t *loop = comet_hub_loop(hub);
 
-    pthread_mutex_lock(&g_mu);
-    for (susp_t *s = g_list; s; s = s->next) {
-        if (s->hub != hub || s->watch == W_NONE) {
+    pthread_mutex_lock(&susp_mu);
+    for (susp_t *s = susp_g_list; s; s = s->next) {
+        if (s->hub != hub || s->watch == SUSP_W_NONE) {
             /* (A pending add task sees the hub stopping.) */
             continue;
         }
-        if (s->watch == W_ACTIVE || s->linger_armed || s->ww) {
-            forget_watch(loop, s, 1);
-            schedule(s);
+        if (s->watch == SUSP_W_ACTIVE || s->linger_armed || s->ww) {
+            susp_forget_watch(loop, s, 1);
+            susp_schedule(s);
         }
     }
-    pthread_mutex_unlock(&g_mu);
+    pthread_mutex_unlock(&susp_mu);
 }
 
 /* ---- the connection's side (MPM worker) -------------------------------------------- */
 
-enum { A_IDLE, A_WRITE, A_PUSH, A_FINALIZE, A_CLOSE };
+enum { SUSP_A_IDLE, SUSP_A_WRITE, SUSP_A_PUSH, SUSP_A_FINALIZE, SUSP_A_CLOSE };
 
 /* Wait for room, or give up on the bytes when no one can tell us of it.
- * g_mu.  Returns A_PUSH, A_IDLE, or -1 (cut the stream). */
-static int await_room(susp_t *s)
+ * Under susp_mu.  Returns SUSP_A_PUSH, SUSP_A_IDLE, or -1 (cut the stream). */
+static int susp_await_room(susp_t *s)
 {
     if (s->writable) {
         s->writable = 0;
-        return A_PUSH;
+        return SUSP_A_PUSH;
     }
-    if (s->watch == W_GONE || s->linger_over) {
+    if (s->watch == SUSP_W_GONE || s->linger_over) {
         return -1;
     }
     if (!s->ww) {
         s->ww = 1;
-        if (!post(s, &s->t_ww)) {
+        if (!susp_post(s, &s->t_ww)) {
             s->ww = 0;
-            s->watch = W_GONE;
+            s->watch = SUSP_W_GONE;
             return -1;
         }
     }
-    return A_IDLE;
+    return SUSP_A_IDLE;
 }
 
-/* What to do next.  g_mu.  A_WRITE takes up to SUSP_SLICE bytes into
- * slice. */
-static int decide(susp_t *s, char *slice, apr_size_t *n)
+/* What to do next.  Under susp_mu.  SUSP_A_WRITE takes up to SUSP_SLICE
+ * bytes into slice. */
+static int susp_decide(susp_t *s, char *slice, apr_size_t *n)
 {
     int a;
 
-    if (s->phase <= P_TAIL && (s->abort || s->client_gone)) {
+    if (s->phase <= SUSP_P_TAIL && (s->abort || s->client_gone)) {
         s->abort = 1;
-        s->phase = P_CLOSE;
+        s->phase = SUSP_P_CLOSE;
     }
-    if (s->phase == P_STREAM) {
+    if (s->phase == SUSP_P_STREAM) {
         if (s->pending) {
-            if ((a = await_room(s)) >= 0) {
+            if ((a = susp_await_room(s)) >= 0) {
                 return a;
             }
             s->abort = 1;
-            s->phase = P_CLOSE;
+            s->phase = SUSP_P_CLOSE;
         }
         else if (s->len > s->off) {
             *n = s->len - s->off < SUSP_SLICE ? s->len - s->off : SUSP_SLICE;
@@ -598,48 +611,48 @@ static int decide(susp_t *s, char *slice, apr_size_t *n)
             if (s->off == s->len) {
                 s->off = s->len = 0;
             }
-            return A_WRITE;
+            return SUSP_A_WRITE;
         }
         else if (s->closed && s->last) {
-            return A_FINALIZE;
+            return SUSP_A_FINALIZE;
         }
         else {
-            return A_IDLE;
+            return SUSP_A_IDLE;
         }
     }
-    if (s->phase == P_TAIL) {
+    if (s->phase == SUSP_P_TAIL) {
         if (!s->pending) {
-            s->phase = P_CLOSE;
+            s->phase = SUSP_P_CLOSE;
         }
-        else if ((a = await_room(s)) >= 0) {
+        else if ((a = susp_await_room(s)) >= 0) {
             return a;
         }
         else {
             s->abort = 1;
-            s->phase = P_CLOSE;
+            s->phase = SUSP_P_CLOSE;
         }
     }
-    /* P_CLOSE: the hub lets go, the watcher goes, then the connection. */
+    /* SUSP_P_CLOSE: the hub lets go, the watcher goes, then the connection. */
     if (s->abort && !s->closed && !s->cancelled && s->handle) {
         s->cancelled = 1;
         comet_hub_cancel(s->hub, s->handle);
     }
-    if (s->watch != W_GONE) {
+    if (s->watch != SUSP_W_GONE) {
         if (!s->retiring) {
             s->retiring = 1;
-            if (!post(s, &s->t_retire)) {
-                s->watch = W_GONE;
+            if (!susp_post(s, &s->t_retire)) {
+                s->watch = SUSP_W_GONE;
             }
         }
-        if (s->watch != W_GONE) {
-            return A_IDLE;
+        if (s->watch != SUSP_W_GONE) {
+            return SUSP_A_IDLE;
         }
     }
-    return A_CLOSE;
+    return SUSP_A_CLOSE;
 }
 
 /* End the request and free the connection (see "ending" above). */
-static void finish(susp_t *s)
+static void susp_finish(susp_t *s)
 {
     request_rec *r = s->r;
     conn_rec *c = s->c;
@@ -657,9 +670,9 @@ static void finish(susp_t *s)
 }
 
 /* Do s's work until there is none, or (in a callback) until its share
- * of the worker is used.  Called with g_mu held and s->sched set; returns
- * with g_mu released.  1: the connection has ended (s may be freed). */
-static int run(susp_t *s, int in_callback)
+ * of the worker is used.  Called with susp_mu held and s->sched set; returns
+ * with susp_mu released.  1: the connection has ended (s may be freed). */
+static int susp_work(susp_t *s, int in_callback)
 {
     char slice[SUSP_SLICE];
     int steps = 0;
@@ -671,40 +684,40 @@ static int run(susp_t *s, int in_callback)
         apr_status_t rv = APR_SUCCESS;
         int a, pending;
 
-        if (in_callback && !g_no_callbacks && steps++ == SUSP_STEPS) {
+        if (in_callback && !susp_g_no_callbacks && steps++ == SUSP_STEPS) {
             /* Give the worker back; another callback goes on. */
-            pthread_mutex_unlock(&g_mu);
-            if (ap_mpm_register_timed_callback(0, susp_run, s)
+            pthread_mutex_unlock(&susp_mu);
+            if (ap_mpm_register_timed_callback(0, susp_callback, s)
                 != APR_SUCCESS) {
-                pthread_mutex_lock(&g_mu);
+                pthread_mutex_lock(&susp_mu);
                 s->sched = 0;
-                pthread_mutex_unlock(&g_mu);
+                pthread_mutex_unlock(&susp_mu);
             }
             return 0;
         }
-        a = decide(s, slice, &n);
-        if (a == A_IDLE) {
+        a = susp_decide(s, slice, &n);
+        if (a == SUSP_A_IDLE) {
             s->sched = 0;
-            pthread_mutex_unlock(&g_mu);
+            pthread_mutex_unlock(&susp_mu);
             return 0;
         }
-        if (a == A_CLOSE) {
-            list_remove(s);
-            pthread_mutex_unlock(&g_mu);
-            finish(s);
+        if (a == SUSP_A_CLOSE) {
+            susp_list_remove(s);
+            pthread_mutex_unlock(&susp_mu);
+            susp_finish(s);
             apr_atomic_dec32(&comet_status_live()->suspended);
-            pthread_mutex_lock(&g_mu);
-            s->phase = P_DONE;
+            pthread_mutex_lock(&susp_mu);
+            s->phase = SUSP_P_DONE;
             s->sched = 0;
-            maybe_free(s);
-            pthread_mutex_unlock(&g_mu);
+            susp_maybe_free(s);
+            pthread_mutex_unlock(&susp_mu);
             return 1;
         }
-        pthread_mutex_unlock(&g_mu);
+        pthread_mutex_unlock(&susp_mu);
 
         apr_thread_mutex_lock(r->invoke_mtx);
         switch (a) {
-        case A_WRITE:
+        case SUSP_A_WRITE:
             APR_BRIGADE_INSERT_TAIL(s->bb, apr_bucket_transient_create(
                                     slice, n, c->bucket_alloc));
             APR_BRIGADE_INSERT_TAIL(s->bb,
@@ -712,10 +725,10 @@ static int run(susp_t *s, int in_callback)
             rv = ap_pass_brigade(r->output_filters, s->bb);
             apr_brigade_cleanup(s->bb);
             break;
-        case A_PUSH:
-            rv = core_push(c);
+        case SUSP_A_PUSH:
+            rv = susp_core_push(c);
             break;
-        case A_FINALIZE:
+        case SUSP_A_FINALIZE:
             ap_finalize_request_protocol(r);
             /* The end may wait in a connection filter (TLS coalescing):
              * flush it down. */
@@ -731,45 +744,45 @@ static int run(susp_t *s, int in_callback)
         }
         apr_thread_mutex_unlock(r->invoke_mtx);
 
-        pthread_mutex_lock(&g_mu);
+        pthread_mutex_lock(&susp_mu);
         s->pending = !!pending;
         if (c->aborted) {
             s->abort = 1;
         }
-        if (a == A_FINALIZE) {
-            s->phase = P_TAIL;
+        if (a == SUSP_A_FINALIZE) {
+            s->phase = SUSP_P_TAIL;
         }
     }
 }
 
-static void susp_run(void *baton)
+static void susp_callback(void *baton)
 {
     susp_t *s = baton;
 
-    pthread_mutex_lock(&g_mu);
-    if (s->gate == GATE_SET) {
-        if (!gate_passed(s)) {
+    pthread_mutex_lock(&susp_mu);
+    if (s->gate == SUSP_GATE_SET) {
+        if (!susp_gate_passed(s)) {
             /* The suspending worker is still on its way out: try again
              * (it needs microseconds). */
             apr_atomic_inc32(&comet_status_live()->gate_waits);
-            pthread_mutex_unlock(&g_mu);
+            pthread_mutex_unlock(&susp_mu);
             sched_yield();
-            if (ap_mpm_register_timed_callback(0, susp_run, s)
+            if (ap_mpm_register_timed_callback(0, susp_callback, s)
                 != APR_SUCCESS) {
-                pthread_mutex_lock(&g_mu);
+                pthread_mutex_lock(&susp_mu);
                 s->sched = 0;
-                pthread_mutex_unlock(&g_mu);
+                pthread_mutex_unlock(&susp_mu);
             }
             return;
         }
-        s->gate = GATE_OPEN;
+        s->gate = SUSP_GATE_OPEN;
     }
-    run(s, 1);
+    susp_work(s, 1);
 }
 
 /* ---- hooks --------------------------------------------------------------------------- */
 
-static apr_status_t conn_gone(void *data)
+static apr_status_t susp_conn_gone(void *data)
 {
     conn_rec *c = data;
 
@@ -788,15 +801,16 @@ int comet_susp_pre_connection(conn_rec *c, void *csd)
     if (c->master || !c->cs) {
         return OK;
     }
-    moved_on();
+    susp_moved_on();
     apr_atomic_inc32(&comet_status_live()->mpm_conns);
-    apr_pool_cleanup_register(c->pool, c, conn_gone, apr_pool_cleanup_null);
+    apr_pool_cleanup_register(c->pool, c, susp_conn_gone,
+                              apr_pool_cleanup_null);
     return OK;
 }
 
 void comet_susp_resume_connection(conn_rec *c, request_rec *r)
 {
-    moved_on();
+    susp_moved_on();
 }
 
 void comet_susp_suspend_connection(conn_rec *c, request_rec *r)
@@ -811,27 +825,28 @@ void comet_susp_suspend_connection(conn_rec *c, request_rec *r)
         return;
     }
     ap_set_module_config(c->conn_config, &comet_module, NULL);
-    pthread_mutex_lock(&g_mu);
-    s->epoch0 = apr_atomic_read32(&g_epochs[s->tslot]);
+    pthread_mutex_lock(&susp_mu);
+    s->epoch0 = apr_atomic_read32(&susp_g_epochs[s->tslot]);
     /* The gate: shut until this worker's next scoreboard update. */
     ap_update_child_status_from_indexes(s->pslot, s->tslot,
                                         SERVER_BUSY_WRITE, NULL);
-    s->gate = GATE_SET;
+    s->gate = SUSP_GATE_SET;
     if (s->pending || s->len > s->off || s->closed || s->client_gone) {
-        schedule(s);
+        susp_schedule(s);
     }
-    pthread_mutex_unlock(&g_mu);
+    pthread_mutex_unlock(&susp_mu);
 }
 
 void comet_susp_register_filter(void)
 {
-    nb_filter = ap_register_output_filter("COMET_NONBLOCK", nb_out_filter,
-                                          NULL, AP_FTYPE_NETWORK - 1);
+    susp_g_nb_filter = ap_register_output_filter("COMET_NONBLOCK",
+                                                 susp_nb_out_filter, NULL,
+                                                 AP_FTYPE_NETWORK - 1);
 }
 
 /* ---- configuration ------------------------------------------------------------------- */
 
-static const char *find_directive(ap_directive_t *d, const char *name)
+static const char *susp_find_directive(ap_directive_t *d, const char *name)
 {
     for (; d; d = d->next) {
         const char *v;
@@ -839,7 +854,8 @@ static const char *find_directive(ap_directive_t *d, const char *name)
         if (!strcasecmp(d->directive, name)) {
             return d->args;
         }
-        if (d->first_child && (v = find_directive(d->first_child, name))) {
+        if (d->first_child
+            && (v = susp_find_directive(d->first_child, name))) {
             return v;
         }
     }
@@ -848,8 +864,8 @@ static const char *find_directive(ap_directive_t *d, const char *name)
 
 void comet_susp_post_config(server_rec *s)
 {
-    const char *arg = find_directive(ap_conftree,
-                                     "AsyncRequestWorkerFactor");
+    const char *arg = susp_find_directive(ap_conftree,
+                                          "AsyncRequestWorkerFactor");
     double factor = arg ? strtod(arg, NULL) : 2.0;
     int threads = 0;
 
@@ -857,12 +873,12 @@ void comet_susp_post_config(server_rec *s)
     if (factor < 1.0) {
         factor = 1.0;
     }
-    g_limit = threads > 1 ? (apr_uint32_t)((threads - 1) * factor) : 0;
+    susp_g_limit = threads > 1 ? (apr_uint32_t)((threads - 1) * factor) : 0;
     ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, "subscribers that need "
                  "httpd's filters (TLS, HTTP/1.0): up to %u suspended per "
                  "process, (ThreadsPerChild %d - 1) x AsyncRequestWorkerFactor"
                  " %g; HTTP/2 subscribers are held, at most %d per process",
-                 g_limit, threads, factor, threads > 2 ? threads / 2 : 1);
+                 susp_g_limit, threads, factor, threads > 2 ? threads / 2 : 1);
 }
 
 void comet_susp_child_init(apr_pool_t *pchild)
@@ -870,8 +886,9 @@ void comet_susp_child_init(apr_pool_t *pchild)
     int threads = 0;
 
     ap_mpm_query(AP_MPMQ_HARD_LIMIT_THREADS, &threads);
-    g_threads = threads > 0 ? threads : 1;
-    g_epochs = apr_pcalloc(pchild, sizeof(*g_epochs) * (apr_size_t)g_threads);
+    susp_g_threads = threads > 0 ? threads : 1;
+    susp_g_epochs = apr_pcalloc(pchild, sizeof(*susp_g_epochs)
+                                        * (apr_size_t)susp_g_threads);
 }
 
 /* ---- the handler's side -------------------------------------------------------------- */
@@ -882,17 +899,17 @@ int comet_susp_possible(request_rec *r)
 
     /* The request's filters must lead to the connection's, so that the
      * non-blocking filter added there is on the request's way out. */
-    return !r->connection->master && r->connection->cs && g_epochs
+    return !r->connection->master && r->connection->cs && susp_g_epochs
            && r->output_filters != r->connection->output_filters
            && ap_mpm_query(AP_MPMQ_IS_ASYNC, &async) == APR_SUCCESS && async
-           && my_worker(&p, &t);
+           && susp_my_worker(&p, &t);
 }
 
 int comet_susp_reserve(request_rec *r)
 {
-    if (apr_atomic_inc32(&comet_status_live()->suspended) >= g_limit) {
+    if (apr_atomic_inc32(&comet_status_live()->suspended) >= susp_g_limit) {
         apr_atomic_dec32(&comet_status_live()->suspended);
-        if (apr_atomic_cas32(&g_refusal_logged, 1, 0) == 0) {
+        if (apr_atomic_cas32(&susp_g_refusal_logged, 1, 0) == 0) {
             ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, "%u subscribers "
                           "are suspended in this process, as many as the "
                           "event MPM leaves room for ((ThreadsPerChild - 1) "
@@ -900,7 +917,7 @@ int comet_susp_reserve(request_rec *r)
                           "503.  Raise AsyncRequestWorkerFactor (or "
                           "ThreadsPerChild) to allow more, or serve comet "
                           "locations over plain HTTP/1.1",
-                          g_limit);
+                          susp_g_limit);
         }
         return 0;
     }
@@ -917,7 +934,7 @@ void comet_susp_prepare(request_rec *r)
     conn_rec *c = r->connection;
 
     /* From now on no write waits for the client. */
-    ap_add_output_filter_handle(nb_filter, NULL, r, c);
+    ap_add_output_filter_handle(susp_g_nb_filter, NULL, r, c);
     /* Nothing more is read from this connection; reqtimeout's body
      * timer would only report our end as a timeout. */
     for (ap_filter_t *f = c->input_filters; f; f = f->next) {
@@ -950,39 +967,39 @@ int comet_susp_park(request_rec *r, comet_hub_t *hub,
     s->bb = apr_brigade_create(r->pool, c->bucket_alloc);
     s->cbb = apr_brigade_create(c->pool, c->bucket_alloc);
     s->pending = !!c->data_in_output_filters;
-    my_worker(&s->pslot, &s->tslot);
-    s->t_add.fn = task_add;
-    s->t_ww.fn = task_want_write;
-    s->t_linger.fn = task_linger;
-    s->t_retire.fn = task_retire;
+    susp_my_worker(&s->pslot, &s->tslot);
+    s->t_add.fn = susp_task_add;
+    s->t_ww.fn = susp_task_want_write;
+    s->t_linger.fn = susp_task_linger;
+    s->t_retire.fn = susp_task_retire;
     s->t_add.baton = s->t_ww.baton = s->t_linger.baton = s;
     s->t_retire.baton = s;
-    comet_timer_init(&s->linger, linger_over, s);
+    comet_timer_init(&s->linger, susp_linger_over, s);
     spec->fd = -1;
     spec->sink = &susp_sink;
     spec->sink_baton = s;
 
-    pthread_mutex_lock(&g_mu);
-    list_add(s);
-    pthread_mutex_unlock(&g_mu);
+    pthread_mutex_lock(&susp_mu);
+    susp_list_add(s);
+    pthread_mutex_unlock(&susp_mu);
     if (comet_hub_adopt(hub, spec, &handle) != APR_SUCCESS) {
-        pthread_mutex_lock(&g_mu);
-        list_remove(s);
-        pthread_mutex_unlock(&g_mu);
+        pthread_mutex_lock(&susp_mu);
+        susp_list_remove(s);
+        pthread_mutex_unlock(&susp_mu);
         free(s);
         comet_susp_unreserve();
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "the hub is full or "
                       "stopping; ending the response");
         return OK;
     }
-    pthread_mutex_lock(&g_mu);
+    pthread_mutex_lock(&susp_mu);
     if (!s->closed) {
         s->handle = handle;
     }
-    if (!post(s, &s->t_add)) {
-        s->watch = W_GONE;
+    if (!susp_post(s, &s->t_add)) {
+        s->watch = SUSP_W_GONE;
     }
-    pthread_mutex_unlock(&g_mu);
+    pthread_mutex_unlock(&susp_mu);
     /* The suspend hook finds the record here; released with the
      * connection. */
     ap_set_module_config(c->conn_config, &comet_module, s);
@@ -996,9 +1013,9 @@ void comet_susp_stopping(int graceful)
     if (!graceful) {
         /* Workers are leaving: callbacks may never run.  What the hub
          * ends now is finished by comet_susp_stopped. */
-        pthread_mutex_lock(&g_mu);
-        g_no_callbacks = 1;
-        pthread_mutex_unlock(&g_mu);
+        pthread_mutex_lock(&susp_mu);
+        susp_g_no_callbacks = 1;
+        pthread_mutex_unlock(&susp_mu);
     }
 }
 
@@ -1012,31 +1029,31 @@ void comet_susp_stopped(int graceful)
     for (;;) {
         susp_t *s;
 
-        pthread_mutex_lock(&g_mu);
-        for (s = g_list; s; s = s->next) {
-            if (!s->sched && s->phase != P_DONE
-                && (s->gate == GATE_OPEN
-                    || (s->gate == GATE_SET && gate_passed(s)))) {
+        pthread_mutex_lock(&susp_mu);
+        for (s = susp_g_list; s; s = s->next) {
+            if (!s->sched && s->phase != SUSP_P_DONE
+                && (s->gate == SUSP_GATE_OPEN
+                    || (s->gate == SUSP_GATE_SET && susp_gate_passed(s)))) {
                 break;
             }
         }
         if (!s) {
-            pthread_mutex_unlock(&g_mu);
+            pthread_mutex_unlock(&susp_mu);
             return;
         }
         s->sched = 1;
-        s->gate = GATE_OPEN;
-        s->watch = W_GONE;
+        s->gate = SUSP_GATE_OPEN;
+        s->watch = SUSP_W_GONE;
         s->ww = 0;
         /* Whatever does not leave at once is cut. */
         s->linger_over = 1;
-        if (!run(s, 0)) {
+        if (!susp_work(s, 0)) {
             /* Idle although the hub ended it: left to the process exit. */
-            pthread_mutex_lock(&g_mu);
+            pthread_mutex_lock(&susp_mu);
             if (!s->sched) {
-                list_remove(s);
+                susp_list_remove(s);
             }
-            pthread_mutex_unlock(&g_mu);
+            pthread_mutex_unlock(&susp_mu);
         }
     }
 }
