@@ -5,8 +5,9 @@
 /*
  * mod_comet_config.c -- the Comet* directives: parsing, defaults, merging.
  *
- * Every refusal names the directive; httpd adds the file and line.  Runs at
- * configuration time only (the parent, or `apache2 -t`).
+ * Every refusal names the directive; httpd adds the file and line.  The
+ * directives run at configuration time only (the parent, or `apache2 -t`);
+ * the getters of the values in effect on any thread (they only read).
  */
 
 #include <errno.h>

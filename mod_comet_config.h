@@ -28,11 +28,15 @@ typedef struct comet_dir_conf_t {
                                           "" = off                       */
 } comet_dir_conf_t;
 
+/* The directives, and the module record's configuration functions.
+ * Configuration time: the parent reading its configuration (or
+ * `apache2 -t`). */
 extern const command_rec comet_cmds[];
 void *comet_create_srv_conf(apr_pool_t *p, server_rec *s);
 void *comet_merge_srv_conf(apr_pool_t *p, void *base, void *add);
 void *comet_create_dir_conf(apr_pool_t *p, char *dir);
 void *comet_merge_dir_conf(apr_pool_t *p, void *base, void *add);
+
 /* The per-directory record of r.  Request thread. */
 const comet_dir_conf_t *comet_config_dir(const request_rec *r);
 
@@ -57,7 +61,7 @@ int comet_config_socket_mode(const server_rec *s);
 const char *comet_config_publish_socket(const server_rec *s, apr_pool_t *p);
 
 /* Fill a store config from the server-wide settings, for procs process
- * slots. */
+ * slots.  post_config. */
 void comet_config_store(const server_rec *s, comet_store_config_t *cfg,
                         apr_uint32_t procs);
 

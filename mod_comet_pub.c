@@ -13,7 +13,7 @@
  *   DELETE   /pub/<channel>   delete; subscribers get a final event
  *   OPTIONS  /pub/<channel>   the methods; anything else is 405
  *
- * Request threads only.
+ * Threads: request thread only.
  */
 
 #include <apr_strings.h>

@@ -4,8 +4,12 @@
 
 /*
  * mod_comet_pubsock.c -- the publish socket's life in httpd: made by the
- * parent before the children fork, served by every child's bridge thread
- * (comet_pubsrv.c speaks the protocol).
+ * parent before the children fork, served by every child's publish
+ * thread on its own loop (comet_pubsrv.c speaks the protocol).
+ *
+ * Threads: post_config in the parent, child_init before the publish
+ * thread starts; the server then runs on the publish thread; stats and
+ * path from any thread.
  *
  * Lifetimes.  The listening socket belongs to one configuration
  * generation: made in post_config, closed and its file removed by a
@@ -56,7 +60,7 @@ typedef struct pubsock_t {
  * the children at fork. */
 static pubsock_t *pubsock;
 
-/* This child's server (on the bridge thread's loop). */
+/* This child's server (on the publish thread's loop). */
 static comet_pubsrv_t *pubsrv;
 
 static apr_status_t pubsock_cleanup(void *data)

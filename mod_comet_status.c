@@ -7,7 +7,7 @@
  *
  * Store-wide numbers come from the store.  What happens in each child's
  * hub (connections held, deliveries, slow subscribers dropped) is known
- * only inside that process, so every child's bridge thread copies its
+ * only inside that process, so every child's hub thread copies its
  * counters once a second (the hub's tick) into its record of a small
  * shared array, one record per store process slot; any child answering
  * server-status reads them all.  When a process ends, its counters are
@@ -17,8 +17,9 @@
  * found again after a graceful restart through the pool's user data, like
  * the store (see mod_comet.c): plain data only, no cleanup of ours.
  *
- * Threads: tick on the bridge thread; the status hook on request threads;
- * the rest in child_init / child exit.
+ * Threads: tick on the hub thread; the status hook on a request thread;
+ * the live numbers from any thread; the rest in post_config, child_init
+ * and the child pool's pre-cleanup.
  */
 
 #include <errno.h>

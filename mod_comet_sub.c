@@ -27,7 +27,9 @@
  * A long-poll that finds messages waiting is answered at once, like any
  * ordinary response (keep-alive allowed).
  *
- * Request threads only.
+ * Threads: the handler runs on a request thread; held_write and
+ * held_close, the sink of a held subscriber, on the hub thread (they only
+ * hand the bytes over, under the held record's mutex).
  */
 
 #include <errno.h>
@@ -397,6 +399,7 @@ typedef struct held_t {
     int                 overflow;
 } held_t;
 
+/* The held subscriber's sink.  Hub thread. */
 static apr_status_t held_write(void *baton, const char *data, apr_size_t len,
                                int last)
 {

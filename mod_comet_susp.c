@@ -10,9 +10,9 @@
  * The handler sends the head and what is due, hands the subscriber to the
  * hub as a sink and returns SUSPENDED: the event MPM forgets the
  * connection, which is then ours to write to, to watch, to end and to
- * free.  What the hub hands over (on its thread) is written through
- * r->output_filters by t = 0 timed callbacks on MPM worker threads, one at
- * a time per subscriber.
+ * free.  What the hub hands over (on the hub thread) is written through
+ * r->output_filters by MPM callbacks (t = 0 timed callbacks on MPM
+ * workers), one at a time per subscriber.
  *
  *   writes   never block: a connection filter just above the core output
  *            filter turns each FLUSH into a non-blocking push of what the
@@ -560,7 +560,7 @@ void comet_susp_hub_stopping(comet_hub_t *hub, void *baton)
     pthread_mutex_unlock(&susp_mu);
 }
 
-/* ---- the connection's side (MPM worker) -------------------------------------------- */
+/* ---- the connection's side (MPM callback) ------------------------------------------ */
 
 enum { SUSP_A_IDLE, SUSP_A_WRITE, SUSP_A_PUSH, SUSP_A_FINALIZE, SUSP_A_CLOSE };
 

@@ -20,7 +20,7 @@ void comet_susp_register_filter(void);
 
 /* The MPM's connection hooks (registered by mod_comet.c): every
  * connection counted as the MPM counts it, and the gate (a worker that
- * moved on; a connection just suspended).  Request thread (the MPM worker
+ * moved on; a connection just suspended).  Request thread (an MPM worker
  * serving the connection). */
 int comet_susp_pre_connection(conn_rec *c, void *csd);
 void comet_susp_resume_connection(conn_rec *c, request_rec *r);
