@@ -42,9 +42,9 @@ static comet_bridge_t *bridge;
 
 static void log_no_hub(server_rec *s, apr_status_t rv)
 {
-    ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s, "cannot start the hub "
-                 "thread of process %" APR_PID_T_FMT "; it will refuse "
-                 "subscribers", getpid());
+    ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s, COMET_LOGNO(0601)
+                 "cannot start the hub thread of process %" APR_PID_T_FMT
+                 "; it will refuse subscribers", getpid());
 }
 
 static void *APR_THREAD_FUNC hub_main(apr_thread_t *thd, void *data)
@@ -54,9 +54,9 @@ static void *APR_THREAD_FUNC hub_main(apr_thread_t *thd, void *data)
 
     rv = comet_hub_run(b->hub);
     if (rv != APR_SUCCESS) {
-        ap_log_error(APLOG_MARK, APLOG_CRIT, rv, b->server,
-                     "hub thread failed; this process no longer "
-                     "serves subscribers");
+        ap_log_error(APLOG_MARK, APLOG_CRIT, rv, b->server, COMET_LOGNO(0602)
+                     "hub thread failed; this process no longer serves "
+                     "subscribers");
     }
     b->running = 0;
     apr_thread_exit(thd, rv);
@@ -69,7 +69,7 @@ static void *APR_THREAD_FUNC pub_main(apr_thread_t *thd, void *data)
     apr_status_t rv = comet_loop_run(b->pub_loop);
 
     if (rv != APR_SUCCESS) {
-        ap_log_error(APLOG_MARK, APLOG_CRIT, rv, b->server,
+        ap_log_error(APLOG_MARK, APLOG_CRIT, rv, b->server, COMET_LOGNO(0603)
                      "publish socket loop failed in this process");
     }
     apr_thread_exit(thd, rv);
@@ -128,9 +128,9 @@ void comet_bridge_start(server_rec *s)
         && apr_thread_create(&b->pub_thread, NULL, pub_main, b, b->pool)
            != APR_SUCCESS) {
         b->pub_thread = NULL;
-        ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s, "cannot start the "
-                     "publish socket thread of process %" APR_PID_T_FMT,
-                     getpid());
+        ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s, COMET_LOGNO(0604)
+                     "cannot start the publish socket thread of process %"
+                     APR_PID_T_FMT, getpid());
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rv != APR_SUCCESS) {

@@ -99,11 +99,6 @@ apr_uint32_t comet_proc_nslots(void)
     return proc.nslots;
 }
 
-server_rec *comet_proc_server(void)
-{
-    return proc.server;
-}
-
 /* What must outlive a graceful restart, kept as user data of the process
  * pool.  Plain data only: no function of this module may be reachable from
  * it after the module is unloaded. */
@@ -163,7 +158,7 @@ static int check_mpm(server_rec *s)
     int async = 0;
 
     if (ap_mpm_query(AP_MPMQ_IS_ASYNC, &async) != APR_SUCCESS || !async) {
-        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s,
+        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, COMET_LOGNO(0001)
                      "mod_comet needs the event MPM (an asynchronous MPM); "
                      "this server runs the %s MPM: load mpm_event instead "
                      "(a2dismod mpm_%s && a2enmod mpm_event)",
@@ -183,7 +178,7 @@ static apr_status_t create_persist(comet_persist_t **out, server_rec *s,
     apr_uint32_t i;
 
     if (cfg->size < comet_store_min_size(cfg)) {
-        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s,
+        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, COMET_LOGNO(0002)
                      "CometSharedMemorySize %" APR_SIZE_T_FMT " is too small "
                      "for %u process slots: at least %" APR_SIZE_T_FMT
                      " bytes are needed", cfg->size, cfg->max_procs,
@@ -194,7 +189,7 @@ static apr_status_t create_persist(comet_persist_t **out, server_rec *s,
      * in front of the memory it hands out. */
     rv = apr_shm_create(&ps->shm, cfg->size + 64, NULL, pp);
     if (rv != APR_SUCCESS) {
-        ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s,
+        ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, COMET_LOGNO(0003)
                      "cannot create %" APR_SIZE_T_FMT " bytes of shared "
                      "memory (CometSharedMemorySize)", cfg->size);
         return rv;
@@ -203,7 +198,7 @@ static apr_status_t create_persist(comet_persist_t **out, server_rec *s,
     base += (64 - ((apr_uintptr_t)base & 63)) & 63;
     rv = comet_store_format(&ps->store, base, cfg, pp);
     if (rv != APR_SUCCESS) {
-        ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s,
+        ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, COMET_LOGNO(0004)
                      "cannot set up the channel store in shared memory");
         return rv;
     }
@@ -216,7 +211,7 @@ static apr_status_t create_persist(comet_persist_t **out, server_rec *s,
         ps->wake_fds[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         if (ps->wake_fds[i] < 0) {
             rv = APR_FROM_OS_ERROR(errno);
-            ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s,
+            ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, COMET_LOGNO(0005)
                          "cannot create the wakeup eventfd of slot %u", i);
             return rv;
         }
@@ -252,7 +247,7 @@ static int comet_post_config(apr_pool_t *pconf, apr_pool_t *plog,
 
     apr_pool_userdata_get((void **)&ps, COMET_PERSIST_KEY, s->process->pool);
     if (ps && strcmp(ps->version, COMET_MODULE_VERSION)) {
-        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s,
+        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s, COMET_LOGNO(0006)
                      "mod_comet %s replaces %s on a graceful restart: "
                      "starting a new channel store (messages of the old "
                      "one are not kept; clients are told they missed "
@@ -264,14 +259,14 @@ static int comet_post_config(apr_pool_t *pconf, apr_pool_t *plog,
             return HTTP_INTERNAL_SERVER_ERROR;
         }
         apr_pool_userdata_set(ps, COMET_PERSIST_KEY, NULL, s->process->pool);
-        ap_log_error(APLOG_MARK, APLOG_INFO, 0, s,
+        ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, COMET_LOGNO(0007)
                      "channel store created: %" APR_SIZE_T_FMT " bytes, "
                      "%u process slots, epoch %08x", cfg.size, ps->nslots,
                      comet_store_epoch(ps->store));
     }
     else {
         if (cfg.size != ps->size) {
-            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s,
+            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s, COMET_LOGNO(0008)
                          "CometSharedMemorySize changed from %" APR_SIZE_T_FMT
                          " to %" APR_SIZE_T_FMT " bytes: a graceful restart "
                          "keeps the store and its messages at the old size; "
@@ -346,7 +341,7 @@ static void comet_child_init(apr_pool_t *pchild, server_rec *s)
                                      &proc.slot);
     }
     if (rv != APR_SUCCESS) {
-        ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s,
+        ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s, COMET_LOGNO(0009)
                      "child %" APR_PID_T_FMT " has no process slot in the "
                      "channel store: it will refuse subscribers", getpid());
         return;

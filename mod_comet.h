@@ -40,9 +40,19 @@ int comet_proc_slot(apr_uint32_t *slot);
 /* How many process slots the store has (one wakeup eventfd each). */
 apr_uint32_t comet_proc_nslots(void);
 
-/* The main server of this generation: for log lines that belong to no
- * request. */
-server_rec *comet_proc_server(void);
+/* Numbered log messages, as httpd's APLOGNO: COMET_LOGNO(0123) ahead of
+ * a message's text writes "CM0123: ", so that a line of a log leads to
+ * one place in the source.  Each number is used once: the hundreds are
+ * the file's (see README, "Internals"). */
+#define COMET_LOGNO(n) "CM" #n ": "
+
+/* A log line about one subscriber, through its request r: the number,
+ * then "channel=<id> sub=<n>: " ahead of msg; n is the id of the
+ * subscriber's connection (c->id), the same in every line about it. */
+#define COMET_SUB_LOG(r, level, rv, no, channel, msg, ...)                  \
+    ap_log_rerror(APLOG_MARK, (level), (rv), (r), COMET_LOGNO(no)           \
+                  "channel=%s sub=%ld: " msg, (channel),                    \
+                  (long)(r)->connection->id, ##__VA_ARGS__)
 
 /* Store wakeup callback: kicks slot's eventfd.  Any thread. */
 void comet_wake_slot(void *baton, apr_uint32_t slot);

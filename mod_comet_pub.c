@@ -75,7 +75,8 @@ static int json_reply(request_rec *r, int status, const char *json)
 
 static int error_reply(request_rec *r, int status, const char *what)
 {
-    ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, "publisher: %s", what);
+    ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, COMET_LOGNO(0101)
+                  "publisher: %s", what);
     return json_reply(r, status, apr_psprintf(r->pool, "{\"error\":%s}",
                                               json_str(r->pool, what)));
 }
@@ -182,8 +183,8 @@ static int publish(request_rec *r, const char *channel)
         return error_reply(r, HTTP_REQUEST_ENTITY_TOO_LARGE,
                            "message larger than CometMaxMessageSize");
     case COMET_EFULL:
-        ap_log_rerror(APLOG_MARK, APLOG_WARNING, rv, r, "channel=%s: "
-                      "publish refused, the store is full "
+        ap_log_rerror(APLOG_MARK, APLOG_WARNING, rv, r, COMET_LOGNO(0102)
+                      "channel=%s: publish refused, the store is full "
                       "(CometSharedMemorySize)", channel);
         return error_reply(r, HTTP_INSUFFICIENT_STORAGE,
                            "the message store is full");
@@ -193,8 +194,8 @@ static int publish(request_rec *r, const char *channel)
         return error_reply(r, HTTP_BAD_REQUEST, "invalid " COMET_EVENT_HEADER
                            " (event type) header");
     default:
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, rv, r, "channel=%s: publish "
-                      "failed", channel);
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, rv, r, COMET_LOGNO(0103)
+                      "channel=%s: publish failed", channel);
         return HTTP_INTERNAL_SERVER_ERROR;
     }
     comet_msgid_format(idbuf, &res.id);
@@ -245,8 +246,9 @@ static int delete_channel(request_rec *r, const char *channel)
     if (rv != APR_SUCCESS) {
         return error_reply(r, HTTP_BAD_REQUEST, "invalid channel id");
     }
-    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "channel=%s: deleted, %u "
-                  "subscribers told", channel, receivers);
+    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, COMET_LOGNO(0104)
+                  "channel=%s: deleted, %u subscribers told", channel,
+                  receivers);
     return json_reply(r, HTTP_OK, apr_psprintf(r->pool,
                       "{\"channel\":\"%s\",\"deleted\":true,"
                       "\"receivers\":%u}", channel, receivers));

@@ -102,9 +102,10 @@ static int socket_alive(const struct sockaddr_un *sa)
 static int pubsock_fail(server_rec *s, apr_status_t rv, const char *path,
                         const char *what)
 {
-    ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, "CometPublishSocket: %s %s "
-                 "(choose a path in a directory httpd may write to, or "
-                 "CometPublishSocket off)", what, path);
+    ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, COMET_LOGNO(0201)
+                 "CometPublishSocket: %s %s (choose a path in a directory "
+                 "httpd may write to, or CometPublishSocket off)", what,
+                 path);
     return HTTP_INTERNAL_SERVER_ERROR;
 }
 
@@ -185,8 +186,9 @@ int comet_pubsock_post_config(apr_pool_t *pconf, apr_pool_t *ptemp,
                             "cannot listen on");
     }
     pubsock = ps;
-    ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, "publish socket %s (mode "
-                 "%04o%s%s)", path, mode, geteuid() == 0 ? ", owner " : "",
+    ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, COMET_LOGNO(0202)
+                 "publish socket %s (mode %04o%s%s)", path, mode,
+                 geteuid() == 0 ? ", owner " : "",
                  geteuid() == 0 ? ap_unixd_config.user_name : "");
     return OK;
 }
@@ -210,9 +212,9 @@ void comet_pubsock_child_init(apr_pool_t *p, server_rec *s,
     rv = comet_pubsrv_create(&pubsrv, loop, &cfg, p);
     if (rv != APR_SUCCESS) {
         pubsrv = NULL;
-        ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s, "process %" APR_PID_T_FMT
-                     " cannot serve the publish socket %s", getpid(),
-                     pubsock->path);
+        ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s, COMET_LOGNO(0203)
+                     "process %" APR_PID_T_FMT " cannot serve the publish "
+                     "socket %s", getpid(), pubsock->path);
     }
 }
 

@@ -70,8 +70,8 @@ int comet_request_channels(request_rec *r, const comet_dir_conf_t *dc,
 
         spec = ap_expr_str_exec(r, dc->channel_expr, &err);
         if (err) {
-            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, "CometChannel: %s",
-                          err);
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, COMET_LOGNO(0701)
+                          "CometChannel: %s", err);
             return comet_refuse(r, HTTP_INTERNAL_SERVER_ERROR,
                                 "CometChannel expression failed");
         }

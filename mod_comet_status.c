@@ -102,9 +102,9 @@ int comet_status_post_config(apr_pool_t *pconf, server_rec *s)
     rv = apr_shm_create(&shm, size, NULL, pp);
     if (rv != APR_SUCCESS) {
         /* Not worth refusing to start for: the section shows less. */
-        ap_log_error(APLOG_MARK, APLOG_WARNING, rv, s, "no shared memory "
-                     "for per-process statistics; server-status will show "
-                     "store-wide numbers only");
+        ap_log_error(APLOG_MARK, APLOG_WARNING, rv, s, COMET_LOGNO(0301)
+                     "no shared memory for per-process statistics; "
+                     "server-status will show store-wide numbers only");
         return OK;
     }
     status = apr_shm_baseaddr_get(shm);

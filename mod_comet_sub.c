@@ -65,9 +65,6 @@
 
 APLOG_USE_MODULE(comet);
 
-#define COMET_SUB_LOG(r, level, rv, ...) \
-    ap_log_rerror(APLOG_MARK, level, rv, r, __VA_ARGS__)
-
 /* ---- the request's wishes ------------------------------------------------------ */
 
 typedef struct sub_req_t {
@@ -191,8 +188,8 @@ static int subscribe_all(sub_req_t *sr)
         if (rv != APR_SUCCESS) {
             unsubscribe_all(sr);
             if (rv == COMET_EFULL) {
-                COMET_SUB_LOG(sr->r, APLOG_WARNING, rv, "channel=%s: cannot "
-                              "subscribe, the store is full", sr->ids[i]);
+                COMET_SUB_LOG(sr->r, APLOG_WARNING, rv, 0402, sr->ids[i],
+                              "cannot subscribe, the store is full");
                 return comet_refuse(sr->r, HTTP_SERVICE_UNAVAILABLE,
                               "the channel store is full");
             }
@@ -297,8 +294,9 @@ static int answer_poll_now(sub_req_t *sr, comet_read_t **reads)
 
 /* Only httpd's own framing filters may sit between us and the socket when
  * the hub writes to it directly. */
-static int filters_allow_detach(request_rec *r)
+static int filters_allow_detach(sub_req_t *sr)
 {
+    request_rec *r = sr->r;
     static const char *const known[] = {
         "old_write", "chunk", "http_header", "http_outerror", "byterange",
         "content_length", "core", "log_input_output", "req_core",
@@ -313,8 +311,8 @@ static int filters_allow_detach(request_rec *r)
             ok |= !strcasecmp(f->frec->name, known[i]);
         }
         if (!ok) {
-            ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, "filter %s on the "
-                          "way out: the subscriber is held, not detached",
+            COMET_SUB_LOG(r, APLOG_DEBUG, 0, 0401, sr->ids[0], "filter %s "
+                          "on the way out: the subscriber is not detached",
                           f->frec->name);
             return 0;
         }
@@ -322,11 +320,13 @@ static int filters_allow_detach(request_rec *r)
     return 1;
 }
 
-static int can_detach(request_rec *r)
+static int can_detach(sub_req_t *sr)
 {
+    request_rec *r = sr->r;
+
     return r->proto_num >= HTTP_VERSION(1, 1) && !r->connection->master
            && !ap_ssl_conn_is_ssl(r->connection) && !r->header_only
-           && filters_allow_detach(r);
+           && filters_allow_detach(sr);
 }
 
 /* The head and the first bytes go out through httpd's filters, blocking:
@@ -375,8 +375,8 @@ static int park_detached(sub_req_t *sr, comet_hub_t *hub)
     rv = comet_hub_adopt(hub, &spec, &handle);
     if (rv != APR_SUCCESS) {
         close(fd);
-        COMET_SUB_LOG(r, APLOG_INFO, rv, "channel=%s: the hub is full or "
-                      "stopping; ending the response", sr->ids[0]);
+        COMET_SUB_LOG(r, APLOG_INFO, rv, 0403, sr->ids[0], "the hub is full "
+                      "or stopping; ending the response");
         return OK;
     }
     sr->subscribed = 0;          /* the hub owns the subscriptions now */
@@ -491,8 +491,8 @@ static int park_suspended(sub_req_t *sr, comet_hub_t *hub, comet_buf_t *buf)
     rc = comet_susp_park(r, hub, &spec, comet_config_max_pending(r->server));
     if (rc == SUSPENDED) {
         sr->subscribed = 0;      /* the hub owns the subscriptions now */
-        COMET_SUB_LOG(r, APLOG_DEBUG, 0, "channel=%s: parked (suspended)",
-                      sr->ids[0]);
+        COMET_SUB_LOG(r, APLOG_DEBUG, 0, 0404, sr->ids[0],
+                      "parked (suspended)");
     }
     return rc;
 }
@@ -670,7 +670,7 @@ int comet_subscriber_handler(request_rec *r)
                             sr->seqs, (apr_size_t)sr->nchan, (apr_size_t)i,
                             reads[i], r->pool);
     }
-    detach = can_detach(r);
+    detach = can_detach(sr);
     suspend = !detach && comet_susp_possible(r);
     if (suspend && !comet_susp_reserve(r)) {
         rc = refuse_busy(r, "too many suspended subscribers in this "
@@ -681,11 +681,10 @@ int comet_subscriber_handler(request_rec *r)
         return park_suspended(sr, hub, buf);
     }
     if (!detach && !held_reserve()) {
-        COMET_SUB_LOG(r, APLOG_WARNING, 0, "channel=%s: refused, %u "
+        COMET_SUB_LOG(r, APLOG_WARNING, 0, 0405, sr->ids[0], "refused, %u "
                       "subscribers that need a worker thread (HTTP/2) are "
                       "held in this process already; serve comet locations "
-                      "over HTTP/1.1 to hold more",
-                      sr->ids[0], held_limit());
+                      "over HTTP/1.1 to hold more", held_limit());
         rc = refuse_busy(r, "too many subscribers that need a worker "
                          "thread in this process");
         goto refused;
@@ -696,13 +695,13 @@ int comet_subscriber_handler(request_rec *r)
         rc = OK;
     }
     else if (detach) {
-        COMET_SUB_LOG(r, APLOG_DEBUG, 0, "channel=%s: parked (detached)",
-                      sr->ids[0]);
+        COMET_SUB_LOG(r, APLOG_DEBUG, 0, 0406, sr->ids[0],
+                      "parked (detached)");
         return park_detached(sr, hub);
     }
     else {
-        COMET_SUB_LOG(r, APLOG_DEBUG, 0, "channel=%s: parked (held)",
-                      sr->ids[0]);
+        COMET_SUB_LOG(r, APLOG_DEBUG, 0, 0407, sr->ids[0],
+                      "parked (held)");
         rc = park_held(sr, hub);
     }
     if (!detach) {

@@ -111,6 +111,7 @@ struct susp_t {
     susp_t             *prev, *next;    /* live records                  */
     request_rec        *r;
     conn_rec           *c;
+    const char         *channel;        /* the first, in r->pool (logs)  */
     int                 fd;             /* c's socket: watched only      */
     comet_hub_t        *hub;
     comet_hub_sub_t    *handle;         /* until the sink's close        */
@@ -309,9 +310,8 @@ static void susp_schedule(susp_t *s)
     rv = ap_mpm_register_timed_callback(0, susp_callback, s);
     if (rv != APR_SUCCESS) {
         s->sched = 0;
-        ap_log_error(APLOG_MARK, APLOG_ERR, rv, comet_proc_server(),
-                     "cannot register a callback for a suspended "
-                     "subscriber");
+        COMET_SUB_LOG(s->r, APLOG_ERR, rv, 0501, s->channel, "cannot "
+                      "register a callback for a suspended subscriber");
     }
 }
 
@@ -874,10 +874,11 @@ void comet_susp_post_config(server_rec *s)
         factor = 1.0;
     }
     susp_g_limit = threads > 1 ? (apr_uint32_t)((threads - 1) * factor) : 0;
-    ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, "subscribers that need "
-                 "httpd's filters (TLS, HTTP/1.0): up to %u suspended per "
-                 "process, (ThreadsPerChild %d - 1) x AsyncRequestWorkerFactor"
-                 " %g; HTTP/2 subscribers are held, at most %d per process",
+    ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, COMET_LOGNO(0503)
+                 "subscribers that need httpd's filters (TLS, HTTP/1.0): up "
+                 "to %u suspended per process, (ThreadsPerChild %d - 1) x "
+                 "AsyncRequestWorkerFactor %g; HTTP/2 subscribers are held, "
+                 "at most %d per process",
                  susp_g_limit, threads, factor, threads > 2 ? threads / 2 : 1);
 }
 
@@ -910,14 +911,14 @@ int comet_susp_reserve(request_rec *r)
     if (apr_atomic_inc32(&comet_status_live()->suspended) >= susp_g_limit) {
         apr_atomic_dec32(&comet_status_live()->suspended);
         if (apr_atomic_cas32(&susp_g_refusal_logged, 1, 0) == 0) {
-            ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, "%u subscribers "
-                          "are suspended in this process, as many as the "
-                          "event MPM leaves room for ((ThreadsPerChild - 1) "
-                          "x AsyncRequestWorkerFactor); refusing more with "
-                          "503.  Raise AsyncRequestWorkerFactor (or "
-                          "ThreadsPerChild) to allow more, or serve comet "
-                          "locations over plain HTTP/1.1",
-                          susp_g_limit);
+            ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, COMET_LOGNO(0504)
+                          "%u subscribers are suspended in this process, as "
+                          "many as the event MPM leaves room for "
+                          "((ThreadsPerChild - 1) x AsyncRequestWorkerFactor);"
+                          " refusing more with 503.  "
+                          "Raise AsyncRequestWorkerFactor (or ThreadsPerChild) "
+                          "to allow more, or serve comet locations over plain "
+                          "HTTP/1.1", susp_g_limit);
         }
         return 0;
     }
@@ -961,6 +962,7 @@ int comet_susp_park(request_rec *r, comet_hub_t *hub,
     }
     s->r = r;
     s->c = c;
+    s->channel = spec->ids[0];
     s->fd = fd;
     s->hub = hub;
     s->max = max_pending;
@@ -988,8 +990,8 @@ int comet_susp_park(request_rec *r, comet_hub_t *hub,
         pthread_mutex_unlock(&susp_mu);
         free(s);
         comet_susp_unreserve();
-        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, "the hub is full or "
-                      "stopping; ending the response");
+        COMET_SUB_LOG(r, APLOG_INFO, 0, 0502, spec->ids[0], "the hub is "
+                      "full or stopping; ending the response");
         return OK;
     }
     pthread_mutex_lock(&susp_mu);
