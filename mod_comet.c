@@ -41,6 +41,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <apr_shm.h>
 #include <apr_strings.h>
 #include <httpd.h>
 #include <http_config.h>
