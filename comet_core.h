@@ -10,16 +10,9 @@
  * (mod_comet*.c, event_bridge.c) installs a log callback at start-up; the
  * core never logs any other way.
  *
- * The threads of a child process, as every header of the core names them
- * when it says who may call a function:
- *   request thread  an MPM worker running a handler or a request hook;
- *   MPM callback    an MPM worker running a timed callback (t=0) of a
- *                   suspended subscriber;
- *   hub thread      one per child: the parked subscribers and the store's
- *                   wakeups (comet_hub.h, on a comet_loop);
- *   publish thread  one per child: the publish socket (comet_pubsrv.h, on
- *                   a comet_loop of its own);
- *   any thread      any of these, and the process's start-up code.
+ * Every header says which thread may call each function, with the names
+ * defined once in event_bridge.h (the glue that makes the threads):
+ * request thread, MPM callback, hub thread, publish thread, any thread.
  */
 #ifndef COMET_CORE_H
 #define COMET_CORE_H

@@ -84,6 +84,9 @@ int comet_msgid_cmp(const comet_msgid_t *a, const comet_msgid_t *b);
  * and a log line as it is).  Returns APR_SUCCESS or COMET_EBADCHAN.  Any
  * thread. */
 #define COMET_CHANNEL_ID_MAX_DEFAULT 1024
+/* The allowed bytes, as error texts name them. */
+#define COMET_CHANNEL_ID_CHARS "A-Z a-z 0-9 - _ . ~ : @ /"
+
 apr_status_t comet_channel_id_check(const char *id, apr_size_t len,
                                     apr_size_t max_len);
 

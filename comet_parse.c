@@ -14,8 +14,8 @@
 #include <apr_strings.h>
 
 #include "comet_parse.h"
-#include "comet_hub.h"
-#include "comet_store.h"
+#include "comet_ids.h"
+#include "comet_render.h"
 
 apr_status_t comet_parse_size(const char *arg, apr_uint64_t min,
                               apr_uint64_t max, apr_uint64_t *out)
@@ -137,8 +137,8 @@ apr_status_t comet_parse_channels(apr_pool_t *p, const char *spec, int max,
         if (comet_channel_id_check(tok, strlen(tok), maxlen)
             != APR_SUCCESS) {
             *why = apr_psprintf(p, "invalid channel id (1 to %"
-                                APR_SIZE_T_FMT " bytes of A-Z a-z 0-9 - _ "
-                                ". ~ : @ /)", maxlen);
+                                APR_SIZE_T_FMT " bytes of "
+                                COMET_CHANNEL_ID_CHARS ")", maxlen);
             return APR_EINVAL;
         }
         for (int i = 0; i < count; i++) {

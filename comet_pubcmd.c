@@ -96,8 +96,9 @@ void comet_pubcmd_reply_store_error(comet_pubconn_t *c, apr_status_t rv)
     switch (rv) {
     case COMET_EBADCHAN:
         comet_pubcmd_reply_err(c, "ERR invalid channel id (1 to %"
-                               APR_SIZE_T_FMT " bytes of A-Z a-z 0-9 - _ . ~ "
-                               ": @ /)", c->srv->max_channel_id);
+                               APR_SIZE_T_FMT " bytes of "
+                               COMET_CHANNEL_ID_CHARS ")",
+                               c->srv->max_channel_id);
         break;
     case COMET_ETOOBIG:
         comet_pubcmd_reply_err(c, "ERR message larger than "

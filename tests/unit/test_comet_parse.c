@@ -6,7 +6,8 @@
 
 #include "unit_common.h"
 #include "comet_parse.h"
-#include "comet_hub.h"
+#include "comet_ids.h"
+#include "comet_render.h"
 
 #define K 1024ULL
 #define M (1024ULL * 1024)
