@@ -12,7 +12,7 @@
 #include "comet_ws.h"
 
 /* RFC 6455 1.3: what the key is hashed with. */
-#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC11B85"
+#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 /* The reassembly buffer's first size, and the largest one kept after a
  * message: a connection that sent one big message does not hold its
