@@ -603,8 +603,11 @@ static int header_check(comet_ws_parser_t *parser, const unsigned char *h,
     else {
         len = (apr_uint64_t)l7;
     }
-    /* msg_len never exceeds max_message, so this cannot wrap. */
-    if (!(op & 0x8) && len > parser->max_message - parser->msg_len) {
+    /* What the message holds so far (a new one: nothing yet); never more
+     * than max_message, so this cannot wrap. */
+    if (!(op & 0x8)
+        && len > parser->max_message
+                 - (op == COMET_WS_OP_CONT ? parser->msg_len : 0)) {
         fail(parser, COMET_WS_CLOSE_TOO_BIG, "message too big");
         return -1;
     }

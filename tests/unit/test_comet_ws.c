@@ -673,6 +673,24 @@ START_TEST(fragmented_message_over_the_limit_fails_on_the_fragment_that_passes_i
 }
 END_TEST
 
+START_TEST(limit_counts_each_message_on_its_own)
+{
+    comet_buf_t *s = new_buf(1 << 16);
+    char p[900];
+
+    memset(p, 'm', sizeof(p));
+    /* Two messages of 900 under a limit of 1000: gathered, then whole,
+     * then gathered again. */
+    cframe(s, COMET_WS_OP_BINARY, 0, p, 450);
+    cframe(s, COMET_WS_OP_CONT, 1, p, 450);
+    cframe(s, COMET_WS_OP_BINARY, 1, p, 900);
+    cframe(s, COMET_WS_OP_BINARY, 0, p, 900);
+    cframe(s, COMET_WS_OP_CONT, 1, p, 0);
+    ck_assert_uint_eq(events_any_split(s, 1000, __LINE__)->len,
+                      3 * (900 + 3));
+}
+END_TEST
+
 START_TEST(reassembly_buffer_is_bounded_and_given_back)
 {
     comet_buf_t *s = new_buf(1 << 20);
@@ -1407,6 +1425,7 @@ Suite *test_comet_ws_suite(void)
     tcase_add_test(tp, lengths_not_in_shortest_form_fail_with_1002);
     tcase_add_test(tp, message_over_the_limit_fails_with_1009_on_its_header);
     tcase_add_test(tp, fragmented_message_over_the_limit_fails_on_the_fragment_that_passes_it);
+    tcase_add_test(tp, limit_counts_each_message_on_its_own);
     tcase_add_test(tp, reassembly_buffer_is_bounded_and_given_back);
     tcase_add_test(tp, fragmented_messages_are_joined);
     tcase_add_test(tp, control_frames_may_come_between_fragments);
