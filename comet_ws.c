@@ -83,15 +83,31 @@ static int utf8_step(utf8_state_t *u, unsigned char b)
 
 static int utf8_run(utf8_state_t *u, const unsigned char *s, apr_size_t len)
 {
-    apr_size_t i;
+    apr_size_t i = 0;
+    apr_uint64_t w;
 
-    for (i = 0; i < len; i++) {
-        if (s[i] < 0x80 && !u->need) {
-            continue;
+    while (i < len) {
+        if (!u->need) {
+            /* ASCII runs eight bytes at a time. */
+            while (len - i >= 8) {
+                memcpy(&w, s + i, 8);
+                if (w & APR_UINT64_C(0x8080808080808080)) {
+                    break;
+                }
+                i += 8;
+            }
+            if (i == len) {
+                break;
+            }
+            if (s[i] < 0x80) {
+                i++;
+                continue;
+            }
         }
         if (!utf8_step(u, s[i])) {
             return 0;
         }
+        i++;
     }
     return 1;
 }
@@ -653,13 +669,25 @@ static apr_status_t msg_reserve(comet_ws_parser_t *parser, apr_size_t n)
     return APR_SUCCESS;
 }
 
+/* dst may be src (unmasking in place). */
 static void unmask(unsigned char *dst, const unsigned char *src,
                    apr_size_t n, const unsigned char mask[4],
                    apr_size_t offset)
 {
+    unsigned char m8[8];
+    apr_uint64_t m, w;
     apr_size_t i;
 
-    for (i = 0; i < n; i++) {
+    for (i = 0; i < 8; i++) {
+        m8[i] = mask[(offset + i) & 3];
+    }
+    memcpy(&m, m8, 8);
+    for (i = 0; n - i >= 8; i += 8) {
+        memcpy(&w, src + i, 8);
+        w ^= m;
+        memcpy(dst + i, &w, 8);
+    }
+    for (; i < n; i++) {
         dst[i] = src[i] ^ mask[(offset + i) & 3];
     }
 }

@@ -989,6 +989,43 @@ START_TEST(text_messages_are_utf8_checked_across_fragments)
 }
 END_TEST
 
+/* The check reads ASCII eight bytes at a time: a bad byte or a character
+ * at any offset of a longer text, whole or in two fragments. */
+START_TEST(utf8_check_finds_bytes_at_every_offset)
+{
+    char text[40];
+    apr_size_t at, cut;
+
+    for (at = 0; at < sizeof(text); at++) {
+        memset(text, 'a', sizeof(text));
+        text[at] = (char)0x80;
+        ck_assert(!comet_ws_utf8_valid(text, sizeof(text)));
+        text[at] = (char)0xc3;
+        ck_assert(!comet_ws_utf8_valid(text, at + 1));
+        if (at + 1 < sizeof(text)) {
+            text[at + 1] = (char)0xa9;
+            ck_assert(comet_ws_utf8_valid(text, sizeof(text)));
+            for (cut = 0; cut <= sizeof(text); cut += 3) {
+                comet_buf_t *s = new_buf(256);
+                comet_buf_t *want = new_buf(256), *got;
+
+                cframe(s, COMET_WS_OP_TEXT, 0, text, cut);
+                cframe(s, COMET_WS_OP_CONT, 1, text + cut,
+                       sizeof(text) - cut);
+                comet_buf_puts(want, "T[");
+                comet_buf_append(want, text, sizeof(text));
+                comet_buf_puts(want, "]");
+                got = events_step(s->data, s->len, MAX, 0);
+                assert_bytes(got->data, got->len, want->data, want->len,
+                             __LINE__);
+            }
+            text[at + 1] = (char)0xff;
+            ck_assert(!comet_ws_utf8_valid(text, sizeof(text)));
+        }
+    }
+}
+END_TEST
+
 START_TEST(invalid_utf8_fails_at_once_not_at_the_end_of_the_message)
 {
     comet_buf_t *s = new_buf(4096);
@@ -1435,6 +1472,7 @@ Suite *test_comet_ws_suite(void)
     tcase_add_test(tp, every_split_of_a_fragmented_stream_gives_the_same_events);
     tcase_add_test(tp, utf8_check_matches_the_autobahn_table);
     tcase_add_test(tp, text_messages_are_utf8_checked_across_fragments);
+    tcase_add_test(tp, utf8_check_finds_bytes_at_every_offset);
     tcase_add_test(tp, invalid_utf8_fails_at_once_not_at_the_end_of_the_message);
     tcase_add_test(tp, binary_messages_are_not_utf8_checked);
     tcase_add_test(tp, close_frames_give_code_and_reason);
