@@ -187,8 +187,8 @@ typedef struct comet_ws_event_t {
 
 /* The parser is a plain struct so that it can live inside a record that is
  * not in a pool (the hub's subscribers are malloc()ed).  Fields are
- * private; about 200 bytes, plus the reassembly buffer while a message is
- * gathered. */
+ * private; 224 bytes on LP64, plus the reassembly buffer while a message
+ * is gathered. */
 typedef struct comet_ws_parser_t {
     apr_uint64_t   frame_left;  /* payload bytes of this frame to come   */
     apr_size_t     max_message;
@@ -235,6 +235,7 @@ void comet_ws_parser_release(comet_ws_parser_t *parser);
  *   COMET_EPROTO    protocol error (close code 1002 or 1007)
  *   COMET_ETOOBIG   message over max_message (close code 1009)
  *   APR_ENOMEM      the reassembly buffer could not grow (close code 1011)
+ *   APR_EINVAL      data is NULL and len is not 0 (the parser is unchanged)
  * On APR_EOF and errors *consumed == len.  data is written to (unmasked
  * in place).  The thread that owns the parser; O(len). */
 apr_status_t comet_ws_parse(comet_ws_parser_t *parser, char *data,
