@@ -26,7 +26,7 @@
 #define WS_CLOSED   2
 #define WS_ERROR    3
 
-/* ---- UTF-8 ----------------------------------------------------------------------
+/* ---- UTF-8 -----------------------------------------------------------------
  * One byte at a time, so that a text message split anywhere (fragments,
  * reads) is checked as its bytes come.  The state is the number of
  * continuation bytes still due and the range the next one must fall in:
@@ -125,7 +125,7 @@ int comet_ws_close_code_valid(int code)
            || (code >= 3000 && code <= 4999);
 }
 
-/* ---- handshake ------------------------------------------------------------------ */
+/* ---- handshake ---------------------------------------------------------- */
 
 #define WS_OWS(c) ((c) == ' ' || (c) == '\t')
 
@@ -332,7 +332,8 @@ int comet_ws_extension_offered(const char *s, const char *name)
         if (s == tok) {
             return -1;
         }
-        if ((apr_size_t)(s - tok) == nlen && strncasecmp(tok, name, nlen) == 0) {
+        if ((apr_size_t)(s - tok) == nlen
+            && strncasecmp(tok, name, nlen) == 0) {
             found = 1;
         }
         elements++;
@@ -450,7 +451,7 @@ apr_status_t comet_ws_handshake_response(comet_buf_t *out,
     return rv;
 }
 
-/* ---- parser --------------------------------------------------------------------- */
+/* ---- parser ------------------------------------------------------------- */
 
 apr_status_t comet_ws_parser_init(comet_ws_parser_t *parser,
                                   apr_size_t max_message)
@@ -934,7 +935,7 @@ apr_status_t comet_ws_parse(comet_ws_parser_t *parser, char *data,
     }
 }
 
-/* ---- encoder -------------------------------------------------------------------- */
+/* ---- encoder ------------------------------------------------------------ */
 
 static apr_size_t put_header(unsigned char *h, int b0, int masked,
                              apr_uint64_t len)

@@ -20,7 +20,7 @@
  * comet_ws_pick_protocol (the client's order of preference, names compared
  * exactly as the client must compare our answer).
  *
- * ---- Frame parser ------------------------------------------------------------
+ * ---- Frame parser ---------------------------------------------------------
  * Client to server.  The caller owns the input buffer, as with comet_resp:
  * it passes the bytes it has not yet handed over (data, len); the parser
  * returns one event, or asks for more, or reports an error, and says in
@@ -63,7 +63,7 @@
  * the parser reads nothing more (APR_EOF, every byte consumed): data after
  * a close is to be ignored (RFC 6455 5.5.1).
  *
- * ---- Frame encoder -----------------------------------------------------------
+ * ---- Frame encoder --------------------------------------------------------
  * Server to client: FIN set, unmasked.  Whole frames into a comet_buf_t or
  * nothing (APR_ENOSPC/APR_ENOMEM).  For zero-copy delivery of a payload
  * formatted once and sent to many, comet_ws_frame_header writes only the
@@ -109,7 +109,7 @@
 #define COMET_WS_KEY_LEN       24   /* base64 of 16 bytes                  */
 #define COMET_WS_ACCEPT_LEN    28   /* base64 of a SHA-1                   */
 
-/* ---- handshake ------------------------------------------------------------ */
+/* ---- handshake ---------------------------------------------------------- */
 
 /* The parts of an upgrade request; NULL for an absent header. */
 typedef struct comet_ws_request_t {
@@ -168,7 +168,7 @@ apr_status_t comet_ws_handshake_response(comet_buf_t *out,
                                          const char *protocol,
                                          apr_size_t protocol_len);
 
-/* ---- parser ------------------------------------------------------------------ */
+/* ---- parser ------------------------------------------------------------- */
 
 typedef enum {
     COMET_WS_EV_TEXT = 1,       /* a whole message: data, len (UTF-8)      */
@@ -252,7 +252,7 @@ const char *comet_ws_parser_error(const comet_ws_parser_t *parser,
  * parser. */
 int comet_ws_parser_in_message(const comet_ws_parser_t *parser);
 
-/* ---- encoder ------------------------------------------------------------------ */
+/* ---- encoder ------------------------------------------------------------ */
 
 /* Write the header of a server frame (FIN set, unmasked) for a payload of
  * len bytes into hdr; returns its length (2, 4 or 10).  For a payload that
@@ -291,7 +291,7 @@ apr_status_t comet_ws_frame_client(comet_buf_t *out, int opcode, int fin,
                                    int rsv, const unsigned char mask[4],
                                    const void *data, apr_size_t len);
 
-/* ---- rules --------------------------------------------------------------------- */
+/* ---- rules -------------------------------------------------------------- */
 
 /* A close code that may appear on the wire: 1000-1003, 1007-1011,
  * 3000-4999.  Any thread. */

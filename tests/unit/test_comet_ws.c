@@ -206,7 +206,7 @@ static comet_buf_t *events_any_split(const comet_buf_t *s, apr_size_t max,
 
 #define MAX 65536
 
-/* ---- handshake ------------------------------------------------------------ */
+/* ---- handshake ---------------------------------------------------------- */
 
 static comet_ws_request_t good_request(void)
 {
@@ -382,7 +382,7 @@ START_TEST(handshake_response_has_exact_bytes)
 }
 END_TEST
 
-/* ---- framing (Autobahn 1.x-4.x) --------------------------------------------- */
+/* ---- framing (Autobahn 1.x-4.x) ----------------------------------------- */
 
 START_TEST(text_and_binary_of_every_length_class_come_back)
 {
@@ -612,7 +612,7 @@ START_TEST(lengths_not_in_shortest_form_fail_with_1002)
 }
 END_TEST
 
-/* ---- message size ------------------------------------------------------------ */
+/* ---- message size ------------------------------------------------------- */
 
 START_TEST(message_over_the_limit_fails_with_1009_on_its_header)
 {
@@ -644,7 +644,7 @@ START_TEST(message_over_the_limit_fails_with_1009_on_its_header)
 }
 END_TEST
 
-START_TEST(fragmented_message_over_the_limit_fails_on_the_fragment_that_passes_it)
+START_TEST(fragment_that_passes_the_limit_fails_with_1009)
 {
     comet_buf_t *s = new_buf(1 << 16);
     char p[600];
@@ -720,7 +720,7 @@ START_TEST(reassembly_buffer_is_bounded_and_given_back)
 }
 END_TEST
 
-/* ---- fragmentation (Autobahn 5.x) ---------------------------------------------- */
+/* ---- fragmentation (Autobahn 5.x) --------------------------------------- */
 
 START_TEST(fragmented_messages_are_joined)
 {
@@ -826,7 +826,7 @@ START_TEST(new_data_frame_in_an_open_message_fails_with_1002)
 }
 END_TEST
 
-START_TEST(every_split_of_a_fragmented_stream_gives_the_same_events)
+START_TEST(every_split_of_a_stream_gives_the_same_events)
 {
     comet_buf_t *s = new_buf(1 << 16);
     char big[300];
@@ -865,7 +865,7 @@ START_TEST(every_split_of_a_fragmented_stream_gives_the_same_events)
 }
 END_TEST
 
-/* ---- UTF-8 (Autobahn 6.x) -------------------------------------------------------- */
+/* ---- UTF-8 (Autobahn 6.x) ----------------------------------------------- */
 
 typedef struct {
     const char *s;
@@ -878,7 +878,8 @@ typedef struct {
 static const utf8_case_t utf8_cases[] = {
     /* 6.1, 6.2: valid text */
     U("", 1),
-    U("Hello-\xc2\xb5@\xc3\x9f\xc3\xb6\xc3\xa4\xc3\xbc\xc3\xa0\xc3\xa1-UTF-8!!", 1),
+    U("Hello-\xc2\xb5@\xc3\x9f\xc3\xb6\xc3\xa4\xc3\xbc\xc3\xa0\xc3\xa1"
+      "-UTF-8!!", 1),
     U("\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5", 1),       /* κόσμε */
     /* 6.3: κόσμε with a surrogate inside */
     U("\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80"
@@ -1026,7 +1027,7 @@ START_TEST(utf8_check_finds_bytes_at_every_offset)
 }
 END_TEST
 
-START_TEST(invalid_utf8_fails_at_once_not_at_the_end_of_the_message)
+START_TEST(invalid_utf8_fails_at_once_not_at_message_end)
 {
     comet_buf_t *s = new_buf(4096);
     char p[1000];
@@ -1061,7 +1062,7 @@ START_TEST(binary_messages_are_not_utf8_checked)
 }
 END_TEST
 
-/* ---- close (Autobahn 7.x) -------------------------------------------------------- */
+/* ---- close (Autobahn 7.x) ----------------------------------------------- */
 
 START_TEST(close_frames_give_code_and_reason)
 {
@@ -1167,7 +1168,7 @@ START_TEST(nothing_is_read_after_a_close)
 }
 END_TEST
 
-/* ---- errors ------------------------------------------------------------------------ */
+/* ---- errors ------------------------------------------------------------- */
 
 START_TEST(errors_are_sticky_and_explained)
 {
@@ -1210,7 +1211,7 @@ START_TEST(release_in_the_middle_of_a_message_fails_the_parser)
 }
 END_TEST
 
-/* ---- encoder ------------------------------------------------------------------------ */
+/* ---- encoder ------------------------------------------------------------ */
 
 START_TEST(server_frames_have_exact_bytes)
 {
@@ -1461,7 +1462,7 @@ Suite *test_comet_ws_suite(void)
     tcase_add_test(tp, unmasked_frames_fail_with_1002);
     tcase_add_test(tp, lengths_not_in_shortest_form_fail_with_1002);
     tcase_add_test(tp, message_over_the_limit_fails_with_1009_on_its_header);
-    tcase_add_test(tp, fragmented_message_over_the_limit_fails_on_the_fragment_that_passes_it);
+    tcase_add_test(tp, fragment_that_passes_the_limit_fails_with_1009);
     tcase_add_test(tp, limit_counts_each_message_on_its_own);
     tcase_add_test(tp, reassembly_buffer_is_bounded_and_given_back);
     tcase_add_test(tp, fragmented_messages_are_joined);
@@ -1469,11 +1470,11 @@ Suite *test_comet_ws_suite(void)
     tcase_add_test(tp, fragmented_control_frames_fail_with_1002);
     tcase_add_test(tp, continuation_with_no_message_open_fails_with_1002);
     tcase_add_test(tp, new_data_frame_in_an_open_message_fails_with_1002);
-    tcase_add_test(tp, every_split_of_a_fragmented_stream_gives_the_same_events);
+    tcase_add_test(tp, every_split_of_a_stream_gives_the_same_events);
     tcase_add_test(tp, utf8_check_matches_the_autobahn_table);
     tcase_add_test(tp, text_messages_are_utf8_checked_across_fragments);
     tcase_add_test(tp, utf8_check_finds_bytes_at_every_offset);
-    tcase_add_test(tp, invalid_utf8_fails_at_once_not_at_the_end_of_the_message);
+    tcase_add_test(tp, invalid_utf8_fails_at_once_not_at_message_end);
     tcase_add_test(tp, binary_messages_are_not_utf8_checked);
     tcase_add_test(tp, close_frames_give_code_and_reason);
     tcase_add_test(tp, close_frame_with_one_byte_fails_with_1002);
