@@ -758,7 +758,8 @@ static void fail_queue(comet_redis_t *c, cmd_queue_t *q, apr_uint64_t written,
         apr_status_t st = rv;
         const char *text = lost;
 
-        if (rv == COMET_REDIS_ELOST && cmd->end > written) {
+        if ((rv == COMET_REDIS_ELOST || rv == APR_TIMEUP)
+            && cmd->end > written) {
             st = COMET_REDIS_EDOWN;
             text = unsent;
         }
@@ -846,7 +847,9 @@ static void conn_down(comet_redis_t *c, apr_status_t rv, const char *fmt, ...)
                  why);
     apr_snprintf(unsent, sizeof(unsent), "not connected to %s: %s", c->name,
                  why);
-    fail_queue(c, &fifo, written, COMET_REDIS_ELOST, lost, unsent);
+    fail_queue(c, &fifo, written,
+               was_up && rv == APR_TIMEUP ? APR_TIMEUP : COMET_REDIS_ELOST,
+               lost, unsent);
     fail_queue(c, &held, 0, COMET_REDIS_EDOWN, unsent, unsent);
     if (c->state == CONN_BACKOFF) {
         conn_report(c, 0, rv, why);
@@ -891,15 +894,17 @@ static void conn_flush(comet_redis_t *c)
 }
 
 /* Put a formatted command into out (or hold) with its record. */
-static apr_status_t enqueue(comet_redis_t *c, int to_hold, const char *resp,
-                            apr_size_t len, int family, apr_size_t expect,
-                            comet_redis_reply_fn *fn, void *baton)
+static apr_status_t enqueue(comet_redis_t *c, int to_hold, int internal,
+                            const char *resp, apr_size_t len, int family,
+                            apr_size_t expect, comet_redis_reply_fn *fn,
+                            void *baton)
 {
     comet_buf_t *b = to_hold ? c->hold : c->out;
     redis_cmd_t *cmd;
     apr_status_t rv;
 
-    if (c->pending >= c->opts.max_pending) {
+    /* The handshake's few commands are not the caller's to count. */
+    if (!internal && c->pending >= c->opts.max_pending) {
         return APR_ENOSPC;
     }
     if (b == c->out && c->out_off && c->out->len + len > c->out->max) {
@@ -943,11 +948,11 @@ static apr_status_t submit(comet_redis_t *c, const char *resp, apr_size_t len,
 {
     switch (c->state) {
     case CONN_READY:
-        return enqueue(c, 0, resp, len, family, expect, fn, baton);
+        return enqueue(c, 0, 0, resp, len, family, expect, fn, baton);
     case CONN_IDLE:
     case CONN_CONNECTING:
     case CONN_HANDSHAKE:
-        return enqueue(c, 1, resp, len, family, expect, fn, baton);
+        return enqueue(c, 1, 0, resp, len, family, expect, fn, baton);
     case CONN_BACKOFF:
         return COMET_REDIS_EDOWN;
     default:
@@ -986,8 +991,8 @@ static apr_status_t format_and_submit(comet_redis_t *c, int internal,
         != APR_SUCCESS) {
         return rv;
     }
-    return internal ? enqueue(c, 0, c->scratch->data, c->scratch->len, family,
-                              expect, fn, baton)
+    return internal ? enqueue(c, 0, 1, c->scratch->data, c->scratch->len,
+                              family, expect, fn, baton)
                     : submit(c, c->scratch->data, c->scratch->len, family,
                              expect, fn, baton);
 }
@@ -1694,6 +1699,7 @@ typedef struct sub_chan_t {
     int           lost;         /* was ACTIVE, then LOST: READY resumes    */
     int           pinned;       /* an event about it is being delivered    */
     int           dead;         /* left the set while pinned: free after   */
+    int           solo;         /* its batch was refused: alone from now   */
     apr_uint64_t  cmd;          /* the command that subscribed it          */
 } sub_chan_t;
 
@@ -1804,6 +1810,12 @@ static void sub_send_waiting(comet_redis_sub_t *sub)
             if (ch->state != CH_WANT || ch->sharded != pass) {
                 continue;
             }
+            if (ch->solo) {
+                if (sub_send(sub, 0, pass, &ch, NULL, 0, 1) != APR_SUCCESS) {
+                    return;
+                }
+                continue;
+            }
             batch[n++] = ch;
             if (n == (pass ? 1 : SUB_BATCH)) {
                 if (sub_send(sub, 0, pass, batch, NULL, 0, n)
@@ -1850,6 +1862,20 @@ static void sub_cmd_done(void *baton, apr_status_t st,
             failed[n++] = ch;
             ch->pinned++;
         }
+    }
+    if (n > 1) {
+        /* A batch is refused whole (an ACL that forbids one channel of
+         * it): each goes again alone, so that only the bad ones fail. */
+        for (i = 0; i < n; i++) {
+            failed[i]->pinned--;
+            failed[i]->state = CH_WANT;
+            failed[i]->solo = 1;
+        }
+        free(failed);
+        if (comet_redis_is_up(sub->conn)) {
+            sub_send_waiting(sub);
+        }
+        return;
     }
     for (i = 0; i < n; i++) {
         sub_chan_t *ch = failed[i];
