@@ -34,6 +34,8 @@
 
 #include <apr.h>
 
+#include "comet_loop.h"
+
 #define REDIS_UTIL_MAX 16
 
 typedef struct redis_util_server_t {
@@ -303,6 +305,89 @@ static APR_INLINE int redis_util_sh(char *out, size_t outlen,
     }
     rc = pclose(f);
     return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+/* ---- running a comet_loop until something happened -------------------- */
+
+typedef int cond_fn(void *baton);
+
+typedef struct waiter_t {
+    cond_fn       *cond;
+    void          *baton;
+    comet_timer_t  poll;
+    comet_timer_t  guard;
+    int            timed_out;
+} waiter_t;
+
+static APR_INLINE void waiter_poll(comet_loop_t *loop, comet_timer_t *t, void *baton)
+{
+    waiter_t *w = baton;
+
+    if (w->cond(w->baton)) {
+        comet_loop_stop(loop);
+        return;
+    }
+    comet_timer_arm_in(loop, t, 2000);
+}
+
+static APR_INLINE void waiter_guard(comet_loop_t *loop, comet_timer_t *t, void *baton)
+{
+    waiter_t *w = baton;
+
+    w->timed_out = 1;
+    comet_loop_stop(loop);
+}
+
+/* Run loop until cond holds (checked every 2 ms) or ms pass; cond's value. */
+static APR_INLINE int run_until(comet_loop_t *loop, cond_fn *cond, void *baton, int ms)
+{
+    waiter_t w;
+
+    memset(&w, 0, sizeof(w));
+    w.cond = cond;
+    w.baton = baton;
+    if (cond(baton)) {
+        return 1;
+    }
+    comet_timer_init(&w.poll, waiter_poll, &w);
+    comet_timer_init(&w.guard, waiter_guard, &w);
+    comet_timer_arm_in(loop, &w.poll, 2000);
+    comet_timer_arm_in(loop, &w.guard, (apr_interval_time_t)ms * 1000);
+    comet_loop_run(loop);
+    comet_timer_cancel(loop, &w.poll);
+    comet_timer_cancel(loop, &w.guard);
+    return cond(baton);
+}
+
+typedef struct count_wait_t {
+    const int *count;
+    int        want;
+} count_wait_t;
+
+static APR_INLINE int count_reached(void *baton)
+{
+    count_wait_t *w = baton;
+
+    return *w->count >= w->want;
+}
+
+/* Run the loop until *count >= want, at most ms. */
+static APR_INLINE int wait_count(comet_loop_t *loop, int *count, int want, int ms)
+{
+    count_wait_t w = { count, want };
+
+    return run_until(loop, count_reached, &w, ms);
+}
+
+static APR_INLINE int never(void *baton)
+{
+    return 0;
+}
+
+/* Let the loop run a while (between checks of a counter kept elsewhere). */
+static APR_INLINE void run_for(comet_loop_t *loop, int ms)
+{
+    run_until(loop, never, NULL, ms);
 }
 
 #endif /* COMET_REDIS_UTIL_H */
