@@ -901,8 +901,12 @@ static void cl_sub_event(void *baton, comet_redis_sub_t *sub,
         break;
 
     case COMET_REDIS_SUB_LOST:
-        /* Its node failed, or ended the subscription (slot moved): ask
-         * the cluster who serves the slot now. */
+        /* Its node failed, or ended the subscription (its slot moved, or
+         * it is a replica now): taken from the node's set, and placed
+         * again by the next map, on whichever master serves the slot
+         * then (perhaps the same one, back up). */
+        comet_redis_sub_unsubscribe(n->sub, ch->name, ch->len);
+        ch->node = NULL;
         cl_refresh_soon(cl);
         if (ch->active) {
             ch->active = 0;

@@ -95,6 +95,45 @@ static APR_INLINE int redis_util_free_port(void)
     return port;
 }
 
+static APR_INLINE int redis_util_bindable(int port)
+{
+    struct sockaddr_in sa;
+    int fd = socket(AF_INET, SOCK_STREAM, 0), ok, one = 1;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((unsigned short)port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    ok = fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+    if (fd >= 0) {
+        close(fd);
+    }
+    return ok;
+}
+
+/* A port for a cluster node: its bus port (port + 10000) must be free
+ * too, so both come from below the ephemeral range. */
+static APR_INLINE int redis_util_free_cluster_port(void)
+{
+    static unsigned seed;
+    int i;
+
+    if (!seed) {
+        seed = (unsigned)getpid() * 2654435761u ^ (unsigned)redis_util_ms();
+    }
+    for (i = 0; i < 1000; i++) {
+        int port;
+
+        seed = seed * 1103515245u + 12345u;
+        port = 15000 + (int)((seed >> 8) % 10000);
+        if (redis_util_bindable(port) && redis_util_bindable(port + 10000)) {
+            return port;
+        }
+    }
+    return -1;
+}
+
 static APR_INLINE int redis_util_can_connect(int port)
 {
     struct sockaddr_in sa;
