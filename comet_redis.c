@@ -2028,11 +2028,23 @@ static apr_status_t sub_cleanup(void *data)
 {
     comet_redis_sub_t *sub = data;
     apr_hash_index_t *hi;
+    sub_chan_t *dead = NULL;
 
+    /* The hash compares keys while it deletes, and the keys live in the
+     * records: empty it first, free after. */
     for (hi = apr_hash_first(NULL, sub->chans); hi; hi = apr_hash_next(hi)) {
-        chan_free(apr_hash_this_val(hi));
+        sub_chan_t *ch = apr_hash_this_val(hi);
+
+        ch->cmd = (apr_uint64_t)(apr_uintptr_t)dead;
+        dead = ch;
     }
     apr_hash_clear(sub->chans);
+    while (dead) {
+        sub_chan_t *next = (sub_chan_t *)(apr_uintptr_t)dead->cmd;
+
+        chan_free(dead);
+        dead = next;
+    }
     return APR_SUCCESS;
 }
 

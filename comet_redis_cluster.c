@@ -1024,10 +1024,26 @@ static apr_status_t cl_cleanup(void *data)
         cl->cmds = cmd->next;
         free(cmd);
     }
-    for (hi = apr_hash_first(NULL, cl->chans); hi; hi = apr_hash_next(hi)) {
-        free(apr_hash_this_val(hi));
+    /* The hash compares keys while it deletes, and the keys live in the
+     * records: empty it first, free after (chained through node). */
+    {
+        cl_chan_t *dead = NULL;
+
+        for (hi = apr_hash_first(NULL, cl->chans); hi;
+             hi = apr_hash_next(hi)) {
+            cl_chan_t *ch = apr_hash_this_val(hi);
+
+            ch->node = (cl_node_t *)dead;
+            dead = ch;
+        }
+        apr_hash_clear(cl->chans);
+        while (dead) {
+            cl_chan_t *next = (cl_chan_t *)dead->node;
+
+            free(dead);
+            dead = next;
+        }
     }
-    apr_hash_clear(cl->chans);
     return APR_SUCCESS;
 }
 

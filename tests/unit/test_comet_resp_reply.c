@@ -349,7 +349,7 @@ END_TEST
 
 START_TEST(large_bulk_and_line_fed_byte_by_byte_complete)
 {
-    const apr_size_t size = 256 * 1024;
+    const apr_size_t size = 128 * 1024;
     comet_resp_reply_limits_t lim;
     char *payload = malloc(size + 64);
     feeder_t *f;
@@ -603,6 +603,8 @@ Suite *test_comet_resp_reply_suite(void)
 
     tcase_add_checked_fixture(tc, comet_test_pool_setup,
                               comet_test_pool_teardown);
+    /* Generous for sanitizer builds; a quadratic parser would need hours. */
+    tcase_set_timeout(tc, 30);
     tcase_add_test(tc, large_bulk_and_line_fed_byte_by_byte_complete);
     tcase_add_test(tc, large_array_fed_in_small_pieces_completes);
     suite_add_tcase(s, tc);
