@@ -292,9 +292,32 @@ static apr_status_t parse_unix(comet_redis_url_t *url, const char *rest,
     return APR_SUCCESS;
 }
 
+static apr_status_t url_parse(comet_redis_url_t **urlp, const char *text,
+                              apr_pool_t *p, char *err, apr_size_t errlen);
+
 apr_status_t comet_redis_url_parse(comet_redis_url_t **urlp, const char *text,
                                    apr_pool_t *p, char *err,
                                    apr_size_t errlen)
+{
+    apr_status_t rv = url_parse(urlp, text, p, err, errlen);
+
+    if (rv != APR_SUCCESS && text && strchr(text, '@') && errlen) {
+        /* A URL with user info may have been cut in the wrong place (a
+         * '/' in the password): no fragment of it may be quoted back. */
+        char *quote = strchr(err, '\'');
+
+        if (quote) {
+            *quote = '\0';
+            apr_snprintf(err + strlen(err), errlen - strlen(err),
+                         "(not shown: the URL holds a password; write '/', "
+                         "'@', ':' in one as %%2F, %%40, %%3A)");
+        }
+    }
+    return rv;
+}
+
+static apr_status_t url_parse(comet_redis_url_t **urlp, const char *text,
+                              apr_pool_t *p, char *err, apr_size_t errlen)
 {
     comet_redis_url_t *url = apr_pcalloc(p, sizeof(*url));
     const char *rest, *auth_end, *at, *hp;

@@ -260,6 +260,11 @@ START_TEST(bad_urls_are_refused_with_a_clear_message)
         { "redis://ho st", "blank or control character" },
         { "redis://h$t", "invalid host name 'h$t'" },
         { "redis://u:p%zzsecret@h", "invalid %-escape in the password" },
+        /* A '/' in a password cuts the URL early: nothing is quoted. */
+        { "redis://u:sec/secret@h", "invalid database number (not shown: "
+          "the URL holds a password" },
+        { "redis://u:secret@h:secret", "invalid port (not shown" },
+        { "redis://u:secret@h/secret", "invalid database number (not shown" },
         { "redis-cluster://h:1/2", "database 0 only" },
         { "unix:relative.sock", "must be absolute" },
         { "unix:/x.sock?password=secret", "no password in a unix: URL" },
