@@ -20,6 +20,7 @@
 #include "comet_redis.h"
 #include "comet_resp.h"
 #include "redis_util.h"
+#include "redis_fake.h"
 
 /* ---- log capture: no line may ever carry a password ----------------------- */
 
@@ -772,158 +773,11 @@ START_TEST(resp2_subscriber_gets_messages_and_refusals)
 }
 END_TEST
 
-/* ---- a fake server for what a real one will not do on demand ------------------ */
-
-#define FAKE_OLD      1     /* no HELLO: "unknown command", with its args    */
-#define FAKE_SILENT   2     /* GET is never answered                         */
-#define FAKE_GARBAGE  3     /* GET gets bytes that are no RESP               */
-#define FAKE_EXTRA    4     /* GET gets two replies                          */
-
-typedef struct fake_t {
-    comet_loop_t        *loop;
-    int                  mode;
-    int                  lfd;
-    int                  cfd;
-    int                  port;
-    comet_loop_io_t      lio;
-    comet_loop_io_t      cio;
-    comet_resp_parser_t *parser;
-    char                 buf[65536];
-    apr_size_t           len;
-    int                  accepts;
-    int                  silent;    /* FAKE_SILENT after its GET         */
-    char                 seen[2048];
-} fake_t;
-
-static void fake_reply(fake_t *f, const char *s)
-{
-    ck_assert_int_eq(write(f->cfd, s, strlen(s)), (ssize_t)strlen(s));
-}
-
-static void fake_drop(fake_t *f)
-{
-    comet_loop_io_remove(f->loop, &f->cio);
-    close(f->cfd);
-    f->cfd = -1;
-}
-
-static void fake_read(comet_loop_t *loop, int fd, int events, void *baton)
-{
-    fake_t *f = baton;
-    ssize_t n = read(fd, f->buf + f->len, sizeof(f->buf) - f->len);
-    comet_resp_cmd_t cmd;
-    apr_size_t used;
-
-    if (n <= 0) {
-        fake_drop(f);
-        return;
-    }
-    f->len += (apr_size_t)n;
-    while (comet_resp_parse(f->parser, f->buf, f->len, &used, &cmd)
-           == APR_SUCCESS) {
-        apr_size_t i, sl = strlen(f->seen);
-
-        for (i = 0; i < cmd.argc && sl + cmd.argv_len[i] + 2 < sizeof(f->seen);
-             i++) {
-            memcpy(f->seen + sl, cmd.argv[i], cmd.argv_len[i]);
-            sl += cmd.argv_len[i];
-            f->seen[sl++] = i + 1 < cmd.argc ? ' ' : '|';
-        }
-        f->seen[sl] = '\0';
-        if (f->silent) {
-            /* stuck: reads, never answers */
-        }
-        else if (strcasecmp(cmd.argv[0], "HELLO") == 0) {
-            if (f->mode == FAKE_OLD) {
-                char line[512];
-
-                /* What Redis 5 says, the password among the args. */
-                snprintf(line, sizeof(line), "-ERR unknown command `HELLO`, "
-                         "with args beginning with: `3`, `AUTH`, `%s`, "
-                         "`%s`, \r\n", cmd.argc > 3 ? cmd.argv[3] : "",
-                         cmd.argc > 4 ? cmd.argv[4] : "");
-                fake_reply(f, line);
-            }
-            else {
-                fake_reply(f, "%1\r\n+proto\r\n:3\r\n");
-            }
-        }
-        else if (strcasecmp(cmd.argv[0], "AUTH") == 0) {
-            fake_reply(f, strcmp(cmd.argv[cmd.argc - 1], "good") == 0
-                          ? "+OK\r\n"
-                          : "-WRONGPASS invalid username-password pair\r\n");
-        }
-        else if (strcasecmp(cmd.argv[0], "GET") == 0) {
-            if (f->mode == FAKE_GARBAGE) {
-                fake_reply(f, "@garbage\r\n");
-            }
-            else if (f->mode == FAKE_EXTRA) {
-                fake_reply(f, "+one\r\n+two\r\n");
-            }
-            else if (f->mode == FAKE_SILENT) {
-                f->silent = 1;
-            }
-            else {
-                fake_reply(f, "$1\r\nv\r\n");
-            }
-        }
-        else {
-            fake_reply(f, "+OK\r\n");
-        }
-        memmove(f->buf, f->buf + used, f->len - used);
-        f->len -= used;
-    }
-}
-
-static void fake_accept(comet_loop_t *loop, int fd, int events, void *baton)
-{
-    fake_t *f = baton;
-    int cfd = accept(fd, NULL, NULL);
-
-    if (cfd < 0) {
-        return;
-    }
-    if (f->cfd >= 0) {
-        fake_drop(f);
-    }
-    f->cfd = cfd;
-    f->len = 0;
-    f->silent = 0;
-    f->accepts++;
-    comet_resp_parser_reset(f->parser);
-    ck_assert_int_eq(comet_loop_io_add(loop, &f->cio, cfd, COMET_LOOP_READ,
-                                       fake_read, f), APR_SUCCESS);
-}
-
-static fake_t *fake_start(comet_loop_t *loop, int mode)
-{
-    fake_t *f = apr_pcalloc(comet_test_pool, sizeof(*f));
-    struct sockaddr_in sa;
-    socklen_t len = sizeof(sa);
-
-    f->loop = loop;
-    f->mode = mode;
-    f->cfd = -1;
-    ck_assert_int_eq(comet_resp_parser_create(&f->parser, NULL,
-                                              comet_test_pool), APR_SUCCESS);
-    f->lfd = socket(AF_INET, SOCK_STREAM, 0);
-    memset(&sa, 0, sizeof(sa));
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ck_assert_int_eq(bind(f->lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    ck_assert_int_eq(listen(f->lfd, 8), 0);
-    getsockname(f->lfd, (struct sockaddr *)&sa, &len);
-    f->port = ntohs(sa.sin_port);
-    ck_assert_int_eq(comet_loop_io_add(loop, &f->lio, f->lfd, COMET_LOOP_READ,
-                                       fake_accept, f), APR_SUCCESS);
-    return f;
-}
-
 START_TEST(server_without_hello_gets_auth_and_resp2)
 {
     comet_loop_t *loop = new_loop();
     comet_redis_opts_t o = fast_opts();
-    fake_t *f = fake_start(loop, FAKE_OLD);
+    fake_t *f = fake_start(loop, FAKE_OLD, comet_test_pool);
     calls_t st, r;
     comet_redis_t *c;
 
@@ -958,7 +812,7 @@ START_TEST(silent_server_times_out_the_command_and_the_connection)
 {
     comet_loop_t *loop = new_loop();
     comet_redis_opts_t o = fast_opts();
-    fake_t *f = fake_start(loop, FAKE_SILENT);
+    fake_t *f = fake_start(loop, FAKE_SILENT, comet_test_pool);
     calls_t st, r, r2;
     comet_redis_t *c;
 
@@ -989,7 +843,7 @@ START_TEST(garbage_or_unasked_replies_drop_the_connection)
 {
     comet_loop_t *loop = new_loop();
     comet_redis_opts_t o = fast_opts();
-    fake_t *f = fake_start(loop, FAKE_GARBAGE);
+    fake_t *f = fake_start(loop, FAKE_GARBAGE, comet_test_pool);
     calls_t st, r;
     comet_redis_t *c;
 
@@ -1025,7 +879,7 @@ START_TEST(queue_bounds_and_close_inside_a_callback)
 {
     comet_loop_t *loop = new_loop();
     comet_redis_opts_t o = fast_opts();
-    fake_t *f = fake_start(loop, 0);
+    fake_t *f = fake_start(loop, 0, comet_test_pool);
     calls_t st, r[4];
     comet_redis_t *c;
     int i;
