@@ -35,7 +35,7 @@ const char *comet_redis_strerror(apr_status_t rv, char *buf, apr_size_t len)
     }
 }
 
-/* ---- URLs ------------------------------------------------------------------ */
+/* ---- URLs --------------------------------------------------------------- */
 
 static apr_status_t url_fail(char *err, apr_size_t errlen, const char *fmt,
                              ...)
@@ -200,8 +200,8 @@ static apr_status_t parse_userinfo(const char *s, apr_size_t len,
         }
     }
     if (colon) {
-        url->password = pct_decode(colon + 1, (apr_size_t)(s + len - colon - 1),
-                                   p);
+        url->password = pct_decode(colon + 1,
+                                   (apr_size_t)(s + len - colon - 1), p);
         if (!url->password) {
             /* Not a word about where: that would show part of it. */
             return url_fail(err, errlen, "invalid %%-escape in the password");
@@ -498,7 +498,7 @@ apr_status_t comet_redis_url_password_file(comet_redis_url_t *url,
     return APR_SUCCESS;
 }
 
-/* ---- options and formatting ------------------------------------------------ */
+/* ---- options and formatting --------------------------------------------- */
 
 void comet_redis_opts_default(comet_redis_opts_t *o)
 {
@@ -548,7 +548,7 @@ apr_status_t comet_redis_format(comet_buf_t *out, int argc,
     return APR_SUCCESS;
 }
 
-/* ---- connection ---------------------------------------------------------------- */
+/* ---- connection --------------------------------------------------------- */
 
 typedef enum {
     CONN_IDLE,          /* created, not started                           */
@@ -1020,7 +1020,7 @@ static apr_status_t format_and_submit(comet_redis_t *c, int internal,
                              expect, fn, baton);
 }
 
-/* ---- handshake ------------------------------------------------------------- */
+/* ---- handshake ---------------------------------------------------------- */
 
 /* A server's error text about a command that carried the password, made
  * fit for a log: Redis before 6 answers an unknown command with its first
@@ -1216,8 +1216,9 @@ static void hs_ready(comet_redis_t *c)
     set_interest(c, c->out->len > c->out_off
                     ? COMET_LOOP_READ | COMET_LOOP_WRITE : COMET_LOOP_READ);
     if (c->attempts) {
-        comet_log(COMET_LOG_NOTICE, APR_SUCCESS, "redis %s: connected (RESP%d) "
-                  "after %d failed attempt%s", c->name, c->proto, c->attempts,
+        comet_log(COMET_LOG_NOTICE, APR_SUCCESS, "redis %s: connected "
+                  "(RESP%d) after %d failed attempt%s", c->name, c->proto,
+                  c->attempts,
                   c->attempts == 1 ? "" : "s");
     }
     else {
@@ -1229,7 +1230,7 @@ static void hs_ready(comet_redis_t *c)
     conn_report(c, 1, APR_SUCCESS, "connected");
 }
 
-/* ---- socket ------------------------------------------------------------------ */
+/* ---- socket ------------------------------------------------------------- */
 
 static void conn_connected(comet_redis_t *c)
 {
@@ -1370,7 +1371,7 @@ static void conn_timer(comet_loop_t *loop, comet_timer_t *t, void *baton)
     }
 }
 
-/* ---- replies -------------------------------------------------------------- */
+/* ---- replies ------------------------------------------------------------ */
 
 static int is_push(const comet_redis_t *c, const comet_resp_reply_t *r)
 {
@@ -1537,7 +1538,7 @@ static void conn_io(comet_loop_t *loop, int fd, int events, void *baton)
     }
 }
 
-/* ---- public ------------------------------------------------------------------ */
+/* ---- public ------------------------------------------------------------- */
 
 apr_status_t comet_redis_create(comet_redis_t **cp, comet_loop_t *loop,
                                 const comet_redis_url_t *url,
@@ -1706,7 +1707,7 @@ void comet_redis_stats(const comet_redis_t *c, comet_redis_stats_t *stats)
     *stats = c->stats;
 }
 
-/* ---- pub/sub ------------------------------------------------------------------ */
+/* ---- pub/sub ------------------------------------------------------------ */
 
 typedef enum {
     CH_WANT,        /* to subscribe when the connection is up              */
@@ -1827,7 +1828,8 @@ static void sub_send_waiting(comet_redis_sub_t *sub)
     /* Plain channels in batches; sharded ones one by one, since one
      * SSUBSCRIBE must stay within a hash slot in a cluster. */
     for (pass = 0; pass < 2; pass++) {
-        for (hi = apr_hash_first(NULL, sub->chans); hi; hi = apr_hash_next(hi)) {
+        for (hi = apr_hash_first(NULL, sub->chans); hi;
+             hi = apr_hash_next(hi)) {
             sub_chan_t *ch = apr_hash_this_val(hi);
 
             if (ch->state != CH_WANT || ch->sharded != pass) {

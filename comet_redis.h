@@ -88,14 +88,14 @@
 #define COMET_REDIS_EDOWN    (APR_OS_START_USERERR + 100) /* not connected */
 #define COMET_REDIS_ELOST    (APR_OS_START_USERERR + 101) /* lost in flight */
 #define COMET_REDIS_ECLOSED  (APR_OS_START_USERERR + 102) /* client closed  */
-#define COMET_REDIS_EAUTH    (APR_OS_START_USERERR + 103) /* handshake refused */
+#define COMET_REDIS_EAUTH    (APR_OS_START_USERERR + 103) /* hello refused */
 #define COMET_REDIS_EURL     (APR_OS_START_USERERR + 104) /* bad URL         */
 
 /* A short English text for the codes above, else comet_strerror().
  * Any thread. */
 const char *comet_redis_strerror(apr_status_t rv, char *buf, apr_size_t len);
 
-/* ---- URLs --------------------------------------------------------------------
+/* ---- URLs -----------------------------------------------------------------
  *   redis://[user:password@]host[:port][/db]
  *   unix:/path/redis.sock[?db=N][&user=NAME]
  *   redis-cluster://[user:password@]host1:port1,host2:port2,...
@@ -144,7 +144,7 @@ apr_status_t comet_redis_url_password_file(comet_redis_url_t *url,
                                            const char *path, apr_pool_t *p,
                                            char *err, apr_size_t errlen);
 
-/* ---- options ---------------------------------------------------------------- */
+/* ---- options ------------------------------------------------------------ */
 
 typedef struct comet_redis_opts_t {
     const char          *name;            /* CLIENT SETNAME; NULL: none   */
@@ -163,7 +163,7 @@ typedef struct comet_redis_opts_t {
 /* Any thread. */
 void comet_redis_opts_default(comet_redis_opts_t *opts);
 
-/* ---- a connection ------------------------------------------------------------ */
+/* ---- a connection ------------------------------------------------------- */
 
 typedef struct comet_redis_t comet_redis_t;
 
@@ -258,7 +258,7 @@ apr_status_t comet_redis_format(comet_buf_t *out, int argc,
                                 const char *const *argv,
                                 const apr_size_t *argvlen);
 
-/* ---- pub/sub -------------------------------------------------------------- */
+/* ---- pub/sub ------------------------------------------------------------ */
 
 typedef struct comet_redis_sub_t comet_redis_sub_t;
 

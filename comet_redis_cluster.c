@@ -44,7 +44,7 @@ unsigned comet_redis_slot(const char *key, apr_size_t len)
     return comet_redis_crc16(key, len) & (COMET_REDIS_SLOTS - 1);
 }
 
-/* ---- records ------------------------------------------------------------------- */
+/* ---- records ------------------------------------------------------------ */
 
 typedef struct cl_node_t cl_node_t;
 struct cl_node_t {
@@ -121,7 +121,7 @@ static void cl_check(comet_redis_cluster_t *cl);
 static void cl_sub_event(void *baton, comet_redis_sub_t *sub,
                          const comet_redis_sub_event_t *ev);
 
-/* ---- nodes --------------------------------------------------------------------- */
+/* ---- nodes -------------------------------------------------------------- */
 
 static void cl_node_state(void *baton, comet_redis_t *c, int up,
                           apr_status_t why, const char *text);
@@ -228,7 +228,7 @@ static cl_node_t *node_sub(cl_node_t *n)
     return n;
 }
 
-/* ---- refreshing the map ----------------------------------------------------- */
+/* ---- refreshing the map ------------------------------------------------- */
 
 static apr_interval_time_t cl_backoff(comet_redis_cluster_t *cl)
 {
@@ -345,7 +345,8 @@ static int parse_shards(comet_redis_cluster_t *cl,
             const comet_resp_reply_t *b = comet_resp_reply_next(a);
             apr_int64_t s;
 
-            if (a->type != COMET_REPLY_INTEGER || b->type != COMET_REPLY_INTEGER
+            if (a->type != COMET_REPLY_INTEGER
+                || b->type != COMET_REPLY_INTEGER
                 || a->integer < 0 || b->integer >= COMET_REDIS_SLOTS
                 || a->integer > b->integer) {
                 return 0;
@@ -690,7 +691,7 @@ static void cl_node_state(void *baton, comet_redis_t *c, int up,
     cl_check(cl);
 }
 
-/* ---- commands ------------------------------------------------------------------ */
+/* ---- commands ----------------------------------------------------------- */
 
 /* "MOVED 3999 127.0.0.1:6381" or "ASK ...": 1 with the parts. */
 static int parse_redirect(const char *e, int *ask, unsigned *slot,
@@ -864,7 +865,7 @@ apr_status_t comet_redis_cluster_command(comet_redis_cluster_t *cl,
     return APR_SUCCESS;
 }
 
-/* ---- sharded pub/sub ------------------------------------------------------------ */
+/* ---- sharded pub/sub ---------------------------------------------------- */
 
 static void chan_free(comet_redis_cluster_t *cl, cl_chan_t *ch)
 {
@@ -1008,7 +1009,7 @@ apr_status_t comet_redis_cluster_unsubscribe(comet_redis_cluster_t *cl,
     return APR_SUCCESS;
 }
 
-/* ---- public -------------------------------------------------------------------- */
+/* ---- public ------------------------------------------------------------- */
 
 static apr_status_t cl_cleanup(void *data)
 {

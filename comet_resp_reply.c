@@ -169,7 +169,8 @@ static int parse_int64(const char *s, apr_size_t len, apr_int64_t *v)
     if (i == len) {
         return 0;
     }
-    limit = neg ? (apr_uint64_t)APR_INT64_MAX + 1 : (apr_uint64_t)APR_INT64_MAX;
+    limit = neg ? (apr_uint64_t)APR_INT64_MAX + 1
+                : (apr_uint64_t)APR_INT64_MAX;
     for (; i < len; i++) {
         unsigned d;
 
@@ -570,7 +571,7 @@ apr_status_t comet_resp_reply_parse(comet_resp_reply_parser_t *parser,
     return APR_SUCCESS;
 }
 
-/* ---- walking -------------------------------------------------------------- */
+/* ---- walking ------------------------------------------------------------ */
 
 int comet_resp_reply_aggregate(const comet_resp_reply_t *n)
 {

@@ -58,7 +58,8 @@ static APR_INLINE void fake_drop(fake_t *f)
     f->cfd = -1;
 }
 
-static APR_INLINE void fake_read(comet_loop_t *loop, int fd, int events, void *baton)
+static APR_INLINE void fake_read(comet_loop_t *loop, int fd, int events,
+                                 void *baton)
 {
     fake_t *f = baton;
     ssize_t n = read(fd, f->buf + f->len, sizeof(f->buf) - f->len);
@@ -141,7 +142,8 @@ static APR_INLINE void fake_read(comet_loop_t *loop, int fd, int events, void *b
     }
 }
 
-static APR_INLINE void fake_accept(comet_loop_t *loop, int fd, int events, void *baton)
+static APR_INLINE void fake_accept(comet_loop_t *loop, int fd, int events,
+                                   void *baton)
 {
     fake_t *f = baton;
     int cfd = accept(fd, NULL, NULL);

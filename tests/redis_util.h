@@ -346,7 +346,7 @@ static APR_INLINE int redis_util_sh(char *out, size_t outlen,
     return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
 }
 
-/* ---- running a comet_loop until something happened -------------------- */
+/* ---- running a comet_loop until something happened ---------------------- */
 
 typedef int cond_fn(void *baton);
 
@@ -358,7 +358,8 @@ typedef struct waiter_t {
     int            timed_out;
 } waiter_t;
 
-static APR_INLINE void waiter_poll(comet_loop_t *loop, comet_timer_t *t, void *baton)
+static APR_INLINE void waiter_poll(comet_loop_t *loop, comet_timer_t *t,
+                                   void *baton)
 {
     waiter_t *w = baton;
 
@@ -369,7 +370,8 @@ static APR_INLINE void waiter_poll(comet_loop_t *loop, comet_timer_t *t, void *b
     comet_timer_arm_in(loop, t, 2000);
 }
 
-static APR_INLINE void waiter_guard(comet_loop_t *loop, comet_timer_t *t, void *baton)
+static APR_INLINE void waiter_guard(comet_loop_t *loop, comet_timer_t *t,
+                                    void *baton)
 {
     waiter_t *w = baton;
 
@@ -378,7 +380,8 @@ static APR_INLINE void waiter_guard(comet_loop_t *loop, comet_timer_t *t, void *
 }
 
 /* Run loop until cond holds (checked every 2 ms) or ms pass; cond's value. */
-static APR_INLINE int run_until(comet_loop_t *loop, cond_fn *cond, void *baton, int ms)
+static APR_INLINE int run_until(comet_loop_t *loop, cond_fn *cond,
+                                void *baton, int ms)
 {
     waiter_t w;
 
@@ -411,7 +414,8 @@ static APR_INLINE int count_reached(void *baton)
 }
 
 /* Run the loop until *count >= want, at most ms. */
-static APR_INLINE int wait_count(comet_loop_t *loop, int *count, int want, int ms)
+static APR_INLINE int wait_count(comet_loop_t *loop, int *count, int want,
+                                 int ms)
 {
     count_wait_t w = { count, want };
 

@@ -47,7 +47,7 @@ static void quiet_log(void *baton, int level, const char *file, int line,
     }
 }
 
-/* ---- recorders ------------------------------------------------------------ */
+/* ---- recorders ---------------------------------------------------------- */
 
 typedef struct reply_t {
     int          n;
@@ -127,7 +127,7 @@ static void on_state(void *baton, comet_redis_cluster_t *cl, int up,
     }
 }
 
-/* ---- helpers ------------------------------------------------------------------ */
+/* ---- helpers ------------------------------------------------------------ */
 
 static redis_util_server_t srv[NODES];
 static comet_loop_t *loop;
@@ -267,7 +267,8 @@ static int cluster_ok_everywhere(void *baton)
     }
     last = redis_util_ms();
     for (i = 0; i < NODES; i++) {
-        if (srv[i].pid && !strstr(cli(i, "CLUSTER INFO"), "cluster_state:ok")) {
+        if (srv[i].pid
+            && !strstr(cli(i, "CLUSTER INFO"), "cluster_state:ok")) {
             return result = 0;
         }
     }
@@ -293,7 +294,7 @@ static void teardown(void)
     apr_terminate();
 }
 
-/* ---- the test ---------------------------------------------------------------- */
+/* ---- the test ----------------------------------------------------------- */
 
 START_TEST(cluster_routing_redirections_failover_and_sharded_pubsub)
 {
@@ -552,7 +553,8 @@ Suite *test_redis_cluster_suite(void)
 
     tcase_add_unchecked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 60);
-    tcase_add_test(tc, cluster_routing_redirections_failover_and_sharded_pubsub);
+    tcase_add_test(tc,
+                   cluster_routing_redirections_failover_and_sharded_pubsub);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -22,7 +22,7 @@
 #include "redis_util.h"
 #include "redis_fake.h"
 
-/* ---- log capture: no line may ever carry a password ----------------------- */
+/* ---- log capture: no line may ever carry a password --------------------- */
 
 static char log_text[65536];
 static apr_size_t log_len;
@@ -97,7 +97,7 @@ static comet_redis_url_t *url_of(const char *fmt, ...)
     return url;
 }
 
-/* ---- a recorder of replies and states --------------------------------------- */
+/* ---- a recorder of replies and states ----------------------------------- */
 
 typedef struct calls_t {
     int           n;
@@ -190,7 +190,7 @@ static calls_t run_cmd(comet_loop_t *loop, comet_redis_t *c, ...)
                       "start"); \
     } while (0)
 
-/* ---- URLs ----------------------------------------------------------------------- */
+/* ---- URLs --------------------------------------------------------------- */
 
 START_TEST(urls_of_every_form_parse)
 {
@@ -328,7 +328,7 @@ START_TEST(password_file_sets_the_password_and_never_shows_it)
 }
 END_TEST
 
-/* ---- commands against a real server ------------------------------------------ */
+/* ---- commands against a real server ------------------------------------- */
 
 START_TEST(commands_get_their_replies_over_resp3)
 {
@@ -498,7 +498,8 @@ START_TEST(acl_user_authenticates_and_wrong_password_is_refused)
                                    "SETUSER comet on '>Sup3r-s3cret' '~app:*' "
                                    "'&*' '+@all'", s.port), 0);
     ck_assert_int_eq(redis_util_sh(out, sizeof(out), "redis-cli -p %d "
-                                   "CONFIG SET requirepass Def4ult-pw", s.port),
+                                   "CONFIG SET requirepass Def4ult-pw",
+                                   s.port),
                      0);
     memset(&st, 0, sizeof(st));
     c = connect_ok(loop, url_of("redis://comet:Sup3r-s3cret@127.0.0.1:%d",
@@ -557,7 +558,7 @@ START_TEST(acl_user_authenticates_and_wrong_password_is_refused)
 }
 END_TEST
 
-/* ---- a server killed and restarted ---------------------------------------------- */
+/* ---- a server killed and restarted -------------------------------------- */
 
 typedef struct subrec_t {
     int  ready;
@@ -865,7 +866,7 @@ START_TEST(garbage_or_unasked_replies_drop_the_connection)
 }
 END_TEST
 
-/* ---- bounds and closing ------------------------------------------------------- */
+/* ---- bounds and closing ------------------------------------------------- */
 
 static void close_in_callback(void *baton, apr_status_t st,
                               const comet_resp_reply_t *r, const char *err)

@@ -95,7 +95,7 @@ static void on_reply(void *baton, apr_status_t st,
     apr_cpystrn(rep->str, r && r->str ? r->str : "", sizeof(rep->str));
 }
 
-START_TEST(a_node_without_cluster_shards_gives_its_map_by_cluster_slots)
+START_TEST(old_node_gives_its_map_by_cluster_slots)
 {
     comet_loop_t *loop;
     fake_t *f;
@@ -162,7 +162,7 @@ Suite *test_comet_redis_cluster_suite(void)
 
     tf = tcase_create("fake");
     tcase_add_checked_fixture(tf, setup, teardown);
-    tcase_add_test(tf, a_node_without_cluster_shards_gives_its_map_by_cluster_slots);
+    tcase_add_test(tf, old_node_gives_its_map_by_cluster_slots);
     suite_add_tcase(s, tf);
     return s;
 }

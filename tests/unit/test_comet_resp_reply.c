@@ -210,7 +210,7 @@ static const char every_type_dump[] =
     "*[:2039 :9]\n"
     "*[+v :7]\n";
 
-/* ---- types ---------------------------------------------------------------- */
+/* ---- types -------------------------------------------------------------- */
 
 START_TEST(every_resp2_and_resp3_type_parses_into_its_tree)
 {
@@ -345,7 +345,7 @@ START_TEST(walkers_find_children_and_map_values)
 }
 END_TEST
 
-/* ---- cost ------------------------------------------------------------------ */
+/* ---- cost --------------------------------------------------------------- */
 
 START_TEST(large_bulk_and_line_fed_byte_by_byte_complete)
 {
@@ -416,7 +416,7 @@ START_TEST(large_array_fed_in_small_pieces_completes)
 }
 END_TEST
 
-/* ---- bounds and errors ---------------------------------------------------- */
+/* ---- bounds and errors -------------------------------------------------- */
 
 static apr_status_t parse_once(const comet_resp_reply_limits_t *lim,
                                const char *text, char *err, apr_size_t errlen)
