@@ -29,11 +29,19 @@ if [ "$action" = stop ]; then
 fi
 
 [ -f "$pidfile" ] && stop >/dev/null
-mkdir -p "$dir/htdocs"
-chmod 755 "$top/build" "$dir" "$dir/htdocs"
+mkdir -p "$dir/htdocs/comet"
+chmod 755 "$top/build" "$dir" "$dir/htdocs" "$dir/htdocs/comet"
 usergroup=""
 [ "$(id -u)" = 0 ] && usergroup="User www-data
 Group www-data"
+
+# The chat page and the client, copied (the children, running as www-data,
+# need not be able to read the source tree).  The page is told where the
+# publish socket is.
+cp "$top/client/comet.js" "$dir/htdocs/comet/comet.js"
+sed "s|content=\"/run/apache2/comet.sock\"|content=\"$dir/comet.sock\"|" \
+    "$top/demo/index.html" > "$dir/htdocs/index.html"
+chmod 644 "$dir/htdocs/index.html" "$dir/htdocs/comet/comet.js"
 
 cat > "$dir/httpd.conf" <<CONF
 # mod_comet demo server, written by 'make run'.
@@ -69,38 +77,29 @@ DirectoryIndex index.html
 LogFormat "%h %t \"%r\" %>s %B %D" demo
 CustomLog "$dir/access_log" demo
 
+# Applications publish through this socket (Redis protocol):
+#   redis-cli -s $dir/comet.sock PUBLISH lobby 'hello'
 CometPublishSocket "$dir/comet.sock"
 
-<Location /sub/>
+# Browsers subscribe here: /events/lobby,dev,random
+<Location /events/>
     SetHandler comet-subscriber
 </Location>
-<Location /pub/>
+
+# The chat page publishes here with POST /publish/<room>.  Anyone who can
+# reach this location can publish to any channel, so it is open to the
+# loopback address only: the demo listens on 127.0.0.1 anyway, and a real
+# site must not open an HTTP publisher wider than its trusted hosts.
+<Location /publish/>
     SetHandler comet-publisher
     Require ip 127.0.0.1 ::1
 </Location>
+
 <Location /server-status>
     SetHandler server-status
     Require ip 127.0.0.1 ::1
 </Location>
 CONF
-
-cat > "$dir/htdocs/index.html" <<'HTML'
-<!doctype html>
-<meta charset="utf-8">
-<title>mod_comet demo</title>
-<h1>mod_comet demo: channel <code>demo</code></h1>
-<p>Publish with <code>redis-cli -s SOCKET publish demo hello</code> and watch below.</p>
-<ul id="log"></ul>
-<script>
-  const log = document.getElementById('log');
-  const es = new EventSource('/sub/demo');
-  es.onmessage = (e) => {
-    const li = document.createElement('li');
-    li.textContent = e.lastEventId + ': ' + e.data;
-    log.appendChild(li);
-  };
-</script>
-HTML
 
 apache2 -d "$dir" -f "$dir/httpd.conf" -k start
 i=0
@@ -115,13 +114,14 @@ until [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; do
 done
 cat <<MSG
 mod_comet demo running (pid $(cat "$pidfile")), config $dir/httpd.conf
-  page:       http://127.0.0.1:$port/
-  subscribe:  curl -N -H 'Accept: text/event-stream' http://127.0.0.1:$port/sub/demo
-              curl -N 'http://127.0.0.1:$port/sub/demo?transport=stream'
-              curl 'http://127.0.0.1:$port/sub/demo'            (long-poll)
-  publish:    redis-cli -s $dir/comet.sock PUBLISH demo 'hello world'
-              curl -d 'hello world' http://127.0.0.1:$port/pub/demo
-  info:       curl http://127.0.0.1:$port/pub/demo
+  chat:       http://127.0.0.1:$port/          (open it in two windows)
+  client:     http://127.0.0.1:$port/comet/comet.js
+  subscribe:  curl -N -H 'Accept: text/event-stream' http://127.0.0.1:$port/events/lobby
+              curl -N 'http://127.0.0.1:$port/events/lobby?transport=stream'
+              curl 'http://127.0.0.1:$port/events/lobby?backlog=5'     (long-poll)
+  publish:    redis-cli -s $dir/comet.sock PUBLISH lobby '{"name":"shell","text":"hello"}'
+              curl -d 'hello world' http://127.0.0.1:$port/publish/lobby
+  info:       curl http://127.0.0.1:$port/publish/lobby
               curl http://127.0.0.1:$port/server-status
   stop:       make stop
 MSG
