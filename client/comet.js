@@ -351,6 +351,7 @@
         c.b = b;
         c.out = out;
         c.p = parse(p);
+        c.raw = c.p ? "" : p;   // sent as it is: the server says if it is bad
         c.n = 0;            // failures in a row: the backoff's exponent
         c.bad = {};         // transport -> time before which it is not tried again
         c.wait = {};        // transport -> how long it waits after its next failure
@@ -369,7 +370,7 @@
 
     Conn.prototype = {
         url: function (t) {
-            var id = fmt(this.p, this.chs.length),
+            var id = fmt(this.p, this.chs.length) || this.raw,
                 q = "transport=" + t + (id ? "&last_event_id=" + encodeURIComponent(id)
                                           : this.b ? "&backlog=" + this.b : "");
 
@@ -490,10 +491,11 @@
             if (L.at && now() - L.at > 5000) {
                 c.n = 0;
             }
-            if (st == 400 && fmt(c.p, c.chs.length)) {
+            if (st == 400 && (fmt(c.p, c.chs.length) || c.raw)) {
                 /* The server refuses the id (a stale or foreign one):
                  * start afresh and say that messages may be missing. */
                 c.p = null;
+                c.raw = "";
                 c.out({ t: "r" });
                 c.out({ t: "x", x: { channel: null } });
                 return c.go(i);
@@ -677,14 +679,19 @@
     }
 
     Group.prototype = {
+        /* After the caller's on() calls: it sees every state. */
         add: function (s) {
-            s.g = this;
-            this.subs.push(s);
-            this.h.cap(s.o.backlog);
-            this.hello(s);
-            if (!this.m && !this.c) {
-                this.lead();
-            }
+            var g = this;
+
+            s.g = g;
+            g.subs.push(s);
+            g.h.cap(s.o.backlog);
+            Promise.resolve().then(function () {
+                if (s.g) {
+                    g.hello(s);
+                    g.m || g.c || g.lead();
+                }
+            });
         },
 
         hello: function (s) {
@@ -696,7 +703,7 @@
             else if (g.m == 1) {
                 P().postMessage({
                     t: "sub", k: g.k, id: s.id, u: g.u, c: g.chs, n: s.o.backlog,
-                    p: fmt(s.p, g.chs.length), o: JSON.parse(JSON.stringify(g.o))
+                    p: fmt(s.p, g.chs.length) || s.o.lastEventId, o: JSON.parse(JSON.stringify(g.o))
                 });
             }
             else if (g.m == 2) {
@@ -715,7 +722,7 @@
 
             g.subs.forEach(function (s) {
                 b = num(s.o.backlog) > num(b) ? s.o.backlog : b;
-                p = p || fmt(s.p, g.chs.length);
+                p = p || fmt(s.p, g.chs.length) || s.o.lastEventId;
             });
             g.c = new Conn(g.u, g.chs, g.o, p, b, function (d) {
                 g.recv(d);

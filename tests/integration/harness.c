@@ -389,14 +389,19 @@ void it_server_log_tail(const it_server_t *srv, int lines)
 
 int it_server_start(it_server_t *srv, const it_opts_t *opts)
 {
-    char errfile[512];
-    ready_t rd;
-
     memset(srv, 0, sizeof(*srv));
     if (make_config(srv, opts) != 0) {
         fprintf(stderr, "cannot write the test server's config\n");
         return -1;
     }
+    return it_server_start_again(srv);
+}
+
+int it_server_start_again(it_server_t *srv)
+{
+    char errfile[512];
+    ready_t rd;
+
     snprintf(errfile, sizeof(errfile), "%s/stderr.log", srv->dir);
     srv->pid = spawn_httpd(srv, "start", errfile);
     if (srv->pid <= 0) {

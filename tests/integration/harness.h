@@ -40,6 +40,10 @@ typedef struct it_server_t {
  * been printed and srv->pid is 0. */
 int it_server_start(it_server_t *srv, const it_opts_t *opts);
 
+/* Start a server stopped by it_server_stop* again: the same directory,
+ * config and port (a new store, so a new epoch).  0 on success. */
+int it_server_start_again(it_server_t *srv);
+
 /* Graceful stop (SIGWINCH; the config's GracefulShutdownTimeout bounds
  * it), wait for exit (bounded), SIGKILL the whole process group if it did
  * not go.  Safe to call twice.  Graceful, because httpd 2.4's event MPM
