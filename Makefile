@@ -3,7 +3,8 @@
 #   make            build the module (.libs/mod_comet.so)
 #   make test       install missing packages, build, run unit + integration tests
 #   make run        start a demo server on 127.0.0.1:$(PORT) (make stop ends it)
-#   make install    install the module and the Debian-style comet.load/comet.conf
+#   make install    install the module, the Debian-style comet.load/comet.conf,
+#                   and comet.js with the demo chat page in $(DATADIR)
 #   make bench      benchmarks (see BENCHMARKS.md)
 #   make asan       unit + integration tests under AddressSanitizer
 #   make clean
@@ -13,6 +14,8 @@ CC          ?= cc
 PORT        ?= 8080
 BUILD       := build
 DESTDIR     ?=
+# comet.js and the demo page (conf-samples/comet.conf's Alias points here).
+DATADIR     ?= /usr/share/mod_comet
 
 APR_CFLAGS   = $(shell apr-1-config --cflags --cppflags --includes 2>/dev/null)
 APR_LIBS     = $(shell apr-1-config --link-ld --libs 2>/dev/null)
@@ -121,6 +124,9 @@ install: all
 	install -d $(DESTDIR)$(shell $(APXS) -q SYSCONFDIR)/mods-available
 	install -m 644 conf-samples/comet.load conf-samples/comet.conf \
 	    $(DESTDIR)$(shell $(APXS) -q SYSCONFDIR)/mods-available/
+	install -d $(DESTDIR)$(DATADIR)/demo
+	install -m 644 client/comet.js $(DESTDIR)$(DATADIR)/comet.js
+	install -m 644 demo/index.html $(DESTDIR)$(DATADIR)/demo/index.html
 
 # ---- benchmarks -----------------------------------------------------------
 

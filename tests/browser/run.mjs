@@ -511,7 +511,8 @@ scenarios.snippets = async () => {
         const code = code0.replaceAll("/run/apache2/comet.sock", srv.socket);
 
         if (lang === "python") {
-            await run("python3", ["-c", code]);
+            // Debian's python3, the one python3-redis belongs to.
+            await run(fs.existsSync("/usr/bin/python3") ? "/usr/bin/python3" : "python3", ["-c", code]);
         }
         else if (lang === "php") {
             await run("php", ["-r", code.replace(/^<\?php\s*/, "")]);
