@@ -617,13 +617,27 @@
      * workerUrl; null when the browser refuses it, e.g. a cross-origin
      * script). */
     function P(u) {
-        if (!port && u) {
+        var w;
+
+        if (!port && u && !P.bad) {
             try {
-                port = new SharedWorker(u, { name: "comet-1" }).port;
+                w = new SharedWorker(u, { name: "comet-1" });
             }
             catch (e) {
                 return;
             }
+            /* The script did not load as a worker (404, a wrong MIME
+             * type): each page runs its own connections after all. */
+            w.onerror = function () {
+                P.bad = 1;
+                for (var k in groups) {
+                    if (groups[k].m == 1) {
+                        groups[k].m = 0;
+                        groups[k].lead();
+                    }
+                }
+            };
+            port = w.port;
             port.onmessage = function (e) {
                 var g = groups[1 + e.data.k];
 
@@ -787,10 +801,13 @@
             }
             if (!g.subs.length) {
                 delete groups[g.gk];
+                /* The other tabs must not hear "closed": one of them
+                 * takes over. */
+                g.bc && g.bc.close();
+                g.bc = null;
                 g.c && g.c.close();
                 g.rel && g.rel();
                 g.ac && g.ac.abort();
-                g.bc && g.bc.close();
             }
         }
     };

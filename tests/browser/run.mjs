@@ -330,12 +330,19 @@ scenarios.badid = async () => {
 // so auto falls back to long-polling, and messages still arrive.
 scenarios.proxy = async () => {
     const srv = await startServer();
+    let buffering = true;
     const proxy = http.createServer((req, res) => {
         const up = http.request({
             host: "127.0.0.1", port: srv.port, method: req.method, path: req.url,
             headers: { ...req.headers, connection: "close" }
         }, (ur) => {
             const parts = [];
+
+            if (!buffering) {
+                res.writeHead(ur.statusCode, ur.headers);
+                ur.pipe(res);
+                return;
+            }
 
             ur.on("data", (c) => parts.push(c));
             ur.on("end", () => {
@@ -358,7 +365,7 @@ scenarios.proxy = async () => {
     const ctx = await (await launch()).newContext();
     const P = await newPage(ctx, `http://127.0.0.1:${proxy.address().port}/t.html`);
 
-    await P.evaluate(() => window.start(["proxied"], { firstByteTimeout: 1500 }));
+    await P.evaluate(() => window.start(["proxied"], { firstByteTimeout: 1500, upgradeInterval: 2000 }));
     await live(P, "longpoll", 20000);
     await publish(srv, "proxied", "through the proxy");
     await shows(P, "through the proxy");
@@ -368,6 +375,17 @@ scenarios.proxy = async () => {
 
     check(states.includes("connecting eventsource"), `no EventSource attempt: ${states}`);
     say(`auto through a buffering proxy: ${states.join(" -> ")}; messages arrive`);
+
+    // The proxy lets streams through now: the client, trying the better
+    // transports again now and then, goes back to a stream by itself.
+    buffering = false;
+    await live(P, "eventsource", 30000);
+    await publish(srv, "proxied", "streamed");
+    await shows(P, "streamed");
+    for (const text of ["through the proxy", "and again", "streamed"]) {
+        check(await count(P, text) === 1, `'${text}' seen ${await count(P, text)} times`);
+    }
+    say("the proxy stops buffering: back on eventsource by itself, each message once");
     proxy.close();
     proxy.closeAllConnections();
 };
@@ -413,9 +431,27 @@ scenarios.share = async () => {
             check(leading.length === 1, `${leading.length} tabs lead`);
             leader = leading[0];
         }
+        // With the leader tab gone, the new leader's request waits here
+        // until a message has been published: it must resume to get it.
+        let asked, release;
+        const held = new Promise((r) => { release = r; });
+        const arrived = new Promise((r) => { asked = r; });
+
+        if (share === "tabs") {
+            await ctx.route("**/events/**", async (route) => {
+                asked();
+                await held;
+                await route.continue();
+            });
+        }
         await tabs[leader].close();
         tabs.splice(leader, 1);
+        if (share === "tabs") {
+            await arrived;
+        }
         const gap = (await publish(srv, ch, "right after the close")).receivers === 0;
+
+        release();
         for (const t of tabs) {
             await shows(t, "right after the close", 15000);
         }
