@@ -149,7 +149,8 @@
 
     /* ---- transports ---------------------------------------------------
      * A transport is { ok(): usable here?, slow: no first-byte bound,
-     * open(link, opts): { close() } }.  It reports through the link:
+     * open(link, opts, channels): { close(), publish?(ch, data, event) } }.
+     * It reports through the link:
      *   link.url(name)     the request URL (position, backlog) for ?transport=name
      *   link.up()          bytes arrived (the first one means "live")
      *   link.msg(m)        a message {channel, id, event?, data, time?, from?}
@@ -169,9 +170,11 @@
         });
     }
 
-    /* WebSocket: frames are the JSON objects of the ndjson stream.  The
-     * request names its transport, so a server without WebSocket refuses
-     * the upgrade at once (400) instead of answering as a long-poll. */
+    /* WebSocket: frames are the JSON objects of the ndjson stream, and a
+     * frame without a channel (e.g. {}) is a keepalive: the browser does
+     * not show ping frames, and the idle bound needs bytes.  The request
+     * names its transport, so a server without WebSocket refuses the
+     * upgrade at once (400) instead of answering as a long-poll. */
     T.websocket = {
         ok: function () { return !!G.WebSocket; },
         open: function (L) {
@@ -392,7 +395,14 @@
             if (!T[t].slow && to) {
                 L.fb = later(function () { c.end(L, { to: 1 }); }, to);
             }
-            L.x = T[t].open(L, c.o, c.chs);
+            try {
+                L.x = T[t].open(L, c.o, c.chs);
+            }
+            catch (e) {
+                /* e.g. a Content-Security-Policy that forbids it */
+                L.x = { close: noop };
+                later(function () { L.end({ net: 1 }); }, 0);
+            }
             return L;
         },
 
@@ -549,8 +559,9 @@
             mode = o.share != "tabs" && G.SharedWorker && P(o.workerUrl || SCRIPT) ? 1
                  : G.BroadcastChannel && G.navigator && navigator.locks ? 2 : 0;
         }
-        key = JSON.stringify([url, o.transport, o.firstByteTimeout, o.idleTimeout,
-                              o.pollTimeout, o.retryMin, o.retryMax, o.upgradeInterval]);
+        key = JSON.stringify([url, o.transport, o.withCredentials, o.firstByteTimeout,
+                              o.idleTimeout, o.pollTimeout, o.retryMin, o.retryMax,
+                              o.upgradeInterval]);
         gk = mode ? mode + key : s.id;
         (groups[gk] || (groups[gk] = new Group(gk, key, url, chs, o, mode))).add(s);
     }
@@ -581,11 +592,17 @@
             adopt(this, p);
         },
 
-        /* Over HTTP for now: POST publishUrl + channel.  data that is not
-         * a string is sent as JSON. */
+        /* Over the connection when its transport can publish (a
+         * WebSocket that the server lets publish: t.publish returns a
+         * Promise), else POST publishUrl + channel.  data that is not a
+         * string is sent as JSON. */
         publish: function (ch, data, event) {
-            var o = this.o, h = {};
+            var o = this.o, h = {}, c = this.g && this.g.c, t = c && c.cur;
 
+            data = typeof data == "string" ? data : JSON.stringify(data);
+            if (t && t.at && t.x.publish) {
+                return t.x.publish(ch, data, event);
+            }
             if (!o.publishUrl) {
                 return Promise.reject(new Error("comet: no publishUrl"));
             }
@@ -594,7 +611,7 @@
             }
             return fetch(new URL(o.publishUrl, G.location).href + ch, {
                 method: "POST", headers: h,
-                body: typeof data == "string" ? data : JSON.stringify(data),
+                body: data,
                 credentials: o.withCredentials ? "include" : "same-origin"
             }).then(function (r) {
                 return r.ok ? r.json() : r.text().then(function (t) {
