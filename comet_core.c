@@ -58,6 +58,12 @@ const char *comet_strerror(apr_status_t rv, char *buf, apr_size_t len)
     case COMET_ECORRUPT: return "shared memory segment is not a valid store";
     case COMET_ENOSLOT:  return "no free process slot in the store";
     case COMET_EPROTO:   return "protocol error";
+    case COMET_ERESERVED:
+        return "event types starting with comet- are reserved for the "
+               "server's own signals";
+    case COMET_EQUOTA:
+        return "the subscribers' share of the store is used up (the rest "
+               "is kept for publishers)";
     default:
         return apr_strerror(rv, buf, len);
     }

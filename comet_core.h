@@ -32,6 +32,13 @@
 #define COMET_ECORRUPT    (APR_OS_START_USERERR + 6)  /* segment not ours     */
 #define COMET_ENOSLOT     (APR_OS_START_USERERR + 7)  /* no free process slot */
 #define COMET_EPROTO      (APR_OS_START_USERERR + 8)  /* peer broke protocol  */
+#define COMET_ERESERVED   (APR_OS_START_USERERR + 9)  /* name is the server's */
+#define COMET_EQUOTA      (APR_OS_START_USERERR + 10) /* share or quota used  */
+
+/* True for the codes above: httpd's log would call them "APR does not
+ * understand this error code", so the glue logs comet_strerror's text. */
+#define COMET_IS_ERROR(rv) ((rv) > APR_OS_START_USERERR \
+                            && (rv) <= APR_OS_START_USERERR + 99)
 
 /* A short English text for a core error code, or APR's text otherwise.
  * Any thread; buf holds the result when it is not a constant. */

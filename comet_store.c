@@ -94,6 +94,17 @@
  * repair); the repair does not depend on it.  The repair itself is
  * idempotent, so a process killed while repairing is repaired again.
  *
+ * THE SUBSCRIBERS' SHARE
+ *
+ * Anyone who may subscribe may name channels that do not exist, and
+ * subscribing creates their records.  So a record nobody ever published to
+ * (last_seq 0, no message: chan_unpublished) is released with its last
+ * subscriber instead of after channel_idle, and a subscription may not use
+ * the last quarter of the records nor, for such records, the last eighth
+ * of the blocks (sub_share): that much is always left for publishes.  No
+ * count is kept for it: the rule reads the free counts the store keeps
+ * anyway, so the repair has nothing more to rebuild.
+ *
  * MISSED DETECTION: the rule is documented at comet_store_read in
  * comet_store.h.  evicted_seq is raised to each message's seq before the
  * message is unlinked (eviction by count or by age); floor_seq is copied
@@ -108,6 +119,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/types.h>
 
 #include <apr_general.h>
@@ -131,7 +143,7 @@
 #define STORE_BYTES_PER_CHAN 1024       /* segment bytes per channel record */
 #define STORE_MIN_CHANNELS  16
 #define STORE_MIN_BLOCKS    64
-#define STORE_ID_LIMIT      65535       /* max_channel_id upper bound */
+#define STORE_ID_LIMIT      COMET_STORE_CHANNEL_ID_MAX
 #define STORE_SWEEP_BUDGET  4096        /* records per maintain call */
 #define STORE_REKICK        APR_USEC_PER_SEC  /* woken this long: kick again */
 #define STORE_TIME_MAX      APR_INT64_C(0x7fffffffffffffff)
@@ -328,9 +340,11 @@ typedef char store_assert_subs[sizeof(store_subblk_t) <= STORE_BLK_SIZE
 /* ------------------------------------------------------------------ */
 
 /* An event type goes into an SSE "event:" line as it is: printable, no
- * space, bounded. */
+ * space, bounded; and it must not pass for one of the server's own
+ * signals.  Every publish path comes through here. */
 static apr_status_t event_check(const char *ev, apr_size_t len)
 {
+    static const apr_size_t rlen = sizeof(COMET_STORE_EVENT_RESERVED) - 1;
     apr_size_t i;
 
     if (len == 0) {
@@ -343,6 +357,9 @@ static apr_status_t event_check(const char *ev, apr_size_t len)
         if ((unsigned char)ev[i] <= 0x20 || (unsigned char)ev[i] >= 0x7f) {
             return COMET_EPROTO;
         }
+    }
+    if (len >= rlen && !strncasecmp(ev, COMET_STORE_EVENT_RESERVED, rlen)) {
+        return COMET_ERESERVED;
     }
     return APR_SUCCESS;
 }
@@ -1167,11 +1184,18 @@ static void chan_trim(comet_store_t *st, store_chan_t *ch, apr_time_t now,
     }
 }
 
+/* A record nobody ever published to is the subscribers': it goes with
+ * its last subscriber (see COMET_STORE_CHAN_RESERVE), at once. */
+static int chan_unpublished(const store_chan_t *ch)
+{
+    return ch->last_seq == 0 && ch->msg_head == STORE_NIL;
+}
+
 static int chan_idle(const store_hdr_t *h, const store_chan_t *ch,
                      apr_time_t now)
 {
     return ch->subs_total == 0 && ch->msg_head == STORE_NIL
-           && now - ch->touched >= h->channel_idle;
+           && (chan_unpublished(ch) || now - ch->touched >= h->channel_idle);
 }
 
 static apr_int64_t time_add(apr_int64_t a, apr_int64_t b)
@@ -1191,7 +1215,8 @@ static apr_int64_t chan_due(comet_store_t *st, const store_chan_t *ch)
                : STORE_TIME_MAX;
     }
     if (ch->subs_total == 0) {
-        return time_add(ch->touched, h->channel_idle);
+        return chan_unpublished(ch) ? 0
+                                    : time_add(ch->touched, h->channel_idle);
     }
     return STORE_TIME_MAX;
 }
@@ -1509,6 +1534,11 @@ apr_uint32_t comet_store_epoch(comet_store_t *st)
     return st->epoch;
 }
 
+apr_uint64_t comet_store_last_seq(comet_store_t *st)
+{
+    return __atomic_load_n(&st->hdr->seq, __ATOMIC_ACQUIRE);
+}
+
 void comet_store_set_limits(comet_store_t *st,
                             const comet_store_config_t *cfg)
 {
@@ -1552,7 +1582,7 @@ static void slot_clear(comet_store_t *st, apr_uint32_t slot)
             e->count = 0;
             sub_compact(st, ch);
             if (ch->subs_total == 0) {
-                if (ch->state == CHAN_DELETED) {
+                if (ch->state == CHAN_DELETED || chan_unpublished(ch)) {
                     chan_release(st, i);
                 }
                 else {
@@ -1714,14 +1744,47 @@ static apr_uint32_t sub_need(comet_store_t *st, store_chan_t *ch,
     return sub_find(st, ch, slot, &free_e) || free_e ? 0 : 1;
 }
 
+/* Whether a subscription that needs need blocks (and a new record when
+ * idx is STORE_NIL) fits: *fits in the store at all, and the result in the
+ * subscribers' share (COMET_STORE_CHAN_RESERVE). */
+static int sub_share(comet_store_t *st, apr_uint32_t idx, apr_uint32_t need,
+                     int *fits)
+{
+    store_hdr_t *h = st->hdr;
+    apr_uint32_t blk_reserve = st->nblocks / COMET_STORE_BLOCK_RESERVE;
+
+    if (idx == STORE_NIL) {
+        *fits = h->chan_free != STORE_NIL && h->free_blocks >= need;
+        return *fits
+               && st->channels_max - h->channels
+                  > st->channels_max / COMET_STORE_CHAN_RESERVE
+               && h->free_blocks - need >= blk_reserve;
+    }
+    *fits = h->free_blocks >= need;
+    /* A channel that was published to is the publishers' already: its
+     * entries are bounded by their channels times the process slots. */
+    return *fits && (need == 0 || CH(st, idx)->last_seq != 0
+                     || h->free_blocks - need >= blk_reserve);
+}
+
 apr_status_t comet_store_subscribe(comet_store_t *st, apr_uint32_t slot,
                                    const char *channel, apr_size_t len,
                                    apr_time_t now, comet_chanref_t *ref,
                                    comet_msgid_t *newest)
 {
+    return comet_store_subscribe_ex(st, slot, channel, len, 0, now, ref,
+                                    newest);
+}
+
+apr_status_t comet_store_subscribe_ex(comet_store_t *st, apr_uint32_t slot,
+                                      const char *channel, apr_size_t len,
+                                      int flags, apr_time_t now,
+                                      comet_chanref_t *ref,
+                                      comet_msgid_t *newest)
+{
     store_hdr_t *h = st->hdr;
     apr_uint32_t hash, idx, need = 0;
-    int pass;
+    int pass, fits = 0;
     apr_status_t rv;
 
     if (comet_channel_id_check(channel, len, h->max_channel_id)
@@ -1742,14 +1805,15 @@ apr_status_t comet_store_subscribe(comet_store_t *st, apr_uint32_t slot,
     op_begin(st, STORE_OP_SUBSCRIBE);
     for (pass = 0; pass < 2; pass++) {
         idx = chan_lookup(st, channel, len, hash);
-        if (idx == STORE_NIL) {
-            need = id_blocks(len) + 1;
+        if ((flags & COMET_STORE_SUB_EXISTING)
+            && (idx == STORE_NIL || CH(st, idx)->last_seq == 0)) {
+            op_end(st);
+            store_unlock(st);
+            return COMET_ENOCHAN;
         }
-        else {
-            need = sub_need(st, CH(st, idx), slot);
-        }
-        if (h->free_blocks >= need
-            && (idx != STORE_NIL || h->chan_free != STORE_NIL)) {
+        need = idx == STORE_NIL ? id_blocks(len) + 1
+                                : sub_need(st, CH(st, idx), slot);
+        if (sub_share(st, idx, need, &fits)) {
             break;
         }
         if (pass == 0) {
@@ -1759,7 +1823,7 @@ apr_status_t comet_store_subscribe(comet_store_t *st, apr_uint32_t slot,
     if (pass == 2) {
         op_end(st);
         store_unlock(st);
-        return COMET_EFULL;
+        return fits ? COMET_EQUOTA : COMET_EFULL;
     }
     if (idx == STORE_NIL) {
         idx = chan_create(st, channel, len, hash, now);
@@ -1797,7 +1861,7 @@ void comet_store_unsubscribe(comet_store_t *st, apr_uint32_t slot,
             }
             ch->touched = now;
             if (ch->subs_total == 0) {
-                if (ch->state == CHAN_DELETED) {
+                if (ch->state == CHAN_DELETED || chan_unpublished(ch)) {
                     chan_release(st, ref->index);
                 }
                 else if (ch->msg_head == STORE_NIL) {
@@ -1851,8 +1915,8 @@ apr_status_t comet_store_publish(comet_store_t *st,
                                h->max_channel_id) != APR_SUCCESS) {
         return COMET_EBADCHAN;
     }
-    if (event_check(msg->event, msg->event_len) != APR_SUCCESS) {
-        return COMET_EPROTO;
+    if ((rv = event_check(msg->event, msg->event_len)) != APR_SUCCESS) {
+        return rv;
     }
     if (msg->data_len > h->max_message_size) {
         return COMET_ETOOBIG;
@@ -2094,7 +2158,7 @@ static void read_locked(comet_store_t *st, apr_uint32_t idx,
     if (after.epoch == 0 && after.seq == 0) {
         from = 0;
     }
-    else if (after.epoch != st->epoch) {
+    else if (after.epoch != st->epoch || after.seq > st->hdr->seq) {
         out->missed = 1;
         from = 0;
     }

@@ -43,10 +43,27 @@ typedef struct comet_store_t comet_store_t;   /* process-local handle */
 
 /* Hard limits of the layout: process slots, wakeup queue entries per slot,
  * bytes of a message's event type (1..64 printable ASCII bytes other than
- * space; anything else is refused with COMET_EPROTO). */
+ * space; anything else is refused with COMET_EPROTO), bytes of a channel
+ * id (max_channel_id may be at most this). */
 #define COMET_STORE_MAX_PROCS        4096
 #define COMET_STORE_QUEUE_LEN        4096
 #define COMET_STORE_EVENT_MAX        64
+#define COMET_STORE_CHANNEL_ID_MAX   65535
+
+/* Event types that start with this (in any case) name the server's own
+ * signals (comet-missed, comet-deleted): a publish with one is refused
+ * with COMET_ERESERVED, so that no publisher can forge them. */
+#define COMET_STORE_EVENT_RESERVED   "comet-"
+
+/* The subscribers' share.  A channel record that only subscriptions made
+ * (never published to) goes as soon as its last subscriber leaves, and a
+ * subscription may not take the last COMET_STORE_CHAN_RESERVE-th of the
+ * channel records, nor the last COMET_STORE_BLOCK_RESERVE-th of the block
+ * area for a new channel or for a channel never published to (its id and
+ * its subscriber entries).  Those are kept for publishes, so that no
+ * number of subscriptions can stop a publish to a new channel. */
+#define COMET_STORE_CHAN_RESERVE     4     /* a quarter of the records    */
+#define COMET_STORE_BLOCK_RESERVE    8     /* an eighth of the blocks     */
 
 typedef struct comet_store_config_t {
     apr_size_t   size;              /* bytes of the segment                */
@@ -99,6 +116,11 @@ void comet_store_get_config(comet_store_t *st, comet_store_config_t *cfg);
 /* The segment's epoch (see comet_ids.h).  Any thread; no lock. */
 apr_uint32_t comet_store_epoch(comet_store_t *st);
 
+/* The newest seq the store has handed out, on any channel: a message id of
+ * this epoch with a greater seq was never given to anyone.  Any thread; no
+ * lock (an atomic read). */
+apr_uint64_t comet_store_last_seq(comet_store_t *st);
+
 /* Update the limits that may change on a graceful restart (buffer length,
  * timeouts, max message size); size, max_procs and max_channel_id stay as
  * formatted.  Channels holding more messages than the new buffer length
@@ -138,18 +160,34 @@ typedef struct comet_chanref_t {
  * *newest receives the channel's newest message id (seq 0 when it has
  * none), the position a subscriber without an id starts from.  "Newest" is
  * the last id published to the channel even if that message has since
- * expired, so that reading after it never reports a miss.  Errors:
- * COMET_EBADCHAN, APR_EINVAL (slot out of range), COMET_ENOSLOT (slot not
- * attached), COMET_EFULL (no room for the channel or the count).  Any
- * thread (a request thread, before it parks the subscriber). */
+ * expired, so that reading after it never reports a miss.  newest->seq 0
+ * also tells that the channel was never published to: its record is the
+ * subscribers' (see COMET_STORE_CHAN_RESERVE).  Errors: COMET_EBADCHAN,
+ * APR_EINVAL (slot out of range), COMET_ENOSLOT (slot not attached),
+ * COMET_EFULL (no room for the channel or the count), COMET_EQUOTA (only
+ * the publishers' reserve is left).  Any thread (a request thread, before
+ * it parks the subscriber). */
 apr_status_t comet_store_subscribe(comet_store_t *st, apr_uint32_t slot,
                                    const char *channel, apr_size_t len,
                                    apr_time_t now, comet_chanref_t *ref,
                                    comet_msgid_t *newest);
 
+/* Flags of comet_store_subscribe_ex. */
+#define COMET_STORE_SUB_EXISTING  0x01   /* COMET_ENOCHAN unless the channel
+                                            was published to (and is not
+                                            yet reclaimed or deleted)     */
+
+/* comet_store_subscribe with flags.  Any thread. */
+apr_status_t comet_store_subscribe_ex(comet_store_t *st, apr_uint32_t slot,
+                                      const char *channel, apr_size_t len,
+                                      int flags, apr_time_t now,
+                                      comet_chanref_t *ref,
+                                      comet_msgid_t *newest);
+
 /* Uncount one subscriber counted by comet_store_subscribe; ref is not to
- * be used afterwards.  Any thread (whoever owns the subscription then: a
- * request thread, or the hub thread once it has adopted it). */
+ * be used afterwards.  The last subscriber of a channel never published to
+ * takes its record with it.  Any thread (whoever owns the subscription
+ * then: a request thread, or the hub thread once it has adopted it). */
 void comet_store_unsubscribe(comet_store_t *st, apr_uint32_t slot,
                              const comet_chanref_t *ref, apr_time_t now);
 
@@ -177,7 +215,8 @@ typedef void comet_wake_fn(void *baton, apr_uint32_t slot);
 /* Append a message to the channel (created if absent), evicting the oldest
  * beyond buffer_length, and queue the channel on the wakeup queue of every
  * slot with subscribers on it.  Errors: COMET_EBADCHAN, COMET_ETOOBIG,
- * COMET_EPROTO (event type refused, see COMET_STORE_EVENT_MAX), and
+ * COMET_EPROTO (event type refused, see COMET_STORE_EVENT_MAX),
+ * COMET_ERESERVED (see COMET_STORE_EVENT_RESERVED), and
  * COMET_EFULL when no room is left after reclaiming expired messages and
  * idle channels (nothing was changed then).  Cost: the copy of the payload
  * plus one step per subscribed slot; only when the segment is full, one
@@ -223,8 +262,10 @@ typedef struct comet_read_t {
  * channel.
  *
  * missed is set when
- *   - after names another epoch (then every buffered message is returned;
- *     {0, 0}, the zero id, counts as "no position" of this epoch), or
+ *   - after names another epoch, or a seq beyond the newest this store has
+ *     handed out (comet_store_last_seq), which no id of this store can
+ *     hold: then every buffered message is returned ({0, 0}, the zero id,
+ *     counts as "no position" of this epoch), or
  *   - a message with seq > after.seq was evicted or expired from this
  *     channel (the channel keeps the highest seq it ever dropped), or
  *   - 0 < after.seq < the channel's floor: the channel was reclaimed (or

@@ -41,6 +41,19 @@ START_TEST(strerror_names_core_errors_and_falls_back_to_apr)
                      "shared memory store is full");
     ck_assert_ptr_nonnull(strstr(comet_strerror(APR_ENOENT, buf, sizeof(buf)),
                                  "No such file"));
+    /* Every code of the core has a text of its own, never APR's "does not
+     * understand this error code". */
+    for (apr_status_t rv = COMET_ETOOBIG; rv <= COMET_EQUOTA; rv++) {
+        const char *t = comet_strerror(rv, buf, sizeof(buf));
+
+        ck_assert(COMET_IS_ERROR(rv));
+        ck_assert_msg(!strstr(t, "does not understand"), "code %d: %s",
+                      (int)(rv - APR_OS_START_USERERR), t);
+    }
+    ck_assert_ptr_nonnull(strstr(comet_strerror(COMET_ERESERVED, buf,
+                                                sizeof(buf)), "comet-"));
+    ck_assert(!COMET_IS_ERROR(APR_ENOENT));
+    ck_assert(!COMET_IS_ERROR(APR_SUCCESS));
 }
 END_TEST
 

@@ -580,34 +580,34 @@ END_TEST
 
 START_TEST(full_channel_table_refuses_until_idle_channels_go)
 {
-    comet_store_t *st = store_util_make(MB, 0, 0, STORE_UTIL_SEC(1), 2);
+    comet_store_t *st = store_util_make(MB, 0, STORE_UTIL_SEC(1),
+                                        STORE_UTIL_SEC(1), 2);
     comet_store_stats_t s;
     comet_chanref_t ref;
     comet_msgid_t newest;
     apr_uint32_t slot, i;
     char name[32];
-    apr_status_t rv;
 
     ck_assert_int_eq(comet_store_proc_attach(st, getpid(), &slot),
                      APR_SUCCESS);
     comet_store_stats(st, &s);
     for (i = 0; i < s.channels_max; i++) {
         snprintf(name, sizeof(name), "c%u", i);
-        rv = comet_store_subscribe(st, slot, name, strlen(name), 0, &ref,
-                                   &newest);
-        ck_assert_int_eq(rv, APR_SUCCESS);
-        comet_store_unsubscribe(st, slot, &ref, 0);
+        ck_assert_int_eq(store_util_pub(st, name, "x", 1, 0, NULL),
+                         APR_SUCCESS);
     }
     ck_assert_int_eq(comet_store_subscribe(st, slot, "more", 4, 10, &ref,
                                            &newest), COMET_EFULL);
     ck_assert_int_eq(store_util_pub(st, "more", "x", 1, 10, NULL),
                      COMET_EFULL);
-    /* Existing channels still take messages. */
+    /* Existing channels still take messages and subscribers. */
     ck_assert_int_eq(store_util_pub(st, "c1", "x", 1, 10, NULL), APR_SUCCESS);
+    ck_assert_int_eq(comet_store_subscribe(st, slot, "c2", 2, 10, &ref,
+                                           &newest), APR_SUCCESS);
     store_util_check(st);
-    /* After channel_idle the empty ones are reclaimed to make room. */
+    /* Expired and then idle for channel_idle: reclaimed to make room. */
     ck_assert_int_eq(comet_store_subscribe(st, slot, "more", 4,
-                                           STORE_UTIL_SEC(2), &ref, &newest),
+                                           STORE_UTIL_SEC(3), &ref, &newest),
                      APR_SUCCESS);
     comet_store_stats(st, &s);
     ck_assert_uint_eq(s.channels, 2);
@@ -725,18 +725,270 @@ START_TEST(delete_frees_messages_wakes_and_ends_after_last_subscriber)
     comet_store_stats(st, &s);
     ck_assert_uint_eq(s.channels, 2);
     comet_store_unsubscribe(st, slot, &ref, 1);
-    comet_store_unsubscribe(st, slot, &ref2, 1);
     comet_store_stats(st, &s);
     ck_assert_uint_eq(s.channels, 1);
     ck_assert_int_eq(comet_store_read(st, &ref, mkid(0, 0), 0, 0, 1,
                                       comet_test_pool, &r), COMET_ENOCHAN);
+    /* Never published to: it goes with its last subscriber. */
+    comet_store_unsubscribe(st, slot, &ref2, 1);
     ck_assert_int_eq(comet_store_delete(st, "d", 1, NULL, NULL, &receivers),
-                     APR_SUCCESS);
-    ck_assert_uint_eq(receivers, 0);
+                     COMET_ENOCHAN);
     comet_store_stats(st, &s);
     ck_assert_uint_eq(s.channels, 0);
     ck_assert_uint_eq(s.bytes_used, s0.bytes_used);
     store_util_check(st);
+}
+END_TEST
+
+/* ---- what subscribers may cost ------------------------------------------ */
+
+START_TEST(a_channel_never_published_goes_with_its_last_subscriber)
+{
+    comet_store_t *st = store_util_make(MB, 0, 0, STORE_UTIL_SEC(60), 2);
+    comet_store_stats_t s0, s;
+    comet_chanref_t a, b, c;
+    comet_msgid_t newest;
+    apr_uint32_t slot;
+    char longid[200];
+
+    memset(longid, 'L', sizeof(longid) - 1);
+    longid[sizeof(longid) - 1] = '\0';
+    ck_assert_int_eq(comet_store_proc_attach(st, getpid(), &slot),
+                     APR_SUCCESS);
+    comet_store_stats(st, &s0);
+    ck_assert_int_eq(comet_store_subscribe(st, slot, longid, strlen(longid),
+                                           0, &a, &newest), APR_SUCCESS);
+    ck_assert_uint_eq(newest.seq, 0);
+    ck_assert_int_eq(comet_store_subscribe(st, slot, longid, strlen(longid),
+                                           0, &b, &newest), APR_SUCCESS);
+    comet_store_unsubscribe(st, slot, &a, 0);
+    comet_store_stats(st, &s);
+    ck_assert_uint_eq(s.channels, 1);
+    /* The last one leaves: record, id blocks and entries go at once, not
+     * channel_idle later. */
+    comet_store_unsubscribe(st, slot, &b, 0);
+    comet_store_stats(st, &s);
+    ck_assert_uint_eq(s.channels, 0);
+    ck_assert_uint_eq(s.bytes_used, s0.bytes_used);
+    store_util_check(st);
+
+    /* Published to once: it is the publishers' and waits for
+     * channel_idle as before (its message never expires here). */
+    ck_assert_int_eq(comet_store_subscribe(st, slot, "p", 1, 0, &c, &newest),
+                     APR_SUCCESS);
+    pub(st, "p", "x", 0);
+    comet_store_unsubscribe(st, slot, &c, 0);
+    comet_store_stats(st, &s);
+    ck_assert_uint_eq(s.channels, 1);
+
+    /* A process that dies takes its unpublished channels with it. */
+    ck_assert_int_eq(comet_store_subscribe(st, slot, "q", 1, 0, &c, &newest),
+                     APR_SUCCESS);
+    comet_store_proc_detach(st, slot);
+    comet_store_stats(st, &s);
+    ck_assert_uint_eq(s.channels, 1);
+    ck_assert_uint_eq(s.subscribers, 0);
+    store_util_check(st);
+}
+END_TEST
+
+/* Subscribe to new channels named n0, n1, ... (idlen bytes each) until the
+ * store says no; returns how many it took, *rv the refusal. */
+static apr_uint32_t subscribe_until_refused(comet_store_t *st,
+                                            apr_uint32_t slot,
+                                            apr_size_t idlen,
+                                            apr_status_t *rv)
+{
+    char name[1100];
+    comet_chanref_t ref;
+    comet_msgid_t newest;
+    apr_uint32_t n;
+
+    for (n = 0;; n++) {
+        int k = snprintf(name, sizeof(name), "n%u-", n);
+
+        memset(name + k, 'x', idlen > (apr_size_t)k ? idlen - k : 0);
+        name[idlen > (apr_size_t)k ? idlen : (apr_size_t)k] = '\0';
+        *rv = comet_store_subscribe(st, slot, name, strlen(name), 0, &ref,
+                                    &newest);
+        if (*rv != APR_SUCCESS) {
+            return n;
+        }
+    }
+}
+
+START_TEST(subscriptions_leave_the_publishers_a_quarter_of_the_records)
+{
+    comet_store_t *st = store_util_make(MB, 0, 0, 0, 4);
+    comet_store_stats_t s;
+    comet_chanref_t ref;
+    comet_msgid_t newest;
+    apr_uint32_t slot, slot2, n, pubs = 0;
+    apr_status_t rv;
+    char name[32];
+
+    ck_assert_int_eq(comet_store_proc_attach(st, getpid(), &slot),
+                     APR_SUCCESS);
+    ck_assert_int_eq(comet_store_proc_attach(st, getppid(), &slot2),
+                     APR_SUCCESS);
+    pub(st, "existing", "x", 0);
+    n = subscribe_until_refused(st, slot, 8, &rv);
+    ck_assert_int_eq(rv, COMET_EQUOTA);
+    comet_store_stats(st, &s);
+    ck_assert_uint_eq(s.channels_max - s.channels,
+                      s.channels_max / COMET_STORE_CHAN_RESERVE);
+    ck_assert_uint_eq(n, s.channels - 1);
+    /* Subscribers of published channels are still welcome, from any
+     * process... */
+    ck_assert_int_eq(comet_store_subscribe(st, slot2, "existing", 8, 0, &ref,
+                                           &newest), APR_SUCCESS);
+    /* ...and publishers have the rest of the table. */
+    do {
+        snprintf(name, sizeof(name), "pub%u", pubs);
+        rv = store_util_pub(st, name, "x", 1, 0, NULL);
+        pubs += rv == APR_SUCCESS;
+    } while (rv == APR_SUCCESS);
+    ck_assert_int_eq(rv, COMET_EFULL);
+    ck_assert_uint_eq(pubs, s.channels_max / COMET_STORE_CHAN_RESERVE);
+    store_util_check(st);
+}
+END_TEST
+
+START_TEST(subscriptions_leave_the_publishers_an_eighth_of_the_blocks)
+{
+    comet_store_t *st = store_util_make(MB, 0, 0, 0, 4);
+    comet_store_stats_t s0, s;
+    comet_chanref_t ref;
+    comet_msgid_t newest;
+    apr_uint32_t slot, slot2, nblocks;
+    apr_status_t rv;
+    char data[1000];
+
+    ck_assert_int_eq(comet_store_proc_attach(st, getpid(), &slot),
+                     APR_SUCCESS);
+    ck_assert_int_eq(comet_store_proc_attach(st, getppid(), &slot2),
+                     APR_SUCCESS);
+    comet_store_stats(st, &s0);
+    nblocks = (apr_uint32_t)((s0.bytes_free + s0.bytes_used) / 64);
+    /* Ids of 1000 bytes: 17 blocks and an entry each, so the blocks run
+     * short before the records do; then short ids, one block each, take
+     * what is left of the subscribers' share. */
+    subscribe_until_refused(st, slot, 1000, &rv);
+    ck_assert_int_eq(rv, COMET_EQUOTA);
+    comet_store_stats(st, &s);
+    ck_assert_uint_lt(s.bytes_free / 64,
+                      nblocks / COMET_STORE_BLOCK_RESERVE + 18);
+    ck_assert_uint_gt(s.channels_max - s.channels,
+                      s.channels_max / COMET_STORE_CHAN_RESERVE);
+    {
+        char name[32];
+        int i = 0;
+
+        do {
+            snprintf(name, sizeof(name), "s%d", i++);
+            rv = comet_store_subscribe(st, slot, name, strlen(name), 0,
+                                       &ref, &newest);
+        } while (rv == APR_SUCCESS);
+    }
+    ck_assert_int_eq(rv, COMET_EQUOTA);
+    comet_store_stats(st, &s);
+    ck_assert_uint_eq(s.bytes_free / 64, nblocks / COMET_STORE_BLOCK_RESERVE);
+    /* Another process may not make new channels either... */
+    ck_assert_int_eq(comet_store_subscribe(st, slot2, "t0", 2, 0, &ref,
+                                           &newest), COMET_EQUOTA);
+    /* ...but publishers still store messages, on new channels too. */
+    memset(data, 'd', sizeof(data));
+    ck_assert_int_eq(store_util_pub(st, "news", data, sizeof(data), 0, NULL),
+                     APR_SUCCESS);
+    ck_assert_int_eq(comet_store_subscribe(st, slot2, "news", 4, 0, &ref,
+                                           &newest), APR_SUCCESS);
+    store_util_check(st);
+}
+END_TEST
+
+START_TEST(subscribing_to_existing_channels_only_refuses_the_others)
+{
+    comet_store_t *st = store_util_make(MB, 0, 0, 0, 2);
+    comet_chanref_t ref, held;
+    comet_msgid_t newest;
+    comet_store_stats_t s;
+    apr_uint32_t slot;
+
+    ck_assert_int_eq(comet_store_proc_attach(st, getpid(), &slot),
+                     APR_SUCCESS);
+    ck_assert_int_eq(comet_store_subscribe_ex(st, slot, "none", 4,
+                                              COMET_STORE_SUB_EXISTING, 0,
+                                              &ref, &newest), COMET_ENOCHAN);
+    /* A record that only subscribers made is not a channel yet. */
+    ck_assert_int_eq(comet_store_subscribe(st, slot, "sub", 3, 0, &held,
+                                           &newest), APR_SUCCESS);
+    ck_assert_int_eq(comet_store_subscribe_ex(st, slot, "sub", 3,
+                                              COMET_STORE_SUB_EXISTING, 0,
+                                              &ref, &newest), COMET_ENOCHAN);
+    comet_store_stats(st, &s);
+    ck_assert_uint_eq(s.subscribers, 1);
+    pub(st, "sub", "now it is", 0);
+    ck_assert_int_eq(comet_store_subscribe_ex(st, slot, "sub", 3,
+                                              COMET_STORE_SUB_EXISTING, 0,
+                                              &ref, &newest), APR_SUCCESS);
+    ck_assert_uint_gt(newest.seq, 0);
+    comet_store_stats(st, &s);
+    ck_assert_uint_eq(s.subscribers, 2);
+    store_util_check(st);
+}
+END_TEST
+
+START_TEST(event_types_of_the_servers_signals_are_reserved)
+{
+    comet_store_t *st = store_util_make(MB, 0, 0, 0, 0);
+    comet_publish_t m = { "c", 1, "x", 1, NULL, 0 };
+    const char *refused[] = { "comet-missed", "comet-deleted", "Comet-Missed",
+                              "COMET-anything", "comet-" };
+    const char *allowed[] = { "comet", "comets", "my-comet-missed", "cometx" };
+    comet_store_stats_t s;
+    size_t i;
+
+    for (i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        m.event = refused[i];
+        m.event_len = strlen(refused[i]);
+        ck_assert_msg(comet_store_publish(st, &m, 1, NULL, NULL, NULL)
+                      == COMET_ERESERVED, "%s was accepted", refused[i]);
+    }
+    comet_store_stats(st, &s);
+    ck_assert_uint_eq(s.messages, 0);
+    ck_assert_uint_eq(s.channels, 0);
+    for (i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++) {
+        m.event = allowed[i];
+        m.event_len = strlen(allowed[i]);
+        ck_assert_int_eq(comet_store_publish(st, &m, 1, NULL, NULL, NULL),
+                         APR_SUCCESS);
+    }
+    store_util_check(st);
+}
+END_TEST
+
+START_TEST(an_id_beyond_the_newest_seq_reads_as_one_of_another_epoch)
+{
+    comet_store_t *st = store_util_make(MB, 0, 0, 0, 0);
+    apr_uint32_t ep = comet_store_epoch(st);
+    apr_uint64_t s1, s2;
+    comet_read_t r;
+
+    s1 = pub(st, "a", "1", 0);
+    s2 = pub(st, "a", "2", 0);
+    ck_assert_uint_eq(comet_store_last_seq(st), s2);
+    /* The newest is a position like any other. */
+    r = rd(st, "a", mkid(ep, s2), 0);
+    ck_assert(!r.missed);
+    ck_assert_int_eq(r.msgs->nelts, 0);
+    /* One past it was never handed out: everything kept, and a miss. */
+    r = rd(st, "a", mkid(ep, s2 + 1), 0);
+    ck_assert(r.missed);
+    ck_assert_int_eq(r.msgs->nelts, 2);
+    ck_assert_uint_eq(msg_at(&r, 0)->id.seq, s1);
+    r = rd(st, "a", mkid(ep, APR_UINT64_C(0xffffffffffffffff)), 0);
+    ck_assert(r.missed);
+    ck_assert_int_eq(r.msgs->nelts, 2);
 }
 END_TEST
 
@@ -1033,6 +1285,9 @@ Suite *test_comet_store_suite(void)
     tcase_add_test(buf,
                    publish_then_read_returns_the_message_with_event_and_times);
     tcase_add_test(buf, publish_refuses_bad_channel_event_and_size);
+    tcase_add_test(buf, event_types_of_the_servers_signals_are_reserved);
+    tcase_add_test(buf,
+                   an_id_beyond_the_newest_seq_reads_as_one_of_another_epoch);
     tcase_add_test(buf,
                    buffer_keeps_the_newest_by_count_evicting_oldest_first);
     tcase_add_test(buf, buffer_drops_messages_older_than_the_timeout);
@@ -1056,6 +1311,14 @@ Suite *test_comet_store_suite(void)
     tcase_add_test(mem, full_channel_table_refuses_until_idle_channels_go);
     tcase_add_test(mem, stats_count_channels_messages_and_subscribers);
     tcase_add_test(mem, check_finds_a_damaged_message);
+    tcase_add_test(mem,
+                   a_channel_never_published_goes_with_its_last_subscriber);
+    tcase_add_test(mem,
+                   subscriptions_leave_the_publishers_a_quarter_of_the_records);
+    tcase_add_test(mem,
+                   subscriptions_leave_the_publishers_an_eighth_of_the_blocks);
+    tcase_add_test(mem,
+                   subscribing_to_existing_channels_only_refuses_the_others);
     suite_add_tcase(s, mem);
 
     tcase_add_checked_fixture(procs, store_util_setup,

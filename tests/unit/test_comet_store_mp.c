@@ -592,7 +592,7 @@ static void m_expect_read(m_model_t *md, m_inc_t *in, const m_op_t *op,
     if (op->after.epoch == 0 && op->after.seq == 0) {
         from = 0;
     }
-    else if (op->after.epoch != md->epoch) {
+    else if (op->after.epoch != md->epoch || op->after.seq > md->seq) {
         want->missed = 1;
         from = 0;
     }
@@ -673,6 +673,15 @@ static void m_apply(m_model_t *md, int w, const m_op_t *op, m_res_t *want)
         md->nsubs[w]--;
         in->subs[w]--;
         in->touched = op->now;
+        /* Never published to: it goes with its last subscriber. */
+        if (!in->deleted && !in->subs[0] && !in->subs[1] && !in->last_seq
+            && !in->nmsgs) {
+            for (i = 0; i < M_CHANNELS; i++) {
+                if (md->cur[i] >= 0 && &md->incs[md->cur[i]] == in) {
+                    md->cur[i] = -1;
+                }
+            }
+        }
         break;
     case M_READ_ID:
         if (!in) {
@@ -873,7 +882,7 @@ static void crash_hook(int point)
 
 enum {
     ACT_PUBLISH, ACT_PUBLISH_NEW, ACT_DELETE_SUBSCRIBED, ACT_DELETE_IDLE,
-    ACT_SUBSCRIBE, ACT_READ, ACT_MAINTAIN
+    ACT_SUBSCRIBE, ACT_UNSUBSCRIBE_LAST, ACT_READ, ACT_MAINTAIN
 };
 
 typedef struct crash_case_t {
@@ -898,6 +907,9 @@ static const crash_case_t crash_cases[] = {
     { "delete: freed",       COMET_STORE_HOOK_RECLAIM, 1, ACT_DELETE_IDLE, 0 },
     { "subscribe: counted",  COMET_STORE_HOOK_SUBSCRIBE, 1, ACT_SUBSCRIBE, 0 },
     { "reclaim: freed",      COMET_STORE_HOOK_RECLAIM, 1, ACT_MAINTAIN, 0 },
+    { "last subscriber of an unpublished channel: freed",
+                             COMET_STORE_HOOK_RECLAIM, 1,
+                             ACT_UNSUBSCRIBE_LAST, 0 },
 };
 
 #define CRASH_VICTIM_TAG   0xaaaa
@@ -915,7 +927,7 @@ static void crash_victim(comet_store_t *st, const crash_case_t *cc)
 
     apr_pool_create(&p, NULL);
     store_util_fill(buf, sizeof(buf), CRASH_VICTIM_TAG);
-    if (cc->action == ACT_SUBSCRIBE
+    if ((cc->action == ACT_SUBSCRIBE || cc->action == ACT_UNSUBSCRIBE_LAST)
         && comet_store_proc_attach(st, getpid(), &slot) != APR_SUCCESS) {
         _exit(40);
     }
@@ -936,6 +948,13 @@ static void crash_victim(comet_store_t *st, const crash_case_t *cc)
     case ACT_SUBSCRIBE:
         comet_store_subscribe(st, slot, "c", 1, STORE_UTIL_SEC(2), &ref,
                               &newest);
+        break;
+    case ACT_UNSUBSCRIBE_LAST:
+        if (comet_store_subscribe(st, slot, "fresh", 5, STORE_UTIL_SEC(2),
+                                  &ref, &newest) != APR_SUCCESS) {
+            _exit(42);
+        }
+        comet_store_unsubscribe(st, slot, &ref, STORE_UTIL_SEC(2));
         break;
     case ACT_READ:
         comet_store_read_by_id(st, "c", 1, newest, 0, 0, STORE_UTIL_SEC(2), p,
@@ -980,7 +999,8 @@ static int crash_survivor(comet_store_t *st)
 START_TEST(a_process_killed_inside_the_lock_is_repaired_after)
 {
     const crash_case_t *cc = &crash_cases[_i];
-    comet_store_t *st = store_util_make(MB, 3, 0, STORE_UTIL_SEC(10), 4);
+    comet_store_t *st = store_util_make(MB, 3, STORE_UTIL_SEC(100),
+                                        STORE_UTIL_SEC(10), 4);
     comet_chanref_t ref, dref, got[4];
     comet_msgid_t newest;
     comet_store_stats_t s;
@@ -991,8 +1011,12 @@ START_TEST(a_process_killed_inside_the_lock_is_repaired_after)
     char buf[200];
     apr_uint64_t prev = 0;
 
-    /* A full buffer of three on "c" with a subscriber; "d" subscribed by
-     * a slot that will stay; "idle" empty, unsubscribed. */
+    /* "idle" first (the maintain pass reaches it before "c"), published
+     * to once, unsubscribed: it goes once its message has expired; a full
+     * buffer of three on "c" with a subscriber; "d" subscribed by a slot
+     * that will stay. */
+    ck_assert_int_eq(store_util_pub(st, "idle", "x", 1, 0, NULL),
+                     APR_SUCCESS);
     ck_assert_int_eq(comet_store_proc_attach(st, getpid(), &slot),
                      APR_SUCCESS);
     ck_assert_int_eq(comet_store_subscribe(st, slot, "c", 1, 0, &ref, &newest),
@@ -1007,9 +1031,6 @@ START_TEST(a_process_killed_inside_the_lock_is_repaired_after)
                      APR_SUCCESS);
     ck_assert_int_eq(comet_store_subscribe(st, dslot, "d", 1, 0, &dref,
                                            &newest), APR_SUCCESS);
-    ck_assert_int_eq(comet_store_subscribe(st, slot, "idle", 4, 0, &dref,
-                                           &newest), APR_SUCCESS);
-    comet_store_unsubscribe(st, slot, &dref, 0);
     store_util_check(st);
 
     ck_assert_int_eq(pipe(hook), 0);
@@ -1077,6 +1098,14 @@ START_TEST(a_process_killed_inside_the_lock_is_repaired_after)
                                                 comet_test_pool, &r),
                          APR_SUCCESS);
         ck_assert_int_eq(r.msgs->nelts, 0);
+    }
+    if (cc->action == ACT_UNSUBSCRIBE_LAST) {
+        ck_assert_int_eq(comet_store_read_by_id(st, "fresh", 5,
+                                                (comet_msgid_t){ 0, 0 }, 0, 0,
+                                                STORE_UTIL_SEC(4),
+                                                comet_test_pool, &r),
+                         COMET_ENOCHAN);
+        ck_assert_uint_eq(s.subscribers, 2);
     }
     if (cc->action == ACT_DELETE_IDLE || cc->action == ACT_MAINTAIN) {
         ck_assert_int_eq(comet_store_read_by_id(st, "idle", 4,
