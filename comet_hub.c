@@ -85,6 +85,7 @@ struct comet_hub_sub_t {
     unsigned char    transport;
     unsigned char    flags;
     unsigned short   nchan;
+    apr_uint32_t     tag;           /* for cfg.on_end (fits the padding) */
     hub_member_t     m[];
 };
 
@@ -349,6 +350,10 @@ static void sub_free(comet_hub_t *hub, comet_hub_sub_t *s)
         comet_store_unsubscribe(hub->cfg.store, hub->cfg.slot, &c->ref, now);
         chan_release(hub, c);
         m->chan = NULL;
+    }
+    if (s->tag && hub->cfg.on_end) {
+        hub->cfg.on_end(hub->cfg.on_end_baton, s->tag);
+        s->tag = 0;
     }
     tq_remove(s);
     if (s->io.fd >= 0) {
@@ -1233,6 +1238,7 @@ apr_status_t comet_hub_adopt(comet_hub_t *hub, const comet_hub_spec_t *spec,
     s->sink_baton = spec->sink_baton;
     s->transport = (unsigned char)spec->transport;
     s->nchan = (unsigned short)spec->nchan;
+    s->tag = spec->tag;
     s->flags = (spec->nchan > 1 ? SUB_MULTI : 0)
                | (spec->chunked ? SUB_CHUNKED : 0);
     s->deadline = spec->interval;     /* the period, until linked */

@@ -62,6 +62,11 @@ typedef struct comet_hub_config_t {
      * timers).  May be NULL. */
     void         (*on_stop)(comet_hub_t *hub, void *baton);
     void          *on_stop_baton;
+    /* Called on the hub thread when the hub has released the store
+     * subscriptions of a subscriber adopted with a non-zero tag (so that
+     * the code that counted them may uncount them).  May be NULL. */
+    void         (*on_end)(void *baton, apr_uint32_t tag);
+    void          *on_end_baton;
 } comet_hub_config_t;
 
 /* Code that writes a sink subscriber's bytes.  Called on the hub thread;
@@ -91,6 +96,7 @@ typedef struct comet_hub_spec_t {
     const apr_uint64_t *seqs;     /* [nchan] positions: last id delivered */
     apr_time_t    interval;       /* SSE/stream: keepalive period (0 none);
                                      long-poll: time left to wait         */
+    apr_uint32_t  tag;            /* the adopter's, for on_end; 0: none   */
 } comet_hub_spec_t;
 
 /* Create a hub in p (which must outlive it).  Caller: the hub thread, or

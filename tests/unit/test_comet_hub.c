@@ -28,6 +28,16 @@ typedef struct fixture_t {
 
 static fixture_t fx;
 
+/* What on_end was told (hub thread; read by the test after a wait). */
+static volatile apr_uint32_t ended_tag, ended_calls;
+
+static void record_end(void *baton, apr_uint32_t tag)
+{
+    (void)baton;
+    ended_tag = tag;
+    __atomic_add_fetch(&ended_calls, 1, __ATOMIC_SEQ_CST);
+}
+
 static void wake(void *baton, apr_uint32_t slot)
 {
     apr_uint64_t one = 1;
@@ -59,6 +69,8 @@ static void hub_start(apr_size_t max_pending, apr_uint32_t max_subs)
     cfg.wake_fd = fx.wake_fd;
     cfg.max_pending = max_pending;
     cfg.max_subscribers = max_subs;
+    cfg.on_end = record_end;
+    ended_tag = ended_calls = 0;
     ck_assert_int_eq(comet_hub_create(&fx.hub, &cfg, comet_test_pool),
                      APR_SUCCESS);
     ck_assert_int_eq(pthread_create(&fx.thread, NULL, hub_thread, fx.hub), 0);
@@ -284,6 +296,51 @@ START_TEST(a_client_that_closes_is_freed_and_uncounted)
     close(fd);
     ck_assert(wait_hub_count(0));
     ck_assert(wait_count("bye", 0));
+}
+END_TEST
+
+START_TEST(the_adopters_tag_comes_back_once_when_the_subscriber_ends)
+{
+    const char *ids[] = { "tagged", "untagged" };
+    comet_chanref_t ref;
+    comet_msgid_t newest;
+    comet_hub_spec_t spec;
+    apr_uint64_t seq = 0;
+    int sv[2], fd;
+
+    ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    ck_assert_int_eq(comet_store_subscribe(fx.st, fx.slot, ids[0], 6,
+                                           comet_now_mono(), &ref, &newest),
+                     APR_SUCCESS);
+    memset(&spec, 0, sizeof(spec));
+    spec.fd = sv[0];
+    spec.transport = COMET_T_SSE;
+    spec.chunked = 1;
+    spec.nchan = 1;
+    spec.refs = &ref;
+    spec.ids = ids;
+    spec.seqs = &seq;
+    spec.tag = 0x2a;
+    ck_assert_int_eq(comet_hub_adopt(fx.hub, &spec, NULL), APR_SUCCESS);
+    ck_assert(wait_hub_count(1));
+    ck_assert_uint_eq(ended_calls, 0);
+    close(sv[1]);
+    ck_assert(wait_hub_count(0));
+    for (int i = 0; i < 2000 && !ended_calls; i++) {
+        usleep(1000);
+    }
+    ck_assert_uint_eq(ended_calls, 1);
+    ck_assert_uint_eq(ended_tag, 0x2a);
+    /* The store subscriptions were gone by then. */
+    ck_assert_uint_eq(store_subscribers("tagged"), 0);
+
+    /* No tag: no call. */
+    fd = adopt(ids + 1, 1, COMET_T_SSE, 1, 0, NULL);
+    ck_assert(wait_hub_count(1));
+    close(fd);
+    ck_assert(wait_hub_count(0));
+    ck_assert(wait_count("untagged", 0));
+    ck_assert_uint_eq(ended_calls, 1);
 }
 END_TEST
 
@@ -689,6 +746,8 @@ Suite *test_comet_hub_suite(void)
     tcase_add_test(tc, one_wakeup_serves_every_subscriber_of_the_channel);
     tcase_add_test(tc, a_client_that_closes_is_freed_and_uncounted);
     tcase_add_test(tc, a_client_that_does_not_read_is_dropped_past_the_bound);
+    tcase_add_test(tc,
+                   the_adopters_tag_comes_back_once_when_the_subscriber_ends);
     tcase_add_test(tc, long_poll_answers_once_and_ends_the_response);
     tcase_add_test(tc, long_poll_times_out_with_no_messages_and_the_same_id);
     tcase_add_test(tc, keepalives_flow_on_idle_streams);
