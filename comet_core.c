@@ -65,6 +65,9 @@ const char *comet_strerror(apr_status_t rv, char *buf, apr_size_t len)
         return "the subscribers' share of the store is used up (the rest "
                "is kept for publishers)";
     default:
+        if (COMET_IS_ERROR(rv)) {
+            return "unknown mod_comet error code";
+        }
         return apr_strerror(rv, buf, len);
     }
 }

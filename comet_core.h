@@ -40,8 +40,9 @@
 #define COMET_IS_ERROR(rv) ((rv) > APR_OS_START_USERERR \
                             && (rv) <= APR_OS_START_USERERR + 99)
 
-/* A short English text for a core error code, or APR's text otherwise.
- * Any thread; buf holds the result when it is not a constant. */
+/* A short English text for a core error code (a constant), or APR's text
+ * otherwise.  Any thread; buf holds the result when it is not a
+ * constant. */
 const char *comet_strerror(apr_status_t rv, char *buf, apr_size_t len);
 
 /* Log levels: the same numbers as httpd's APLOG_* so the glue passes them

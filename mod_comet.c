@@ -61,10 +61,14 @@
 #include "mod_comet_susp.h"
 #include "mod_comet_status.h"
 #include "mod_comet_pubsock.h"
+#include "mod_comet_quota.h"
 #include "event_bridge.h"
 
 #define COMET_SUBSCRIBER_HANDLER "comet-subscriber"
 #define COMET_PUBLISHER_HANDLER  "comet-publisher"
+/* In r->notes: the request's <Location> sets a comet handler (the URI it
+ * was seen for). */
+#define COMET_LOCATION_NOTE      "comet-location"
 
 
 /* This process's share of the store (see mod_comet.h): set in the parent
@@ -119,14 +123,45 @@ typedef struct comet_persist_t {
 
 /* ---- logging from the core ---------------------------------------------- */
 
+static void log_line(const char *file, int line, int module_index,
+                     int level, apr_status_t rv, const server_rec *s,
+                     const request_rec *r, const char *fmt, va_list ap)
+{
+    char msg[1024], eb[160];
+
+    apr_vsnprintf(msg, sizeof(msg), fmt, ap);
+    if (COMET_IS_ERROR(rv)) {
+        /* httpd would call it "APR does not understand this error
+         * code": the core's own text goes at the end instead. */
+        apr_cpystrn(msg + strlen(msg), ": ", sizeof(msg) - strlen(msg));
+        apr_cpystrn(msg + strlen(msg), comet_strerror(rv, eb, sizeof(eb)),
+                    sizeof(msg) - strlen(msg));
+        rv = 0;
+    }
+    if (r) {
+        ap_log_rerror_(file, line, module_index, level, rv, r, "%s", msg);
+    }
+    else {
+        ap_log_error_(file, line, module_index, level, rv, s, "%s", msg);
+    }
+}
+
+void comet_log_error_(const char *file, int line, int module_index,
+                      int level, apr_status_t rv, const server_rec *s,
+                      const request_rec *r, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    log_line(file, line, module_index, level, rv, s, r, fmt, ap);
+    va_end(ap);
+}
+
 static void core_log(void *baton, int level, const char *file, int line,
                      apr_status_t rv, const char *fmt, va_list ap)
 {
-    char msg[1024];
-
-    apr_vsnprintf(msg, sizeof(msg), fmt, ap);
-    ap_log_error_(file, line, APLOG_MODULE_INDEX, level, rv,
-                  proc.server, "%s", msg);
+    log_line(file, line, APLOG_MODULE_INDEX, level, rv, proc.server, NULL,
+             fmt, ap);
 }
 
 static void install_core_log(server_rec *s)
@@ -199,8 +234,8 @@ static apr_status_t create_persist(comet_persist_t **out, server_rec *s,
     base += (64 - ((apr_uintptr_t)base & 63)) & 63;
     rv = comet_store_format(&ps->store, base, cfg, pp);
     if (rv != APR_SUCCESS) {
-        ap_log_error(APLOG_MARK, APLOG_EMERG, rv, s, COMET_LOGNO(0004)
-                     "cannot set up the channel store in shared memory");
+        comet_log_serror(APLOG_EMERG, rv, s, COMET_LOGNO(0004) "cannot set "
+                         "up the channel store in shared memory");
         return rv;
     }
     apr_cpystrn(ps->version, COMET_MODULE_VERSION, sizeof(ps->version));
@@ -317,6 +352,8 @@ static void hub_config(comet_hub_config_t *cfg, server_rec *s)
     cfg->wake = comet_wake_slot;
     cfg->tick = comet_status_tick;
     cfg->on_stop = comet_susp_hub_stopping;
+    /* What a subscriber counted against CometMaxNewChannelsPerClient. */
+    cfg->on_end = comet_quota_release;
 }
 
 static void comet_child_init(apr_pool_t *pchild, server_rec *s)
@@ -342,9 +379,9 @@ static void comet_child_init(apr_pool_t *pchild, server_rec *s)
                                      &proc.slot);
     }
     if (rv != APR_SUCCESS) {
-        ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s, COMET_LOGNO(0009)
-                     "child %" APR_PID_T_FMT " has no process slot in the "
-                     "channel store: it will refuse subscribers", getpid());
+        comet_log_serror(APLOG_CRIT, rv, s, COMET_LOGNO(0009) "child %"
+                         APR_PID_T_FMT " has no process slot in the channel "
+                         "store: it will refuse subscribers", getpid());
         return;
     }
     proc.in_child = 1;
@@ -401,16 +438,29 @@ static apr_status_t child_slot_exit(void *data)
 
 static int comet_handler(request_rec *r)
 {
+    int sub;
+
     if (!r->handler) {
         return DECLINED;
     }
-    if (!strcmp(r->handler, COMET_SUBSCRIBER_HANDLER)) {
-        return comet_subscriber_handler(r);
+    sub = !strcmp(r->handler, COMET_SUBSCRIBER_HANDLER);
+    if (!sub && strcmp(r->handler, COMET_PUBLISHER_HANDLER)) {
+        return DECLINED;
     }
-    if (!strcmp(r->handler, COMET_PUBLISHER_HANDLER)) {
-        return comet_publisher_handler(r);
+    if (!apr_table_get(r->notes, COMET_LOCATION_NOTE)) {
+        /* Set from somewhere the location walk does not see: a
+         * <Directory>, <Files> or <If> section, AddHandler, or a
+         * .htaccess file, whose author must not reach every channel of
+         * every virtual host. */
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, COMET_LOGNO(0010)
+                      "refused: handler %s was not set by SetHandler in a "
+                      "<Location> or <LocationMatch> of the server's "
+                      "configuration (set from .htaccess, <Directory>, "
+                      "<Files>, <If> or AddHandler, it is refused)",
+                      r->handler);
+        return HTTP_FORBIDDEN;
     }
-    return DECLINED;
+    return sub ? comet_subscriber_handler(r) : comet_publisher_handler(r);
 }
 
 /* Comet locations are not files: skip httpd's walk of the file system for
@@ -419,8 +469,12 @@ static int comet_handler(request_rec *r)
  * <Directory> and .htaccess then do not apply; <Location> does.
  *
  * translate_name runs after the first location walk, so SetHandler of the
- * request's <Location> is known there; map_to_storage (which walks the
- * file system) comes next. */
+ * request's <Location> is known there: the first hook notes it (and the
+ * URI it was seen for).  The last hook, after mod_rewrite and mod_alias
+ * had their say but before core's, names no file: core would map the URL
+ * onto DocumentRoot, and refuse (403, AH00127) a path longer than a file
+ * name may be, which a list of channels easily is.  map_to_storage
+ * (which walks the file system) comes next. */
 static int comet_translate_name(request_rec *r)
 {
     core_dir_config *d = ap_get_core_module_config(r->per_dir_config);
@@ -433,14 +487,32 @@ static int comet_translate_name(request_rec *r)
     if (!err && handler
         && (!strcmp(handler, COMET_SUBSCRIBER_HANDLER)
             || !strcmp(handler, COMET_PUBLISHER_HANDLER))) {
-        apr_table_setn(r->notes, "comet-location", "1");
+        apr_table_setn(r->notes, COMET_LOCATION_NOTE, r->uri);
     }
     return DECLINED;
 }
 
+static int comet_translate_name_last(request_rec *r)
+{
+    const char *uri = apr_table_get(r->notes, COMET_LOCATION_NOTE);
+
+    if (!uri) {
+        return DECLINED;
+    }
+    if (strcmp(uri, r->uri)) {
+        /* Rewritten (mod_rewrite [PT]) since the location was seen: the
+         * walks that follow decide anew. */
+        apr_table_unset(r->notes, COMET_LOCATION_NOTE);
+        return DECLINED;
+    }
+    /* As mod_proxy does: a name that no file can have. */
+    r->filename = apr_pstrcat(r->pool, "comet:", r->uri, NULL);
+    return OK;
+}
+
 static int comet_map_to_storage(request_rec *r)
 {
-    return apr_table_get(r->notes, "comet-location") ? OK : DECLINED;
+    return apr_table_get(r->notes, COMET_LOCATION_NOTE) ? OK : DECLINED;
 }
 
 /* ---- every hook of the module -------------------------------------------------- */
@@ -455,9 +527,15 @@ static void comet_register_hooks(apr_pool_t *p)
     /* Requests. */
     ap_hook_translate_name(comet_translate_name, NULL, NULL,
                            APR_HOOK_REALLY_FIRST);
+    /* After mod_rewrite and mod_alias, before core (REALLY_LAST). */
+    ap_hook_translate_name(comet_translate_name_last, NULL, NULL,
+                           APR_HOOK_LAST);
     ap_hook_map_to_storage(comet_map_to_storage, NULL, NULL,
                            APR_HOOK_FIRST);
     ap_hook_handler(comet_handler, NULL, NULL, APR_HOOK_MIDDLE);
+    /* mod_authz_core's authz_some_auth_required (mod_comet_pub.c). */
+    ap_hook_optional_fn_retrieve(comet_pub_optional_fns, NULL, NULL,
+                                 APR_HOOK_MIDDLE);
 
     /* Suspended subscribers (mod_comet_susp.c): every MPM connection
      * counted, the gate, and the non-blocking filter. */

@@ -54,6 +54,20 @@ apr_uint32_t comet_proc_nslots(void);
                   "channel=%s sub=%ld: " msg, (channel),                    \
                   (long)(r)->connection->id, ##__VA_ARGS__)
 
+/* ap_log_error / ap_log_rerror for a line about a status rv that may be
+ * a core code (COMET_E*), which httpd's log would call "APR does not
+ * understand this error code": such a code is written as ": <text>" after
+ * the message (comet_strerror), an APR code as httpd writes it.  Any
+ * thread. */
+#define comet_log_serror(level, rv, s, ...) \
+    comet_log_error_(APLOG_MARK, (level), (rv), (s), NULL, __VA_ARGS__)
+#define comet_log_rerror(level, rv, r, ...) \
+    comet_log_error_(APLOG_MARK, (level), (rv), NULL, (r), __VA_ARGS__)
+void comet_log_error_(const char *file, int line, int module_index,
+                      int level, apr_status_t rv, const server_rec *s,
+                      const request_rec *r, const char *fmt, ...)
+    __attribute__((format(printf, 8, 9)));
+
 /* Store wakeup callback: kicks slot's eventfd.  Any thread. */
 void comet_wake_slot(void *baton, apr_uint32_t slot);
 

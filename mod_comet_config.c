@@ -38,6 +38,8 @@ typedef struct comet_srv_conf_t {
     int           socket_mode;         /* CometPublishSocketMode; -1 unset */
     apr_int64_t   max_subscribers;     /* CometMaxSubscribers, per child */
     apr_size_t    max_pending;         /* CometMaxPendingBytes           */
+    apr_int64_t   max_new_per_client;  /* CometMaxNewChannelsPerClient;
+                                          -1 unset, 0 off                */
 } comet_srv_conf_t;
 
 /* Defaults, documented in README's directive reference. */
@@ -53,6 +55,7 @@ typedef struct comet_srv_conf_t {
 #define COMET_DEFAULT_KEEPALIVE       apr_time_from_sec(15)
 #define COMET_DEFAULT_SUB_TIMEOUT     apr_time_from_sec(30)
 #define COMET_DEFAULT_MAX_CHANNELS    64
+#define COMET_DEFAULT_NEW_PER_CLIENT  1024
 
 /* ---- value parsers ------------------------------------------------------ */
 
@@ -165,7 +168,9 @@ static const char *set_max_channel_id(cmd_parms *cmd, void *dc,
 {
     const char *err = global_only(cmd);
 
-    return err ? err : parse_size(cmd, arg, 1, 64 * 1024,
+    /* What the store can hold: a larger value would pass here and stop
+     * the server at its start. */
+    return err ? err : parse_size(cmd, arg, 1, COMET_STORE_CHANNEL_ID_MAX,
                                   &srv_conf(cmd)->max_channel_id);
 }
 
@@ -248,13 +253,60 @@ static const char *set_max_pending(cmd_parms *cmd, void *dc, const char *arg)
                                   &srv_conf(cmd)->max_pending);
 }
 
+static const char *set_max_new_per_client(cmd_parms *cmd, void *dc,
+                                          const char *arg)
+{
+    const char *err = global_only(cmd);
+
+    if (err) {
+        return err;
+    }
+    if (!strcasecmp(arg, "off")) {
+        srv_conf(cmd)->max_new_per_client = 0;
+        return NULL;
+    }
+    return parse_number(cmd, arg, 1, 100000000,
+                        &srv_conf(cmd)->max_new_per_client);
+}
+
 /* ---- per-directory directives ---------------------------------------------- */
+
+/* Comet locations skip the walk of the file system (see mod_comet.c), so
+ * <Directory>, <Files> and .htaccess never apply to them: a Comet*
+ * directive there would silently do nothing, or, with a comet handler set
+ * there too, reach a handler that mod_comet refuses.  Say so at once.
+ * (.htaccess is ruled out by the directives' ACCESS_CONF.) */
+static const char *location_only(cmd_parms *cmd)
+{
+    const char *err = ap_check_cmd_context(cmd, NOT_IN_DIRECTORY);
+    const ap_directive_t *d;
+
+    if (err) {
+        return apr_pstrcat(cmd->pool, err, " (use <Location> or "
+                           "<LocationMatch>: comet locations are not "
+                           "files)", NULL);
+    }
+    for (d = cmd->directive ? cmd->directive->parent : NULL; d;
+         d = d->parent) {
+        if (!strcasecmp(d->directive, "<Files")
+            || !strcasecmp(d->directive, "<FilesMatch")) {
+            return apr_psprintf(cmd->pool, "%s cannot occur within %s> "
+                                "section (use <Location> or "
+                                "<LocationMatch>: comet locations are not "
+                                "files)", cmd->cmd->name, d->directive);
+        }
+    }
+    return NULL;
+}
 
 static const char *set_channel(cmd_parms *cmd, void *mconfig, const char *arg)
 {
     comet_dir_conf_t *dc = mconfig;
-    const char *err = NULL;
+    const char *err = location_only(cmd);
 
+    if (err) {
+        return err;
+    }
     dc->channel_expr = ap_expr_parse_cmd(cmd, arg, AP_EXPR_FLAG_STRING_RESULT,
                                          &err, NULL);
     if (err) {
@@ -272,6 +324,9 @@ static const char *set_transports(cmd_parms *cmd, void *mconfig,
     const char *w;
     int t = 0;
 
+    if ((w = location_only(cmd)) != NULL) {
+        return w;
+    }
     while (*(w = ap_getword_conf(cmd->temp_pool, &args))) {
         int one = strcasecmp(w, "all") ? comet_parse_transport_name(w)
                                        : COMET_T_ALL;
@@ -295,7 +350,11 @@ static const char *set_keepalive(cmd_parms *cmd, void *mconfig,
                                  const char *arg)
 {
     comet_dir_conf_t *dc = mconfig;
+    const char *err = location_only(cmd);
 
+    if (err) {
+        return err;
+    }
     if (!strcasecmp(arg, "off")) {
         dc->keepalive = 0;
         return NULL;
@@ -306,16 +365,22 @@ static const char *set_keepalive(cmd_parms *cmd, void *mconfig,
 static const char *set_sub_timeout(cmd_parms *cmd, void *mconfig,
                                    const char *arg)
 {
-    return parse_seconds(cmd, arg, 1, 86400,
-                         &((comet_dir_conf_t *)mconfig)->subscriber_timeout);
+    const char *err = location_only(cmd);
+
+    return err ? err : parse_seconds(cmd, arg, 1, 86400,
+                                     &((comet_dir_conf_t *)mconfig)
+                                         ->subscriber_timeout);
 }
 
 static const char *set_max_channels(cmd_parms *cmd, void *mconfig,
                                     const char *arg)
 {
     apr_int64_t v;
-    const char *err = parse_number(cmd, arg, 1, 1024, &v);
+    const char *err = location_only(cmd);
 
+    if (!err) {
+        err = parse_number(cmd, arg, 1, 1024, &v);
+    }
     if (!err) {
         ((comet_dir_conf_t *)mconfig)->max_channels = (int)v;
     }
@@ -328,6 +393,9 @@ static const char *set_allow_origin(cmd_parms *cmd, void *mconfig,
     comet_dir_conf_t *dc = mconfig;
     const char *w, *list = "";
 
+    if ((w = location_only(cmd)) != NULL) {
+        return w;
+    }
     while (*(w = ap_getword_conf(cmd->temp_pool, &args))) {
         if (!strcasecmp(w, "off")) {
             dc->allow_origin = "";
@@ -349,6 +417,18 @@ static const char *set_allow_origin(cmd_parms *cmd, void *mconfig,
     dc->allow_origin = list;
     return NULL;
 }
+
+static const char *set_existing_only(cmd_parms *cmd, void *mconfig, int on)
+{
+    const char *err = location_only(cmd);
+
+    if (!err) {
+        ((comet_dir_conf_t *)mconfig)->existing_only = on ? 1 : 0;
+    }
+    return err;
+}
+
+#define COMET_DIR_CONF (RSRC_CONF | ACCESS_CONF)
 
 const command_rec comet_cmds[] = {
     AP_INIT_TAKE1("CometSharedMemorySize", set_shm_size, NULL, RSRC_CONF,
@@ -376,20 +456,32 @@ const command_rec comet_cmds[] = {
     AP_INIT_TAKE1("CometMaxPendingBytes", set_max_pending, NULL, RSRC_CONF,
                   "Unsent bytes per subscriber before it is dropped "
                   "(default 1M)"),
-    AP_INIT_TAKE1("CometChannel", set_channel, NULL, OR_ALL,
+    AP_INIT_TAKE1("CometMaxNewChannelsPerClient", set_max_new_per_client,
+                  NULL, RSRC_CONF, "Subscriptions to channels never "
+                  "published to that one client address may hold per child "
+                  "process, or off (default 1024)"),
+    /* Per location: never in .htaccess, nor (location_only) in
+     * <Directory> or <Files>. */
+    AP_INIT_TAKE1("CometChannel", set_channel, NULL, COMET_DIR_CONF,
                   "Expression giving the channel id(s), comma separated "
                   "(default: the rest of the URL path)"),
-    AP_INIT_RAW_ARGS("CometTransports", set_transports, NULL, OR_ALL,
+    AP_INIT_RAW_ARGS("CometTransports", set_transports, NULL, COMET_DIR_CONF,
                      "Transports allowed: sse longpoll stream (default all)"),
-    AP_INIT_TAKE1("CometKeepalive", set_keepalive, NULL, OR_ALL,
+    AP_INIT_TAKE1("CometKeepalive", set_keepalive, NULL, COMET_DIR_CONF,
                   "Seconds between keepalive lines, or off (default 15)"),
-    AP_INIT_TAKE1("CometSubscriberTimeout", set_sub_timeout, NULL, OR_ALL,
+    AP_INIT_TAKE1("CometSubscriberTimeout", set_sub_timeout, NULL,
+                  COMET_DIR_CONF,
                   "Seconds a long-poll waits for a message (default 30)"),
-    AP_INIT_TAKE1("CometMaxChannels", set_max_channels, NULL, OR_ALL,
+    AP_INIT_TAKE1("CometMaxChannels", set_max_channels, NULL, COMET_DIR_CONF,
                   "Channels one subscriber may name (default 64)"),
-    AP_INIT_RAW_ARGS("CometAllowOrigin", set_allow_origin, NULL, OR_ALL,
-                     "Origins allowed to subscribe from a browser: *, off "
-                     "or a list (default off)"),
+    AP_INIT_RAW_ARGS("CometAllowOrigin", set_allow_origin, NULL,
+                     COMET_DIR_CONF,
+                     "Origins allowed to subscribe or publish from a "
+                     "browser of another origin: *, off or a list (default "
+                     "off)"),
+    AP_INIT_FLAG("CometSubscribeExistingOnly", set_existing_only, NULL,
+                 COMET_DIR_CONF, "Refuse (404) subscriptions to channels "
+                 "nobody has published to (default off)"),
     { NULL }
 };
 
@@ -404,6 +496,7 @@ void *comet_create_srv_conf(apr_pool_t *p, server_rec *s)
     sc->channel_idle = -1;
     sc->max_subscribers = -1;
     sc->socket_mode = -1;
+    sc->max_new_per_client = -1;
     return sc;
 }
 
@@ -423,6 +516,7 @@ void *comet_create_dir_conf(apr_pool_t *p, char *dir)
     dc->keepalive = -1;
     dc->subscriber_timeout = -1;
     dc->max_channels = -1;
+    dc->existing_only = -1;
     return dc;
 }
 
@@ -445,6 +539,8 @@ void *comet_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
                                                : base->max_channels;
     dc->allow_origin = add->allow_origin ? add->allow_origin
                                          : base->allow_origin;
+    dc->existing_only = add->existing_only != -1 ? add->existing_only
+                                                 : base->existing_only;
     return dc;
 }
 
@@ -473,6 +569,11 @@ int comet_dir_max_channels(const comet_dir_conf_t *dc)
 {
     return dc->max_channels == -1 ? COMET_DEFAULT_MAX_CHANNELS
                                   : dc->max_channels;
+}
+
+int comet_dir_existing_only(const comet_dir_conf_t *dc)
+{
+    return dc->existing_only == 1;
 }
 
 static const comet_srv_conf_t *srv_get(const server_rec *s)
@@ -506,6 +607,13 @@ apr_uint32_t comet_config_max_subscribers(const server_rec *s)
     apr_int64_t v = srv_get(s)->max_subscribers;
 
     return v > 0 ? (apr_uint32_t)v : 0;
+}
+
+apr_uint32_t comet_config_max_new_per_client(const server_rec *s)
+{
+    apr_int64_t v = srv_get(s)->max_new_per_client;
+
+    return v == -1 ? COMET_DEFAULT_NEW_PER_CLIENT : (apr_uint32_t)v;
 }
 
 int comet_config_socket_mode(const server_rec *s)

@@ -26,6 +26,8 @@ typedef struct comet_dir_conf_t {
     int           max_channels;        /* CometMaxChannels; -1 unset     */
     const char   *allow_origin;        /* CometAllowOrigin; NULL unset,
                                           "" = off                       */
+    int           existing_only;       /* CometSubscribeExistingOnly; -1
+                                          unset                          */
 } comet_dir_conf_t;
 
 /* The directives, and the module record's configuration functions.
@@ -45,6 +47,7 @@ int comet_dir_transports(const comet_dir_conf_t *dc);
 apr_time_t comet_dir_keepalive(const comet_dir_conf_t *dc);
 apr_time_t comet_dir_subscriber_timeout(const comet_dir_conf_t *dc);
 int comet_dir_max_channels(const comet_dir_conf_t *dc);
+int comet_dir_existing_only(const comet_dir_conf_t *dc);
 
 /* Server-wide values in effect (defaults applied), the way mod_http2's
  * h2_config_sgeti gives them: only the main server's record counts (a
@@ -55,6 +58,8 @@ apr_size_t comet_config_max_channel_id(const server_rec *s);
 apr_size_t comet_config_max_pending(const server_rec *s);
 /* 0: no limit. */
 apr_uint32_t comet_config_max_subscribers(const server_rec *s);
+/* CometMaxNewChannelsPerClient; 0: off. */
+apr_uint32_t comet_config_max_new_per_client(const server_rec *s);
 int comet_config_socket_mode(const server_rec *s);
 /* The publish socket's path; "" when CometPublishSocket is off, NULL when
  * the default path (in the runtime directory, made in p) cannot be made. */

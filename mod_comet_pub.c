@@ -5,7 +5,9 @@
 /*
  * mod_comet_pub.c -- the comet-publisher handler: publish, inspect and
  * delete a channel over HTTP.  Access control is httpd's own (Require,
- * mod_auth*): nothing here decides who may publish.
+ * mod_auth*), and it must be there: a publisher location that no Require
+ * applies to is refused (403), and so is a browser's request from another
+ * origin unless CometAllowOrigin names it.
  *
  *   POST|PUT /pub/<channel>   body = message; Comet-Event: <type> optional
  *                             201 delivered to >= 1 subscriber, 202 to none
@@ -19,6 +21,7 @@
 #include <apr_strings.h>
 #include <httpd.h>
 #include <http_config.h>
+#include <http_core.h>
 #include <http_log.h>
 #include <http_protocol.h>
 #include <http_request.h>
@@ -31,6 +34,37 @@
 APLOG_USE_MODULE(comet);
 
 #define COMET_EVENT_HEADER "Comet-Event"
+
+/* mod_authz_core's: 1 when a Require applies to r's method.  NULL when
+ * mod_authz_core is not loaded. */
+static APR_OPTIONAL_FN_TYPE(authz_some_auth_required) *some_authz;
+
+void comet_pub_optional_fns(void)
+{
+    some_authz = APR_RETRIEVE_OPTIONAL_FN(authz_some_auth_required);
+}
+
+/* Publishing is closed unless the configuration opens it.  Comet
+ * locations skip the walk of the file system, so a <Directory />
+ * Require all denied does not reach them: the <Location> itself (or one
+ * around it) must say who may publish. */
+static int access_configured(request_rec *r, const comet_dir_conf_t *dc)
+{
+    const char *loc = dc->location ? dc->location : r->uri;
+
+    if (some_authz && some_authz(r)) {
+        return 1;
+    }
+    ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, COMET_LOGNO(0105)
+                  "refused: no access control applies to the publisher "
+                  "<Location %s> for %s%s: add `Require ip 127.0.0.1 ::1` "
+                  "(publishers on this host) or `Require valid-user` (with "
+                  "an AuthType) to it, or `Require all granted` to let "
+                  "anyone publish", loc, r->method, some_authz ? ""
+                  : " (mod_authz_core is not loaded: load it, a2enmod "
+                  "authz_core)");
+    return 0;
+}
 
 /* A JSON string literal of s: channel ids are from a safe set already,
  * but error texts may come from anywhere. */
@@ -183,7 +217,7 @@ static int publish(request_rec *r, const char *channel)
         return error_reply(r, HTTP_REQUEST_ENTITY_TOO_LARGE,
                            "message larger than CometMaxMessageSize");
     case COMET_EFULL:
-        ap_log_rerror(APLOG_MARK, APLOG_WARNING, rv, r, COMET_LOGNO(0102)
+        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, COMET_LOGNO(0102)
                       "channel=%s: publish refused, the store is full "
                       "(CometSharedMemorySize)", channel);
         return error_reply(r, HTTP_INSUFFICIENT_STORAGE,
@@ -193,9 +227,13 @@ static int publish(request_rec *r, const char *channel)
     case COMET_EPROTO:
         return error_reply(r, HTTP_BAD_REQUEST, "invalid " COMET_EVENT_HEADER
                            " (event type) header");
+    case COMET_ERESERVED:
+        return error_reply(r, HTTP_BAD_REQUEST, "invalid " COMET_EVENT_HEADER
+                           " header: event types starting with comet- are "
+                           "reserved for the server's own signals");
     default:
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, rv, r, COMET_LOGNO(0103)
-                      "channel=%s: publish failed", channel);
+        comet_log_rerror(APLOG_ERR, rv, r, COMET_LOGNO(0103) "channel=%s: "
+                         "publish failed", channel);
         return HTTP_INTERNAL_SERVER_ERROR;
     }
     comet_msgid_format(idbuf, &res.id);
@@ -258,10 +296,35 @@ int comet_publisher_handler(request_rec *r)
 {
     const comet_dir_conf_t *dc = comet_config_dir(r);
     const char **ids;
-    int n, rc;
+    int n, rc, cross;
 
     if (!comet_proc_store() || !comet_proc_slot(NULL)) {
         return HTTP_SERVICE_UNAVAILABLE;
+    }
+    if (!access_configured(r, dc)) {
+        r->connection->keepalive = AP_CONN_CLOSE;
+        return error_reply(r, HTTP_FORBIDDEN, "publishing is not "
+                           "configured here (see the server's error log)");
+    }
+    /* A page of another site must not make its visitors' browsers
+     * publish: a POST with a text/plain body needs no preflight. */
+    cross = comet_request_cors(r, dc);
+    if (cross < 0) {
+        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, COMET_LOGNO(0106)
+                      "refused: a browser request from another origin (%s) "
+                      "to publisher <Location %s>; list the origin in "
+                      "CometAllowOrigin to allow it",
+                      apr_table_get(r->headers_in, "Origin")
+                      ? apr_table_get(r->headers_in, "Origin")
+                      : "Sec-Fetch-Site: cross-site",
+                      dc->location ? dc->location : r->uri);
+        r->connection->keepalive = AP_CONN_CLOSE;
+        return error_reply(r, HTTP_FORBIDDEN, "publishing from another "
+                           "origin is not allowed here (CometAllowOrigin)");
+    }
+    if (cross > 0) {
+        apr_table_setn(r->headers_out, "Access-Control-Expose-Headers",
+                       "Comet-Message-Id");
     }
     /* httpd's 405 answer makes its Allow header from these. */
     ap_allow_standard_methods(r, REPLACE_ALLOW, M_GET, M_POST, M_PUT,
@@ -269,6 +332,14 @@ int comet_publisher_handler(request_rec *r)
     if (r->method_number == M_OPTIONS) {
         apr_table_setn(r->headers_out, "Allow",
                        "GET, HEAD, POST, PUT, DELETE, OPTIONS");
+        if (cross > 0) {
+            apr_table_setn(r->headers_out, "Access-Control-Allow-Methods",
+                           "GET, POST, PUT, DELETE, OPTIONS");
+            apr_table_setn(r->headers_out, "Access-Control-Allow-Headers",
+                           "Content-Type, " COMET_EVENT_HEADER);
+            apr_table_setn(r->headers_out, "Access-Control-Max-Age",
+                           "86400");
+        }
         ap_set_content_length(r, 0);
         return OK;
     }

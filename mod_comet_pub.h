@@ -14,4 +14,8 @@
  * thread. */
 int comet_publisher_handler(request_rec *r);
 
+/* Find the optional functions of other modules it uses (mod_authz_core's
+ * authz_some_auth_required).  The optional_fn_retrieve hook. */
+void comet_pub_optional_fns(void);
+
 #endif /* MOD_COMET_PUB_H */

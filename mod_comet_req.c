@@ -12,6 +12,7 @@
 #include <http_config.h>
 #include <http_log.h>
 #include <http_protocol.h>
+#include <http_request.h>
 #include <util_script.h>
 
 #include "mod_comet.h"
@@ -120,4 +121,50 @@ int comet_request_transport(request_rec *r, const comet_dir_conf_t *dc,
     default:
         return comet_refuse(r, HTTP_BAD_REQUEST, why);
     }
+}
+
+/* Origin's own value, scheme://host[:port], as a browser writes it for a
+ * request it sends to r's server. */
+static const char *own_origin(request_rec *r)
+{
+    const char *host = apr_table_get(r->headers_in, "Host");
+
+    return host ? apr_pstrcat(r->pool, ap_http_scheme(r), "://", host, NULL)
+                : NULL;
+}
+
+int comet_request_cors(request_rec *r, const comet_dir_conf_t *dc)
+{
+    const char *allow = dc->allow_origin;
+    const char *origin = apr_table_get(r->headers_in, "Origin");
+    const char *site = apr_table_get(r->headers_in, "Sec-Fetch-Site");
+    const char *own;
+
+    if (allow && *allow && origin) {
+        if (!strcmp(allow, "*")) {
+            apr_table_setn(r->headers_out, "Access-Control-Allow-Origin",
+                           "*");
+            return 1;
+        }
+        apr_table_mergen(r->headers_out, "Vary", "Origin");
+        for (const char *p = allow; *p;) {
+            const char *w = ap_getword_white(r->pool, &p);
+
+            if (!strcasecmp(w, origin)) {
+                apr_table_setn(r->headers_out, "Access-Control-Allow-Origin",
+                               origin);
+                apr_table_setn(r->headers_out,
+                               "Access-Control-Allow-Credentials", "true");
+                return 1;
+            }
+        }
+    }
+    if (!origin) {
+        /* A browser that sends no Origin still tells where the request
+         * comes from. */
+        return site && !strcasecmp(site, "cross-site")
+               ? (allow && !strcmp(allow, "*") ? 1 : -1) : 0;
+    }
+    own = own_origin(r);
+    return own && !strcasecmp(origin, own) ? 0 : -1;
 }

@@ -42,4 +42,12 @@ int comet_request_channels(request_rec *r, const comet_dir_conf_t *dc,
 int comet_request_transport(request_rec *r, const comet_dir_conf_t *dc,
                             apr_table_t **args, int *transport);
 
+/* CORS (CometAllowOrigin) for a browser's request from another origin:
+ * 1 when the location allows r's origin (Access-Control-Allow-Origin and,
+ * for a listed origin, -Credentials and Vary are set on r); 0 when r
+ * does not come from another origin (no Origin header and no
+ * Sec-Fetch-Site: cross-site, or an Origin that is r's own scheme and
+ * Host); -1 when it comes from another origin that is not allowed. */
+int comet_request_cors(request_rec *r, const comet_dir_conf_t *dc);
+
 #endif /* MOD_COMET_REQ_H */

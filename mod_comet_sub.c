@@ -57,6 +57,7 @@
 #include "mod_comet_config.h"
 #include "mod_comet_sub.h"
 #include "mod_comet_req.h"
+#include "mod_comet_quota.h"
 #include "mod_comet_susp.h"
 #include "mod_comet_status.h"
 #include "event_bridge.h"
@@ -82,6 +83,7 @@ typedef struct sub_req_t {
     comet_chanref_t   *refs;
     apr_uint64_t      *seqs;
     int                subscribed;   /* how many refs hold a subscription */
+    apr_uint32_t       quota_tag;    /* CometMaxNewChannelsPerClient's    */
     apr_table_t       *args;         /* the query, once parsed           */
 } sub_req_t;
 
@@ -112,49 +114,32 @@ static int parse_position(sub_req_t *sr)
     if (!id || !*id) {
         return OK;
     }
+    sr->has_id = 1;
     if (comet_msgid_parse_compound(&epoch, sr->seqs, (apr_size_t)sr->nchan,
                                    &n, id, strlen(id)) != APR_SUCCESS
         || n != (apr_size_t)sr->nchan) {
-        return comet_refuse(r, HTTP_BAD_REQUEST, apr_psprintf(r->pool,
-                            "invalid last event id (expected <epoch>:<seq> "
-                            "with one seq per channel, %d here)",
-                            sr->nchan));
+        /* Not an id this subscription can have been given (garbage, or
+         * another number of channels).  A 4xx would make EventSource give
+         * up for good: start afresh instead, and say that some messages
+         * may be missing. */
+        COMET_SUB_LOG(r, APLOG_DEBUG, 0, 0408, sr->ids[0], "last event id "
+                      "'%.64s' is not one of %d channel(s): starting with "
+                      "the missed signal", id, sr->nchan);
+        epoch = 0;
     }
-    sr->has_id = 1;
+    for (int i = 0; epoch == sr->epoch && i < sr->nchan; i++) {
+        /* A seq this store never handed out: no position of ours. */
+        if (sr->seqs[i] > comet_store_last_seq(sr->store)) {
+            epoch = 0;
+        }
+    }
     if (epoch != sr->epoch) {
-        /* An id of an earlier server run: deliver what is kept, and say
-         * that some may be missing. */
+        /* An id of an earlier server run, or one we cannot place: deliver
+         * what is kept, and say that some may be missing. */
         sr->foreign = 1;
         memset(sr->seqs, 0, sizeof(*sr->seqs) * (apr_size_t)sr->nchan);
     }
     return OK;
-}
-
-static void cors(sub_req_t *sr)
-{
-    request_rec *r = sr->r;
-    const char *allow = sr->dc->allow_origin;
-    const char *origin = apr_table_get(r->headers_in, "Origin");
-
-    if (!allow || !*allow || !origin) {
-        return;
-    }
-    if (!strcmp(allow, "*")) {
-        apr_table_setn(r->headers_out, "Access-Control-Allow-Origin", "*");
-        return;
-    }
-    apr_table_mergen(r->headers_out, "Vary", "Origin");
-    for (const char *p = allow; *p;) {
-        const char *w = ap_getword_white(r->pool, &p);
-
-        if (!strcasecmp(w, origin)) {
-            apr_table_setn(r->headers_out, "Access-Control-Allow-Origin",
-                           origin);
-            apr_table_setn(r->headers_out, "Access-Control-Allow-Credentials",
-                           "true");
-            return;
-        }
-    }
 }
 
 static void unsubscribe_all(sub_req_t *sr)
@@ -166,6 +151,16 @@ static void unsubscribe_all(sub_req_t *sr)
                                 &sr->refs[i], now);
     }
     sr->subscribed = 0;
+    comet_quota_release(NULL, sr->quota_tag);
+    sr->quota_tag = 0;
+}
+
+/* The hub has adopted the subscriber: its subscriptions, and what they
+ * count against the client's quota, are the hub's to give back. */
+static void handed_to_hub(sub_req_t *sr)
+{
+    sr->subscribed = 0;
+    sr->quota_tag = 0;
 }
 
 static apr_status_t unsubscribe_cleanup(void *data)
@@ -174,30 +169,85 @@ static apr_status_t unsubscribe_cleanup(void *data)
     return APR_SUCCESS;
 }
 
+/* 503: the store has no room for this subscription now; the log says
+ * which bound and how to raise it. */
+static int refuse_store(sub_req_t *sr, const char *id, apr_status_t rv)
+{
+    request_rec *r = sr->r;
+    char eb[160];
+
+    apr_table_setn(r->err_headers_out, "Retry-After", "5");
+    if (rv == COMET_EQUOTA) {
+        COMET_SUB_LOG(r, APLOG_WARNING, 0, 0409, id, "refused: %s: "
+                      "channels that only subscribers made may use three "
+                      "quarters of the channel records and seven eighths "
+                      "of the store (raise CometSharedMemorySize for "
+                      "more)", comet_strerror(rv, eb, sizeof(eb)));
+        return comet_refuse(r, HTTP_SERVICE_UNAVAILABLE, "no room for "
+                            "another channel that nobody has published "
+                            "to");
+    }
+    COMET_SUB_LOG(r, APLOG_WARNING, 0, 0402, id, "refused: %s "
+                  "(CometSharedMemorySize)",
+                  comet_strerror(rv, eb, sizeof(eb)));
+    return comet_refuse(r, HTTP_SERVICE_UNAVAILABLE,
+                        "the channel store is full");
+}
+
 static int subscribe_all(sub_req_t *sr)
 {
+    request_rec *r = sr->r;
     apr_time_t now = comet_now_mono();
+    int flags = comet_dir_existing_only(sr->dc) ? COMET_STORE_SUB_EXISTING
+                                                 : 0;
+    apr_uint32_t unpublished = 0, max, held;
+    apr_status_t rv;
 
     for (int i = 0; i < sr->nchan; i++) {
         comet_msgid_t newest;
-        apr_status_t rv;
 
-        rv = comet_store_subscribe(sr->store, sr->slot,
-                                   sr->ids[i], strlen(sr->ids[i]), now,
-                                   &sr->refs[i], &newest);
+        rv = comet_store_subscribe_ex(sr->store, sr->slot, sr->ids[i],
+                                      strlen(sr->ids[i]), flags, now,
+                                      &sr->refs[i], &newest);
         if (rv != APR_SUCCESS) {
             unsubscribe_all(sr);
-            if (rv == COMET_EFULL) {
-                COMET_SUB_LOG(sr->r, APLOG_WARNING, rv, 0402, sr->ids[i],
-                              "cannot subscribe, the store is full");
-                return comet_refuse(sr->r, HTTP_SERVICE_UNAVAILABLE,
-                              "the channel store is full");
+            switch (rv) {
+            case COMET_EFULL:
+            case COMET_EQUOTA:
+                return refuse_store(sr, sr->ids[i], rv);
+            case COMET_ENOCHAN:
+                return comet_refuse(r, HTTP_NOT_FOUND, apr_pstrcat(r->pool,
+                                    "no such channel: ", sr->ids[i],
+                                    " (this location subscribes to "
+                                    "channels that exist only)", NULL));
+            default:
+                return comet_refuse(r, HTTP_BAD_REQUEST,
+                                    "invalid channel id");
             }
-            return comet_refuse(sr->r, HTTP_BAD_REQUEST, "invalid channel id");
         }
         sr->subscribed++;
+        /* Seq 0: nobody has published to it; its record is ours. */
+        unpublished += newest.seq == 0;
         if (!sr->has_id) {
             sr->seqs[i] = sr->backlog == -1 ? newest.seq : 0;
+        }
+    }
+    max = comet_config_max_new_per_client(r->server);
+    if (unpublished && max) {
+        rv = comet_quota_take(r, unpublished, max, &sr->quota_tag, &held);
+        if (rv != APR_SUCCESS) {
+            unsubscribe_all(sr);
+            apr_table_setn(r->err_headers_out, "Retry-After", "5");
+            COMET_SUB_LOG(r, APLOG_WARNING, 0, 0410, sr->ids[0], "refused: "
+                          "client %s holds %u subscriptions to channels "
+                          "nobody has published to in this process, %u "
+                          "more would pass CometMaxNewChannelsPerClient "
+                          "%u (behind a proxy, let mod_remoteip name the "
+                          "client, or raise the limit)", r->useragent_ip,
+                          held, unpublished, max);
+            return comet_refuse(r, HTTP_SERVICE_UNAVAILABLE, "too many "
+                                "subscriptions to channels nobody has "
+                                "published to from this client");
         }
     }
     return OK;
@@ -351,6 +401,7 @@ static void fill_spec(sub_req_t *sr, comet_hub_spec_t *spec)
     spec->interval = sr->transport == COMET_T_LONGPOLL
                      ? comet_dir_subscriber_timeout(sr->dc)
                      : comet_dir_keepalive(sr->dc);
+    spec->tag = sr->quota_tag;
 }
 
 static int park_detached(sub_req_t *sr, comet_hub_t *hub)
@@ -379,7 +430,7 @@ static int park_detached(sub_req_t *sr, comet_hub_t *hub)
                       "or stopping; ending the response");
         return OK;
     }
-    sr->subscribed = 0;          /* the hub owns the subscriptions now */
+    handed_to_hub(sr);
     /* httpd must neither write the last chunk nor shut the socket down: the
      * stream is the hub's now.  It logs the request and closes its own
      * descriptor only. */
@@ -490,7 +541,7 @@ static int park_suspended(sub_req_t *sr, comet_hub_t *hub, comet_buf_t *buf)
     fill_spec(sr, &spec);
     rc = comet_susp_park(r, hub, &spec, comet_config_max_pending(r->server));
     if (rc == SUSPENDED) {
-        sr->subscribed = 0;      /* the hub owns the subscriptions now */
+        handed_to_hub(sr);
         COMET_SUB_LOG(r, APLOG_DEBUG, 0, 0404, sr->ids[0],
                       "parked (suspended)");
     }
@@ -520,7 +571,7 @@ static int park_held(sub_req_t *sr, comet_hub_t *hub)
     if (comet_hub_adopt(hub, &spec, &handle) != APR_SUCCESS) {
         return OK;
     }
-    sr->subscribed = 0;
+    handed_to_hub(sr);
     apr_thread_mutex_lock(h.mu);
     for (;;) {
         /* Bytes first: the hub's last write comes right before its close,
@@ -602,7 +653,9 @@ int comet_subscriber_handler(request_rec *r)
     sr->epoch = comet_store_epoch(store);
 
     if (r->method_number == M_OPTIONS) {
-        cors(sr);
+        /* A browser of another origin reads the stream only if allowed
+         * (the browser enforces it): nothing to refuse here. */
+        comet_request_cors(r, dc);
         if (apr_table_get(r->headers_out, "Access-Control-Allow-Origin")) {
             apr_table_setn(r->headers_out, "Access-Control-Allow-Methods",
                            "GET, OPTIONS");
@@ -629,7 +682,7 @@ int comet_subscriber_handler(request_rec *r)
     if ((rc = parse_position(sr)) != OK) {
         goto refused;
     }
-    cors(sr);
+    comet_request_cors(r, dc);
     if (r->header_only) {
         stream_headers(sr);
         return OK;
