@@ -40,8 +40,11 @@ apr_status_t comet_parse_size(const char *arg, apr_uint64_t min,
     if (apr_tolower(*end) == 'b') {
         end++;
     }
-    if (*end || v > max / mult) {
+    if (*end || v > APR_UINT64_MAX / mult) {
         return APR_EINVAL;
+    }
+    if (v > max / mult) {
+        return APR_ERANGE;
     }
     v *= mult;
     if (v < min || v > max) {

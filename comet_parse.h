@@ -19,8 +19,9 @@
 
 /* A size: digits, then optionally K, M or G (times 1024, 1024^2, 1024^3),
  * then optionally B, in any case ("64M", "512k", "1Gb", "4096").
- * APR_SUCCESS and *out; APR_EINVAL when arg is not a size, or is one past
- * max (or past what 64 bits hold); APR_ERANGE when it is below min. */
+ * APR_SUCCESS and *out; APR_EINVAL when arg is not a size (or a number
+ * past what 64 bits hold); APR_ERANGE when it is below min or above max,
+ * so that the refusal can say which sizes are allowed. */
 apr_status_t comet_parse_size(const char *arg, apr_uint64_t min,
                               apr_uint64_t max, apr_uint64_t *out);
 

@@ -50,7 +50,7 @@ void comet_pub_optional_fns(void)
  * around it) must say who may publish. */
 static int access_configured(request_rec *r, const comet_dir_conf_t *dc)
 {
-    const char *loc = dc->location ? dc->location : r->uri;
+    const char *loc = comet_request_location(r, dc);
 
     if (some_authz && some_authz(r)) {
         return 1;
@@ -317,7 +317,7 @@ int comet_publisher_handler(request_rec *r)
                       apr_table_get(r->headers_in, "Origin")
                       ? apr_table_get(r->headers_in, "Origin")
                       : "Sec-Fetch-Site: cross-site",
-                      dc->location ? dc->location : r->uri);
+                      comet_request_location(r, dc));
         r->connection->keepalive = AP_CONN_CLOSE;
         return error_reply(r, HTTP_FORBIDDEN, "publishing from another "
                            "origin is not allowed here (CometAllowOrigin)");

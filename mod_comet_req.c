@@ -10,6 +10,7 @@
 #include <apr_strings.h>
 #include <httpd.h>
 #include <http_config.h>
+#include <http_core.h>
 #include <http_log.h>
 #include <http_protocol.h>
 #include <http_request.h>
@@ -121,6 +122,16 @@ int comet_request_transport(request_rec *r, const comet_dir_conf_t *dc,
     default:
         return comet_refuse(r, HTTP_BAD_REQUEST, why);
     }
+}
+
+const char *comet_request_location(request_rec *r,
+                                   const comet_dir_conf_t *dc)
+{
+    core_dir_config *cd = ap_get_core_module_config(r->per_dir_config);
+
+    /* Ours names the section only when one of our directives is in it;
+     * core's always does. */
+    return dc->location ? dc->location : cd && cd->d ? cd->d : r->uri;
 }
 
 /* Origin's own value, scheme://host[:port], as a browser writes it for a

@@ -42,6 +42,11 @@ int comet_request_channels(request_rec *r, const comet_dir_conf_t *dc,
 int comet_request_transport(request_rec *r, const comet_dir_conf_t *dc,
                             apr_table_t **args, int *transport);
 
+/* The <Location> (or <LocationMatch> pattern) r was configured by, for
+ * log lines that tell an admin where to act. */
+const char *comet_request_location(request_rec *r,
+                                   const comet_dir_conf_t *dc);
+
 /* CORS (CometAllowOrigin) for a browser's request from another origin:
  * 1 when the location allows r's origin (Access-Control-Allow-Origin and,
  * for a listed origin, -Credentials and Vary are set on r); 0 when r

@@ -372,15 +372,6 @@ START_TEST(bad_input_gets_a_clear_4xx)
                              res, 5000), 0);
     ck_assert_int_eq(res->status, 400);
     ck_assert_ptr_nonnull(strstr(res->body, "too many channels"));
-    ck_assert_int_eq(it_http(srv.port, "GET", "/sub/x",
-                             "Last-Event-ID: banana\r\n", NULL, 0, res,
-                             5000), 0);
-    ck_assert_int_eq(res->status, 400);
-    ck_assert_ptr_nonnull(strstr(res->body, "invalid last event id"));
-    ck_assert_int_eq(it_http(srv.port, "GET", "/sub/x,y",
-                             "Last-Event-ID: 1f03a9c2:4\r\n", NULL, 0, res,
-                             5000), 0);
-    ck_assert_int_eq(res->status, 400);
     ck_assert_int_eq(it_http(srv.port, "GET", "/sub/x?transport=smoke",
                              NULL, NULL, 0, res, 5000), 0);
     ck_assert_int_eq(res->status, 400);
@@ -582,6 +573,8 @@ START_TEST(five_thousand_parked_subscribers_all_receive_while_the_site_answers)
 
     memset(&o, 0, sizeof(o));
     o.threads = 25;
+    /* All from one address, to a channel nobody has published to yet. */
+    o.extra = "CometMaxNewChannelsPerClient off\n";
     ck_assert_int_eq(it_server_start(&s2, &o), 0);
     for (int i = 0; i < N; i++) {
         fds[i] = it_connect(s2.port);

@@ -74,10 +74,12 @@ START_TEST(size_bounds_are_inclusive_and_overflow_is_refused)
     ck_assert_uint_eq(size_ok("64G", 1, 64 * G), 64 * G);
     ck_assert_int_eq(size_rv("4095", 4096, G), APR_ERANGE);
     ck_assert_int_eq(size_rv("3k", 4096, G), APR_ERANGE);
-    /* Past the maximum, before or after the suffix: not a size. */
-    ck_assert_int_eq(size_rv("1025M", 1, G), APR_EINVAL);
-    ck_assert_int_eq(size_rv("1073741825", 1, G), APR_EINVAL);
-    ck_assert_int_eq(size_rv("65G", 1, 64 * G), APR_EINVAL);
+    /* Past the maximum, before or after the suffix: out of range (a
+     * refusal that can say what is allowed, e.g. 64K for at most 65535). */
+    ck_assert_int_eq(size_rv("1025M", 1, G), APR_ERANGE);
+    ck_assert_int_eq(size_rv("1073741825", 1, G), APR_ERANGE);
+    ck_assert_int_eq(size_rv("65G", 1, 64 * G), APR_ERANGE);
+    ck_assert_int_eq(size_rv("64K", 1, 65535), APR_ERANGE);
     /* More than 64 bits hold, with and without a suffix. */
     ck_assert_int_eq(size_rv("99999999999999999999", 1, G), APR_EINVAL);
     ck_assert_int_eq(size_rv("18014398509481984G", 1, 64 * G), APR_EINVAL);
