@@ -449,15 +449,14 @@ static int comet_handler(request_rec *r)
     }
     if (!apr_table_get(r->notes, COMET_LOCATION_NOTE)) {
         /* Set from somewhere the location walk does not see: a
-         * <Directory>, <Files> or <If> section, AddHandler, or a
-         * .htaccess file, whose author must not reach every channel of
-         * every virtual host. */
+         * <Directory> or <Files> section, AddHandler, or a .htaccess
+         * file, whose author must not reach every channel of every
+         * virtual host. */
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, COMET_LOGNO(0010)
                       "refused: handler %s was not set by SetHandler in a "
                       "<Location> or <LocationMatch> of the server's "
                       "configuration (set from .htaccess, <Directory>, "
-                      "<Files>, <If> or AddHandler, it is refused)",
-                      r->handler);
+                      "<Files> or AddHandler, it is refused)", r->handler);
         return HTTP_FORBIDDEN;
     }
     return sub ? comet_subscriber_handler(r) : comet_publisher_handler(r);
@@ -475,34 +474,52 @@ static int comet_handler(request_rec *r)
  * onto DocumentRoot, and refuse (403, AH00127) a path longer than a file
  * name may be, which a list of channels easily is.  map_to_storage
  * (which walks the file system) comes next. */
-static int comet_translate_name(request_rec *r)
+/* Note r as a comet location when the location walk (of r->uri as it is
+ * now) gives it a comet handler. */
+static int mark_comet_location(request_rec *r)
 {
     core_dir_config *d = ap_get_core_module_config(r->per_dir_config);
     const char *handler, *err = NULL;
 
+    apr_table_unset(r->notes, COMET_LOCATION_NOTE);
     if (!d->expr_handler) {
-        return DECLINED;
+        return 0;
     }
     handler = ap_expr_str_exec(r, d->expr_handler, &err);
     if (!err && handler
         && (!strcmp(handler, COMET_SUBSCRIBER_HANDLER)
             || !strcmp(handler, COMET_PUBLISHER_HANDLER))) {
         apr_table_setn(r->notes, COMET_LOCATION_NOTE, r->uri);
+        return 1;
     }
+    return 0;
+}
+
+static int comet_translate_name(request_rec *r)
+{
+    /* The URI the walk saw, to tell a rewritten one later. */
+    ap_set_module_config(r->request_config, &comet_module, (void *)r->uri);
+    mark_comet_location(r);
     return DECLINED;
 }
 
 static int comet_translate_name_last(request_rec *r)
 {
-    const char *uri = apr_table_get(r->notes, COMET_LOCATION_NOTE);
+    const char *seen = ap_get_module_config(r->request_config,
+                                            &comet_module);
 
-    if (!uri) {
-        return DECLINED;
+    if (seen != r->uri && (!seen || strcmp(seen, r->uri))) {
+        /* Rewritten since (mod_rewrite [PT], mod_alias): walk the
+         * locations of the new URI from the server's defaults, as httpd
+         * does again after map_to_storage anyway. */
+        r->per_dir_config = r->server->lookup_defaults;
+        if (ap_location_walk(r) != OK || ap_if_walk(r) != OK) {
+            apr_table_unset(r->notes, COMET_LOCATION_NOTE);
+            return DECLINED;
+        }
+        mark_comet_location(r);
     }
-    if (strcmp(uri, r->uri)) {
-        /* Rewritten (mod_rewrite [PT]) since the location was seen: the
-         * walks that follow decide anew. */
-        apr_table_unset(r->notes, COMET_LOCATION_NOTE);
+    if (!apr_table_get(r->notes, COMET_LOCATION_NOTE)) {
         return DECLINED;
     }
     /* As mod_proxy does: a name that no file can have. */

@@ -103,6 +103,18 @@ int comet_request_channels(request_rec *r, const comet_dir_conf_t *dc,
                              &why) != APR_SUCCESS) {
         return comet_refuse(r, HTTP_BAD_REQUEST, why);
     }
+    /* With several channels an untyped message's SSE event name is its
+     * channel: a channel named like the server's signals would forge
+     * them (the store reserves the same names for event types). */
+    for (int i = 0; *n > 1 && i < *n; i++) {
+        if (!strncasecmp((*ids)[i], COMET_STORE_EVENT_RESERVED,
+                         sizeof(COMET_STORE_EVENT_RESERVED) - 1)) {
+            return comet_refuse(r, HTTP_BAD_REQUEST, "a channel id starting "
+                                "with comet- cannot share a subscription "
+                                "with other channels (its events would "
+                                "look like the server's signals)");
+        }
+    }
     return OK;
 }
 

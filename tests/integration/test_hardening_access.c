@@ -27,6 +27,10 @@ static void start(void)
     memset(&o, 0, sizeof(o));
     o.extra =
         "LimitRequestLine 70000\n"
+        "LoadModule rewrite_module @MODULES@/mod_rewrite.so\n"
+        "RewriteEngine on\n"
+        "RewriteRule ^/pretty/(.*)$ /sub/$1 [PT]\n"
+        "RewriteRule ^/sub/plain$ /index.html [PT]\n"
         "<Location /pub-open/>\n  SetHandler comet-publisher\n</Location>\n"
         "<Location /pub-cors/>\n  SetHandler comet-publisher\n"
         "  Require ip 127.0.0.1\n"
@@ -278,6 +282,27 @@ START_TEST(long_channel_lists_reach_the_subscriber)
 }
 END_TEST
 
+START_TEST(urls_rewritten_into_or_out_of_a_comet_location_follow_the_rewrite)
+{
+    it_response_t *res = malloc(sizeof(*res));
+    char head[4096];
+    int fd = -1;
+
+    /* Into one ([PT]): the location of the new URL decides. */
+    ck_assert_int_eq(get_head(srv.port, "/pretty/rw",
+                              "Accept: text/event-stream\r\n", &fd, head,
+                              sizeof(head)), 200);
+    ck_assert_ptr_nonnull(strstr(head, "text/event-stream"));
+    close(fd);
+    /* Out of one: an ordinary file again. */
+    ck_assert_int_eq(it_http(srv.port, "GET", "/sub/plain", NULL, NULL, 0,
+                             res, 5000), 0);
+    ck_assert_msg(res->status == 200, "%s\n%s", res->head, res->body);
+    ck_assert_str_eq(res->body, "hello from the document root\n");
+    free(res);
+}
+END_TEST
+
 /* Subscribe to path with Last-Event-ID id: the stream must start with the
  * missed signal, then what is kept ("data: kept"), then what comes. */
 static void expect_fresh_start(const char *path, const char *id,
@@ -360,6 +385,11 @@ START_TEST(the_servers_own_event_names_cannot_be_published)
     ck_assert_int_eq(res->status, 404);
     ck_assert_int_eq(publish_status(srv.port, "/pub/sig",
                                     "Comet-Event: comet\r\n", res), 202);
+    /* With several channels, a channel's name is an event name. */
+    ck_assert_int_eq(it_http(srv.port, "GET", "/sub/sig,comet-missed", NULL,
+                             NULL, 0, res, 5000), 0);
+    ck_assert_int_eq(res->status, 400);
+    ck_assert_msg(strstr(res->body, "comet-"), "%s", res->body);
     free(res);
 }
 END_TEST
@@ -603,6 +633,8 @@ Suite *test_hardening_access_suite(void)
     tcase_add_test(doors,
         browser_publishes_from_other_origins_are_refused_unless_allowed);
     tcase_add_test(doors, long_channel_lists_reach_the_subscriber);
+    tcase_add_test(doors,
+        urls_rewritten_into_or_out_of_a_comet_location_follow_the_rewrite);
     tcase_add_test(doors,
         ids_from_the_future_another_epoch_or_garbage_start_afresh);
     tcase_add_test(doors, the_servers_own_event_names_cannot_be_published);
