@@ -47,7 +47,7 @@ static void stop(void)
     it_server_stop(&srv);
 }
 
-/* ---- helpers ---------------------------------------------------------------- */
+/* ---- helpers ------------------------------------------------------------ */
 
 static void write_file(const it_server_t *s, const char *rel,
                        const char *text)
@@ -132,7 +132,7 @@ static int channels_at_most(void *baton)
     return n >= 0 && n <= c->max;
 }
 
-/* ---- publishing is closed by default ----------------------------------------- */
+/* ---- publishing is closed by default ------------------------------------ */
 
 START_TEST(a_publisher_location_without_require_is_refused_saying_what_to_add)
 {
@@ -253,7 +253,7 @@ START_TEST(browser_publishes_from_other_origins_are_refused_unless_allowed)
 }
 END_TEST
 
-/* ---- finding-12 edges ----------------------------------------------------------- */
+/* ---- long URLs, ids, reserved names ------------------------------------- */
 
 START_TEST(long_channel_lists_reach_the_subscriber)
 {
@@ -394,7 +394,7 @@ START_TEST(the_servers_own_event_names_cannot_be_published)
 }
 END_TEST
 
-/* ---- own servers: what subscribers may make the store create ------------------ */
+/* ---- own servers: what subscribers may make the store create ------------ */
 
 START_TEST(subscribing_to_existing_channels_only_answers_404_for_the_rest)
 {
