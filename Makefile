@@ -21,7 +21,8 @@ APR_CFLAGS   = $(shell apr-1-config --cflags --cppflags --includes 2>/dev/null)
 APR_LIBS     = $(shell apr-1-config --link-ld --libs 2>/dev/null)
 CHECK_CFLAGS = $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS   = $(shell pkg-config --libs check 2>/dev/null)
-# The integration tests' TLS client.
+# OpenSSL: the core's TLS sessions (comet_tls.c), so the module, the unit
+# tests and the benchmark client; the integration tests' TLS client.
 SSL_LIBS     = $(shell pkg-config --libs openssl 2>/dev/null || echo -lssl -lcrypto)
 
 WARN        := -Wall -Wextra -Werror -Wno-unused-parameter
@@ -51,7 +52,7 @@ APXS_FLAGS  := -Wc,$(STD) $(foreach w,$(WARN) $(SANITIZE),-Wc,$(w)) \
 all: $(MODULE)
 
 $(MODULE): $(GLUE_SRC) $(CORE_SRC) $(GLUE_HDR) $(CORE_HDR) Makefile
-	$(APXS) -c -o mod_comet.la $(APXS_FLAGS) $(GLUE_SRC) $(CORE_SRC)
+	$(APXS) -c -o mod_comet.la $(APXS_FLAGS) $(GLUE_SRC) $(CORE_SRC) $(SSL_LIBS)
 	@test -f $@
 
 deps:
@@ -72,7 +73,7 @@ TEST_CFLAGS = $(STD) $(WARN) $(OPT) $(SANITIZE) -I. -I$(BUILD) -Itests $(APR_CFL
 TEST_LIBS   = $(SANITIZE) $(CHECK_LIBS) $(APR_LIBS) -laprutil-1 -lpthread
 
 $(BUILD)/unit_tests: $(UNIT_SRC) $(CORE_SRC) $(CORE_HDR) $(wildcard tests/unit/*.h) $(BUILD)/unit_suites.h
-	$(CC) $(TEST_CFLAGS) -o $@ $(UNIT_SRC) $(CORE_SRC) $(TEST_LIBS)
+	$(CC) $(TEST_CFLAGS) -o $@ $(UNIT_SRC) $(CORE_SRC) $(TEST_LIBS) $(SSL_LIBS)
 
 $(BUILD)/integration_tests: $(IT_SRC) $(CORE_SRC) $(CORE_HDR) $(wildcard tests/integration/*.h) $(BUILD)/integration_suites.h
 	$(CC) $(TEST_CFLAGS) -o $@ $(IT_SRC) $(CORE_SRC) $(TEST_LIBS) $(SSL_LIBS)
@@ -98,7 +99,7 @@ asan: deps
 	@cp $(GLUE_SRC) $(CORE_SRC) $(GLUE_HDR) $(CORE_HDR) $(ASAN_BUILD)/
 	@cd $(ASAN_BUILD) && $(APXS) -c -o mod_comet.la -Wc,$(STD) \
 	    $(foreach w,$(WARN) -fsanitize=address -fno-omit-frame-pointer -O1,-Wc,$(w)) \
-	    -Wl,-fsanitize=address $(notdir $(GLUE_SRC) $(CORE_SRC)) >/dev/null
+	    -Wl,-fsanitize=address $(notdir $(GLUE_SRC) $(CORE_SRC)) $(SSL_LIBS) >/dev/null
 	@$(MAKE) --no-print-directory BUILD=$(ASAN_BUILD) SANITIZE=-fsanitize=address \
 	    OPT="-O1 -g -fno-omit-frame-pointer" $(ASAN_BUILD)/unit_tests $(ASAN_BUILD)/integration_tests
 	@rc=0; \
@@ -133,10 +134,10 @@ install: all
 BENCH_CFLAGS = $(STD) $(WARN) -O2 -g -I. $(APR_CFLAGS)
 
 $(BUILD)/bench_store: bench/bench_store.c $(CORE_SRC) $(CORE_HDR) | $(BUILD)
-	$(CC) $(BENCH_CFLAGS) -o $@ bench/bench_store.c $(CORE_SRC) $(APR_LIBS) -lpthread
+	$(CC) $(BENCH_CFLAGS) -o $@ bench/bench_store.c $(CORE_SRC) $(APR_LIBS) -lpthread $(SSL_LIBS)
 
 $(BUILD)/cometbench: bench/cometbench.c | $(BUILD)
-	$(CC) $(STD) $(WARN) -O2 -g -o $@ bench/cometbench.c -lm
+	$(CC) $(STD) $(WARN) -O2 -g -o $@ bench/cometbench.c -lm $(SSL_LIBS)
 
 bench-store: $(BUILD)/bench_store
 	$(BUILD)/bench_store $(if $(QUICK),--quick)
