@@ -13,8 +13,9 @@
  *                 from the store for this channel.
  *   hub_member_t  one per (subscriber, channel): list links and the
  *                 subscriber's position in that channel.
- *   comet_hub_sub_t  the subscriber: its socket watcher (or sink), unsent
- *                 bytes, its place in a timer queue, its members.
+ *   comet_hub_sub_t  the subscriber: its socket watcher (or sink), its
+ *                 TLS session when it has one, unsent bytes, its place in
+ *                 a timer queue, its members.
  *
  * Delivery of a channel: read once after chan->seq; format each message
  * once per shape (SSE or ndjson, chunked or not) into a shared buffer,
@@ -22,6 +23,15 @@
  * the suffix it has not seen with one non-blocking send.  Multi-channel
  * subscribers and long-polls carry subscriber-specific ids and are
  * formatted one by one.
+ *
+ * A socket's I/O goes through hub_io_send, hub_io_recv and hub_io_shutdown:
+ * plain sends and receives, or, for a TLS subscriber, its session
+ * (comet_tls.h).  Unsent bytes are plaintext either way, so
+ * max_pending counts plaintext; after a short TLS write the queue keeps
+ * its bytes in order (moving is allowed, dropping or reordering is not:
+ * the session has encrypted a record of them already), and a subscriber
+ * past the bound is dropped, never its bytes.  A TLS stream ends with its
+ * last bytes, then close_notify, then the close.
  *
  * Timers: all subscribers with the same keepalive (or long-poll timeout)
  * share one FIFO queue; since the interval is the same, the queue is in
@@ -44,6 +54,7 @@
 #include "comet_frame.h"
 #include "comet_render.h"
 #include "comet_loop.h"
+#include "comet_tls.h"
 
 /* How much one store read may bring for one channel before the hub turns
  * to other work. */
@@ -77,6 +88,7 @@ struct comet_hub_sub_t {
     comet_hub_t     *hub;
     const comet_hub_sink_t *sink;
     void            *sink_baton;
+    struct ssl_st   *ssl;           /* io.fd's TLS session, or NULL      */
     char            *pend;          /* unsent bytes [pend_off, pend_len) */
     apr_uint32_t     pend_len, pend_off;
     comet_hub_sub_t *tprev, *tnext; /* in tq                             */
@@ -161,6 +173,7 @@ struct comet_hub_t {
 
     volatile apr_uint32_t count;
     volatile apr_uint32_t by_transport[3];
+    volatile apr_uint32_t detached, tls;
     volatile apr_uint64_t adopted, deliveries, wakeups, dropped_slow,
                           closed_by_client;
 };
@@ -361,7 +374,15 @@ static void sub_free(comet_hub_t *hub, comet_hub_sub_t *s)
         close(s->io.fd);
         s->io.fd = -1;
     }
-    else if (s->sink) {
+    if (s->ssl) {
+        comet_tls_free(s->ssl);
+        s->ssl = NULL;
+        apr_atomic_dec32(&hub->tls);
+    }
+    if (!s->sink) {
+        apr_atomic_dec32(&hub->detached);
+    }
+    else {
         /* close first: once it has returned, the sink's owner calls
          * comet_hub_cancel no more, so the purge below is final. */
         s->sink->close(s->sink_baton);
@@ -424,9 +445,99 @@ static int sub_end(comet_hub_t *hub, comet_hub_sub_t *s)
     return sub_write(hub, s, b.data, b.len, 1);
 }
 
+/* ---- a socket's I/O: plain, or through its TLS session ------------------------------ */
+
+/* Send what the socket takes now: the count (0 when it is full), or -1
+ * when the connection is gone. */
+static apr_ssize_t hub_io_send(comet_hub_sub_t *s, const char *data,
+                               apr_size_t len)
+{
+    ssize_t n;
+
+    if (s->ssl) {
+        apr_size_t done = 0;
+
+        return comet_tls_write(s->ssl, data, len, &done) == APR_SUCCESS
+               ? (apr_ssize_t)done : -1;
+    }
+    n = send(s->io.fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0) {
+        return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR
+               ? 0 : -1;
+    }
+    return n;
+}
+
+/* The socket is readable: a subscriber has nothing to say after its
+ * request, so what comes is dropped (bounded by its arrival).  1: still
+ * there; 0: the client ended the connection (EOF, close_notify); -1:
+ * failed.  *write_first: a TLS session must write before it can read on
+ * (a key update's answer): call again when the socket is writable. */
+static int hub_io_recv(comet_hub_sub_t *s, int *write_first)
+{
+    char junk[512];
+    ssize_t n;
+
+    *write_first = 0;
+    if (s->ssl) {
+        switch (comet_tls_read(s->ssl, NULL)) {
+        case APR_SUCCESS:
+            return 1;
+        case APR_EAGAIN:
+            *write_first = 1;
+            return 1;
+        case APR_EOF:
+            return 0;
+        default:
+            return -1;
+        }
+    }
+    n = recv(s->io.fd, junk, sizeof(junk), MSG_DONTWAIT);
+    if (n == 0) {
+        return 0;
+    }
+    return n > 0 || errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR
+           ? 1 : -1;
+}
+
+/* After the stream's last bytes: 1 when the connection may be closed
+ * now, 0 when the socket must become writable first (TLS close_notify
+ * still to go). */
+static int hub_io_shutdown(comet_hub_sub_t *s)
+{
+    return !s->ssl || comet_tls_shutdown(s->ssl) != APR_EAGAIN;
+}
+
 /* ---- writing ------------------------------------------------------------------------ */
 
 static void sub_io(comet_loop_t *loop, int fd, int events, void *baton);
+
+static void sub_want_write(comet_hub_t *hub, comet_hub_sub_t *s, int on)
+{
+    if (!!(s->flags & SUB_WANTWRITE) != !!on) {
+        s->flags ^= SUB_WANTWRITE;
+        comet_loop_io_modify(hub->loop, &s->io, COMET_LOOP_READ
+                             | (on ? COMET_LOOP_WRITE : 0));
+    }
+}
+
+/* The stream's bytes are all out and it ends: close, once a TLS session
+ * has sent its close_notify (bounded by the linger timer).  Returns 1
+ * when the subscriber still exists afterwards. */
+static int sub_close(comet_hub_t *hub, comet_hub_sub_t *s)
+{
+    if (!hub_io_shutdown(s)) {
+        if (!s->tq || s->tq->kind != TQ_LINGER) {
+            tq_remove(s);
+            tq_push(tq_get(hub, TQ_LINGER, HUB_LINGER), s,
+                    comet_now_mono() + HUB_LINGER);
+        }
+        sub_want_write(hub, s, 1);
+        return 1;
+    }
+    sub_free(hub, s);
+    return 0;
+}
 
 /* Returns 1 when the subscriber still exists afterwards, 0 when it was
  * freed (callers must not touch it then). */
@@ -446,10 +557,9 @@ static int sub_write(comet_hub_t *hub, comet_hub_sub_t *s, const char *data,
         return 1;
     }
     if (!s->pend_len && len) {
-        ssize_t n = send(s->io.fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        apr_ssize_t n = hub_io_send(s, data, len);
 
-        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK
-            && errno != EINTR) {
+        if (n < 0) {
             stat_add(&hub->closed_by_client, 1);
             sub_free(hub, s);
             return 0;
@@ -485,11 +595,7 @@ static int sub_write(comet_hub_t *hub, comet_hub_sub_t *s, const char *data,
         s->pend = np;
         memcpy(s->pend + left, data, len);
         s->pend_len = (apr_uint32_t)(left + len);
-        if (!(s->flags & SUB_WANTWRITE)) {
-            s->flags |= SUB_WANTWRITE;
-            comet_loop_io_modify(hub->loop, &s->io,
-                                 COMET_LOOP_READ | COMET_LOOP_WRITE);
-        }
+        sub_want_write(hub, s, 1);
     }
     if (last) {
         if (s->pend_len) {
@@ -499,26 +605,25 @@ static int sub_write(comet_hub_t *hub, comet_hub_sub_t *s, const char *data,
                     comet_now_mono() + HUB_LINGER);
             return 1;
         }
-        sub_free(hub, s);
-        return 0;
+        return sub_close(hub, s);
     }
     return 1;
 }
 
-static void sub_flush(comet_hub_t *hub, comet_hub_sub_t *s)
+/* Returns 1 when the subscriber still exists afterwards. */
+static int sub_flush(comet_hub_t *hub, comet_hub_sub_t *s)
 {
     while (s->pend_off < s->pend_len) {
-        ssize_t n = send(s->io.fd, s->pend + s->pend_off,
-                         s->pend_len - s->pend_off,
-                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        apr_ssize_t n = hub_io_send(s, s->pend + s->pend_off,
+                                    s->pend_len - s->pend_off);
 
         if (n < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
-                return;
-            }
             stat_add(&hub->closed_by_client, 1);
             sub_free(hub, s);
-            return;
+            return 0;
+        }
+        if (n == 0) {
+            return 1;
         }
         s->pend_off += (apr_uint32_t)n;
     }
@@ -526,27 +631,31 @@ static void sub_flush(comet_hub_t *hub, comet_hub_sub_t *s)
     s->pend = NULL;
     s->pend_len = s->pend_off = 0;
     if (s->flags & SUB_ENDING) {
-        sub_free(hub, s);
-        return;
+        return sub_close(hub, s);
     }
-    s->flags &= ~SUB_WANTWRITE;
-    comet_loop_io_modify(hub->loop, &s->io, COMET_LOOP_READ);
+    sub_want_write(hub, s, 0);
+    return 1;
 }
 
 static void sub_io(comet_loop_t *loop, int fd, int events, void *baton)
 {
     comet_hub_sub_t *s = baton;
     comet_hub_t *hub = s->hub;
+    int write_first = 0, ending = s->flags & SUB_ENDING;
 
-    if (events & COMET_LOOP_READ) {
-        char junk[512];
-        ssize_t n = recv(fd, junk, sizeof(junk), MSG_DONTWAIT);
+    /* A TLS session that had to write before reading on reads again once
+     * it could (a WRITE with nothing queued and no end to send). */
+    if ((events & COMET_LOOP_READ)
+        || (s->ssl && (events & COMET_LOOP_WRITE) && !s->pend_len
+            && !ending)) {
+        int rc = hub_io_recv(s, &write_first);
 
-        /* A subscriber has nothing to say after its request: EOF means it
-         * left; bytes are read and dropped (bounded by their arrival). */
-        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK
-                       && errno != EINTR)) {
+        if (rc <= 0) {
             stat_add(&hub->closed_by_client, 1);
+            /* A TLS client's close_notify is answered, if it fits. */
+            if (rc == 0 && s->ssl && !s->pend_len) {
+                hub_io_shutdown(s);
+            }
             sub_free(hub, s);
             return;
         }
@@ -556,8 +665,24 @@ static void sub_io(comet_loop_t *loop, int fd, int events, void *baton)
         sub_free(hub, s);
         return;
     }
-    if ((events & COMET_LOOP_WRITE) && s->pend_len) {
-        sub_flush(hub, s);
+    if ((events & COMET_LOOP_WRITE) || s->ssl) {
+        if (s->pend_len) {
+            if (!sub_flush(hub, s)) {
+                return;
+            }
+        }
+        else if (ending && s->ssl) {
+            /* close_notify is still to go */
+            if (!sub_close(hub, s)) {
+                return;
+            }
+        }
+        else if (!write_first) {
+            sub_want_write(hub, s, 0);
+        }
+    }
+    if (write_first) {
+        sub_want_write(hub, s, 1);
     }
 }
 
@@ -932,6 +1057,20 @@ static void link_sub(comet_hub_t *hub, hub_handoff_t *h)
             sub_free(hub, s);
             return;
         }
+        /* Bytes the session read before it was ours: no poll reports
+         * them. */
+        if (s->ssl && comet_tls_has_pending(s->ssl)) {
+            int write_first;
+
+            if (hub_io_recv(s, &write_first) <= 0) {
+                stat_add(&hub->closed_by_client, 1);
+                sub_free(hub, s);
+                return;
+            }
+            if (write_first) {
+                sub_want_write(hub, s, 1);
+            }
+        }
     }
     if (interval > 0) {
         tq_push(tq_get(hub, s->transport == COMET_T_LONGPOLL ? TQ_TIMEOUT
@@ -1190,6 +1329,8 @@ apr_uint32_t comet_hub_count(comet_hub_t *hub)
 void comet_hub_stats(comet_hub_t *hub, comet_hub_stats_t *out)
 {
     out->subscribers = apr_atomic_read32(&hub->count);
+    out->detached = apr_atomic_read32(&hub->detached);
+    out->tls = apr_atomic_read32(&hub->tls);
     for (int i = 0; i < 3; i++) {
         out->by_transport[i] = apr_atomic_read32(&hub->by_transport[i]);
     }
@@ -1234,6 +1375,7 @@ apr_status_t comet_hub_adopt(comet_hub_t *hub, const comet_hub_spec_t *spec,
     }
     s->hub = hub;
     s->io.fd = spec->fd;
+    s->ssl = spec->fd >= 0 ? spec->ssl : NULL;
     s->sink = spec->fd < 0 ? spec->sink : NULL;
     s->sink_baton = spec->sink_baton;
     s->transport = (unsigned char)spec->transport;
@@ -1268,6 +1410,12 @@ apr_status_t comet_hub_adopt(comet_hub_t *hub, const comet_hub_spec_t *spec,
     }
     apr_atomic_inc32(&hub->count);
     apr_atomic_inc32(&hub->by_transport[tindex(s->transport)]);
+    if (!s->sink) {
+        apr_atomic_inc32(&hub->detached);
+    }
+    if (s->ssl) {
+        apr_atomic_inc32(&hub->tls);
+    }
     if (hub->handoff_tail) {
         hub->handoff_tail->next = h;
     }

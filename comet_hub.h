@@ -16,13 +16,15 @@
  *
  * A subscriber reaches the hub in one of two shapes:
  *   - a socket (fd) that the hub writes to directly: plain HTTP/1.1 whose
- *     connection httpd has let go of (see README, "Internals");
+ *     connection httpd has let go of (see README, "Internals"), or the
+ *     same over TLS with the connection's TLS session, which the hub then
+ *     carries on (comet_tls.h);
  *   - a sink: a set of callbacks, called on the hub thread, through which
  *     the hub hands bytes to code that writes them some other way: through
  *     httpd's filters on an MPM callback (suspended subscribers: TLS,
  *     HTTP/1.0) or on the request thread that holds the stream (HTTP/2).
  *
- * Server-independent: APR and POSIX only.
+ * Server-independent: APR and POSIX only (TLS through comet_tls.h).
  *
  * Threads: functions marked "any thread" lock what they touch; all others
  * run on the hub thread (inside comet_hub_run), which is the only one that
@@ -36,6 +38,8 @@
 #include "comet_core.h"
 #include "comet_render.h"
 #include "comet_store.h"
+
+struct ssl_st;
 
 typedef struct comet_hub_t comet_hub_t;
 typedef struct comet_hub_sub_t comet_hub_sub_t;
@@ -86,6 +90,8 @@ typedef struct comet_hub_sink_t {
  * the subscriber. */
 typedef struct comet_hub_spec_t {
     int           fd;             /* socket, or -1 for a sink             */
+    struct ssl_st *ssl;           /* with fd: its TLS session, detached
+                                     (comet_tls_detach), or NULL          */
     const comet_hub_sink_t *sink; /* when fd is -1                        */
     void         *sink_baton;
     int           transport;      /* COMET_T_*                            */
@@ -112,9 +118,9 @@ apr_status_t comet_hub_run(comet_hub_t *hub);
 void comet_hub_stop(comet_hub_t *hub);
 
 /* Hand a subscriber over (copied: the spec's arrays may go after the
- * call).  On success the hub owns fd (sets it non-blocking) and the store
- * subscriptions, and *handle names the subscriber for comet_hub_cancel
- * until the sink's close callback has run.  On failure (APR_EAGAIN: the
+ * call).  On success the hub owns fd (sets it non-blocking), its TLS
+ * session and the store subscriptions, and *handle names the subscriber
+ * for comet_hub_cancel until the sink's close callback has run.  On failure (APR_EAGAIN: the
  * hub has max_subscribers, or is stopping) nothing changed hands.  Any
  * thread; O(nchan), one short lock. */
 apr_status_t comet_hub_adopt(comet_hub_t *hub, const comet_hub_spec_t *spec,
@@ -151,6 +157,8 @@ apr_uint32_t comet_hub_count(comet_hub_t *hub);
 
 typedef struct comet_hub_stats_t {
     apr_uint32_t subscribers;     /* now                                  */
+    apr_uint32_t detached;        /* now: of them, on a socket of ours    */
+    apr_uint32_t tls;             /* now: of those, with a TLS session    */
     apr_uint32_t by_transport[3]; /* now: sse, longpoll, stream           */
     apr_uint64_t adopted;         /* since start                          */
     apr_uint64_t deliveries;      /* messages written to subscribers      */

@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/eventfd.h>
@@ -15,7 +16,9 @@
 #include <unistd.h>
 
 #include "store_util.h"
+#include "tls_util.h"
 #include "comet_hub.h"
+#include "comet_tls.h"
 
 typedef struct fixture_t {
     comet_store_t *st;
@@ -735,6 +738,201 @@ START_TEST(tasks_run_on_the_hub_thread_in_order_and_stop_with_it)
 }
 END_TEST
 
+
+/* ---- TLS subscribers --------------------------------------------------- */
+
+static SSL_CTX *tls_sctx, *tls_cctx;
+
+/* Subscribe and hand the server's end of a finished handshake to the hub,
+ * its session detached onto a dup of the socket (as the glue does); the
+ * hub owns the server side afterwards. */
+static void adopt_tls(tls_util_pair_t *tp, const char *id, int version)
+{
+    comet_chanref_t ref;
+    comet_msgid_t newest;
+    apr_uint64_t seq;
+    comet_hub_spec_t spec;
+    const char *ids[1];
+    char junk[64];
+    int fd;
+
+    signal(SIGPIPE, SIG_IGN);
+    tls_sctx = tls_util_server_ctx(version);
+    tls_cctx = tls_util_client_ctx(version);
+    tls_util_pair(tp, tls_sctx, tls_cctx);
+    /* The client takes the TLS 1.3 tickets now: later reads see only the
+     * hub's records. */
+    SSL_read(tp->client, junk, sizeof(junk));
+    ERR_clear_error();
+    fd = dup(tp->sfd);
+    close(tp->sfd);
+    tp->sfd = -1;
+    ck_assert_int_eq(comet_tls_detach(tp->server, fd), APR_SUCCESS);
+    ck_assert_int_eq(comet_store_subscribe(fx.st, fx.slot, id, strlen(id),
+                                           comet_now_mono(), &ref, &newest),
+                     APR_SUCCESS);
+    seq = newest.seq;
+    ids[0] = id;
+    memset(&spec, 0, sizeof(spec));
+    spec.fd = fd;
+    spec.ssl = tp->server;
+    spec.transport = COMET_T_SSE;
+    spec.chunked = 1;
+    spec.nchan = 1;
+    spec.refs = &ref;
+    spec.ids = ids;
+    spec.seqs = &seq;
+    ck_assert_int_eq(comet_hub_adopt(fx.hub, &spec, NULL), APR_SUCCESS);
+    tp->server = NULL;
+}
+
+static void tls_done(tls_util_pair_t *tp)
+{
+    tls_util_pair_free(tp);
+    SSL_CTX_free(tls_cctx);
+    SSL_CTX_free(tls_sctx);
+}
+
+/* Decrypted bytes until needle shows up; 1 when found. */
+static int tls_read_until(tls_util_pair_t *tp, char *buf, size_t max,
+                          size_t *len, const char *needle)
+{
+    for (int i = 0; i < 200; i++) {
+        buf[*len] = '\0';
+        if (strstr(buf, needle)) {
+            return 1;
+        }
+        if (!tls_util_client_some(tp, buf, max - 1, len, 100)
+            && SSL_get_error(tp->client, -1) == SSL_ERROR_ZERO_RETURN) {
+            break;
+        }
+    }
+    buf[*len] = '\0';
+    return strstr(buf, needle) != NULL;
+}
+
+START_TEST(a_tls_subscriber_gets_messages_and_ends_with_close_notify)
+{
+    tls_util_pair_t tp;
+    comet_hub_stats_t hs;
+    char buf[4096];
+    size_t len = 0;
+
+    adopt_tls(&tp, "tls", _i ? 3 : 2);
+    ck_assert(wait_hub_count(1));
+    comet_hub_stats(fx.hub, &hs);
+    ck_assert_uint_eq(hs.detached, 1);
+    ck_assert_uint_eq(hs.tls, 1);
+    publish("tls", "over tls", NULL);
+    ck_assert_msg(tls_read_until(&tp, buf, sizeof(buf), &len,
+                                 "data: over tls\n\n\r\n"), "got %s", buf);
+    hub_join();
+    len = 0;
+    ck_assert_int_eq(tls_util_client_read(&tp, buf, 6, &len, 2000),
+                     SSL_ERROR_ZERO_RETURN);
+    buf[len] = '\0';
+    ck_assert_str_eq(buf, "0\r\n\r\n");
+    ck_assert_uint_eq(store_subscribers("tls"), 0);
+    tls_done(&tp);
+}
+END_TEST
+
+START_TEST(a_tls_client_close_notify_is_answered_and_the_subscriber_freed)
+{
+    tls_util_pair_t tp;
+    comet_hub_stats_t hs;
+    char buf[64];
+    size_t len = 0;
+
+    adopt_tls(&tp, "tlsbye", 3);
+    ck_assert(wait_hub_count(1));
+    ck_assert_int_ge(SSL_shutdown(tp.client), 0);
+    ck_assert(wait_hub_count(0));
+    ck_assert(wait_count("tlsbye", 0));
+    ck_assert_int_eq(tls_util_client_read(&tp, buf, 1, &len, 2000),
+                     SSL_ERROR_ZERO_RETURN);
+    comet_hub_stats(fx.hub, &hs);
+    ck_assert_uint_eq(hs.tls, 0);
+    ck_assert_uint_eq(hs.detached, 0);
+    tls_done(&tp);
+}
+END_TEST
+
+/* Count "data: m<k>" events in order from 1; returns how many, -1 when
+ * one is missing or out of order. */
+static int events_in_order(const char *buf)
+{
+    int n = 0;
+
+    for (const char *p = buf; (p = strstr(p, "data: m")); p++) {
+        if (atoi(p + 7) != ++n) {
+            return -1;
+        }
+    }
+    return n;
+}
+
+/* A client that reads slowly: what waits is kept in order and all of it
+ * arrives; one that stops reading is dropped past the bound, and what it
+ * did get is a gapless prefix (bytes are never dropped or reordered). */
+START_TEST(tls_bytes_that_wait_are_kept_in_order_and_a_stuck_client_dropped)
+{
+    /* Fewer than the store keeps per channel; more bytes than the
+     * socket and the bound hold together. */
+    enum { MSGS = 90, MAXBUF = 4 * 1024 * 1024 };
+    tls_util_pair_t tp;
+    char *buf = malloc(MAXBUF), msg[3500];
+    size_t len = 0;
+    comet_hub_stats_t hs;
+    int rcv = 4096, stuck = _i;
+
+    hub_join();
+    teardown();
+    hub_start(stuck ? 64 * 1024 : 4 * 1024 * 1024, 0);
+    adopt_tls(&tp, "tlsslow", 3);
+    setsockopt(tp.cfd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv));
+    ck_assert(wait_hub_count(1));
+    /* The first one read: the hub has linked the subscriber. */
+    publish("tlsslow", "m1 x", NULL);
+    ck_assert(tls_read_until(&tp, buf, MAXBUF, &len, "data: m1 x"));
+    memset(msg, 'x', sizeof(msg));
+    for (int i = 2; i <= MSGS; i++) {
+        snprintf(msg, 16, "m%d ", i);
+        msg[strlen(msg)] = 'x';
+        msg[sizeof(msg) - 1] = '\0';
+        publish("tlsslow", msg, NULL);
+    }
+    if (stuck) {
+        for (int i = 0; i < 2000; i++) {
+            comet_hub_stats(fx.hub, &hs);
+            if (hs.dropped_slow) {
+                break;
+            }
+            usleep(1000);
+        }
+        ck_assert_uint_eq(hs.dropped_slow, 1);
+        /* Cut without close_notify: read what came before the cut. */
+        while (tls_util_client_some(&tp, buf, MAXBUF - 1, &len, 200)) {
+        }
+        buf[len] = '\0';
+        ck_assert_msg(events_in_order(buf) >= 1, "got %d in order: %s",
+                      events_in_order(buf), comet_test_show(buf, len));
+        ck_assert_int_lt(events_in_order(buf), MSGS);
+    }
+    else {
+        char want[32];
+
+        snprintf(want, sizeof(want), "data: m%d x", MSGS);
+        ck_assert(tls_read_until(&tp, buf, MAXBUF, &len, want));
+        ck_assert_int_eq(events_in_order(buf), MSGS);
+        comet_hub_stats(fx.hub, &hs);
+        ck_assert_uint_eq(hs.dropped_slow, 0);
+    }
+    tls_done(&tp);
+    free(buf);
+}
+END_TEST
+
 Suite *test_comet_hub_suite(void)
 {
     Suite *s = suite_create("comet_hub");
@@ -758,6 +956,13 @@ Suite *test_comet_hub_suite(void)
     tcase_add_test(tc, the_subscriber_limit_refuses_adoption);
     tcase_add_test(tc, a_sink_subscriber_gets_plain_frames_and_can_be_cancelled);
     tcase_add_test(tc, tasks_run_on_the_hub_thread_in_order_and_stop_with_it);
+    tcase_add_loop_test(tc,
+        a_tls_subscriber_gets_messages_and_ends_with_close_notify, 0, 2);
+    tcase_add_test(tc,
+        a_tls_client_close_notify_is_answered_and_the_subscriber_freed);
+    tcase_add_loop_test(tc,
+        tls_bytes_that_wait_are_kept_in_order_and_a_stuck_client_dropped,
+        0, 2);
     suite_add_tcase(s, tc);
     return s;
 }
