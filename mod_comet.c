@@ -9,13 +9,16 @@
  * calls.  In the order httpd runs them:
  *
  *   register_hooks  the hooks below; the suspended subscribers' connection
- *                   hooks and filter; the server-status section.
+ *                   hooks and filter; mod_ssl's pre_handshake hook and the
+ *                   guard filter of TLS takeovers; the server-status
+ *                   section.
  *   (pre_config)    none: nothing must exist before the configuration is
  *                   read.
  *   post_config     the parent: the event MPM is checked; the store and
  *                   the slots' wakeup eventfds (kept across graceful
  *                   restarts); the suspended subscribers' bound; the
- *                   statistics segment; the publish socket.
+ *                   statistics segment; the publish socket; a notice for
+ *                   comet locations that HTTP/2 may serve.
  *   child_init      each child: its slot in the store; its hub thread and
  *                   publish thread, with the publish socket's server and
  *                   its server-status record, then started.
@@ -62,6 +65,7 @@
 #include "mod_comet_status.h"
 #include "mod_comet_pubsock.h"
 #include "mod_comet_quota.h"
+#include "mod_comet_takeover.h"
 #include "event_bridge.h"
 
 #define COMET_SUBSCRIBER_HANDLER "comet-subscriber"
@@ -169,6 +173,17 @@ static void install_core_log(server_rec *s)
     proc.server = s;
     comet_log_set(core_log, NULL,
                   ap_get_server_module_loglevel(s, APLOG_MODULE_INDEX));
+}
+
+comet_conn_t *comet_conn(conn_rec *c, int make)
+{
+    comet_conn_t *cc = ap_get_module_config(c->conn_config, &comet_module);
+
+    if (!cc && make) {
+        cc = apr_pcalloc(c->pool, sizeof(*cc));
+        ap_set_module_config(c->conn_config, &comet_module, cc);
+    }
+    return cc;
 }
 
 /* ---- wakeups -------------------------------------------------------------- */
@@ -316,6 +331,7 @@ static int comet_post_config(apr_pool_t *pconf, apr_pool_t *plog,
     proc.wake_fds = ps->wake_fds;
     proc.nslots = ps->nslots;
     comet_susp_post_config(s);
+    comet_takeover_post_config(ptemp, s);
     if ((rc = comet_status_post_config(pconf, s)) != OK) {
         return rc;
     }
@@ -564,6 +580,10 @@ static void comet_register_hooks(apr_pool_t *p)
     ap_hook_suspend_connection(comet_susp_suspend_connection, NULL, NULL,
                                APR_HOOK_REALLY_LAST);
     comet_susp_register_filter();
+
+    /* TLS subscribers detached (mod_comet_takeover.c): the SSL of every
+     * TLS connection from mod_ssl, and the filter below it. */
+    comet_takeover_register_hooks();
 
     /* mod_comet's section of server-status (mod_comet_status.c). */
     APR_OPTIONAL_HOOK(ap, status_hook, comet_status_hook, NULL, NULL,

@@ -67,6 +67,18 @@ void comet_log_error_(const char *file, int line, int module_index,
                       int level, apr_status_t rv, const server_rec *s,
                       const request_rec *r, const char *fmt, ...)
     __attribute__((format(printf, 8, 9)));
+/* What mod_comet keeps per connection, in its conn_config slot (c->pool):
+ * the suspended subscriber's record until the suspend hook takes it
+ * (mod_comet_susp.c), the TLS session mod_ssl handed over
+ * (mod_comet_takeover.c). */
+typedef struct comet_conn_t {
+    void *susp;
+    void *takeover;
+} comet_conn_t;
+
+/* c's record; made when make is set, else NULL when there is none.  The
+ * thread serving c (a request thread or connection hook). */
+comet_conn_t *comet_conn(conn_rec *c, int make);
 
 /* Store wakeup callback: kicks slot's eventfd.  Any thread. */
 void comet_wake_slot(void *baton, apr_uint32_t slot);

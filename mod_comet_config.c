@@ -56,6 +56,8 @@ typedef struct comet_srv_conf_t {
 #define COMET_DEFAULT_SUB_TIMEOUT     apr_time_from_sec(30)
 #define COMET_DEFAULT_MAX_CHANNELS    64
 #define COMET_DEFAULT_NEW_PER_CLIENT  1024
+#define COMET_DEFAULT_TLS_DETACH      1
+#define COMET_DEFAULT_HTTP2           COMET_H2_DOWNGRADE
 
 /* ---- value parsers ------------------------------------------------------ */
 
@@ -428,6 +430,43 @@ static const char *set_existing_only(cmd_parms *cmd, void *mconfig, int on)
     return err;
 }
 
+static const char *set_tls_detach(cmd_parms *cmd, void *mconfig, int on)
+{
+    const char *err = location_only(cmd);
+
+    if (!err) {
+        ((comet_dir_conf_t *)mconfig)->tls_detach = on;
+    }
+    return err;
+}
+
+static const char *const http2_names[] = {
+    NULL, "downgrade", "hold", "refuse"
+};
+
+const char *comet_config_http2_name(int policy)
+{
+    return policy >= COMET_H2_DOWNGRADE && policy <= COMET_H2_REFUSE
+           ? http2_names[policy] : "?";
+}
+
+static const char *set_http2(cmd_parms *cmd, void *mconfig, const char *arg)
+{
+    const char *err = location_only(cmd);
+
+    if (err) {
+        return err;
+    }
+    for (int i = COMET_H2_DOWNGRADE; i <= COMET_H2_REFUSE; i++) {
+        if (!strcasecmp(arg, http2_names[i])) {
+            ((comet_dir_conf_t *)mconfig)->http2 = i;
+            return NULL;
+        }
+    }
+    return apr_psprintf(cmd->pool, "%s: '%s' is not a policy (use "
+                        "downgrade, hold or refuse)", cmd->cmd->name, arg);
+}
+
 #define COMET_DIR_CONF (RSRC_CONF | ACCESS_CONF)
 
 const command_rec comet_cmds[] = {
@@ -482,6 +521,14 @@ const command_rec comet_cmds[] = {
     AP_INIT_FLAG("CometSubscribeExistingOnly", set_existing_only, NULL,
                  COMET_DIR_CONF, "Refuse (404) subscriptions to channels "
                  "nobody has published to (default off)"),
+    AP_INIT_FLAG("CometTLSDetach", set_tls_detach, NULL, COMET_DIR_CONF,
+                 "Take over mod_ssl's TLS session so that TLS subscribers "
+                 "are detached like plain ones; off: suspend them "
+                 "(default on)"),
+    AP_INIT_TAKE1("CometHTTP2", set_http2, NULL, COMET_DIR_CONF,
+                  "Subscriptions over HTTP/2: downgrade (the client retries "
+                  "over HTTP/1.1), hold (a worker thread each, bounded) or "
+                  "refuse (503) (default downgrade)"),
     { NULL }
 };
 
@@ -517,6 +564,7 @@ void *comet_create_dir_conf(apr_pool_t *p, char *dir)
     dc->subscriber_timeout = -1;
     dc->max_channels = -1;
     dc->existing_only = -1;
+    dc->tls_detach = -1;
     return dc;
 }
 
@@ -541,6 +589,9 @@ void *comet_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
                                          : base->allow_origin;
     dc->existing_only = add->existing_only != -1 ? add->existing_only
                                                  : base->existing_only;
+    dc->tls_detach = add->tls_detach != -1 ? add->tls_detach
+                                           : base->tls_detach;
+    dc->http2 = add->http2 ? add->http2 : base->http2;
     return dc;
 }
 
@@ -574,6 +625,16 @@ int comet_dir_max_channels(const comet_dir_conf_t *dc)
 int comet_dir_existing_only(const comet_dir_conf_t *dc)
 {
     return dc->existing_only == 1;
+}
+
+int comet_dir_tls_detach(const comet_dir_conf_t *dc)
+{
+    return dc->tls_detach == -1 ? COMET_DEFAULT_TLS_DETACH : dc->tls_detach;
+}
+
+int comet_dir_http2(const comet_dir_conf_t *dc)
+{
+    return dc->http2 ? dc->http2 : COMET_DEFAULT_HTTP2;
 }
 
 static const comet_srv_conf_t *srv_get(const server_rec *s)

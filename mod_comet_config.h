@@ -28,7 +28,16 @@ typedef struct comet_dir_conf_t {
                                           "" = off                       */
     int           existing_only;       /* CometSubscribeExistingOnly; -1
                                           unset                          */
+    int           tls_detach;          /* CometTLSDetach; -1 unset       */
+    int           http2;               /* CometHTTP2 (COMET_H2_*); 0 unset */
 } comet_dir_conf_t;
+
+/* CometHTTP2: what a subscription on an HTTP/2 stream gets. */
+#define COMET_H2_DOWNGRADE  1   /* 403 that makes the client retry over
+                                   HTTP/1.1 (mod_http2: RST_STREAM with
+                                   HTTP_1_1_REQUIRED)                   */
+#define COMET_H2_HOLD       2   /* held on its h2 worker, bounded        */
+#define COMET_H2_REFUSE     3   /* 503                                   */
 
 /* The directives, and the module record's configuration functions.
  * Configuration time: the parent reading its configuration (or
@@ -48,6 +57,10 @@ apr_time_t comet_dir_keepalive(const comet_dir_conf_t *dc);
 apr_time_t comet_dir_subscriber_timeout(const comet_dir_conf_t *dc);
 int comet_dir_max_channels(const comet_dir_conf_t *dc);
 int comet_dir_existing_only(const comet_dir_conf_t *dc);
+int comet_dir_tls_detach(const comet_dir_conf_t *dc);
+int comet_dir_http2(const comet_dir_conf_t *dc);
+/* The name of a COMET_H2_* value, as CometHTTP2 takes it. */
+const char *comet_config_http2_name(int policy);
 
 /* Server-wide values in effect (defaults applied), the way mod_http2's
  * h2_config_sgeti gives them: only the main server's record counts (a

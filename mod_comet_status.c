@@ -51,6 +51,8 @@ typedef struct status_slot_t {
     apr_int32_t  pid;               /* 0: no process                     */
     apr_uint32_t connections;       /* subscribers held by the hub       */
     apr_uint32_t by_transport[3];   /* sse, long-poll, stream            */
+    apr_uint32_t detached;          /* of them, on a socket of the hub's */
+    apr_uint32_t tls;               /* ... with a TLS session taken over */
     apr_uint32_t pub_clients;       /* publish socket connections        */
     comet_live_t live;              /* kept live (comet_status_live)     */
     apr_uint64_t adopted;
@@ -160,6 +162,8 @@ static void write_slot(status_slot_t *sl, comet_hub_t *hub)
     comet_hub_stats(hub, &hs);
     comet_pubsock_stats(&ps);
     STORE(sl->connections, hs.subscribers);
+    STORE(sl->detached, hs.detached);
+    STORE(sl->tls, hs.tls);
     for (i = 0; i < 3; i++) {
         STORE(sl->by_transport[i], hs.by_transport[i]);
     }
@@ -212,7 +216,7 @@ void comet_status_child_init(void)
 typedef struct status_sums_t {
     apr_uint64_t adopted, deliveries, dropped_slow, pub_commands,
                  pub_publishes;
-    apr_uint32_t pub_clients, connections, processes;
+    apr_uint32_t pub_clients, connections, processes, detached, tls;
     apr_uint32_t suspended, held, mpm_conns, mpm_suspended, gate_waits;
     apr_uint32_t sb_conns, sb_suspended, sb_lingering;
 } status_sums_t;
@@ -272,6 +276,8 @@ static void sum_slots(status_sums_t *sum)
         sum->pub_publishes += LOAD(sl->pub_publishes);
         sum->pub_clients += LOAD(sl->pub_clients);
         sum->connections += LOAD(sl->connections);
+        sum->detached += LOAD(sl->detached);
+        sum->tls += LOAD(sl->tls);
         sum->suspended += LOAD(sl->live.suspended);
         sum->held += LOAD(sl->live.held);
         sum->mpm_conns += LOAD(sl->live.mpm_conns);
@@ -317,6 +323,8 @@ int comet_status_hook(request_rec *r, int flags)
                    "CometSharedMemoryFree: %" APR_SIZE_T_FMT "\n"
                    "CometSubscribers: %" APR_UINT64_T_FMT "\n"
                    "CometConnections: %u\n"
+                   "CometDetached: %u\n"
+                   "CometDetachedTLS: %u\n"
                    "CometPublishes: %" APR_UINT64_T_FMT "\n"
                    "CometDeliveries: %" APR_UINT64_T_FMT "\n"
                    "CometDroppedSlow: %" APR_UINT64_T_FMT "\n"
@@ -333,9 +341,9 @@ int comet_status_hook(request_rec *r, int flags)
                    "CometScoreboardLingering: %u\n",
                    ss.channels, ss.channels_max, ss.messages, cfg.size,
                    ss.bytes_used, ss.bytes_free, ss.subscribers,
-                   sum.connections, ss.published, sum.deliveries,
-                   sum.dropped_slow, sum.pub_clients, sum.pub_publishes,
-                   sum.processes, sum.suspended, sum.held, sum.mpm_conns,
+                   sum.connections, sum.detached, sum.tls, ss.published,
+                   sum.deliveries, sum.dropped_slow, sum.pub_clients,
+                   sum.pub_publishes, sum.processes, sum.suspended, sum.held, sum.mpm_conns,
                    sum.mpm_suspended, sum.gate_waits, sum.sb_conns,
                    sum.sb_suspended, sum.sb_lingering);
     }
@@ -354,16 +362,18 @@ int comet_status_hook(request_rec *r, int flags)
                    "<dt>Deliveries since start: %" APR_UINT64_T_FMT
                    "; slow subscribers dropped: %" APR_UINT64_T_FMT
                    "</dt>\n"
+                   "<dt>Detached (no worker, no MPM connection): %u, of "
+                   "which %u over TLS</dt>\n"
                    "<dt>Through httpd's filters: %u suspended (no worker "
-                   "kept; TLS, HTTP/1.0), %u held (HTTP/2, a worker each)"
-                   "</dt>\n"
+                   "kept; HTTP/1.0, TLS not taken over), %u held (HTTP/2, "
+                   "a worker each)</dt>\n"
                    "<dt>Event MPM connections: %u, of which %u suspended"
                    "</dt>\n",
                    ss.channels, ss.channels_max, ss.messages, cfg.size,
                    ss.bytes_used, ss.bytes_free, ss.subscribers,
                    sum.connections, ss.published, sum.deliveries,
-                   sum.dropped_slow, sum.suspended, sum.held, sum.mpm_conns,
-                   sum.mpm_suspended);
+                   sum.dropped_slow, sum.detached, sum.tls, sum.suspended,
+                   sum.held, sum.mpm_conns, sum.mpm_suspended);
         if (sock) {
             ap_rprintf(r, "<dt>Publish socket %s: %u clients, %"
                        APR_UINT64_T_FMT " publishes since start</dt>\n",
@@ -394,13 +404,14 @@ int comet_status_hook(request_rec *r, int flags)
         subs = comet_store_proc_subscribers(st, i);
         if (brief) {
             ap_rprintf(r, "CometProcess%u: pid=%d slot=%u subscribers=%"
-                       APR_UINT64_T_FMT " connections=%u sse=%u longpoll=%u "
-                       "stream=%u deliveries=%" APR_UINT64_T_FMT
+                       APR_UINT64_T_FMT " connections=%u detached=%u tls=%u "
+                       "sse=%u longpoll=%u stream=%u deliveries=%"
+                       APR_UINT64_T_FMT
                        " dropped_slow=%" APR_UINT64_T_FMT
                        " socket_clients=%u suspended=%u held=%u "
                        "mpm_connections=%u mpm_suspended=%u\n", n, (int)pid,
-                       i, subs,
-                       LOAD(sl->connections), LOAD(sl->by_transport[0]),
+                       i, subs, LOAD(sl->connections), LOAD(sl->detached),
+                       LOAD(sl->tls), LOAD(sl->by_transport[0]),
                        LOAD(sl->by_transport[1]), LOAD(sl->by_transport[2]),
                        LOAD(sl->deliveries), LOAD(sl->dropped_slow),
                        LOAD(sl->pub_clients), LOAD(sl->live.suspended),

@@ -10,19 +10,24 @@
  * and whatever is already due, and then parks the subscriber with this
  * process's hub:
  *
- *   detached  plain HTTP/1.1 with nothing but httpd's own framing filters
- *             on the way: the hub gets a dup() of the socket and httpd is
- *             told the connection is gone (c->aborted), so httpd logs the
- *             request, frees its pools and forgets the connection.  No
- *             worker thread, no MPM connection slot, ~100 bytes kept.
- *   suspended TLS, HTTP/1.0, a transforming filter: the bytes must go
+ *   detached  HTTP/1.1 with nothing but httpd's own framing filters (and
+ *             mod_ssl's) on the way: the hub gets a dup() of the socket
+ *             and httpd is told the connection is gone (c->aborted), so
+ *             httpd logs the request, frees its pools and forgets the
+ *             connection.  No worker thread, no MPM connection slot, ~100
+ *             bytes kept.  Over TLS the hub takes mod_ssl's session over
+ *             too (mod_comet_takeover.c; ~14 KB, OpenSSL's session).
+ *   suspended what cannot be detached (HTTP/1.0, a transforming filter, a
+ *             TLS session that cannot be taken over): the bytes go
  *             through httpd's filters.  The handler returns SUSPENDED and
  *             MPM worker callbacks write what the hub hands over, without
  *             ever waiting for the client (mod_comet_susp.c).  Bounded
  *             per process by what the event MPM leaves room for.
- *   held      HTTP/2 (a stream must not be suspended): the handler keeps
- *             its thread and writes what the hub hands it.  Bounded per
- *             process (see CometMaxSubscribers and README).
+ *   held      HTTP/2 with CometHTTP2 hold (a stream must not be
+ *             suspended): the handler keeps its thread and writes what the
+ *             hub hands it.  Bounded per process (see README).  By default
+ *             (CometHTTP2 downgrade) an HTTP/2 subscription is answered so
+ *             that the client retries over HTTP/1.1 instead.
  *
  * A long-poll that finds messages waiting is answered at once, like any
  * ordinary response (keep-alive allowed).
@@ -60,6 +65,7 @@
 #include "mod_comet_quota.h"
 #include "mod_comet_susp.h"
 #include "mod_comet_status.h"
+#include "mod_comet_takeover.h"
 #include "event_bridge.h"
 #include "comet_frame.h"
 #include "comet_render.h"
@@ -350,7 +356,8 @@ static int filters_allow_detach(sub_req_t *sr)
     static const char *const known[] = {
         "old_write", "chunk", "http_header", "http_outerror", "byterange",
         "content_length", "core", "log_input_output", "req_core",
-        "reqtimeout", "eor", NULL
+        "reqtimeout", "eor", "ssl/tls filter", "ssl/tls coalescing filter",
+        NULL
     };
     ap_filter_t *f;
 
@@ -370,13 +377,25 @@ static int filters_allow_detach(sub_req_t *sr)
     return 1;
 }
 
+/* Checked before the head is sent (a TLS session that cannot be taken
+ * over means a suspended subscriber, which is prepared before the head). */
 static int can_detach(sub_req_t *sr)
 {
     request_rec *r = sr->r;
+    const char *why;
 
-    return r->proto_num >= HTTP_VERSION(1, 1) && !r->connection->master
-           && !ap_ssl_conn_is_ssl(r->connection) && !r->header_only
-           && filters_allow_detach(sr);
+    if (r->proto_num < HTTP_VERSION(1, 1) || r->connection->master
+        || r->header_only || !filters_allow_detach(sr)) {
+        return 0;
+    }
+    if (ap_ssl_conn_is_ssl(r->connection)
+        && (why = comet_takeover_refusal(r)) != NULL) {
+        COMET_SUB_LOG(r, APLOG_DEBUG, 0, 0408, sr->ids[0], "TLS session "
+                      "not taken over (%s): the subscriber is suspended",
+                      why);
+        return 0;
+    }
+    return 1;
 }
 
 /* The head and the first bytes go out through httpd's filters, blocking:
@@ -414,6 +433,19 @@ static int park_detached(sub_req_t *sr, comet_hub_t *hub)
     apr_status_t rv;
     int fd;
 
+    if (ap_ssl_conn_is_ssl(c)) {
+        fill_spec(sr, &spec);
+        spec.chunked = r->chunked;
+        if ((rv = comet_takeover_start(r, hub, &spec)) != APR_SUCCESS) {
+            COMET_SUB_LOG(r, APLOG_INFO, rv, 0409, sr->ids[0], "cannot take "
+                          "the TLS session over; ending the response");
+            return OK;
+        }
+        /* The connection's record owns the subscriptions now; the hub
+         * gets them when httpd has let go of the connection. */
+        sr->subscribed = 0;
+        return OK;
+    }
     if (apr_os_sock_get(&osfd, ap_get_conn_socket(c)) != APR_SUCCESS
         || (fd = fcntl(osfd, F_DUPFD_CLOEXEC, 0)) < 0) {
         return DONE;
@@ -733,6 +765,24 @@ int comet_subscriber_handler(request_rec *r)
     if (suspend) {
         return park_suspended(sr, hub, buf);
     }
+    if (!detach && r->connection->master
+        && comet_dir_http2(dc) != COMET_H2_HOLD) {
+        /* An HTTP/2 stream cannot be detached or suspended. */
+        unsubscribe_all(sr);
+        if (comet_dir_http2(dc) == COMET_H2_REFUSE) {
+            rc = comet_refuse(r, HTTP_SERVICE_UNAVAILABLE, "subscriptions "
+                              "over HTTP/2 are not served here (CometHTTP2 "
+                              "refuse); use HTTP/1.1");
+            goto refused;
+        }
+        /* mod_http2 resets the stream with HTTP_1_1_REQUIRED, and the
+         * client retries over HTTP/1.1. */
+        COMET_SUB_LOG(r, APLOG_DEBUG, 0, 0410, sr->ids[0], "HTTP/2: asking "
+                      "the client to retry over HTTP/1.1 (CometHTTP2 "
+                      "downgrade)");
+        apr_table_setn(r->notes, "ssl-renegotiate-forbidden", "comet");
+        return HTTP_FORBIDDEN;
+    }
     if (!detach && !held_reserve()) {
         COMET_SUB_LOG(r, APLOG_WARNING, 0, 0405, sr->ids[0], "refused, %u "
                       "subscribers that need a worker thread (HTTP/2) are "
@@ -749,7 +799,8 @@ int comet_subscriber_handler(request_rec *r)
     }
     else if (detach) {
         COMET_SUB_LOG(r, APLOG_DEBUG, 0, 0406, sr->ids[0],
-                      "parked (detached)");
+                      "parked (detached%s)",
+                      ap_ssl_conn_is_ssl(r->connection) ? ", TLS" : "");
         return park_detached(sr, hub);
     }
     else {

@@ -815,16 +815,17 @@ void comet_susp_resume_connection(conn_rec *c, request_rec *r)
 
 void comet_susp_suspend_connection(conn_rec *c, request_rec *r)
 {
+    comet_conn_t *cc;
     susp_t *s;
 
     if (c->master || !c->cs || c->cs->state != CONN_STATE_SUSPENDED) {
         return;
     }
     apr_atomic_inc32(&comet_status_live()->mpm_suspended);
-    if (!(s = ap_get_module_config(c->conn_config, &comet_module))) {
+    if (!(cc = comet_conn(c, 0)) || !(s = cc->susp)) {
         return;
     }
-    ap_set_module_config(c->conn_config, &comet_module, NULL);
+    cc->susp = NULL;
     pthread_mutex_lock(&susp_mu);
     s->epoch0 = apr_atomic_read32(&susp_g_epochs[s->tslot]);
     /* The gate: shut until this worker's next scoreboard update. */
@@ -1004,7 +1005,7 @@ int comet_susp_park(request_rec *r, comet_hub_t *hub,
     pthread_mutex_unlock(&susp_mu);
     /* The suspend hook finds the record here; released with the
      * connection. */
-    ap_set_module_config(c->conn_config, &comet_module, s);
+    comet_conn(c, 1)->susp = s;
     return SUSPENDED;
 }
 
