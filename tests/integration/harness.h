@@ -24,6 +24,11 @@ typedef struct it_opts_t {
     const char *extra;      /* appended to the generated httpd.conf        */
     const char *loglevel;   /* LogLevel for comet; "info"                  */
     int tls;                /* also listen with TLS on tls_port            */
+    const char *tls_vhost;  /* more lines inside the TLS virtual host      */
+    int tls_client_ca;      /* a CA (<dir>/ca.pem, which the TLS host
+                               trusts for client certificates) and a
+                               client certificate it signed
+                               (<dir>/client.pem, <dir>/client-key.pem)    */
 } it_opts_t;
 
 typedef struct it_server_t {

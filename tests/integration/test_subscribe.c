@@ -643,8 +643,9 @@ START_TEST(five_thousand_parked_subscribers_all_receive_while_the_site_answers)
 END_TEST
 
 
-/* Over HTTP/2 a subscriber stays on its h2 worker (never suspended: that
- * would reset the stream); SSE and long-poll both work. */
+/* With CometHTTP2 hold, a subscriber over HTTP/2 stays on its h2 worker
+ * (never suspended: that would reset the stream); SSE and long-poll both
+ * work. */
 START_TEST(sse_and_long_poll_over_http2_work)
 {
     it_server_t s2;
@@ -655,7 +656,7 @@ START_TEST(sse_and_long_poll_over_http2_work)
 
     memset(&o, 0, sizeof(o));
     o.extra = "LoadModule http2_module @MODULES@/mod_http2.so\n"
-              "Protocols h2c http/1.1\n";
+              "Protocols h2c http/1.1\nCometHTTP2 hold\n";
     ck_assert_int_eq(it_server_start(&s2, &o), 0);
     snprintf(cmd, sizeof(cmd), "curl -s -N --http2-prior-knowledge "
              "--max-time 8 -H 'Accept: text/event-stream' "

@@ -6,6 +6,8 @@
  * thread each (more of them than the workers there are), clients that
  * leave, long-polls answered and timed out, graceful restart and stop
  * with parked streams, and thousands of subscribe/disconnect cycles.
+ * TLS subscribers are suspended here because CometTLSDetach is off (by
+ * default they are detached: test_tls.c); HTTP/1.0 ones always are.
  * Every test ends by checking that the MPM's connections are all gone
  * and that no child crashed. */
 
@@ -179,7 +181,7 @@ static void start_tls(it_server_t *s, int async_factor)
     memset(&o, 0, sizeof(o));
     o.tls = 1;
     o.async_factor = async_factor;
-    o.extra = "KeepAliveTimeout 1\n"
+    o.extra = "KeepAliveTimeout 1\nCometTLSDetach off\n"
               "<Location /lp1/>\n  SetHandler comet-subscriber\n"
               "  CometSubscriberTimeout 1\n</Location>\n"
               "<Location /ka/>\n  SetHandler comet-subscriber\n"
@@ -480,7 +482,8 @@ static void slow_client(int tls)
 
     memset(&o, 0, sizeof(o));
     o.tls = tls;
-    o.extra = "CometMaxPendingBytes 65536\nKeepAliveTimeout 1\n";
+    o.extra = "CometMaxPendingBytes 65536\nKeepAliveTimeout 1\n"
+              "CometTLSDetach off\n";
     ck_assert_int_eq(it_server_start(&s, &o), 0);
     memset(msg, 'x', 16 * 1024);
     msg[16 * 1024] = '\0';
@@ -573,7 +576,8 @@ START_TEST(an_ended_stream_whose_client_does_not_read_is_cut_after_a_while)
 
     memset(&o, 0, sizeof(o));
     o.tls = 1;
-    o.extra = "CometMaxPendingBytes 16M\nKeepAliveTimeout 1\n";
+    o.extra = "CometMaxPendingBytes 16M\nKeepAliveTimeout 1\n"
+              "CometTLSDetach off\n";
     ck_assert_int_eq(it_server_start(&s, &o), 0);
     memset(msg, 'y', 16 * 1024);
     msg[16 * 1024] = '\0';
