@@ -380,24 +380,35 @@ void comet_takeover_post_config(apr_pool_t *ptemp, server_rec *s)
             ap_conf_vector_t *sec = APR_ARRAY_IDX(sc->sec_url, i,
                                                   ap_conf_vector_t *);
             const core_dir_config *d = ap_get_core_module_config(sec);
+            /* A section with no Comet directive has no record of ours:
+             * the host's defaults apply. */
             const comet_dir_conf_t *dc = ap_get_module_config(sec,
                                                               &comet_module);
+            const char *where;
 
-            if (!is_subscriber_section(ptemp, d)) {
+            /* A section that sets CometHTTP2 is a comet location too
+             * (its SetHandler may come from an enclosing one). */
+            if (!is_subscriber_section(ptemp, d) && !(dc && dc->http2)) {
                 continue;
             }
+            if (!dc || !dc->http2) {
+                dc = ap_get_module_config(s->lookup_defaults, &comet_module);
+            }
+            where = d->expr_handler && d->expr_handler->filename
+                    ? apr_psprintf(ptemp, " (%s:%u)",
+                                   d->expr_handler->filename,
+                                   d->expr_handler->line_number) : "";
             ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, COMET_LOGNO(0802)
-                         "comet location %s (%s:%u) is served by the "
-                         "virtual host of %s:%d, whose Protocols include h2: "
-                         "CometHTTP2 %s applies to subscriptions over "
-                         "HTTP/2 there (see README, \"TLS, HTTP/2 and "
-                         "HTTP/1.0\"); a comet host of its own with "
-                         "Protocols http/1.1 avoids it", d->d,
-                         d->expr_handler->filename,
-                         d->expr_handler->line_number,
+                         "comet location %s%s is served by the virtual host "
+                         "of %s:%d, whose Protocols include h2: CometHTTP2 "
+                         "%s applies to subscriptions over HTTP/2 there (see "
+                         "README, \"TLS, HTTP/2 and HTTP/1.0\"); a comet "
+                         "host of its own with Protocols http/1.1 avoids it",
+                         d->d, where,
                          s->defn_name ? s->defn_name : "the main server",
                          s->defn_line_number,
-                         comet_config_http2_name(comet_dir_http2(dc)));
+                         comet_config_http2_name(dc ? comet_dir_http2(dc)
+                                                 : COMET_H2_DOWNGRADE));
         }
     }
 }

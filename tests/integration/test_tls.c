@@ -1019,6 +1019,126 @@ START_TEST(twenty_thousand_tls_subscribe_disconnect_cycles_leave_nothing)
 }
 END_TEST
 
+
+/* ---- HTTP/2 ---------------------------------------------------------------------- */
+
+/* Read from a popen()ed command until needle shows up or it ends. */
+static int pipe_until(FILE *f, char *out, size_t max, const char *needle)
+{
+    size_t n = strlen(out);
+
+    while (n < max - 1 && !strstr(out, needle)) {
+        if (fread(out + n, 1, 1, f) != 1) {
+            break;
+        }
+        out[++n] = '\0';
+    }
+    return strstr(out, needle) != NULL;
+}
+
+static int access_log_has(const it_server_t *s, const char *needle)
+{
+    char path[512], *log = malloc(1024 * 1024);
+    int found;
+
+    snprintf(path, sizeof(path), "%s/access_log", s->dir);
+    found = it_read_file(path, log, 1024 * 1024) > 0 && strstr(log, needle);
+    free(log);
+    return found;
+}
+
+typedef struct logged_t {
+    const it_server_t *s;
+    const char *needle;
+} logged_t;
+
+static int logged(void *baton)
+{
+    logged_t *l = baton;
+
+    return access_log_has(l->s, l->needle);
+}
+
+static int wait_logged(const it_server_t *s, const char *needle)
+{
+    logged_t l;
+
+    l.s = s;
+    l.needle = needle;
+    return it_wait_for(logged, &l, 10000);
+}
+
+/* A host whose Protocols include h2, with the three CometHTTP2 policies
+ * (curl speaks h2 by ALPN): downgrade (the default) makes curl retry over
+ * HTTP/1.1, where the subscriber is detached; hold keeps it on its h2
+ * worker; refuse answers 503.  The configuration says so at start. */
+START_TEST(the_http2_policies_downgrade_hold_and_refuse)
+{
+    it_server_t s;
+    it_opts_t so;
+    char cmd[600], out[16384];
+    FILE *f;
+
+    memset(&so, 0, sizeof(so));
+    so.extra = "LoadModule http2_module @MODULES@/mod_http2.so\n";
+    so.tls_vhost = "  Protocols h2 http/1.1\n"
+                   "  <Location /sub/hold/>\n    CometHTTP2 hold\n"
+                   "  </Location>\n"
+                   "  <Location /sub/refuse/>\n    CometHTTP2 refuse\n"
+                   "  </Location>\n";
+    start(&s, &so);
+    ck_assert_msg(it_log_count(&s, "CM0802") >= 3, "no notice at start");
+    ck_assert_int_ge(it_log_count(&s, "CometHTTP2 downgrade applies"), 1);
+    ck_assert_int_ge(it_log_count(&s, "CometHTTP2 hold applies"), 1);
+
+    /* downgrade */
+    snprintf(cmd, sizeof(cmd), "curl -sk --http2 -N -v --max-time 15 -H "
+             "'Accept: text/event-stream' https://127.0.0.1:%d/sub/down 2>&1",
+             s.tls_port);
+    f = popen(cmd, "r");
+    ck_assert_ptr_nonnull(f);
+    out[0] = '\0';
+    ck_assert_msg(pipe_until(f, out, sizeof(out), "retry: 3000"),
+                  "curl said: %s", out);
+    ck_assert_msg(strstr(out, "HTTP_1_1_REQUIRED"), "curl said: %s", out);
+    ck_assert(it_wait_subscribers(s.port, "down", 1));
+    ck_assert(wait_status(s.port, "CometDetachedTLS", 1));
+    ck_assert_int_eq(it_publish(s.port, "down", "over 1.1", NULL, NULL, 0),
+                     201);
+    ck_assert_msg(pipe_until(f, out, sizeof(out), "data: over 1.1"),
+                  "curl said: %s", out);
+    ck_assert(wait_logged(&s, "\"GET /sub/down HTTP/2.0\" 403"));
+    ck_assert(wait_logged(&s, "\"GET /sub/down HTTP/1.1\" 200"));
+    pclose(f);
+
+    /* hold */
+    snprintf(cmd, sizeof(cmd), "curl -sk --http2 -N --max-time 15 -H "
+             "'Accept: text/event-stream' https://127.0.0.1:%d/sub/hold/kept "
+             "2>&1", s.tls_port);
+    f = popen(cmd, "r");
+    ck_assert_ptr_nonnull(f);
+    ck_assert(it_wait_subscribers(s.port, "kept", 1));
+    ck_assert(wait_status(s.port, "CometHeld", 1));
+    ck_assert_int_eq(it_publish(s.port, "kept", "over h2", NULL, NULL, 0),
+                     201);
+    out[0] = '\0';
+    ck_assert_msg(pipe_until(f, out, sizeof(out), "data: over h2"),
+                  "curl said: %s", out);
+    pclose(f);
+    ck_assert(wait_logged(&s, "\"GET /sub/hold/kept HTTP/2.0\" 200"));
+
+    /* refuse */
+    snprintf(cmd, sizeof(cmd), "curl -sk --http2 --max-time 15 -w "
+             "' %%{http_code} HTTP/%%{http_version}' "
+             "https://127.0.0.1:%d/sub/refuse/no 2>&1", s.tls_port);
+    ck_assert_int_eq(it_run(cmd, out, sizeof(out), 20000), 0);
+    ck_assert_msg(strstr(out, "CometHTTP2 refuse") && strstr(out, " 503 "
+                  "HTTP/2"), "curl said: %s", out);
+    ck_assert_int_eq(it_log_count(&s, "exit signal"), 0);
+    it_server_stop(&s);
+}
+END_TEST
+
 Suite *test_tls_suite(void)
 {
     Suite *s = suite_create("tls");
@@ -1039,6 +1159,7 @@ Suite *test_tls_suite(void)
         a_tls_client_that_stops_reading_is_dropped_without_blocking);
     tcase_add_test(tc,
         graceful_restart_ends_tls_streams_cleanly_and_they_resume);
+    tcase_add_test(tc, the_http2_policies_downgrade_hold_and_refuse);
     suite_add_tcase(s, tc);
 
     /* The long ones, in a case of their own. */
