@@ -4,9 +4,10 @@
 
 /* A real browser (headless Chromium) subscribes with EventSource: it gets
  * live messages, and after the server ends its stream (graceful restart)
- * it reconnects by itself with Last-Event-ID and loses nothing.  The page
- * reports every event it sees by publishing it to a second channel, which
- * the test reads back. */
+ * it reconnects by itself with Last-Event-ID and loses nothing; over TLS
+ * on a host that speaks HTTP/2, each CometHTTP2 policy does what README
+ * says.  The page reports every event it sees by publishing it to a
+ * second channel, which the test reads back. */
 
 #include <fcntl.h>
 #include <signal.h>
@@ -30,15 +31,14 @@ static const char page[] =
     "es.addEventListener('typing', (e) => report('typed ' + e.data));\n"
     "</script>\n";
 
-static pid_t start_browser(const it_server_t *srv)
+/* Chromium on url (the test's certificate is self-signed). */
+static pid_t start_browser(const it_server_t *srv, const char *url)
 {
-    char url[128], profile[400], path[400];
+    char profile[400], path[400];
     const char *list = getenv("COMET_IT_LIST");
     FILE *f;
     pid_t pid;
 
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d/browser.html",
-             srv->port);
     snprintf(profile, sizeof(profile), "--user-data-dir=%s/chromium",
              srv->dir);
     snprintf(path, sizeof(path), "%s/chromium.log", srv->dir);
@@ -57,8 +57,8 @@ static pid_t start_browser(const it_server_t *srv)
                "--headless", "--no-sandbox", "--disable-gpu",
                "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update",
-               "--disable-sync", "--remote-debugging-port=0", profile, url,
-               (char *)NULL);
+               "--disable-sync", "--ignore-certificate-errors",
+               "--remote-debugging-port=0", profile, url, (char *)NULL);
         _exit(127);
     }
     /* The runner kills whatever group is left if this test dies. */
@@ -147,7 +147,9 @@ START_TEST(a_browser_receives_live_messages_and_resumes_after_a_restart)
     fputs(page, f);
     fclose(f);
 
-    browser = start_browser(&srv);
+    snprintf(path, sizeof(path), "http://127.0.0.1:%d/browser.html",
+             srv.port);
+    browser = start_browser(&srv, path);
     ck_assert_int_gt(browser, 0);
     ck_assert_msg(wait_ack(srv.port, "\"data\":\"open\"", 30000, seen,
                            sizeof(seen)),
@@ -193,6 +195,132 @@ START_TEST(a_browser_receives_live_messages_and_resumes_after_a_restart)
 }
 END_TEST
 
+
+/* ---- HTTP/2 over TLS: the CometHTTP2 policies ----------------------------------- */
+
+static const char h2page[] =
+    "<!doctype html><meta charset=utf-8><title>comet h2</title>\n"
+    "<script>\n"
+    "function report(text) {\n"
+    "  fetch('/pub/browser-ack', {method: 'POST', body: text});\n"
+    "}\n"
+    "const es = new EventSource('/sub/h2page');\n"
+    "es.onopen = () => report('open');\n"
+    "es.onmessage = (e) => report('got ' + e.data);\n"
+    "es.onerror = () => report('error ' + es.readyState);\n"
+    "</script>\n";
+
+static int access_log_has(const it_server_t *s, const char *needle)
+{
+    char path[512], *log = malloc(1024 * 1024);
+    int found;
+
+    snprintf(path, sizeof(path), "%s/access_log", s->dir);
+    found = it_read_file(path, log, 1024 * 1024) > 0 && strstr(log, needle);
+    free(log);
+    return found;
+}
+
+typedef struct held_t {
+    int port;
+    long want;
+} held_t;
+
+static int held_is(void *baton)
+{
+    held_t *h = baton;
+
+    return it_status_value(h->port, "CometHeld") == h->want;
+}
+
+static int detached_tls_is(void *baton)
+{
+    held_t *h = baton;
+
+    return it_status_value(h->port, "CometDetachedTLS") == h->want;
+}
+
+/* The page and its EventSource on one TLS origin whose Protocols include
+ * h2 (so Chromium speaks HTTP/2 there), under CometHTTP2 downgrade (0),
+ * hold (1) and refuse (2). */
+START_TEST(chromium_eventsource_over_h2_enabled_tls_under_each_policy)
+{
+    static const char *const policy[] = { "downgrade", "hold", "refuse" };
+    it_server_t srv;
+    it_opts_t o;
+    char path[400], seen[65536], vhost[256];
+    FILE *f;
+    pid_t browser;
+
+    memset(&o, 0, sizeof(o));
+    o.tls = 1;
+    o.extra = "LoadModule http2_module @MODULES@/mod_http2.so\n"
+              "<Location /sub/browser-ack>\n  CometSubscriberTimeout 1\n"
+              "</Location>\n";
+    snprintf(vhost, sizeof(vhost), "  Protocols h2 http/1.1\n"
+             "  CometHTTP2 %s\n", policy[_i]);
+    o.tls_vhost = vhost;
+    ck_assert_int_eq(it_server_start(&srv, &o), 0);
+    snprintf(path, sizeof(path), "%s/htdocs/h2.html", srv.dir);
+    f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(h2page, f);
+    fclose(f);
+    snprintf(path, sizeof(path), "https://127.0.0.1:%d/h2.html",
+             srv.tls_port);
+    browser = start_browser(&srv, path);
+    ck_assert_int_gt(browser, 0);
+
+    if (_i == 2) {
+        /* refuse: the EventSource fails for good (503 is final for it). */
+        ck_assert_msg(wait_ack(srv.port, "\"data\":\"error 2\"", 30000, seen,
+                               sizeof(seen)), "the page saw: %s", seen);
+        ck_assert(access_log_has(&srv, "\"GET /sub/h2page HTTP/2.0\" 503"));
+        ck_assert(!access_log_has(&srv, "\"GET /sub/h2page HTTP/1.1\""));
+    }
+    else {
+        held_t h;
+
+        ck_assert_msg(wait_ack(srv.port, "\"data\":\"open\"", 30000, seen,
+                               sizeof(seen)),
+                      "the page never reported its EventSource open: %s",
+                      seen);
+        ck_assert(it_wait_subscribers(srv.port, "h2page", 1));
+        ck_assert_int_eq(it_publish(srv.port, "h2page", "hello-h2", NULL,
+                                    NULL, 0), 201);
+        ck_assert_msg(wait_ack(srv.port, "got hello-h2", 10000, seen,
+                               sizeof(seen)), "the page saw: %s", seen);
+        h.port = srv.port;
+        h.want = _i == 1;
+        ck_assert(it_wait_for(held_is, &h, 10000));
+        if (_i == 0) {
+            /* Asked for HTTP/1.1, retried over it, detached there. */
+            ck_assert(access_log_has(&srv, "\"GET /sub/h2page HTTP/2.0\" "
+                                     "403"));
+            ck_assert(access_log_has(&srv, "\"GET /sub/h2page HTTP/1.1\" "
+                                     "200"));
+            h.want = 1;
+            ck_assert_msg(it_wait_for(detached_tls_is, &h, 10000),
+                          "detached TLS %ld, suspended %ld",
+                          it_status_value(srv.port, "CometDetachedTLS"),
+                          it_status_value(srv.port, "CometSuspended"));
+        }
+        else {
+            ck_assert(!access_log_has(&srv, "\"GET /sub/h2page HTTP/1.1\""));
+        }
+        fprintf(stderr, "CometHTTP2 %s: the page's reports went over %s\n",
+                policy[_i], access_log_has(&srv, "\"POST /pub/browser-ack "
+                                           "HTTP/1.1\"")
+                            ? access_log_has(&srv, "\"POST /pub/browser-ack "
+                                             "HTTP/2.0\"")
+                              ? "HTTP/2, then HTTP/1.1" : "HTTP/1.1"
+                            : "HTTP/2");
+    }
+    stop_browser(browser);
+    it_server_stop(&srv);
+}
+END_TEST
+
 Suite *test_browser_suite(void)
 {
     Suite *s = suite_create("browser");
@@ -200,6 +328,8 @@ Suite *test_browser_suite(void)
 
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, a_browser_receives_live_messages_and_resumes_after_a_restart);
+    tcase_add_loop_test(tc,
+        chromium_eventsource_over_h2_enabled_tls_under_each_policy, 0, 3);
     suite_add_tcase(s, tc);
     return s;
 }
