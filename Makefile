@@ -47,7 +47,7 @@ MODULE      := .libs/mod_comet.so
 APXS_FLAGS  := -Wc,$(STD) $(foreach w,$(WARN) $(SANITIZE),-Wc,$(w)) \
                $(if $(SANITIZE),-Wl,$(SANITIZE))
 
-.PHONY: all deps test unit integration run stop install clean clean-objs asan bench bench-store
+.PHONY: all deps test unit integration run stop install clean clean-objs asan bench bench-store bench-tls-mem
 
 all: $(MODULE)
 
@@ -139,10 +139,19 @@ $(BUILD)/bench_store: bench/bench_store.c $(CORE_SRC) $(CORE_HDR) | $(BUILD)
 $(BUILD)/cometbench: bench/cometbench.c | $(BUILD)
 	$(CC) $(STD) $(WARN) -O2 -g -o $@ bench/cometbench.c -lm $(SSL_LIBS)
 
+# Where an idle, detached TLS session's memory goes (BENCHMARKS.md).
+$(BUILD)/tls_session_mem: bench/tls_session_mem.c comet_tls.c comet_tls.h | $(BUILD)
+	$(CC) $(BENCH_CFLAGS) -o $@ bench/tls_session_mem.c comet_tls.c $(SSL_LIBS) $(APR_LIBS)
+
+bench-tls-mem: $(BUILD)/tls_session_mem
+	$(BUILD)/tls_session_mem 500 3
+	$(BUILD)/tls_session_mem 500 2
+
 bench-store: $(BUILD)/bench_store
 	$(BUILD)/bench_store $(if $(QUICK),--quick)
 
-bench: deps all $(BUILD)/bench_store $(BUILD)/cometbench
+bench: deps all $(BUILD)/bench_store $(BUILD)/cometbench $(BUILD)/tls_session_mem
+	@$(BUILD)/tls_session_mem 500 3 | head -n 1
 	@sh bench/run.sh $(if $(QUICK),quick,full)
 
 clean-objs:

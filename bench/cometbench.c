@@ -13,7 +13,11 @@
  * formats: loss, duplicates and reordering come from the sequence numbers,
  * latency from the send time (CLOCK_MONOTONIC, same machine).
  *
- * One thread, one epoll loop, libc only.  Every per-connection buffer is
+ * With --tls the subscribers speak TLS (OpenSSL, no certificate checks,
+ * non-blocking handshakes counted in the connect time) to --sub-port;
+ * publishers stay on plain HTTP or the Unix socket.
+ *
+ * One thread, one epoll loop, libc and OpenSSL only.  Every per-connection buffer is
  * bounded (--max-event); every phase has a deadline and the whole run ends
  * by --timeout at the latest.  Only loopback addresses and Unix sockets are
  * accepted as targets.
@@ -50,6 +54,9 @@
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #define NS_PER_S        1000000000ULL
 #define NS_PER_MS       1000000ULL
@@ -193,14 +200,21 @@ static struct {
     long max_buf;
     pid_t watch[MAX_WATCH];
     int nwatch;
+    int tls;                        /* subscribers over TLS            */
+    int tls_version;                /* 0 any, 2 TLS 1.2, 3 TLS 1.3     */
+    int sub_port;                   /* subscribers' port (TLS)         */
+    struct sockaddr_storage sub_addr;
+    socklen_t sub_addrlen;
 } opt;
+
+static SSL_CTX *tls_ctx;
 
 /* ------------------------------------------------------------------ */
 /* Connections                                                         */
 /* ------------------------------------------------------------------ */
 
 enum { CK_SUB, CK_PUB };
-enum { CS_IDLE, CS_CONNECTING, CS_OPEN, CS_RETRY, CS_FAILED };
+enum { CS_IDLE, CS_CONNECTING, CS_HANDSHAKE, CS_OPEN, CS_RETRY, CS_FAILED };
 enum { RP_HEAD, RP_BODY, RP_DONE };
 enum { BM_LENGTH, BM_CHUNKED, BM_CLOSE };
 enum {
@@ -235,6 +249,7 @@ typedef struct {
 
 typedef struct conn {
     int      fd;
+    SSL     *ssl;                   /* subscriber with --tls           */
     uint8_t  kind;                  /* CK_* */
     uint8_t  state;                 /* CS_* */
     uint8_t  ready;                 /* subscriber: has been subscribed */
@@ -460,6 +475,10 @@ static void resp_reset(conn_t *c)
 
 static void conn_close(conn_t *c)
 {
+    if (c->ssl) {
+        SSL_free(c->ssl);           /* no close_notify: as a plain close */
+        c->ssl = NULL;
+    }
     if (c->fd >= 0) {
         close(c->fd);
         c->fd = -1;
@@ -475,6 +494,22 @@ static void conn_close(conn_t *c)
  * -1: the connection failed. */
 static int conn_flush(conn_t *c)
 {
+    while (c->ssl && c->woff < c->wlen) {
+        size_t w = 0;
+        if (SSL_write_ex(c->ssl, c->wbuf + c->woff, c->wlen - c->woff, &w)) {
+            c->woff += (uint32_t)w;
+            continue;
+        }
+        int e = SSL_get_error(c->ssl, 0);
+        ERR_clear_error();
+        if (e == SSL_ERROR_WANT_WRITE) {
+            set_events(c, 1);
+            return 0;
+        }
+        if (e == SSL_ERROR_WANT_READ)
+            return 0;
+        return -1;
+    }
     while (c->woff < c->wlen) {
         ssize_t w = send(c->fd, c->wbuf + c->woff, c->wlen - c->woff,
                          MSG_NOSIGNAL);
@@ -510,6 +545,10 @@ static int conn_connect(conn_t *c)
         sun.sun_family = AF_UNIX;
         memcpy(sun.sun_path, opt.socket_path, strlen(opt.socket_path));
         rc = connect(fd, (struct sockaddr *)&sun, sizeof sun);
+    } else if (c->kind == CK_SUB && opt.tls) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        rc = connect(fd, (struct sockaddr *)&opt.sub_addr, opt.sub_addrlen);
     } else {
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -1310,6 +1349,36 @@ static void sub_connected(conn_t *c, uint64_t now)
         sub_mark_ready(c, now);
 }
 
+/* --tls: drive the handshake; once done, the request goes out. */
+static void sub_handshake(conn_t *c, uint64_t now)
+{
+    if (!c->ssl) {
+        c->ssl = SSL_new(tls_ctx);
+        if (!c->ssl || !SSL_set_fd(c->ssl, c->fd)) {
+            sub_broken(c, now);
+            return;
+        }
+        SSL_set_connect_state(c->ssl);
+        c->state = CS_HANDSHAKE;
+    }
+    int rc = SSL_do_handshake(c->ssl);
+    if (rc == 1) {
+        c->state = CS_OPEN;
+        set_events(c, 0);
+        sub_connected(c, now);
+        return;
+    }
+    int e = SSL_get_error(c->ssl, rc);
+    ERR_clear_error();
+    if (e == SSL_ERROR_WANT_READ) {
+        set_events(c, 0);
+    } else if (e == SSL_ERROR_WANT_WRITE) {
+        set_events(c, 1);
+    } else {
+        sub_broken(c, now);
+    }
+}
+
 static void sub_start(conn_t *c, uint64_t now)
 {
     if (!c->t_start)
@@ -1319,8 +1388,12 @@ static void sub_start(conn_t *c, uint64_t now)
         sub_broken(c, now);
         return;
     }
-    if (rc == 1)
-        sub_connected(c, now);
+    if (rc == 1) {
+        if (opt.tls)
+            sub_handshake(c, now);
+        else
+            sub_connected(c, now);
+    }
 }
 
 /* Response head read: for streams this is the subscription. */
@@ -1938,7 +2011,9 @@ static void on_event(conn_t *c, uint32_t ev, uint64_t now)
         }
         c->state = CS_OPEN;
         set_events(c, 0);
-        if (c->kind == CK_SUB) {
+        if (c->kind == CK_SUB && opt.tls) {
+            sub_handshake(c, now);
+        } else if (c->kind == CK_SUB) {
             sub_connected(c, now);
         } else {
             st.pubs_open++;
@@ -1947,6 +2022,37 @@ static void on_event(conn_t *c, uint32_t ev, uint64_t now)
                 if (conn_flush(c) < 0)
                     pub_broken(c, now);
             }
+        }
+        return;
+    }
+    if (c->state == CS_HANDSHAKE) {
+        sub_handshake(c, now);
+        return;
+    }
+    if (c->ssl) {
+        /* Records already inside the session are not reported again:
+         * read until the session wants more from the socket. */
+        if (c->woff < c->wlen) {
+            int rc = conn_flush(c);
+            if (rc < 0) {
+                sub_broken(c, now);
+                return;
+            }
+            if (rc == 1 && opt.transport == T_LONGPOLL)
+                sub_mark_ready(c, now);
+        }
+        while (c->ssl) {
+            size_t n = 0;
+            if (SSL_read_ex(c->ssl, rbuf, sizeof rbuf, &n)) {
+                sub_input(c, rbuf, n, now);
+                continue;
+            }
+            int e = SSL_get_error(c->ssl, 0);
+            ERR_clear_error();
+            if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+                return;
+            sub_eof(c, now);
+            return;
         }
         return;
     }
@@ -2031,10 +2137,11 @@ static void report(uint64_t now)
     }
 
     fprintf(stderr,
-            "scenario %s  server %s  transport %s  subs %ld  channels %ld\n"
+            "scenario %s  server %s  transport %s%s  subs %ld  channels %ld\n"
             "  connect   %ld ok, %ld failed, %.3f s total; per connection "
             "p50 %.0f us  p99 %.0f us  max %.0f us\n",
-            opt.scenario, opt.server, tnames[opt.transport], opt.subs,
+            opt.scenario, opt.server, tnames[opt.transport],
+            opt.tls ? " (TLS)" : "", opt.subs,
             opt.channels, st.ready, st.failed, connect_s,
             us(hist_pct(&st.conn, 0.50)), us(hist_pct(&st.conn, 0.99)),
             us(st.conn.max));
@@ -2074,10 +2181,11 @@ static void report(uint64_t now)
             st.interrupted ? "  INTERRUPTED" : "");
 
     printf("{\"scenario\":\"%s\",\"server\":\"%s\",\"transport\":\"%s\","
-           "\"subs\":%ld,\"channels\":%ld,\"connected\":%ld,\"failed\":%ld,"
+           "\"tls\":%d,\"subs\":%ld,\"channels\":%ld,\"connected\":%ld,"
+           "\"failed\":%ld,"
            "\"connect_s\":%.3f,\"connect_p50_us\":%.1f,\"connect_p99_us\":%.1f,"
            "\"connect_max_us\":%.1f,",
-           opt.scenario, opt.server, tnames[opt.transport], opt.subs,
+           opt.scenario, opt.server, tnames[opt.transport], opt.tls, opt.subs,
            opt.channels, st.ready, st.failed, connect_s,
            us(hist_pct(&st.conn, 0.50)), us(hist_pct(&st.conn, 0.99)),
            us(st.conn.max));
@@ -2138,6 +2246,9 @@ static void usage(FILE *f)
 "  --concurrency N      pending connects at most (default 200)\n"
 "  --connect-timeout S  give up on unconnected subscribers after S (default 60)\n"
 "  --max-event BYTES    largest event / long-poll body (default 65536)\n"
+"  --tls                subscribers over TLS (no certificate checks)\n"
+"  --tls-version 2|3    TLS 1.2 or 1.3 only (default: either)\n"
+"  --sub-port N         the subscribers' port (default --port)\n"
 "publishers\n"
 "  --pub http|resp|none how to publish (default none)\n"
 "  --pub-url TMPL       POST path, %s = channel (default /pub/%s)\n"
@@ -2235,7 +2346,8 @@ static void parse_args(int argc, char **argv)
         O_PREFIX, O_TRANSPORT, O_SUB_URL, O_ACCEPT, O_HEADER, O_CONC,
         O_CTIMEOUT, O_MAXEV, O_PUB, O_PUB_URL, O_SOCKET, O_PUB_CONNS,
         O_PIPELINE, O_RATE, O_MESSAGES, O_DURATION, O_SIZE, O_HOLD, O_WARMUP,
-        O_SETTLE, O_TIMEOUT, O_WATCH, O_HELP
+        O_SETTLE, O_TIMEOUT, O_WATCH, O_TLS, O_TLS_VERSION, O_SUB_PORT,
+        O_HELP
     };
     static const struct option lo[] = {
         { "host", 1, NULL, O_HOST }, { "port", 1, NULL, O_PORT },
@@ -2253,6 +2365,9 @@ static void parse_args(int argc, char **argv)
         { "size", 1, NULL, O_SIZE }, { "hold", 1, NULL, O_HOLD },
         { "warmup", 1, NULL, O_WARMUP }, { "settle", 1, NULL, O_SETTLE },
         { "timeout", 1, NULL, O_TIMEOUT }, { "watch-pid", 1, NULL, O_WATCH },
+        { "tls", 0, NULL, O_TLS },
+        { "tls-version", 1, NULL, O_TLS_VERSION },
+        { "sub-port", 1, NULL, O_SUB_PORT },
         { "help", 0, NULL, O_HELP }, { NULL, 0, NULL, 0 }
     };
     const char *host = "127.0.0.1", *transport = "sse", *pub = "none";
@@ -2331,6 +2446,13 @@ static void parse_args(int argc, char **argv)
                 die("too many --watch-pid");
             opt.watch[opt.nwatch++] = (pid_t)num_arg("watch-pid", optarg, 1, 1e9);
             break;
+        case O_TLS: opt.tls = 1; break;
+        case O_TLS_VERSION:
+            opt.tls_version = (int)num_arg("tls-version", optarg, 2, 3);
+            break;
+        case O_SUB_PORT:
+            opt.sub_port = (int)num_arg("sub-port", optarg, 1, 65535);
+            break;
         case O_HELP:
         case 'h':
             usage(stdout);
@@ -2389,6 +2511,34 @@ static void parse_args(int argc, char **argv)
     if (strlen(opt.prefix) > 64 || strpbrk(opt.prefix, " /?%#\r\n"))
         die("bad --prefix");
     parse_host(host);
+    /* The subscribers' address: the same host, their own port. */
+    opt.sub_addr = opt.addr;
+    opt.sub_addrlen = opt.addrlen;
+    if (opt.sub_port) {
+        if (opt.sub_addr.ss_family == AF_INET)
+            ((struct sockaddr_in *)&opt.sub_addr)->sin_port =
+                htons((uint16_t)opt.sub_port);
+        else
+            ((struct sockaddr_in6 *)&opt.sub_addr)->sin6_port =
+                htons((uint16_t)opt.sub_port);
+    }
+    if (opt.tls) {
+        tls_ctx = SSL_CTX_new(TLS_client_method());
+        if (!tls_ctx)
+            die("cannot make a TLS context");
+        SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_NONE, NULL);
+        /* Idle subscribers keep no record buffers: the client's memory
+         * stays small at tens of thousands of connections. */
+        SSL_CTX_set_mode(tls_ctx, SSL_MODE_RELEASE_BUFFERS
+                         | SSL_MODE_ENABLE_PARTIAL_WRITE
+                         | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+        if (opt.tls_version == 2) {
+            SSL_CTX_set_min_proto_version(tls_ctx, TLS1_2_VERSION);
+            SSL_CTX_set_max_proto_version(tls_ctx, TLS1_2_VERSION);
+        } else if (opt.tls_version == 3) {
+            SSL_CTX_set_min_proto_version(tls_ctx, TLS1_3_VERSION);
+        }
+    }
 }
 
 int main(int argc, char **argv)

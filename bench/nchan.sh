@@ -2,9 +2,11 @@
 # A private nginx + Nchan for the benchmark: its own prefix directory (pid,
 # logs, temp files), listening on 127.0.0.1 only, started and stopped by PID.
 #
-#   sh bench/nchan.sh start DIR PORT   generate DIR/nginx.conf, start, wait
+#   sh bench/nchan.sh start DIR PORT TLS_PORT CERT KEY
+#                                      generate DIR/nginx.conf, start, wait
 #                                      until the port listens; prints the
-#                                      master PID
+#                                      master PID (HTTPS on TLS_PORT with
+#                                      the certificate CERT and key KEY)
 #   sh bench/nchan.sh stop DIR         stop the master started in DIR
 #   sh bench/nchan.sh pid DIR          print the master PID (if running)
 #   sh bench/nchan.sh check            install if missing (as root); exit 1
@@ -59,7 +61,7 @@ listening() {
 }
 
 start() {
-    dir=$1 port=$2
+    dir=$1 port=$2 tls_port=$3 cert=$4 key=$5
     ensure_installed
     module=$(find_module)
     mkdir -p "$dir/tmp"
@@ -74,7 +76,8 @@ start() {
     ulimit -n "$nofile" 2>/dev/null || true
     conns=65536                         # per worker, within the descriptor limit
     [ "$conns" -gt "$nofile" ] && conns=$nofile
-    sed -e "s|@DIR@|$dir|g" -e "s|@PORT@|$port|g" \
+    sed -e "s|@DIR@|$dir|g" -e "s|@PORT@|$port|g" -e "s|@TLS_PORT@|$tls_port|g" \
+        -e "s|@CERT@|$cert|g" -e "s|@KEY@|$key|g" \
         -e "s|@MODULE@|$module|g" -e "s|@NOFILE@|$nofile|g" -e "s|@CONNS@|$conns|g" \
         "$here/nchan.conf.in" > "$dir/nginx.conf"
     rm -f "$dir/nginx.pid"
@@ -113,9 +116,10 @@ stop() {
 }
 
 case "${1:-}" in
-    start) [ $# -eq 3 ] || die "usage: nchan.sh start DIR PORT"; start "$2" "$3" ;;
+    start) [ $# -eq 6 ] || die "usage: nchan.sh start DIR PORT TLS_PORT CERT KEY"
+           start "$2" "$3" "$4" "$5" "$6" ;;
     stop)  [ $# -eq 2 ] || die "usage: nchan.sh stop DIR"; stop "$2" ;;
     pid)   [ $# -eq 2 ] || die "usage: nchan.sh pid DIR"; master_pid "$2" ;;
     check) ensure_installed ;;
-    *)     die "usage: nchan.sh start DIR PORT | stop DIR | pid DIR | check" ;;
+    *)     die "usage: nchan.sh start DIR PORT TLS_PORT CERT KEY | stop DIR | pid DIR | check" ;;
 esac

@@ -12,6 +12,7 @@
 # bench/out/<timestamp>/table.txt.
 #
 # Environment: NCHAN_PORT (default 18480), COMET_PORT (default 18481),
+# NCHAN_TLS_PORT (default 18482), COMET_TLS_PORT (default 18483),
 # SERVERS (default "comet nchan"; a server that cannot start is skipped),
 # SCENARIOS (default: all; e.g. "sc_idle_one sc_fanout_socket"),
 # COMET_MODULE (default .libs/mod_comet.so of this tree).
@@ -28,6 +29,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 bench=$root/build/cometbench
 NCHAN_PORT=${NCHAN_PORT:-18480}
 COMET_PORT=${COMET_PORT:-18481}
+NCHAN_TLS_PORT=${NCHAN_TLS_PORT:-18482}
+COMET_TLS_PORT=${COMET_TLS_PORT:-18483}
 SERVERS=${SERVERS:-"comet nchan"}
 
 [ -x "$bench" ] || make -C "$root" --no-print-directory build/cometbench >&2
@@ -43,6 +46,13 @@ results=$out/results.jsonl
 : > "$results"
 work=$(mktemp -d "${TMPDIR:-/tmp}/comet-bench.XXXXXX")
 
+# One certificate for both servers' HTTPS (P-256, self-signed; the client
+# does not check it).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -keyout "$work/key.pem" -out "$work/cert.pem" -days 2 \
+    -subj /CN=127.0.0.1 >/dev/null 2>&1 || { echo "run.sh: openssl failed" >&2; exit 1; }
+chmod 644 "$work/key.pem" "$work/cert.pem"
+
 # ---- sizes ------------------------------------------------------------------
 
 if [ "$mode" = full ]; then
@@ -54,6 +64,7 @@ if [ "$mode" = full ]; then
     FANEQ_MSGS=100 FANEQ_RATE=10
     THREQ_RATE=2000 THREQ_SECONDS=5
     PUB_SECONDS=5
+    TLS_SUSP_SUBS=1000
     TIMEOUT=180
 else
     REPS=1 WARMUP=0.2
@@ -64,6 +75,7 @@ else
     FANEQ_MSGS=10 FANEQ_RATE=20
     THREQ_RATE=1000 THREQ_SECONDS=1
     PUB_SECONDS=1
+    TLS_SUSP_SUBS=200
     TIMEOUT=60
 fi
 
@@ -78,11 +90,14 @@ fi
 #   NAME_pubsock for the publish-path scenario over its Unix socket: the
 #                cometbench options, or nothing when it has none
 #   NAME_probe   (optional) run before NAME_pubsock
+#   NAME_tls     the cometbench options that put the subscribers on its
+#                HTTPS port
 
 SRV_PID=
 
 nchan_start() {
-    SRV_PID=$(sh "$root/bench/nchan.sh" start "$work/nchan" "$NCHAN_PORT") || return 1
+    SRV_PID=$(sh "$root/bench/nchan.sh" start "$work/nchan" "$NCHAN_PORT" \
+              "$NCHAN_TLS_PORT" "$work/cert.pem" "$work/key.pem") || return 1
 }
 
 nchan_stop() {
@@ -101,6 +116,10 @@ nchan_pubsock() {
     :                                   # Nchan publishes over HTTP only
 }
 
+nchan_tls() {
+    echo "--tls --sub-port $NCHAN_TLS_PORT"
+}
+
 # ======== mod_comet =========================================================
 # httpd (event MPM) with mod_comet, from bench/comet.conf.in, in its own
 # ServerRoot under "$work/comet": pid file, error_log, runtime files and the
@@ -109,6 +128,7 @@ nchan_pubsock() {
 # run measures the same build even if the tree is rebuilt meanwhile.
 APACHE2=${APACHE2:-$(command -v apache2 || command -v httpd || echo /usr/sbin/apache2)}
 COMET_SHM=${COMET_SHM:-64M}             # the module default; resident from the start
+COMET_EXTRA=                            # lines a scenario adds to the config
 comet_modules=$(apxs -q LIBEXECDIR 2>/dev/null || echo /usr/lib/apache2/modules)
 comet_so=
 comet_has_sock=                         # publish socket: "" unknown, 1 yes, 0 no
@@ -140,8 +160,8 @@ comet_start() {
     fi
     mkdir -p "$d"
     chmod 755 "$work" "$d"
-    if port_listening "$COMET_PORT"; then
-        echo "  mod_comet: port $COMET_PORT is already in use" >&2
+    if port_listening "$COMET_PORT" || port_listening "$COMET_TLS_PORT"; then
+        echo "  mod_comet: port $COMET_PORT or $COMET_TLS_PORT is already in use" >&2
         return 1
     fi
     usergroup=
@@ -149,9 +169,12 @@ comet_start() {
         usergroup="User www-data\nGroup www-data"
         chown www-data:www-data "$d" 2>/dev/null || true
     fi
+    printf '%s\n' "$COMET_EXTRA" > "$d/extra.conf"
     sed -e "s|@DIR@|$d|g" -e "s|@PORT@|$COMET_PORT|g" \
         -e "s|@MODULES@|$comet_modules|g" -e "s|@MODULE@|$comet_so|g" \
         -e "s|@USER_GROUP@|$usergroup|" -e "s|@SHM@|$COMET_SHM|g" \
+        -e "s|@TLS_PORT@|$COMET_TLS_PORT|g" -e "s|@CERT@|$work/cert.pem|g" \
+        -e "s|@KEY@|$work/key.pem|g" -e "s|@EXTRA@|Include $d/extra.conf|" \
         "$root/bench/comet.conf.in" > "$d/httpd.conf"
     rm -f "$d/httpd.pid"
     # Own session and process group (setsid: the subshell is no group
@@ -279,6 +302,10 @@ comet_pubsock() {
     [ "$comet_has_sock" = 1 ] || return 0
     echo "--pub resp --socket $work/comet/publish.sock"
 }
+
+comet_tls() {
+    echo "--tls --sub-port $COMET_TLS_PORT"
+}
 # ======== end of mod_comet ====================================================
 
 started=                                # servers currently running
@@ -343,7 +370,8 @@ run() {
             r = ""
             if (match($0, /"loss":[1-9]/)) r = r " lost deliveries;"
             if (match($0, /"pub_lost":[1-9]/)) r = r " unanswered publishes;"
-            if (match($0, /"failed":[1-9]/)) r = r " subscribers not connected;"
+            # (tls-suspended shows how many the suspended path refuses.)
+            if (match($0, /"failed":[1-9]/) && !match($0, /"scenario":"tls-suspended"/)) r = r " subscribers not connected;"
             if (match($0, /"timed_out":true/)) r = r " timed out;"
             printf "%s", r }' "$work/line.json")
     else
@@ -439,7 +467,41 @@ sc_pub_socket() {
         --rate 0 --pub-conns 4 --pipeline 8 --size 100 $opts
 }
 
-SCENARIOS=${SCENARIOS:-"sc_idle_channels sc_idle_one sc_fanout sc_fanout_eq sc_fanout_socket sc_throughput sc_throughput_eq sc_longpoll sc_pub_http sc_pub_socket"}
+# HTTPS subscribers (the same certificate on both sides; publishers on
+# plain HTTP): idle memory and connect time at IDLE_SUBS, and fan-out as
+# above.  Both servers run at the MPM's (and nginx's) defaults here, so the
+# idle run also shows how many HTTPS subscribers each holds.
+sc_tls_idle() {
+    # shellcheck disable=SC2046
+    run "$1" tls-idle "$2" --transport sse --subs "$IDLE_SUBS" --channels 1 \
+        --hold "$HOLD" --concurrency 200 $("${1}_tls")
+}
+sc_tls_fanout() {
+    # shellcheck disable=SC2046
+    run "$1" tls-fanout "$2" --transport sse --subs "$FAN_SUBS" --channels 1 \
+        --messages "$FAN_MSGS" --rate "$FAN_RATE" --size 100 --settle 10 \
+        $("${1}_tls")
+}
+sc_tls_fanout_eq() {
+    # shellcheck disable=SC2046
+    run "$1" tls-fanout-eq "$2" --transport sse --subs "$FAN_SUBS" --channels 1 \
+        --messages "$FANEQ_MSGS" --rate "$FANEQ_RATE" --size 100 --settle 10 \
+        $("${1}_tls")
+}
+# mod_comet only: the suspended path that HTTPS subscribers took before
+# (CometTLSDetach off), for comparison: how many of TLS_SUSP_SUBS the
+# MPM's defaults let it hold.
+sc_tls_suspended() {
+    [ "$1" = comet ] || return 0
+    COMET_EXTRA="CometTLSDetach off"
+    # shellcheck disable=SC2046
+    run "$1" tls-suspended "$2" --transport sse --subs "$TLS_SUSP_SUBS" \
+        --channels 1 --hold "$HOLD" --concurrency 50 --connect-timeout 20 \
+        $("${1}_tls")
+    COMET_EXTRA=
+}
+
+SCENARIOS=${SCENARIOS:-"sc_idle_channels sc_idle_one sc_fanout sc_fanout_eq sc_fanout_socket sc_throughput sc_throughput_eq sc_longpoll sc_pub_http sc_pub_socket sc_tls_idle sc_tls_fanout sc_tls_fanout_eq sc_tls_suspended"}
 
 # Nchan: installed when missing (as root); without it the table shows n/a.
 case " $SERVERS " in
@@ -512,7 +574,7 @@ function row(scen, field, label,   c, n, r) {
 }
 {
     s = str("scenario"); sv = str("server")
-    split("connect_s connect_p99_us mem_per_sub_b pss_per_sub_b p50_us p90_us p99_us max_us deliv_per_s pub_per_s loss pub_lost pub_retries srv_cpu_s srv_rss_kb_peak other_cpu_s", F, " ")
+    split("connected connect_s connect_p99_us mem_per_sub_b pss_per_sub_b p50_us p90_us p99_us max_us deliv_per_s pub_per_s loss pub_lost pub_retries srv_cpu_s srv_rss_kb_peak other_cpu_s", F, " ")
     for (i in F) {
         x = val(F[i])
         if (x == "") continue
@@ -575,6 +637,22 @@ END {
     row("longpoll", "loss", "long-poll: lost deliveries")
     row("longpoll", "srv_cpu_s", "long-poll: server CPU (s)")
     row("longpoll", "pub_retries", "long-poll: publishes sent again (1)")
+    row("tls-idle", "connected", "HTTPS idle, 1 ch: subscribers held")
+    row("tls-idle", "connect_s", "HTTPS idle, 1 ch: connect all (s)")
+    row("tls-idle", "connect_p99_us", "HTTPS idle, 1 ch: connect p99 (us)")
+    row("tls-idle", "mem_per_sub_b", "HTTPS idle, 1 ch: server RSS per sub (B)")
+    row("tls-idle", "pss_per_sub_b", "HTTPS idle, 1 ch: server PSS per sub (B)")
+    row("tls-suspended", "connected", "HTTPS, CometTLSDetach off: subs held")
+    row("tls-fanout", "deliv_per_s", "HTTPS fan-out: deliveries/s")
+    row("tls-fanout", "pub_per_s", "HTTPS fan-out: publishes/s achieved")
+    row("tls-fanout", "p50_us", "HTTPS fan-out: latency p50 (us)")
+    row("tls-fanout", "p99_us", "HTTPS fan-out: latency p99 (us)")
+    row("tls-fanout", "loss", "HTTPS fan-out: lost deliveries")
+    row("tls-fanout", "srv_cpu_s", "HTTPS fan-out: server CPU (s)")
+    row("tls-fanout-eq", "pub_per_s", "HTTPS fan-out, same rate: publishes/s")
+    row("tls-fanout-eq", "p50_us", "HTTPS fan-out, same rate: p50 (us)")
+    row("tls-fanout-eq", "p99_us", "HTTPS fan-out, same rate: p99 (us)")
+    row("tls-fanout-eq", "loss", "HTTPS fan-out, same rate: lost")
     row("pub-http", "pub_per_s", "publish, HTTP POST, no subs: publishes/s")
     row("pub-socket", "pub_per_s", "publish, Unix socket, no subs: publishes/s")
     total("loss", "all runs: lost deliveries (sum)")
