@@ -474,7 +474,7 @@ sc_pub_socket() {
 sc_tls_idle() {
     # shellcheck disable=SC2046
     run "$1" tls-idle "$2" --transport sse --subs "$IDLE_SUBS" --channels 1 \
-        --hold "$HOLD" --concurrency 200 $("${1}_tls")
+        --hold "$HOLD" --concurrency 200 --connect-timeout 180 $("${1}_tls")
 }
 sc_tls_fanout() {
     # shellcheck disable=SC2046
