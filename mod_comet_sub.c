@@ -390,7 +390,7 @@ static int can_detach(sub_req_t *sr)
     }
     if (ap_ssl_conn_is_ssl(r->connection)
         && (why = comet_takeover_refusal(r)) != NULL) {
-        COMET_SUB_LOG(r, APLOG_DEBUG, 0, 0408, sr->ids[0], "TLS session "
+        COMET_SUB_LOG(r, APLOG_DEBUG, 0, 0412, sr->ids[0], "TLS session "
                       "not taken over (%s): the subscriber is suspended",
                       why);
         return 0;
@@ -437,13 +437,14 @@ static int park_detached(sub_req_t *sr, comet_hub_t *hub)
         fill_spec(sr, &spec);
         spec.chunked = r->chunked;
         if ((rv = comet_takeover_start(r, hub, &spec)) != APR_SUCCESS) {
-            COMET_SUB_LOG(r, APLOG_INFO, rv, 0409, sr->ids[0], "cannot take "
+            COMET_SUB_LOG(r, APLOG_INFO, rv, 0411, sr->ids[0], "cannot take "
                           "the TLS session over; ending the response");
             return OK;
         }
-        /* The connection's record owns the subscriptions now; the hub
-         * gets them when httpd has let go of the connection. */
-        sr->subscribed = 0;
+        /* The connection's record owns the subscriptions (and what they
+         * count against the client's quota) now; the hub gets them when
+         * httpd has let go of the connection. */
+        handed_to_hub(sr);
         return OK;
     }
     if (apr_os_sock_get(&osfd, ap_get_conn_socket(c)) != APR_SUCCESS
@@ -777,7 +778,7 @@ int comet_subscriber_handler(request_rec *r)
         }
         /* mod_http2 resets the stream with HTTP_1_1_REQUIRED, and the
          * client retries over HTTP/1.1. */
-        COMET_SUB_LOG(r, APLOG_DEBUG, 0, 0410, sr->ids[0], "HTTP/2: asking "
+        COMET_SUB_LOG(r, APLOG_DEBUG, 0, 0413, sr->ids[0], "HTTP/2: asking "
                       "the client to retry over HTTP/1.1 (CometHTTP2 "
                       "downgrade)");
         apr_table_setn(r->notes, "ssl-renegotiate-forbidden", "comet");

@@ -68,6 +68,7 @@
 
 #include "mod_comet.h"
 #include "mod_comet_config.h"
+#include "mod_comet_quota.h"
 #include "mod_comet_takeover.h"
 #include "comet_tls.h"
 
@@ -108,6 +109,8 @@ static void takeover_unsubscribe(takeover_t *t)
     for (apr_size_t i = 0; i < t->spec.nchan; i++) {
         comet_store_unsubscribe(store, slot, &t->spec.refs[i], now);
     }
+    comet_quota_release(NULL, t->spec.tag);
+    t->spec.tag = 0;
 }
 
 /* c->pool's cleanup, after mod_ssl's: see the top of the file. */
