@@ -872,6 +872,8 @@ START_TEST(five_thousand_https_subscribers_at_the_mpm_defaults_all_receive)
                   n + 100);
     memset(&so, 0, sizeof(so));
     so.threads = 25;
+    /* Every client comes from one address. */
+    so.extra = "CometMaxNewChannelsPerClient off\n";
     start(&s, &so);
     memset(&m, 0, sizeof(m));
     m.ctx = SSL_CTX_new(TLS_client_method());
