@@ -134,7 +134,7 @@ install: all
 BENCH_CFLAGS = $(STD) $(WARN) -O2 -g -I. $(APR_CFLAGS)
 
 $(BUILD)/bench_store: bench/bench_store.c $(CORE_SRC) $(CORE_HDR) | $(BUILD)
-	$(CC) $(BENCH_CFLAGS) -o $@ bench/bench_store.c $(CORE_SRC) $(APR_LIBS) -lpthread $(SSL_LIBS)
+	$(CC) $(BENCH_CFLAGS) -o $@ bench/bench_store.c $(CORE_SRC) $(APR_LIBS) -laprutil-1 -lpthread $(SSL_LIBS)
 
 $(BUILD)/cometbench: bench/cometbench.c | $(BUILD)
 	$(CC) $(STD) $(WARN) -O2 -g -o $@ bench/cometbench.c -lm $(SSL_LIBS)

@@ -53,7 +53,8 @@
  * of one payload, one step per subscribed slot.  Walks over the whole
  * channel table happen only when the segment is full (at most once per
  * instant at which something could become reclaimable, see sweep_due), on
- * a process slot's death, for comet_store_channels and in the repair.
+ * a process slot's death and in the repair; comet_store_channels walks
+ * it in slices, releasing the lock between them.
  * BENCHMARKS.md has the measurements behind choosing a single lock.
  *
  * CRASH SAFETY AND REPAIR
@@ -123,6 +124,7 @@
 #include <sys/types.h>
 
 #include <apr_general.h>
+#include <apr_hash.h>
 #include <apr_strings.h>
 
 #include "comet_store.h"
@@ -145,6 +147,9 @@
 #define STORE_MIN_BLOCKS    64
 #define STORE_ID_LIMIT      COMET_STORE_CHANNEL_ID_MAX
 #define STORE_SWEEP_BUDGET  4096        /* records per maintain call */
+#define STORE_WALK_RECORDS  256         /* records per lock hold of
+                                           comet_store_channels           */
+#define STORE_WALK_BYTES    (16 * 1024) /* id bytes copied per lock hold  */
 #define STORE_REKICK        APR_USEC_PER_SEC  /* woken this long: kick again */
 #define STORE_TIME_MAX      APR_INT64_C(0x7fffffffffffffff)
 
@@ -2295,27 +2300,52 @@ apr_array_header_t *comet_store_channels(comet_store_t *st,
                                          apr_size_t max, apr_pool_t *p)
 {
     apr_array_header_t *arr = apr_array_make(p, 8, sizeof(char *));
+    apr_hash_t *seen = apr_hash_make(p);
     apr_size_t plen = pattern ? strlen(pattern) : 0;
-    char *buf = apr_palloc(p, (apr_size_t)st->hdr->max_channel_id + 1);
-    apr_uint32_t i;
+    apr_size_t id_max = st->hdr->max_channel_id;
+    char *buf = apr_palloc(p, STORE_WALK_BYTES + id_max + 1);
+    apr_uint32_t next = 0;
 
-    if (store_lock(st) != APR_SUCCESS) {
-        return arr;
-    }
-    for (i = 0; i < st->channels_max && (apr_size_t)arr->nelts < max; i++) {
-        store_chan_t *ch = CH(st, i);
+    /* A cursor over the table: each lock hold copies the ids of at most
+     * STORE_WALK_RECORDS records (or STORE_WALK_BYTES of ids); the pattern
+     * is matched with the lock released, so a costly pattern costs the
+     * caller only. */
+    while (next < st->channels_max && (apr_size_t)arr->nelts < max) {
+        apr_uint32_t end = next + STORE_WALK_RECORDS;
+        apr_size_t used = 0, off, len;
 
-        if (ch->state != CHAN_LIVE || ch->subs_total == 0
-            || ch->id_len > st->hdr->max_channel_id) {
-            continue;
+        if (store_lock(st) != APR_SUCCESS) {
+            break;
         }
-        chan_id_copy(st, ch, buf);
-        if (!pattern || comet_glob_match(pattern, plen, buf,
-                                               ch->id_len)) {
-            APR_ARRAY_PUSH(arr, char *) = apr_pstrmemdup(p, buf, ch->id_len);
+        for (; next < end && next < st->channels_max
+               && used < STORE_WALK_BYTES; next++) {
+            store_chan_t *ch = CH(st, next);
+
+            if (ch->state != CHAN_LIVE || ch->subs_total == 0
+                || ch->id_len > id_max) {
+                continue;
+            }
+            chan_id_copy(st, ch, buf + used);
+            used += ch->id_len + 1;
+        }
+        store_unlock(st);
+        /* Ids never contain a NUL (comet_channel_id_check). */
+        for (off = 0; off < used && (apr_size_t)arr->nelts < max;
+             off += len + 1) {
+            const char *id = buf + off;
+
+            len = strlen(id);
+            if ((!pattern || comet_glob_match(pattern, plen, id, len))
+                && !apr_hash_get(seen, id, (apr_ssize_t)len)) {
+                char *copy = apr_pstrmemdup(p, id, len);
+
+                /* A channel removed and made again in a record further on
+                 * during the walk is still listed once. */
+                apr_hash_set(seen, copy, (apr_ssize_t)len, copy);
+                APR_ARRAY_PUSH(arr, char *) = copy;
+            }
         }
     }
-    store_unlock(st);
     return arr;
 }
 

@@ -342,9 +342,18 @@ apr_uint64_t comet_store_proc_subscribers(comet_store_t *st,
 
 /* Channels with at least one subscriber whose id matches the glob pattern
  * (comet_glob_match; NULL matches all), at most max, copied into p.  The
- * array holds NUL-terminated char *, in table order.  Walks the whole
- * channel table under the lock: for status pages, not for a hot path.
- * Any thread. */
+ * array holds NUL-terminated char *, in table order, each id once.
+ *
+ * Like Redis' SCAN, the walk is a cursor over the channel table that
+ * takes the lock for one slice of records at a time (a few hundred
+ * records or 16 KiB of ids, whichever comes first: well under a
+ * millisecond) and matches with the lock released.  So it never stalls
+ * publishers for long, and a channel that exists, subscribed, for the
+ * whole walk is listed; one created, removed or left by its last
+ * subscriber during the walk may or may not be.  Costs O(table) time on
+ * the calling thread plus the matching (at most O(pattern x id) per
+ * channel): for status pages and PUBSUB CHANNELS, not a hot path.  Any
+ * thread. */
 apr_array_header_t *comet_store_channels(comet_store_t *st,
                                          const char *pattern,
                                          apr_size_t max, apr_pool_t *p);

@@ -5,11 +5,14 @@
 /* Unit tests of comet_store.c in one process: limits, missed detection,
  * reclaim, a full segment, accounting, slots and wakeups.  Time
  * is simulated through the now argument. */
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <apr_hash.h>
 
 #include "store_util.h"
 
@@ -1041,6 +1044,113 @@ START_TEST(channels_lists_subscribed_channels_matching_the_pattern)
 }
 END_TEST
 
+/* Lock holds of the walk, counted by the test hook (called with the lock
+ * just taken). */
+static volatile int walk_locks;
+
+static void count_locks(int point)
+{
+    if (point == COMET_STORE_HOOK_LOCKED) {
+        walk_locks++;
+    }
+}
+
+typedef struct churn_t {
+    comet_store_t *st;
+    apr_uint32_t   slot;
+    volatile int   stop;
+    long           rounds;
+} churn_t;
+
+/* Channels that come and go while another thread walks the table. */
+static void *churn_main(void *arg)
+{
+    churn_t *c = arg;
+    comet_chanref_t ref;
+    comet_msgid_t newest;
+    char name[32];
+
+    while (!c->stop) {
+        int n = snprintf(name, sizeof(name), "churn/%ld", c->rounds % 500);
+
+        if (comet_store_subscribe(c->st, c->slot, name, (apr_size_t)n, 1,
+                                  &ref, &newest) == APR_SUCCESS) {
+            comet_store_unsubscribe(c->st, c->slot, &ref, 1);
+        }
+        c->rounds++;
+    }
+    return NULL;
+}
+
+START_TEST(channels_walks_the_table_in_slices_listing_steady_channels_once)
+{
+    enum { STEADY = 3000 };
+    comet_store_t *st = store_util_make(8 * MB, 0, 0, 0, 2);
+    comet_store_stats_t s;
+    comet_chanref_t ref;
+    comet_msgid_t newest;
+    apr_array_header_t *a;
+    apr_uint32_t slot;
+    char name[32];
+    pthread_t thr;
+    churn_t churn;
+    int i, w;
+
+    ck_assert_int_eq(comet_store_proc_attach(st, getpid(), &slot),
+                     APR_SUCCESS);
+    for (i = 0; i < STEADY; i++) {
+        int n = snprintf(name, sizeof(name), "steady/%d", i);
+
+        ck_assert_int_eq(comet_store_subscribe(st, slot, name, (apr_size_t)n,
+                                               1, &ref, &newest),
+                         APR_SUCCESS);
+    }
+    comet_store_stats(st, &s);
+    ck_assert_uint_gt(s.channels_max, 2 * STEADY);
+
+    /* Never the whole table under one lock: one hold per slice. */
+    walk_locks = 0;
+    comet_store_test_hook = count_locks;
+    a = comet_store_channels(st, "steady/*", APR_SIZE_MAX, comet_test_pool);
+    comet_store_test_hook = NULL;
+    ck_assert_int_eq(a->nelts, STEADY);
+    ck_assert_msg(walk_locks >= (int)(s.channels_max / 256),
+                  "%d lock holds for %u records", walk_locks,
+                  s.channels_max);
+
+    /* Channels made and dropped meanwhile may or may not be listed; those
+     * subscribed all along are, each exactly once. */
+    memset(&churn, 0, sizeof(churn));
+    churn.st = st;
+    churn.slot = slot;
+    ck_assert_int_eq(pthread_create(&thr, NULL, churn_main, &churn), 0);
+    for (w = 0; w < 20; w++) {
+        apr_hash_t *seen = apr_hash_make(comet_test_pool);
+        int steady = 0;
+
+        a = comet_store_channels(st, NULL, APR_SIZE_MAX, comet_test_pool);
+        for (i = 0; i < a->nelts; i++) {
+            const char *n = APR_ARRAY_IDX(a, i, char *);
+
+            ck_assert_msg(!apr_hash_get(seen, n, APR_HASH_KEY_STRING),
+                          "%s listed twice", n);
+            apr_hash_set(seen, n, APR_HASH_KEY_STRING, n);
+            if (!strncmp(n, "steady/", 7)) {
+                steady++;
+            }
+            else {
+                ck_assert_msg(!strncmp(n, "churn/", 6), "%s", n);
+            }
+        }
+        ck_assert_int_eq(steady, STEADY);
+    }
+    churn.stop = 1;
+    pthread_join(thr, NULL);
+    ck_assert_int_gt(churn.rounds, 0);
+    store_util_check(st);
+}
+END_TEST
+
 /* ---- process slots and wakeups ------------------------------------------ */
 
 static pid_t dead_pid(void)
@@ -1325,6 +1435,8 @@ Suite *test_comet_store_suite(void)
                               store_util_teardown);
     tcase_add_test(procs,
                    channels_lists_subscribed_channels_matching_the_pattern);
+    tcase_add_test(procs,
+                   channels_walks_the_table_in_slices_listing_steady_channels_once);
     tcase_add_test(procs, proc_slots_attach_reap_and_clear_counts);
     tcase_add_test(procs,
                    wakeups_coalesce_until_drained_and_queue_each_channel_once);
