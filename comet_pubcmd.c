@@ -577,6 +577,7 @@ static void cmd_info(comet_pubconn_t *c, const comet_resp_cmd_t *cmd)
         "\r\n"
         "# Stats\r\n"
         "total_connections_received:%" APR_UINT64_T_FMT "\r\n"
+        "rejected_connections:%" APR_UINT64_T_FMT "\r\n"
         "total_commands_processed:%" APR_UINT64_T_FMT "\r\n"
         "total_publishes:%" APR_UINT64_T_FMT "\r\n"
         "total_error_replies:%" APR_UINT64_T_FMT "\r\n"
@@ -591,7 +592,8 @@ static void cmd_info(comet_pubconn_t *c, const comet_resp_cmd_t *cmd)
         "published:%" APR_UINT64_T_FMT "\r\n",
         srv->cfg.version ? srv->cfg.version : "", (long)getpid(),
         apr_time_sec(comet_now_mono() - srv->started), ps.clients,
-        ps.accepted, ps.commands, ps.publishes, ps.errors, ss.channels,
+        ps.accepted, ps.refused, ps.commands, ps.publishes, ps.errors,
+        ss.channels,
         ss.channels_max, ss.messages, ss.bytes_used, ss.bytes_free,
         ss.subscribers, ss.published);
     reply_str(c, text);

@@ -33,12 +33,42 @@
  * be skipped without reading it.  A message up to that much too large is
  * refused and the connection stays usable.
  *
- * Memory per connection is bounded: its input buffer holds at most one
- * command (the largest message plus COMET_PUBSRV_BULK_SLACK plus 64 KiB of
- * other arguments; a longer command is a protocol error), and while its
- * unsent replies pass max_output the server stops reading from it and
- * runs no more of its commands.  A client that stays over that bound
- * without taking any of its replies for stuck_timeout is disconnected.
+ * Bounds (the defaults are comet_pubsrv.c's; the module sets its own from
+ * the directives):
+ *   - at most max_clients connections; a connection that finds every
+ *     process of the server full (see "Fair accept") is told "-ERR max
+ *     number of clients reached" and closed in order (below);
+ *   - a connection's input costs nothing while it holds no unfinished
+ *     command (input is read into one buffer of the server's, and only
+ *     the unfinished tail of a read is kept per connection); an unfinished
+ *     command is at most the largest message plus COMET_PUBSRV_BULK_SLACK
+ *     plus 64 KiB of other arguments (longer: a protocol error), and all
+ *     the connections' unfinished commands together at most max_input
+ *     bytes: the connection whose input would pass it is told so and
+ *     closed;
+ *   - while a connection's unsent replies pass max_output the server stops
+ *     reading from it and runs no more of its commands; one that takes
+ *     none of its replies for stuck_timeout is disconnected;
+ *   - a command begun must be complete within command_timeout (a half-sent
+ *     bulk), or the connection is told so and closed;
+ *   - a connection that completes no command for idle_timeout is closed
+ *     (when idle_timeout is not 0).
+ * Every connection has one timer for all of these: the loop must have
+ * room for comet_pubsrv_timers(max_clients) timers, and a timer that
+ * cannot be armed closes its connection (logged, counted in dropped).
+ *
+ * Closing in order: a connection closed by the server (an error reply, a
+ * refusal) gets its last reply, then a half-close (shutdown for writing),
+ * and its input is read and thrown away until the client closes, for at
+ * most COMET_PUBSRV_LINGER (or COMET_PUBSRV_LINGER_BYTES), so that a
+ * client still sending its command is not cut off before it reads why
+ * (no broken pipe).
+ *
+ * Fair accept.  Several processes may serve one listening socket, each
+ * with its own server.  Given a shared comet_pubsrv_peers_t, a server at
+ * its max_clients stops accepting while another live process has room,
+ * so that one takes the connection; only when all are full does it accept
+ * to refuse.
  *
  * Server-independent: APR and POSIX only.  The connections are
  * comet_pubsrv.c's, the commands comet_pubcmd.c's.
@@ -60,7 +90,34 @@
  * (and refused with a reply), rather than end the connection. */
 #define COMET_PUBSRV_BULK_SLACK   (64 * 1024)
 
+/* How long, and how many bytes of its input, a connection closed in order
+ * is given to finish sending before it is closed for good. */
+#define COMET_PUBSRV_LINGER       apr_time_from_sec(2)
+#define COMET_PUBSRV_LINGER_BYTES (64 * 1024 * 1024)
+
+/* Refused connections being closed in order at once; more are closed
+ * after a best-effort error line. */
+#define COMET_PUBSRV_REFUSING_MAX 64
+
 typedef struct comet_pubsrv_t comet_pubsrv_t;
+
+/* The processes serving one listening socket: one record each, in memory
+ * they all share (e.g. an anonymous shared mapping made before fork).
+ * Robust to a process dying at any instant: a record names its process,
+ * and one whose process is gone counts for nothing and is taken over. */
+typedef struct comet_pubsrv_peers_t comet_pubsrv_peers_t;
+
+/* Bytes of shared memory for n processes.  Any thread. */
+apr_size_t comet_pubsrv_peers_size(apr_uint32_t n);
+
+/* Format mem (comet_pubsrv_peers_size(n) bytes, zeroed or not) for n
+ * processes.  Before any server uses it (in the module: the parent, in
+ * post_config).  Any thread. */
+comet_pubsrv_peers_t *comet_pubsrv_peers_format(void *mem, apr_uint32_t n);
+
+/* Timers a loop needs for a server of max_clients (0: the default).  Any
+ * thread. */
+apr_size_t comet_pubsrv_timers(apr_uint32_t max_clients);
 
 typedef struct comet_pubsrv_config_t {
     comet_store_t *store;
@@ -75,7 +132,15 @@ typedef struct comet_pubsrv_config_t {
     apr_uint32_t   max_clients;    /* connections at once; 0: 1024      */
     apr_size_t     max_output;     /* unsent reply bytes past which a
                                       client is not read; 0: 256 KiB     */
-    apr_interval_time_t stuck_timeout; /* 0: 30 s                       */
+    apr_size_t     max_input;      /* bytes of unfinished commands of all
+                                      connections together; 0: 32 MiB or
+                                      four of the largest, whichever is
+                                      more; never less than one          */
+    apr_interval_time_t stuck_timeout;   /* 0: 30 s                     */
+    apr_interval_time_t command_timeout; /* 0: 10 s                     */
+    apr_interval_time_t idle_timeout;    /* 0: none                     */
+    comet_pubsrv_peers_t *peers;   /* shared with the other processes
+                                      on listen_fd, or NULL             */
     const char    *version;        /* shown by HELLO and INFO; may be NULL */
 } comet_pubsrv_config_t;
 
@@ -89,7 +154,8 @@ apr_status_t comet_pubsrv_create(comet_pubsrv_t **srv, comet_loop_t *loop,
 
 /* Serve an already connected stream socket (the server owns fd from now
  * on, also on failure, when it is closed).  APR_EAGAIN when max_clients
- * are connected.  The loop's thread (the publish thread). */
+ * are connected (the client is refused in order).  The loop's thread (the
+ * publish thread). */
 apr_status_t comet_pubsrv_adopt(comet_pubsrv_t *srv, int fd);
 
 typedef struct comet_pubsrv_stats_t {
@@ -100,7 +166,13 @@ typedef struct comet_pubsrv_stats_t {
                                       COMET.PUBLISH                         */
     apr_uint64_t errors;           /* error replies                        */
     apr_uint64_t dropped;          /* closed for a protocol error, a
-                                      refused bulk or being stuck          */
+                                      refused bulk, being stuck, passing
+                                      max_input, or a timer that could not
+                                      be armed                             */
+    apr_uint64_t timeouts;         /* closed by command_timeout or
+                                      idle_timeout                         */
+    apr_uint64_t refused;          /* turned away: max_clients reached
+                                      (in every process)                   */
 } comet_pubsrv_stats_t;
 
 /* A snapshot of the counters (each read on its own).  Any thread. */

@@ -28,20 +28,37 @@
 /* One client connection, in a pool of its own. */
 typedef struct comet_pubconn_t comet_pubconn_t;
 
+/* At most one log line per interval for a kind of event that a client
+ * can cause at will; the lines in between are counted and the next line
+ * says how many there were. */
+typedef struct comet_pubsrv_ratelog_t {
+    apr_time_t   next;
+    apr_uint64_t skipped;
+} comet_pubsrv_ratelog_t;
+
 struct comet_pubsrv_t {
     comet_pubsrv_config_t cfg;
     comet_loop_t         *loop;
     apr_pool_t           *pool;       /* own allocator; loop thread only */
     apr_pool_t           *scratch;    /* cleared after each use          */
     comet_resp_limits_t   limits;
-    apr_size_t            in_max;     /* input buffer bound              */
+    apr_size_t            in_max;     /* one connection's unfinished
+                                         command, at most               */
+    apr_size_t            in_total;   /* all connections' input buffers  */
+    char                 *rbuf;       /* every read lands here first     */
     apr_size_t            max_channel_id;
     comet_loop_io_t       lio;        /* the listener                    */
-    int                   listening;
+    int                   listening;  /* lio is in the loop              */
+    int                   accepting;  /* lio has READ interest           */
     comet_timer_t         resume;     /* ends an accept pause            */
+    comet_timer_t         recheck;    /* full: look at the peers again   */
+    int                   paused;     /* out of descriptors              */
+    apr_uint32_t          peer;       /* our record in cfg.peers         */
+    apr_uint32_t          refusing;   /* refused connections lingering   */
     comet_pubconn_t      *conns;      /* all connections                 */
     apr_uint64_t          next_id;
     apr_time_t            started;    /* comet_now_mono()                */
+    comet_pubsrv_ratelog_t log_refused, log_input, log_timer;
     comet_pubsrv_stats_t  st;         /* atomics: read by any thread     */
 };
 
@@ -52,16 +69,26 @@ struct comet_pubconn_t {
     int                  fd;
     comet_loop_io_t      io;
     int                  watched;
-    comet_timer_t        stuck;
+    comet_timer_t        timer;       /* the nearest of its deadlines    */
     comet_resp_parser_t *parser;
-    char                *in;          /* malloc()ed: it grows and shrinks */
+    char                *in;          /* malloc()ed: an unfinished command
+                                         (NULL when there is none)       */
     apr_size_t           in_len, in_cap;
     comet_buf_t         *out;
     apr_uint64_t         id;
-    apr_time_t           since;
+    apr_time_t           since;       /* connected                       */
+    apr_time_t           active;      /* last command completed          */
+    apr_time_t           cmd_start;   /* the unfinished one's first read  */
+    apr_time_t           progress;    /* replies last taken by the client */
+    apr_time_t           linger_end;
+    apr_size_t           drained;     /* bytes thrown away lingering     */
     int                  proto;       /* COMET_RESP2 or COMET_RESP3       */
     int                  eof;         /* the client will send no more     */
     int                  closing;     /* close once out is sent           */
+    int                  waiting;     /* on the client to take replies    */
+    int                  lingering;   /* half-closed; draining its input  */
+    int                  refused;     /* not a client: told it is one too
+                                         many                            */
     int                  broken;      /* a reply could not be written     */
     char                 name[COMET_PUBSRV_NAME_MAX];
 };
