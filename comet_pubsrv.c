@@ -217,9 +217,15 @@ static void ratelog(comet_pubsrv_ratelog_t *rl, int level, const char *fmt,
 
 /* ---- input buffers -------------------------------------------------------------------- */
 
+/* Only the loop thread writes in_total; stats read it from any thread. */
+static void in_total_set(comet_pubsrv_t *srv, apr_size_t v)
+{
+    __atomic_store_n(&srv->in_total, v, __ATOMIC_RELAXED);
+}
+
 static void in_free(comet_pubconn_t *c)
 {
-    c->srv->in_total -= c->in_cap;
+    in_total_set(c->srv, c->srv->in_total - c->in_cap);
     free(c->in);
     c->in = NULL;
     c->in_len = c->in_cap = 0;
@@ -252,7 +258,7 @@ static apr_status_t in_reserve(comet_pubconn_t *c, apr_size_t want)
     if (!(in = realloc(c->in, cap))) {
         return APR_ENOMEM;
     }
-    srv->in_total = srv->in_total - c->in_cap + cap;
+    in_total_set(srv, srv->in_total - c->in_cap + cap);
     c->in = in;
     c->in_cap = cap;
     return APR_SUCCESS;
@@ -1064,4 +1070,5 @@ void comet_pubsrv_stats(comet_pubsrv_t *srv, comet_pubsrv_stats_t *out)
     out->dropped = __atomic_load_n(&srv->st.dropped, __ATOMIC_RELAXED);
     out->timeouts = __atomic_load_n(&srv->st.timeouts, __ATOMIC_RELAXED);
     out->refused = __atomic_load_n(&srv->st.refused, __ATOMIC_RELAXED);
+    out->input_bytes = __atomic_load_n(&srv->in_total, __ATOMIC_RELAXED);
 }

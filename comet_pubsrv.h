@@ -173,6 +173,8 @@ typedef struct comet_pubsrv_stats_t {
                                       idle_timeout                         */
     apr_uint64_t refused;          /* turned away: max_clients reached
                                       (in every process)                   */
+    apr_size_t   input_bytes;      /* held now for unfinished commands (at
+                                      most max_input)                      */
 } comet_pubsrv_stats_t;
 
 /* A snapshot of the counters (each read on its own).  Any thread. */

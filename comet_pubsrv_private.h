@@ -44,7 +44,8 @@ struct comet_pubsrv_t {
     comet_resp_limits_t   limits;
     apr_size_t            in_max;     /* one connection's unfinished
                                          command, at most               */
-    apr_size_t            in_total;   /* all connections' input buffers  */
+    apr_size_t            in_total;   /* all connections' input buffers
+                                         (atomic: read by any thread)    */
     char                 *rbuf;       /* every read lands here first     */
     apr_size_t            max_channel_id;
     comet_loop_io_t       lio;        /* the listener                    */

@@ -31,9 +31,12 @@ typedef struct fixture_t {
     comet_store_t  *st;
     comet_loop_t   *loop;
     comet_pubsrv_t *srv;
+    comet_pubsrv_t *srv2;       /* a second server on the same socket    */
+    comet_pubsrv_peers_t *peers;
     pthread_t       thread;
     int             running;
     int             lfd;
+    int             lfd2;       /* srv2's descriptor of the socket        */
     char            dir[64];
     char            path[128];
     apr_uint32_t    woken;      /* bit per slot the store asked to wake */
@@ -58,6 +61,13 @@ typedef struct opts_t {
     apr_size_t          max_output;
     apr_interval_time_t stuck;
     apr_uint32_t        max_clients;
+    apr_size_t          max_input;
+    apr_interval_time_t command_timeout;
+    apr_interval_time_t idle_timeout;
+    apr_size_t          max_timers;    /* of the loop; 0: 1024 */
+    apr_uint32_t        second;        /* max_clients of a second server on
+                                          the same socket, sharing a table
+                                          of peers with the first; 0: none */
     int                 adopt_fd;      /* served before the loop starts */
 } opts_t;
 
@@ -73,8 +83,9 @@ static APR_INLINE void start(const opts_t *o)
     scfg.max_procs = 4;
     scfg.max_message_size = o && o->max_message ? o->max_message : 4096;
     fx.st = store_util_make_cfg(&scfg);
-    ck_assert_int_eq(comet_loop_create(&fx.loop, 1024, comet_test_pool),
-                     APR_SUCCESS);
+    ck_assert_int_eq(comet_loop_create(&fx.loop, o && o->max_timers
+                                                 ? o->max_timers : 1024,
+                                       comet_test_pool), APR_SUCCESS);
 
     strcpy(fx.dir, "/tmp/comet-pubsrv.XXXXXX");
     ck_assert_ptr_nonnull(mkdtemp(fx.dir));
@@ -96,9 +107,26 @@ static APR_INLINE void start(const opts_t *o)
         cfg.max_output = o->max_output;
         cfg.stuck_timeout = o->stuck;
         cfg.max_clients = o->max_clients;
+        cfg.max_input = o->max_input;
+        cfg.command_timeout = o->command_timeout;
+        cfg.idle_timeout = o->idle_timeout;
+    }
+    if (o && o->second) {
+        fx.peers = comet_pubsrv_peers_format(
+            apr_palloc(comet_test_pool, comet_pubsrv_peers_size(2)), 2);
+        cfg.peers = fx.peers;
     }
     ck_assert_int_eq(comet_pubsrv_create(&fx.srv, fx.loop, &cfg,
                                          comet_test_pool), APR_SUCCESS);
+    if (o && o->second) {
+        /* The same socket through another descriptor, as a second process
+         * would have it: one watcher per descriptor in a loop. */
+        cfg.listen_fd = fx.lfd2 = dup(fx.lfd);
+        cfg.max_clients = o->second;
+        ck_assert_int_ge(cfg.listen_fd, 0);
+        ck_assert_int_eq(comet_pubsrv_create(&fx.srv2, fx.loop, &cfg,
+                                             comet_test_pool), APR_SUCCESS);
+    }
     if (o && o->adopt_fd > 0) {
         ck_assert_int_eq(comet_pubsrv_adopt(fx.srv, o->adopt_fd),
                          APR_SUCCESS);
@@ -121,6 +149,9 @@ static APR_INLINE void teardown(void)
     }
     /* Destroying the pool closes the server's connections. */
     comet_test_pool_teardown();
+    if (fx.lfd2 > 0) {
+        close(fx.lfd2);
+    }
     if (fx.lfd > 0) {
         close(fx.lfd);
         unlink(fx.path);

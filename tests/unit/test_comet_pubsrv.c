@@ -360,12 +360,338 @@ START_TEST(a_stopped_server_closes_its_clients_when_its_pool_goes)
 }
 END_TEST
 
+/* ---- deadlines ---------------------------------------------------------- */
+
+static comet_pubsrv_stats_t stats(comet_pubsrv_t *srv)
+{
+    comet_pubsrv_stats_t s;
+
+    comet_pubsrv_stats(srv, &s);
+    return s;
+}
+
+static int no_input(void)
+{
+    return stats(fx.srv).input_bytes == 0;
+}
+
+static int has_input(void)
+{
+    return stats(fx.srv).input_bytes > 0;
+}
+
+static int one_timeout(void)
+{
+    return stats(fx.srv).timeouts == 1;
+}
+
+START_TEST(an_idle_client_is_closed_and_a_busy_one_is_not)
+{
+    long long end;
+    opts_t o;
+    int idle, busy;
+
+    memset(&o, 0, sizeof(o));
+    o.idle_timeout = apr_time_from_msec(300);
+    start(&o);
+    idle = client();
+    busy = client();
+    send_str(idle, "PING\r\n");
+    expect(idle, "+PONG\r\n");
+    /* A command every 100 ms keeps the other one for three timeouts. */
+    end = now_ms() + 900;
+    while (now_ms() < end) {
+        send_str(busy, "PING\r\n");
+        expect(busy, "+PONG\r\n");
+        usleep(100 * 1000);
+    }
+    /* Closed without a word, as Redis closes idle clients. */
+    expect_closed(idle);
+    send_str(busy, "PING\r\n");
+    expect(busy, "+PONG\r\n");
+    ck_assert_uint_eq(stats(fx.srv).timeouts, 1);
+    ck_assert_uint_eq(stats(fx.srv).clients, 1);
+    close(idle);
+    close(busy);
+}
+END_TEST
+
+START_TEST(a_half_sent_bulk_is_told_and_closed_after_the_command_timeout)
+{
+    char part[3000];
+    opts_t o;
+    int fd, keep;
+
+    memset(&o, 0, sizeof(o));
+    o.command_timeout = apr_time_from_msec(300);
+    start(&o);
+    fd = client();
+    keep = client();
+    memset(part, 'x', sizeof(part));
+    /* 3000 of the 4000 bytes announced, then nothing. */
+    send_str(fd, "*3\r\n$7\r\nPUBLISH\r\n$1\r\nh\r\n$4000\r\n");
+    send_all(fd, part, sizeof(part));
+    ck_assert(wait_until(has_input));
+    expect(fd, "-ERR command not complete after 300 ms: closing the "
+           "connection\r\n");
+    expect_closed(fd);
+    ck_assert(wait_until(one_timeout));
+    ck_assert(wait_until(no_input));
+    /* No idle timeout by default: the other client stays. */
+    send_str(keep, "PING\r\n");
+    expect(keep, "+PONG\r\n");
+    close(fd);
+    close(keep);
+}
+END_TEST
+
+static int one_dropped(void)
+{
+    return stats(fx.srv).dropped == 1;
+}
+
+START_TEST(a_timer_that_cannot_be_armed_closes_its_client_and_counts)
+{
+    char c;
+    opts_t o;
+    int fds[4], i;
+    size_t got;
+
+    memset(&o, 0, sizeof(o));
+    o.max_timers = 3;                   /* far too few for the clients */
+    o.idle_timeout = apr_time_from_sec(60);
+    start(&o);
+    for (i = 0; i < 3; i++) {
+        fds[i] = client();
+        send_str(fds[i], "PING\r\n");
+        expect(fds[i], "+PONG\r\n");
+    }
+    /* The fourth would have no idle timeout: it is not served at all. */
+    fds[3] = client();
+    ck_assert(wait_until(one_dropped));
+    ck_assert(!read_n(fds[3], &c, 1, &got) && got == 0);
+    for (i = 0; i < 3; i++) {
+        send_str(fds[i], "PING\r\n");
+        expect(fds[i], "+PONG\r\n");
+        close(fds[i]);
+    }
+    close(fds[3]);
+    ck_assert_uint_ge(comet_pubsrv_timers(0), 1024);
+}
+END_TEST
+
+/* ---- input buffers --------------------------------------------------- */
+
+START_TEST(whole_commands_cost_no_input_buffer_of_their_own)
+{
+    char *pipe = malloc(200 * 16);
+    size_t len = 0;
+    int fds[20], i;
+
+    start(NULL);
+    for (i = 0; i < 200; i++) {
+        len += (size_t)sprintf(pipe + len, "PUBLISH w %d\r\n", i);
+    }
+    for (i = 0; i < 20; i++) {
+        fds[i] = client();
+        send_all(fds[i], pipe, len);
+    }
+    for (i = 0; i < 20; i++) {
+        int n;
+
+        for (n = 0; n < 200; n++) {
+            expect(fds[i], ":0\r\n");
+        }
+    }
+    /* Twenty idle connections hold no input at all. */
+    ck_assert_uint_eq(stats(fx.srv).input_bytes, 0);
+    /* An unfinished command holds about its own size. */
+    send_str(fds[0], "PUBLISH w 12345");
+    ck_assert(wait_until(has_input));
+    ck_assert_uint_le(stats(fx.srv).input_bytes, 64);
+    send_str(fds[0], "\r\n");
+    expect(fds[0], ":0\r\n");
+    ck_assert(wait_until(no_input));
+    for (i = 0; i < 20; i++) {
+        close(fds[i]);
+    }
+    free(pipe);
+}
+END_TEST
+
+START_TEST(unfinished_commands_together_stay_under_max_input)
+{
+    enum { N = 8, PART = 100 * 1024 };
+    char *part = malloc(PART), buf[256];
+    comet_pubsrv_stats_t s;
+    int fds[N], i, told = -1;
+    opts_t o;
+
+    memset(&o, 0, sizeof(o));
+    o.max_message = 128 * 1024;
+    /* Room for two and a half of the eight half-sent bulks. */
+    o.max_input = 300 * 1000;
+    start(&o);
+    memset(part, 'y', PART);
+    for (i = 0; i < N; i++) {
+        fds[i] = client();
+        send_str(fds[i], "*3\r\n$7\r\nPUBLISH\r\n$1\r\nb\r\n$120000\r\n");
+        send_all(fds[i], part, PART);
+        s = stats(fx.srv);
+        ck_assert_uint_le(s.input_bytes, o.max_input);
+        /* The one that passes the bound is told, then closed; the others
+         * keep their place. */
+        if (told < 0) {
+            struct pollfd p = { fds[i], POLLIN, 0 };
+
+            if (poll(&p, 1, 200) == 1) {
+                read_line(fds[i], buf, sizeof(buf));
+                ck_assert_str_eq(buf, "-ERR too much unfinished input on "
+                                 "the publish socket (more than 300000 "
+                                 "bytes in all): try again later\r\n");
+                expect_closed(fds[i]);
+                told = i;
+            }
+        }
+    }
+    ck_assert_msg(told >= 2 && told < N, "told %d", told);
+    ck_assert_uint_ge(stats(fx.srv).dropped, 1);
+    /* Those held finish their commands and are answered. */
+    for (i = 0; i < told; i++) {
+        memset(part, 'z', PART);
+        send_all(fds[i], part, 120000 - PART);
+        send_str(fds[i], "\r\n");
+        expect(fds[i], ":0\r\n");
+    }
+    for (i = 0; i < N; i++) {
+        close(fds[i]);
+    }
+    ck_assert(wait_until(no_clients));
+    ck_assert_uint_eq(stats(fx.srv).input_bytes, 0);
+    free(part);
+}
+END_TEST
+
+/* ---- refusals ------------------------------------------------------------- */
+
+/* Send len bytes (all of them must be taken: a refused client is read to
+ * its end, not cut off), then read the reply line and the end. */
+static void send_then_expect_end(int fd, const char *data, size_t len,
+                                 const char *reply)
+{
+    send_all(fd, data, len);
+    shutdown(fd, SHUT_WR);
+    expect(fd, reply);
+    expect_closed(fd);
+}
+
+START_TEST(a_refused_client_can_send_its_whole_command_then_reads_why)
+{
+    char *big = malloc(300 * 1024);
+    size_t len;
+    opts_t o;
+    int a, c;
+
+    memset(&o, 0, sizeof(o));
+    o.max_clients = 1;
+    start(&o);
+    a = client();
+    send_str(a, "PING\r\n");
+    expect(a, "+PONG\r\n");
+    /* A 300 KB command from a client that is one too many: it is read
+     * (and thrown away), so the client gets no broken pipe and reads the
+     * refusal. */
+    len = (size_t)sprintf(big, "*3\r\n$7\r\nPUBLISH\r\n$1\r\nr\r\n$%d\r\n",
+                          290 * 1024);
+    memset(big + len, 'r', 300 * 1024 - len);
+    c = client();
+    send_then_expect_end(c, big, 300 * 1024,
+                         "-ERR max number of clients reached\r\n");
+    close(c);
+    ck_assert_uint_eq(stats(fx.srv).refused, 1);
+    ck_assert_uint_eq(stats(fx.srv).clients, 1);
+    close(a);
+    free(big);
+}
+END_TEST
+
+START_TEST(an_oversized_message_is_refused_in_order)
+{
+    char *big = malloc(1024 * 1024);
+    size_t len;
+    int fd;
+
+    start(NULL);
+    fd = client();
+    /* Declared far beyond the limit: refused on its $ line, and the rest
+     * (a megabyte) is read and thrown away, not cut off. */
+    len = (size_t)sprintf(big, "*3\r\n$7\r\nPUBLISH\r\n$1\r\nc\r\n$%d\r\n",
+                          1000 * 1000);
+    memset(big + len, 'o', 1024 * 1024 - len);
+    send_then_expect_end(fd, big, 1024 * 1024,
+                         "-ERR message larger than CometMaxMessageSize "
+                         "(4096 bytes)\r\n");
+    close(fd);
+    free(big);
+}
+END_TEST
+
+static int three_clients(void)
+{
+    return stats(fx.srv).clients + stats(fx.srv2).clients == 3;
+}
+
+static int pong(int fd)
+{
+    char buf[64];
+
+    send_str(fd, "PING\r\n");
+    read_line(fd, buf, sizeof(buf));
+    return !strcmp(buf, "+PONG\r\n");
+}
+
+START_TEST(a_full_server_leaves_new_clients_to_a_peer_with_room)
+{
+    int fds[5], i;
+    opts_t o;
+
+    memset(&o, 0, sizeof(o));
+    o.max_clients = 2;
+    o.second = 2;
+    start(&o);
+    /* Four clients for two servers of two: whichever takes the first
+     * ones, nobody is refused while the other has room. */
+    for (i = 0; i < 4; i++) {
+        fds[i] = client();
+        ck_assert_msg(pong(fds[i]), "client %d refused", i);
+    }
+    ck_assert_uint_eq(stats(fx.srv).clients, 2);
+    ck_assert_uint_eq(stats(fx.srv2).clients, 2);
+    ck_assert_uint_eq(stats(fx.srv).refused + stats(fx.srv2).refused, 0);
+    /* Both full: the fifth is told. */
+    fds[4] = client();
+    expect(fds[4], "-ERR max number of clients reached\r\n");
+    expect_closed(fds[4]);
+    close(fds[4]);
+    ck_assert_uint_eq(stats(fx.srv).refused + stats(fx.srv2).refused, 1);
+    /* A place frees up in one of them: the next client gets it. */
+    close(fds[0]);
+    ck_assert(wait_until(three_clients));
+    fds[0] = client();
+    ck_assert(pong(fds[0]));
+    for (i = 0; i < 4; i++) {
+        close(fds[i]);
+    }
+}
+END_TEST
+
 Suite *test_comet_pubsrv_suite(void)
 {
     Suite *s = suite_create("comet_pubsrv");
     TCase *tp = tcase_create("pipelines");
     TCase *te = tcase_create("errors");
     TCase *tb = tcase_create("bounds");
+    TCase *tr = tcase_create("refusals");
 
     tcase_add_checked_fixture(tp, setup, teardown);
     tcase_add_test(tp, a_pipeline_fed_one_byte_at_a_time_is_answered_in_order);
@@ -386,6 +712,18 @@ Suite *test_comet_pubsrv_suite(void)
     tcase_add_test(tb, clients_past_the_limit_are_told_and_closed);
     tcase_add_test(tb, an_adopted_socketpair_is_served_and_stats_count_it);
     tcase_add_test(tb, a_stopped_server_closes_its_clients_when_its_pool_goes);
+    tcase_add_test(tb, an_idle_client_is_closed_and_a_busy_one_is_not);
+    tcase_add_test(tb, a_half_sent_bulk_is_told_and_closed_after_the_command_timeout);
+    tcase_add_test(tb, a_timer_that_cannot_be_armed_closes_its_client_and_counts);
+    tcase_add_test(tb, whole_commands_cost_no_input_buffer_of_their_own);
+    tcase_add_test(tb, unfinished_commands_together_stay_under_max_input);
     suite_add_tcase(s, tb);
+
+    tcase_add_checked_fixture(tr, setup, teardown);
+    tcase_set_timeout(tr, 30);
+    tcase_add_test(tr, a_refused_client_can_send_its_whole_command_then_reads_why);
+    tcase_add_test(tr, an_oversized_message_is_refused_in_order);
+    tcase_add_test(tr, a_full_server_leaves_new_clients_to_a_peer_with_room);
+    suite_add_tcase(s, tr);
     return s;
 }
