@@ -44,8 +44,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <linux/sockios.h>
 
 #include <apr_allocator.h>
 
@@ -356,6 +358,16 @@ static int conn_schedule(comet_pubconn_t *c)
 
 /* ---- connections -------------------------------------------------------------- */
 
+/* Reply bytes sent but not yet read by the client (they sit in the
+ * kernel); APR_SIZE_MAX when the socket cannot say. */
+static apr_size_t conn_unread(comet_pubconn_t *c)
+{
+    int n;
+
+    return ioctl(c->fd, SIOCOUTQ, &n) == 0 && n >= 0 ? (apr_size_t)n
+                                                     : APR_SIZE_MAX;
+}
+
 /* Returns -1 when the connection is to be closed at once. */
 static int set_interest(comet_pubconn_t *c)
 {
@@ -376,6 +388,7 @@ static int set_interest(comet_pubconn_t *c)
                               || c->out->len >= srv->cfg.max_output);
     if (waiting && !c->waiting) {
         c->progress = comet_now_mono();
+        c->unread = conn_unread(c);
     }
     c->waiting = waiting;
     return conn_schedule(c);
@@ -385,6 +398,7 @@ static int set_interest(comet_pubconn_t *c)
 static int conn_flush(comet_pubconn_t *c)
 {
     comet_pubsrv_t *srv = c->srv;
+    int progress = 0;
 
     while (c->out->len) {
         ssize_t n = send(c->fd, c->out->data, c->out->len,
@@ -392,7 +406,7 @@ static int conn_flush(comet_pubconn_t *c)
 
         if (n > 0) {
             comet_buf_consume(c->out, (apr_size_t)n);
-            c->progress = comet_now_mono();
+            progress = 1;
             continue;
         }
         if (n < 0 && errno == EINTR) {
@@ -402,6 +416,12 @@ static int conn_flush(comet_pubconn_t *c)
             break;
         }
         return -1;
+    }
+    if (progress) {
+        c->progress = comet_now_mono();
+        if (c->waiting) {
+            c->unread = conn_unread(c);
+        }
     }
     if (c->out->len == 0 && c->out->cap > srv->cfg.max_output) {
         /* One large reply should not cost the connection's memory for
@@ -679,6 +699,19 @@ static void conn_timer(comet_loop_t *loop, comet_timer_t *timer, void *baton)
         return;
     }
     if (c->waiting) {
+        apr_size_t unread = conn_unread(c);
+
+        /* We could send nothing, but the client is reading what the
+         * kernel holds for it (a socket is writable again only once most
+         * of that is read): that is progress too. */
+        if (unread < c->unread) {
+            c->unread = unread;
+            c->progress = comet_now_mono();
+            if (conn_schedule(c) < 0) {
+                conn_close(c);
+            }
+            return;
+        }
         comet_log(COMET_LOG_INFO, 0, "publish socket: client %"
                   APR_UINT64_T_FMT " closed: it took none of its %"
                   APR_SIZE_T_FMT " bytes of replies for %" APR_TIME_T_FMT

@@ -81,6 +81,7 @@ struct comet_pubconn_t {
     apr_time_t           active;      /* last command completed          */
     apr_time_t           cmd_start;   /* the unfinished one's first read  */
     apr_time_t           progress;    /* replies last taken by the client */
+    apr_size_t           unread;      /* sent, not yet read, at progress  */
     apr_time_t           linger_end;
     apr_size_t           drained;     /* bytes thrown away lingering     */
     int                  proto;       /* COMET_RESP2 or COMET_RESP3       */
