@@ -986,6 +986,11 @@ static apr_status_t srv_cleanup(void *data)
     return APR_SUCCESS;
 }
 
+apr_size_t comet_pubsrv_command_max(apr_size_t max_message)
+{
+    return max_message + COMET_PUBSRV_BULK_SLACK + PUBSRV_ARGS_ROOM;
+}
+
 apr_size_t comet_pubsrv_timers(apr_uint32_t max_clients)
 {
     /* One per client, one per refused connection being closed, the
@@ -1040,7 +1045,7 @@ apr_status_t comet_pubsrv_create(comet_pubsrv_t **out, comet_loop_t *loop,
     }
     comet_resp_limits_default(&srv->limits);
     srv->limits.max_bulk = srv->cfg.max_message + COMET_PUBSRV_BULK_SLACK;
-    srv->in_max = srv->limits.max_bulk + PUBSRV_ARGS_ROOM;
+    srv->in_max = comet_pubsrv_command_max(srv->cfg.max_message);
     if (!srv->cfg.max_input) {
         srv->cfg.max_input = PUBSRV_DEFAULT_INPUT > 4 * srv->in_max
                              ? PUBSRV_DEFAULT_INPUT : 4 * srv->in_max;

@@ -115,6 +115,11 @@ apr_size_t comet_pubsrv_peers_size(apr_uint32_t n);
  * post_config).  Any thread. */
 comet_pubsrv_peers_t *comet_pubsrv_peers_format(void *mem, apr_uint32_t n);
 
+/* Bytes of the largest command a connection may send, for messages of at
+ * most max_message bytes (one connection's unfinished input, at most).
+ * Any thread. */
+apr_size_t comet_pubsrv_command_max(apr_size_t max_message);
+
 /* Timers a loop needs for a server of max_clients (0: the default).  Any
  * thread. */
 apr_size_t comet_pubsrv_timers(apr_uint32_t max_clients);

@@ -17,7 +17,9 @@
 #include <http_config.h>
 #include <http_log.h>
 
+#include "comet_pubsrv.h"
 #include "mod_comet.h"
+#include "mod_comet_config.h"
 #include "event_bridge.h"
 
 APLOG_USE_MODULE(comet);
@@ -93,9 +95,12 @@ apr_status_t comet_bridge_create(apr_pool_t *pchild, server_rec *s,
         goto failed;
     }
     /* A loop is its thread's once it runs: its servers attach before.
-     * Their pool is a child of the loop's, so that it goes first. */
+     * Their pool is a child of the loop's, so that it goes first.  Every
+     * publish socket connection has a timer: room for all of them. */
     if ((rv = apr_pool_create(&b->pub_pool, b->pool)) != APR_SUCCESS
-        || (rv = comet_loop_create(&b->pub_loop, 64, b->pub_pool))
+        || (rv = comet_loop_create(&b->pub_loop, comet_pubsrv_timers(
+                                       comet_config_socket_clients(s)),
+                                   b->pub_pool))
            != APR_SUCCESS
         || (rv = apr_pool_create(pub_pool, b->pub_pool)) != APR_SUCCESS) {
         goto failed;

@@ -24,6 +24,7 @@
 #include "mod_comet_config.h"
 #include "comet_hub.h"
 #include "comet_parse.h"
+#include "comet_pubsrv.h"
 
 /* Server-wide settings.  Only the main server's record counts: there is
  * one store and one publish socket for the whole httpd. */
@@ -36,6 +37,10 @@ typedef struct comet_srv_conf_t {
     apr_time_t    channel_idle;        /* CometChannelIdleTimeout        */
     const char   *publish_socket;      /* CometPublishSocket; "" = off   */
     int           socket_mode;         /* CometPublishSocketMode; -1 unset */
+    apr_int64_t   socket_clients;      /* CometPublishSocketMaxClients   */
+    apr_time_t    socket_timeout;      /* CometPublishSocketTimeout; 0 off */
+    apr_time_t    socket_cmd_timeout;  /* CometPublishSocketCommandTimeout */
+    apr_size_t    socket_max_input;    /* CometPublishSocketMaxInput     */
     apr_int64_t   max_subscribers;     /* CometMaxSubscribers, per child */
     apr_size_t    max_pending;         /* CometMaxPendingBytes           */
     apr_int64_t   max_new_per_client;  /* CometMaxNewChannelsPerClient;
@@ -51,6 +56,15 @@ typedef struct comet_srv_conf_t {
 #define COMET_DEFAULT_CHANNEL_IDLE    apr_time_from_sec(60)
 #define COMET_DEFAULT_SOCKET_NAME     "comet.sock"
 #define COMET_DEFAULT_SOCKET_MODE     0660
+#define COMET_DEFAULT_SOCKET_CLIENTS  1024
+/* The Redis protocol has no authentication here and clients of a local
+ * socket reconnect in microseconds: a connection idle for five minutes
+ * (Redis' own advice for its "timeout") is let go rather than held. */
+#define COMET_DEFAULT_SOCKET_TIMEOUT  apr_time_from_sec(300)
+/* A command over a local socket arrives in microseconds; one still
+ * unfinished after this is a client that stopped in the middle. */
+#define COMET_DEFAULT_SOCKET_CMD_TIMEOUT apr_time_from_sec(10)
+#define COMET_DEFAULT_SOCKET_MAX_INPUT (32 * 1024 * 1024)
 #define COMET_DEFAULT_MAX_PENDING     (1024 * 1024)
 #define COMET_DEFAULT_KEEPALIVE       apr_time_from_sec(15)
 #define COMET_DEFAULT_SUB_TIMEOUT     apr_time_from_sec(30)
@@ -236,6 +250,49 @@ static const char *set_socket_mode(cmd_parms *cmd, void *dc, const char *arg)
     }
     srv_conf(cmd)->socket_mode = (int)v;
     return NULL;
+}
+
+static const char *set_socket_clients(cmd_parms *cmd, void *dc,
+                                      const char *arg)
+{
+    const char *err = global_only(cmd);
+
+    return err ? err : parse_number(cmd, arg, 1, 100000,
+                                    &srv_conf(cmd)->socket_clients);
+}
+
+static const char *set_socket_timeout(cmd_parms *cmd, void *dc,
+                                      const char *arg)
+{
+    const char *err = global_only(cmd);
+
+    if (err) {
+        return err;
+    }
+    if (!strcasecmp(arg, "off")) {
+        arg = "0";
+    }
+    return parse_seconds(cmd, arg, 0, 365 * 86400,
+                         &srv_conf(cmd)->socket_timeout);
+}
+
+static const char *set_socket_cmd_timeout(cmd_parms *cmd, void *dc,
+                                          const char *arg)
+{
+    const char *err = global_only(cmd);
+
+    return err ? err : parse_seconds(cmd, arg, 1, 3600,
+                                     &srv_conf(cmd)->socket_cmd_timeout);
+}
+
+static const char *set_socket_max_input(cmd_parms *cmd, void *dc,
+                                        const char *arg)
+{
+    const char *err = global_only(cmd);
+
+    return err ? err : parse_size(cmd, arg, 64 * 1024,
+                                  (apr_uint64_t)64 * 1024 * 1024 * 1024,
+                                  &srv_conf(cmd)->socket_max_input);
 }
 
 static const char *set_max_subscribers(cmd_parms *cmd, void *dc,
@@ -490,6 +547,18 @@ const command_rec comet_cmds[] = {
                   "directory)"),
     AP_INIT_TAKE1("CometPublishSocketMode", set_socket_mode, NULL, RSRC_CONF,
                   "File mode of the publish socket (default 0660)"),
+    AP_INIT_TAKE1("CometPublishSocketMaxClients", set_socket_clients, NULL,
+                  RSRC_CONF, "Publish socket connections per child process "
+                  "(default 1024)"),
+    AP_INIT_TAKE1("CometPublishSocketTimeout", set_socket_timeout, NULL,
+                  RSRC_CONF, "Seconds a publish socket connection may stay "
+                  "without a command, or 0 (default 300)"),
+    AP_INIT_TAKE1("CometPublishSocketCommandTimeout", set_socket_cmd_timeout,
+                  NULL, RSRC_CONF, "Seconds a publish socket command may "
+                  "take to arrive once begun (default 10)"),
+    AP_INIT_TAKE1("CometPublishSocketMaxInput", set_socket_max_input, NULL,
+                  RSRC_CONF, "Bytes of unfinished publish socket commands "
+                  "a child holds for all its connections (default 32M)"),
     AP_INIT_TAKE1("CometMaxSubscribers", set_max_subscribers, NULL, RSRC_CONF,
                   "Subscribers per child process before 503"),
     AP_INIT_TAKE1("CometMaxPendingBytes", set_max_pending, NULL, RSRC_CONF,
@@ -544,6 +613,9 @@ void *comet_create_srv_conf(apr_pool_t *p, server_rec *s)
     sc->max_subscribers = -1;
     sc->socket_mode = -1;
     sc->max_new_per_client = -1;
+    sc->socket_clients = -1;
+    sc->socket_timeout = -1;
+    sc->socket_cmd_timeout = -1;
     return sc;
 }
 
@@ -682,6 +754,56 @@ int comet_config_socket_mode(const server_rec *s)
     int v = srv_get(s)->socket_mode;
 
     return v >= 0 ? v : COMET_DEFAULT_SOCKET_MODE;
+}
+
+apr_uint32_t comet_config_socket_clients(const server_rec *s)
+{
+    apr_int64_t v = srv_get(s)->socket_clients;
+
+    return v > 0 ? (apr_uint32_t)v : COMET_DEFAULT_SOCKET_CLIENTS;
+}
+
+apr_time_t comet_config_socket_timeout(const server_rec *s)
+{
+    apr_time_t v = srv_get(s)->socket_timeout;
+
+    return v >= 0 ? v : COMET_DEFAULT_SOCKET_TIMEOUT;
+}
+
+apr_time_t comet_config_socket_cmd_timeout(const server_rec *s)
+{
+    apr_time_t v = srv_get(s)->socket_cmd_timeout;
+
+    return v > 0 ? v : COMET_DEFAULT_SOCKET_CMD_TIMEOUT;
+}
+
+apr_size_t comet_config_socket_max_input(const server_rec *s)
+{
+    apr_size_t v = srv_get(s)->socket_max_input;
+    apr_size_t four = 4 * comet_pubsrv_command_max(comet_config_max_message(s));
+
+    if (v) {
+        return v;
+    }
+    /* Room for a few of the largest commands at once, whatever the
+     * message size. */
+    return four > COMET_DEFAULT_SOCKET_MAX_INPUT ? four
+                                                 : COMET_DEFAULT_SOCKET_MAX_INPUT;
+}
+
+const char *comet_config_check_socket(const server_rec *s, apr_pool_t *p)
+{
+    apr_size_t v = srv_get(s)->socket_max_input;
+    apr_size_t one = comet_pubsrv_command_max(comet_config_max_message(s));
+
+    if (v && v < one) {
+        return apr_psprintf(p, "CometPublishSocketMaxInput %" APR_SIZE_T_FMT
+                            " is less than one command may be (%"
+                            APR_SIZE_T_FMT " bytes: CometMaxMessageSize "
+                            "plus 128K); raise it or lower "
+                            "CometMaxMessageSize", v, one);
+    }
+    return NULL;
 }
 
 const char *comet_config_publish_socket(const server_rec *s, apr_pool_t *p)

@@ -74,6 +74,16 @@ apr_uint32_t comet_config_max_subscribers(const server_rec *s);
 /* CometMaxNewChannelsPerClient; 0: off. */
 apr_uint32_t comet_config_max_new_per_client(const server_rec *s);
 int comet_config_socket_mode(const server_rec *s);
+/* The publish socket's bounds: connections per child, idle timeout (0:
+ * none), unfinished-command timeout, bytes of unfinished commands per
+ * child. */
+apr_uint32_t comet_config_socket_clients(const server_rec *s);
+apr_time_t comet_config_socket_timeout(const server_rec *s);
+apr_time_t comet_config_socket_cmd_timeout(const server_rec *s);
+apr_size_t comet_config_socket_max_input(const server_rec *s);
+/* Settings of the publish socket that contradict each other: the error
+ * text (in p), or NULL.  post_config. */
+const char *comet_config_check_socket(const server_rec *s, apr_pool_t *p);
 /* The publish socket's path; "" when CometPublishSocket is off, NULL when
  * the default path (in the runtime directory, made in p) cannot be made. */
 const char *comet_config_publish_socket(const server_rec *s, apr_pool_t *p);

@@ -29,12 +29,14 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <apr_strings.h>
+#include <ap_mpm.h>
 #include <httpd.h>
 #include <http_config.h>
 #include <http_log.h>
@@ -54,6 +56,11 @@ typedef struct pubsock_t {
     pid_t        creator;
     dev_t        dev;            /* the socket file we made */
     ino_t        ino;
+    /* The children serving this socket, one record each, so that a full
+     * child leaves new connections to one with room: an anonymous shared
+     * mapping of this generation, inherited at fork. */
+    comet_pubsrv_peers_t *peers;
+    apr_size_t   peers_size;
 } pubsock_t;
 
 /* This generation's socket: set in the parent by post_config, inherited by
@@ -71,6 +78,10 @@ static apr_status_t pubsock_cleanup(void *data)
     if (ps->fd >= 0) {
         close(ps->fd);
         ps->fd = -1;
+    }
+    if (ps->peers) {
+        munmap(ps->peers, ps->peers_size);
+        ps->peers = NULL;
     }
     if (ps->creator == getpid() && lstat(ps->path, &st) == 0
         && S_ISSOCK(st.st_mode) && st.st_dev == ps->dev
@@ -121,9 +132,17 @@ int comet_pubsock_post_config(apr_pool_t *pconf, apr_pool_t *ptemp,
     apr_status_t rv;
     int rc;
 
+    const char *err;
+    int limit = 0;
+
     pubsock = NULL;
     if (path && !*path) {
         return OK;                                  /* off */
+    }
+    if ((err = comet_config_check_socket(s, ptemp))) {
+        ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, COMET_LOGNO(0204)
+                     "%s", err);
+        return HTTP_INTERNAL_SERVER_ERROR;
     }
     if (!path || strlen(path) >= sizeof(sa.sun_path)) {
         return pubsock_fail(s, APR_ENAMETOOLONG, path ? path : "(none)",
@@ -185,6 +204,26 @@ int comet_pubsock_post_config(apr_pool_t *pconf, apr_pool_t *ptemp,
         return pubsock_fail(s, APR_FROM_OS_ERROR(errno), path,
                             "cannot listen on");
     }
+    /* Twice the children a generation may have: records of children that
+     * died are taken over, but one that is slow to exit still holds its
+     * own. */
+    ap_mpm_query(AP_MPMQ_HARD_LIMIT_DAEMONS, &limit);
+    limit = (limit > 0 ? limit : 16) * 2;
+    ps->peers_size = comet_pubsrv_peers_size((apr_uint32_t)limit);
+    ps->peers = mmap(NULL, ps->peers_size, PROT_READ | PROT_WRITE,
+                     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (ps->peers == MAP_FAILED) {
+        /* Each child then fills up on its own: refusals may come while
+         * another has room, as the log will say. */
+        ps->peers = NULL;
+        ap_log_error(APLOG_MARK, APLOG_WARNING, APR_FROM_OS_ERROR(errno), s,
+                     COMET_LOGNO(0205) "no shared memory for the publish "
+                     "socket's table of children: a full child will refuse "
+                     "connections that another could take");
+    }
+    else {
+        comet_pubsrv_peers_format(ps->peers, (apr_uint32_t)limit);
+    }
     pubsock = ps;
     ap_log_error(APLOG_MARK, APLOG_INFO, 0, s, COMET_LOGNO(0202)
                  "publish socket %s (mode %04o%s%s)", path, mode,
@@ -207,6 +246,11 @@ void comet_pubsock_child_init(apr_pool_t *p, server_rec *s,
     cfg.store = comet_proc_store();
     cfg.listen_fd = pubsock->fd;
     cfg.max_message = comet_config_max_message(s);
+    cfg.max_clients = comet_config_socket_clients(s);
+    cfg.max_input = comet_config_socket_max_input(s);
+    cfg.idle_timeout = comet_config_socket_timeout(s);
+    cfg.command_timeout = comet_config_socket_cmd_timeout(s);
+    cfg.peers = pubsock->peers;
     cfg.wake = comet_wake_slot;
     cfg.version = COMET_MODULE_VERSION;
     rv = comet_pubsrv_create(&pubsrv, loop, &cfg, p);

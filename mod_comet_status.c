@@ -60,6 +60,7 @@ typedef struct status_slot_t {
     apr_uint64_t dropped_slow;
     apr_uint64_t pub_commands;
     apr_uint64_t pub_publishes;
+    apr_uint64_t pub_refused;
 } status_slot_t;
 
 typedef struct status_shm_t {
@@ -70,6 +71,7 @@ typedef struct status_shm_t {
     apr_uint64_t  retired_dropped_slow;
     apr_uint64_t  retired_pub_commands;
     apr_uint64_t  retired_pub_publishes;
+    apr_uint64_t  retired_pub_refused;
     status_slot_t slot[1];          /* [nslots] */
 } status_shm_t;
 
@@ -131,6 +133,7 @@ static void retire(status_slot_t *sl, apr_int32_t pid)
     ADD(status->retired_dropped_slow, LOAD(sl->dropped_slow));
     ADD(status->retired_pub_commands, LOAD(sl->pub_commands));
     ADD(status->retired_pub_publishes, LOAD(sl->pub_publishes));
+    ADD(status->retired_pub_refused, LOAD(sl->pub_refused));
 }
 
 /* This process's record; NULL when there is no segment or the process
@@ -174,6 +177,7 @@ static void write_slot(status_slot_t *sl, comet_hub_t *hub)
     STORE(sl->dropped_slow, hs.dropped_slow);
     STORE(sl->pub_commands, ps.commands);
     STORE(sl->pub_publishes, ps.publishes);
+    STORE(sl->pub_refused, ps.refused);
 }
 
 void comet_status_tick(comet_hub_t *hub, void *baton)
@@ -215,7 +219,7 @@ void comet_status_child_init(void)
 
 typedef struct status_sums_t {
     apr_uint64_t adopted, deliveries, dropped_slow, pub_commands,
-                 pub_publishes;
+                 pub_publishes, pub_refused;
     apr_uint32_t pub_clients, connections, processes, detached, tls;
     apr_uint32_t suspended, held, mpm_conns, mpm_suspended, gate_waits;
     apr_uint32_t sb_conns, sb_suspended, sb_lingering;
@@ -260,6 +264,7 @@ static void sum_slots(status_sums_t *sum)
     sum->dropped_slow = LOAD(status->retired_dropped_slow);
     sum->pub_commands = LOAD(status->retired_pub_commands);
     sum->pub_publishes = LOAD(status->retired_pub_publishes);
+    sum->pub_refused = LOAD(status->retired_pub_refused);
     for (i = 0; i < status->nslots; i++) {
         status_slot_t *sl = &status->slot[i];
         process_score *ps;
@@ -274,6 +279,7 @@ static void sum_slots(status_sums_t *sum)
         sum->dropped_slow += LOAD(sl->dropped_slow);
         sum->pub_commands += LOAD(sl->pub_commands);
         sum->pub_publishes += LOAD(sl->pub_publishes);
+        sum->pub_refused += LOAD(sl->pub_refused);
         sum->pub_clients += LOAD(sl->pub_clients);
         sum->connections += LOAD(sl->connections);
         sum->detached += LOAD(sl->detached);
@@ -330,6 +336,7 @@ int comet_status_hook(request_rec *r, int flags)
                    "CometDroppedSlow: %" APR_UINT64_T_FMT "\n"
                    "CometSocketClients: %u\n"
                    "CometSocketPublishes: %" APR_UINT64_T_FMT "\n"
+                   "CometSocketRefused: %" APR_UINT64_T_FMT "\n"
                    "CometProcesses: %u\n"
                    "CometSuspended: %u\n"
                    "CometHeld: %u\n"
@@ -343,7 +350,8 @@ int comet_status_hook(request_rec *r, int flags)
                    ss.bytes_used, ss.bytes_free, ss.subscribers,
                    sum.connections, sum.detached, sum.tls, ss.published,
                    sum.deliveries, sum.dropped_slow, sum.pub_clients,
-                   sum.pub_publishes, sum.processes, sum.suspended, sum.held, sum.mpm_conns,
+                   sum.pub_publishes, sum.pub_refused, sum.processes,
+                   sum.suspended, sum.held, sum.mpm_conns,
                    sum.mpm_suspended, sum.gate_waits, sum.sb_conns,
                    sum.sb_suspended, sum.sb_lingering);
     }
@@ -376,9 +384,11 @@ int comet_status_hook(request_rec *r, int flags)
                    sum.held, sum.mpm_conns, sum.mpm_suspended);
         if (sock) {
             ap_rprintf(r, "<dt>Publish socket %s: %u clients, %"
-                       APR_UINT64_T_FMT " publishes since start</dt>\n",
+                       APR_UINT64_T_FMT " publishes since start, %"
+                       APR_UINT64_T_FMT " connections refused (every "
+                       "child full)</dt>\n",
                        ap_escape_html(r->pool, sock), sum.pub_clients,
-                       sum.pub_publishes);
+                       sum.pub_publishes, sum.pub_refused);
         }
         ap_rputs("</dl>\n", r);
     }
