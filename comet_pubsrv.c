@@ -308,7 +308,7 @@ static apr_time_t conn_deadline(comet_pubconn_t *c)
 {
     comet_pubsrv_t *srv = c->srv;
 
-    if (c->lingering) {
+    if (c->lingering || (c->refused && !c->closing)) {
         return c->linger_end;
     }
     /* Waiting on the client to take its replies: over the bound, or with
@@ -644,6 +644,14 @@ static ssize_t conn_read(comet_pubconn_t *c)
     return 0;
 }
 
+/* Tell a refused connection why, then close it in order. */
+static void conn_refuse(comet_pubconn_t *c)
+{
+    comet_pubcmd_reply_err(c, "ERR max number of clients reached");
+    conn_end(c);
+    conn_service(c, NULL, 0);
+}
+
 static void conn_io(comet_loop_t *loop, int fd, int events, void *baton)
 {
     comet_pubconn_t *c = baton;
@@ -659,6 +667,18 @@ static void conn_io(comet_loop_t *loop, int fd, int events, void *baton)
         if ((events & (COMET_LOOP_READ | COMET_LOOP_HUP))
             && conn_drain(c) < 0) {
             conn_close(c);
+        }
+        return;
+    }
+    if (c->refused && !c->closing) {
+        /* Its first command has come: the answer to it is the refusal
+         * (as a reply, not as a greeting that a client library would
+         * take for a broken connection). */
+        if (conn_drain(c) < 0) {
+            conn_close(c);
+        }
+        else {
+            conn_refuse(c);
         }
         return;
     }
@@ -696,6 +716,11 @@ static void conn_timer(comet_loop_t *loop, comet_timer_t *timer, void *baton)
     }
     if (c->lingering) {
         conn_close(c);
+        return;
+    }
+    if (c->refused && !c->closing) {
+        /* It sent nothing: tell it anyway. */
+        conn_refuse(c);
         return;
     }
     if (c->waiting) {
@@ -831,9 +856,11 @@ static apr_status_t conn_open(comet_pubsrv_t *srv, int fd, int refused)
     }
     c->watched = 1;
     if (refused) {
-        comet_pubcmd_reply_err(c, "ERR max number of clients reached");
-        conn_end(c);
-        conn_service(c, NULL, 0);
+        /* Told when its first command comes (or after the linger time). */
+        c->linger_end = c->since + COMET_PUBSRV_LINGER;
+        if (conn_schedule(c) < 0) {
+            conn_close(c);
+        }
         return APR_SUCCESS;
     }
     COMET_PUBSRV_STAT_ADD(srv, accepted, 1);

@@ -37,7 +37,10 @@
  * the directives):
  *   - at most max_clients connections; a connection that finds every
  *     process of the server full (see "Fair accept") is told "-ERR max
- *     number of clients reached" and closed in order (below);
+ *     number of clients reached" in answer to its first command (or after
+ *     COMET_PUBSRV_LINGER without one) and closed in order (below); at
+ *     most COMET_PUBSRV_REFUSING_MAX are handled so at once, more are
+ *     sent the line and closed at once;
  *   - a connection's input costs nothing while it holds no unfinished
  *     command (input is read into one buffer of the server's, and only
  *     the unfinished tail of a read is kept per connection); an unfinished

@@ -303,6 +303,7 @@ START_TEST(clients_past_the_limit_are_told_and_closed)
     expect(a, "+PONG\r\n");
     expect(b, "+PONG\r\n");
     c = client();
+    send_str(c, "PING\r\n");
     expect(c, "-ERR max number of clients reached\r\n");
     expect_closed(c);
     close(c);
@@ -615,6 +616,29 @@ START_TEST(a_refused_client_can_send_its_whole_command_then_reads_why)
 }
 END_TEST
 
+START_TEST(a_refused_client_that_sends_nothing_is_told_after_a_while)
+{
+    long long t0;
+    opts_t o;
+    int a, c;
+
+    memset(&o, 0, sizeof(o));
+    o.max_clients = 1;
+    start(&o);
+    a = client();
+    send_str(a, "PING\r\n");
+    expect(a, "+PONG\r\n");
+    t0 = now_ms();
+    c = client();
+    expect(c, "-ERR max number of clients reached\r\n");
+    expect_closed(c);
+    ck_assert_int_ge(now_ms() - t0,
+                     apr_time_as_msec(COMET_PUBSRV_LINGER) - 10);
+    close(c);
+    close(a);
+}
+END_TEST
+
 START_TEST(an_oversized_message_is_refused_in_order)
 {
     char *big = malloc(1024 * 1024);
@@ -670,6 +694,7 @@ START_TEST(a_full_server_leaves_new_clients_to_a_peer_with_room)
     ck_assert_uint_eq(stats(fx.srv).refused + stats(fx.srv2).refused, 0);
     /* Both full: the fifth is told. */
     fds[4] = client();
+    send_str(fds[4], "PING\r\n");
     expect(fds[4], "-ERR max number of clients reached\r\n");
     expect_closed(fds[4]);
     close(fds[4]);
@@ -722,6 +747,7 @@ Suite *test_comet_pubsrv_suite(void)
     tcase_add_checked_fixture(tr, setup, teardown);
     tcase_set_timeout(tr, 30);
     tcase_add_test(tr, a_refused_client_can_send_its_whole_command_then_reads_why);
+    tcase_add_test(tr, a_refused_client_that_sends_nothing_is_told_after_a_while);
     tcase_add_test(tr, an_oversized_message_is_refused_in_order);
     tcase_add_test(tr, a_full_server_leaves_new_clients_to_a_peer_with_room);
     suite_add_tcase(s, tr);
