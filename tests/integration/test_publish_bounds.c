@@ -403,14 +403,14 @@ START_TEST(pubsub_channels_on_a_full_store_leaves_publishes_running)
     pattern[0] = '*';
     memset(pattern + 1, 'a', 400);
     strcpy(pattern + 401, "b");
+    ck_assert_int_eq(it_sub_open(&s, srv.port, "/sub/lat", NULL), 0);
     fd = it_connect_unix(srv.socket_path);
     ck_assert_int_ge(fd, 0);
+    t0 = it_now_ms();
     ck_assert_int_eq(it_sendf(fd, "*3\r\n$6\r\nPUBSUB\r\n$8\r\nCHANNELS\r\n"
                               "$%zu\r\n%s\r\n", strlen(pattern), pattern), 0);
     /* Publish over HTTP (another thread, maybe another child) while it
      * walks, and time each publish. */
-    ck_assert_int_eq(it_sub_open(&s, srv.port, "/sub/lat", NULL), 0);
-    t0 = it_now_ms();
     for (;;) {
         struct pollfd p = { fd, POLLIN, 0 };
         long long p0 = it_now_ms();
