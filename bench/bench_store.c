@@ -258,13 +258,22 @@ static double read_cost(comet_store_t *st, apr_pool_t *p, long n)
     return (now_s() - t0) / (double)n * 1e6;
 }
 
+static int walk_locks;
+
+static void count_locks(int point)
+{
+    if (point == COMET_STORE_HOOK_LOCKED) {
+        walk_locks++;
+    }
+}
+
 /* PUBSUB CHANNELS on a full store: a forked process walks the table
  * (comet_store_channels) with a costly pattern while this one publishes to
  * another channel and times each publish.  Returns the walk's duration;
  * the longest and the 99.9th percentile publish during it (a publish waits
  * for the lock as long as the walk holds it at a stretch). */
 static double walk_stall(apr_pool_t *p, double *pub_max, double *pub_p999,
-                         int *nchan)
+                         int *nchan, double *hold_mean, int *holds)
 {
     enum { IDLEN = 200, MAXLAT = 1 << 20 };
     comet_store_t *st = make_store(p, 0);
@@ -293,6 +302,22 @@ static double walk_stall(apr_pool_t *p, double *pub_max, double *pub_p999,
         }
     }
     *nchan = i;
+    /* Without a pattern the walk is almost all copying under the lock:
+     * its time over its lock holds is the mean hold. */
+    {
+        apr_pool_t *wp;
+        double t0;
+
+        apr_pool_create(&wp, NULL);
+        walk_locks = 0;
+        comet_store_test_hook = count_locks;
+        t0 = now_s();
+        comet_store_channels(st, NULL, APR_SIZE_MAX, wp);
+        *hold_mean = (now_s() - t0) * 1e3 / (walk_locks ? walk_locks : 1);
+        comet_store_test_hook = NULL;
+        *holds = walk_locks;
+        apr_pool_destroy(wp);
+    }
     /* "*aaa...ab": matches nothing, and costs the glob its worst case,
      * O(pattern x id), per channel. */
     pattern[0] = '*';
@@ -373,8 +398,8 @@ int main(int argc, char **argv)
     int i, nchan;
     double one, one_many, two_same, two_diff, p50, p99, rc, t0, maint, sweep;
     double per_chan, per_msg, per_sub, rep, fixed_mb;
-    double walk, walk_max, walk_p999;
-    int walk_chans;
+    double walk, walk_max, walk_p999, walk_hold;
+    int walk_chans, walk_holds;
     char name[32];
 
     for (i = 1; i < argc; i++) {
@@ -460,7 +485,8 @@ int main(int argc, char **argv)
         comet_store_publish(st, &m, comet_now_mono(), NULL, NULL, NULL);
     }
     rep = repair_ms(st);
-    walk = walk_stall(p, &walk_max, &walk_p999, &walk_chans);
+    walk = walk_stall(p, &walk_max, &walk_p999, &walk_chans, &walk_hold,
+                      &walk_holds);
 
     printf("store benchmark (%s run; 64 MB segment, 100-byte messages, "
            "buffer 100)\n", quick ? "quick" : "full");
@@ -490,6 +516,9 @@ int main(int argc, char **argv)
            rep);
     printf("  PUBSUB CHANNELS <costly pattern>, %d subscribed channels:\n",
            walk_chans);
+    printf("  %-52s %12.3f ms\n", "  mean lock hold (walk without pattern)",
+           walk_hold);
+    printf("  %-52s %12d\n", "  lock holds per walk", walk_holds);
     printf("  %-52s %12.1f ms\n", "  the walk (another process)", walk);
     printf("  %-52s %12.3f ms\n", "  longest publish during the walk",
            walk_max);
