@@ -448,12 +448,42 @@ START_TEST(pubsub_channels_on_a_full_store_leaves_publishes_running)
 }
 END_TEST
 
+/* ---- configuration -------------------------------------------------------------------- */
+
+START_TEST(contradicting_or_bad_values_are_refused_naming_the_directive)
+{
+    char out[16384];
+    it_opts_t o;
+
+    memset(&o, 0, sizeof(o));
+    /* Below one command of the largest message (256K + 128K). */
+    o.extra = "CometPublishSocketMaxInput 300K\n";
+    ck_assert_int_ne(it_server_try(&o, 1, out, sizeof(out)), 0);
+    ck_assert_msg(strstr(out, "CometPublishSocketMaxInput 307200 is less "
+                         "than one command may be (393216 bytes"), "%s",
+                  out);
+    o.extra = "CometPublishSocketMaxClients 0\n";
+    ck_assert_int_ne(it_server_try(&o, 0, out, sizeof(out)), 0);
+    ck_assert_msg(strstr(out, "CometPublishSocketMaxClients: 0 is out of "
+                         "range"), "%s", out);
+    o.extra = "CometPublishSocketTimeout soon\n";
+    ck_assert_int_ne(it_server_try(&o, 0, out, sizeof(out)), 0);
+    ck_assert_msg(strstr(out, "CometPublishSocketTimeout: 'soon' is not a "
+                         "whole number"), "%s", out);
+    o.extra = "CometPublishSocketTimeout off\n"
+              "CometPublishSocketCommandTimeout 1\n"
+              "CometPublishSocketMaxInput 384K\n";
+    ck_assert_int_eq(it_server_try(&o, 0, out, sizeof(out)), 0);
+}
+END_TEST
+
 Suite *test_publish_bounds_suite(void)
 {
     Suite *s = suite_create("publish_bounds");
     TCase *tt = tcase_create("timeouts");
     TCase *tr = tcase_create("refusals");
     TCase *tw = tcase_create("walk");
+    TCase *tc = tcase_create("config");
 
     tcase_add_unchecked_fixture(tt, start_timeouts, stop);
     tcase_set_timeout(tt, 120);
@@ -472,5 +502,9 @@ Suite *test_publish_bounds_suite(void)
     tcase_set_timeout(tw, 180);
     tcase_add_test(tw, pubsub_channels_on_a_full_store_leaves_publishes_running);
     suite_add_tcase(s, tw);
+
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, contradicting_or_bad_values_are_refused_naming_the_directive);
+    suite_add_tcase(s, tc);
     return s;
 }
