@@ -79,7 +79,7 @@
 static void conn_close(comet_pubconn_t *c);
 static void listener_update(comet_pubsrv_t *srv);
 
-/* ---- the processes that share the socket ------------------------------------------ */
+/* ---- the processes that share the socket -------------------------------- */
 
 typedef struct pubsrv_peer_t {
     apr_int32_t  pid;               /* 0: free                          */
@@ -186,7 +186,7 @@ static int peers_have_room(comet_pubsrv_t *srv)
     return 0;
 }
 
-/* ---- logging ------------------------------------------------------------------------ */
+/* ---- logging ------------------------------------------------------------ */
 
 static void ratelog(comet_pubsrv_ratelog_t *rl, int level, const char *fmt,
                     ...) __attribute__((format(printf, 3, 4)));
@@ -217,7 +217,7 @@ static void ratelog(comet_pubsrv_ratelog_t *rl, int level, const char *fmt,
     rl->next = now + PUBSRV_LOG_INTERVAL;
 }
 
-/* ---- input buffers -------------------------------------------------------------------- */
+/* ---- input buffers ------------------------------------------------------ */
 
 /* Only the loop thread writes in_total; stats read it from any thread. */
 static void in_total_set(comet_pubsrv_t *srv, apr_size_t v)
@@ -301,7 +301,7 @@ static void conn_over_input(comet_pubconn_t *c, apr_status_t rv)
     conn_end(c);
 }
 
-/* ---- deadlines ----------------------------------------------------------------------------- */
+/* ---- deadlines ---------------------------------------------------------- */
 
 /* When the connection is due for its nearest bound; 0: none. */
 static apr_time_t conn_deadline(comet_pubconn_t *c)
@@ -356,7 +356,7 @@ static int conn_schedule(comet_pubconn_t *c)
     return 0;
 }
 
-/* ---- connections -------------------------------------------------------------- */
+/* ---- connections -------------------------------------------------------- */
 
 /* Reply bytes sent but not yet read by the client (they sit in the
  * kernel); APR_SIZE_MAX when the socket cannot say. */
@@ -873,7 +873,7 @@ static apr_status_t conn_open(comet_pubsrv_t *srv, int fd, int refused)
     return APR_SUCCESS;
 }
 
-/* ---- the listener --------------------------------------------------------------- */
+/* ---- the listener ------------------------------------------------------- */
 
 static int srv_full(comet_pubsrv_t *srv)
 {
@@ -996,7 +996,7 @@ static void listener_io(comet_loop_t *loop, int fd, int events, void *baton)
     }
 }
 
-/* ---- the server ------------------------------------------------------------------ */
+/* ---- the server --------------------------------------------------------- */
 
 static apr_status_t srv_cleanup(void *data)
 {

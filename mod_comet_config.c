@@ -780,15 +780,16 @@ apr_time_t comet_config_socket_cmd_timeout(const server_rec *s)
 apr_size_t comet_config_socket_max_input(const server_rec *s)
 {
     apr_size_t v = srv_get(s)->socket_max_input;
-    apr_size_t four = 4 * comet_pubsrv_command_max(comet_config_max_message(s));
+    apr_size_t four;
 
     if (v) {
         return v;
     }
     /* Room for a few of the largest commands at once, whatever the
      * message size. */
-    return four > COMET_DEFAULT_SOCKET_MAX_INPUT ? four
-                                                 : COMET_DEFAULT_SOCKET_MAX_INPUT;
+    four = 4 * comet_pubsrv_command_max(comet_config_max_message(s));
+    return four > COMET_DEFAULT_SOCKET_MAX_INPUT
+           ? four : COMET_DEFAULT_SOCKET_MAX_INPUT;
 }
 
 const char *comet_config_check_socket(const server_rec *s, apr_pool_t *p)

@@ -573,7 +573,7 @@ START_TEST(unfinished_commands_together_stay_under_max_input)
 }
 END_TEST
 
-/* ---- refusals ------------------------------------------------------------- */
+/* ---- refusals ----------------------------------------------------------- */
 
 /* Send len bytes (all of them must be taken: a refused client is read to
  * its end, not cut off), then read the reply line and the end. */
