@@ -23,6 +23,11 @@
 
 static it_server_t srv;
 
+static int both_children_attached(void *baton)
+{
+    return it_status_value(srv.port, "CometProcesses") == 2;
+}
+
 static void start_with(const char *extra)
 {
     it_opts_t o;
@@ -30,6 +35,9 @@ static void start_with(const char *extra)
     memset(&o, 0, sizeof(o));
     o.extra = extra;
     ck_assert_int_eq(it_server_start(&srv, &o), 0);
+    /* Both children serve the socket (a child sees only the children
+     * already up when it decides that all are full). */
+    ck_assert(it_wait_for(both_children_attached, NULL, 10000));
 }
 
 static void stop(void)
