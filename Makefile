@@ -103,7 +103,7 @@ asan: deps
 	@$(MAKE) --no-print-directory BUILD=$(ASAN_BUILD) SANITIZE=-fsanitize=address \
 	    OPT="-O1 -g -fno-omit-frame-pointer" $(ASAN_BUILD)/unit_tests $(ASAN_BUILD)/integration_tests
 	@rc=0; \
-	ASAN_OPTIONS=detect_leaks=1 $(ASAN_BUILD)/unit_tests || rc=1; \
+	CK_TIMEOUT_MULTIPLIER=4 ASAN_OPTIONS=detect_leaks=1 $(ASAN_BUILD)/unit_tests || rc=1; \
 	COMET_MODULE=$(CURDIR)/$(ASAN_BUILD)/.libs/mod_comet.so \
 	    COMET_ASAN=$$($(CC) -print-file-name=libasan.so) \
 	    $(ASAN_BUILD)/integration_tests || rc=1; \
