@@ -9,29 +9,51 @@
  * would cost more than the subscriber):
  *
  *   hub_chan_t    one per channel with local subscribers: the store ref,
- *                 the id, the members, and chan->seq, the newest id read
- *                 from the store for this channel.
- *   hub_member_t  one per (subscriber, channel): list links and the
- *                 subscriber's position in that channel.
+ *                 the id, the members, and chan->seq, the channel's shared
+ *                 position: the newest id its shared batch has delivered.
+ *   hub_member_t  one per (subscriber, channel): list links, the
+ *                 subscriber's position in that channel (the last id
+ *                 handed to its output), and whether it is catching up.
  *   comet_hub_sub_t  the subscriber: its socket watcher (or sink), its
- *                 TLS session when it has one, unsent bytes, its place in
- *                 a timer queue, its members.
+ *                 unsent bytes (a chain of fixed-size chunks), its place
+ *                 in a timer queue and in the refill queue, its members.
  *
- * Delivery of a channel: read once after chan->seq; format each message
- * once per shape (SSE or ndjson, chunked or not) into a shared buffer,
- * remembering where each message starts; each single-channel member gets
- * the suffix it has not seen with one non-blocking send.  Multi-channel
- * subscribers and long-polls carry subscriber-specific ids and are
- * formatted one by one.
+ * The flow, all on the hub thread:
  *
- * A socket's I/O goes through hub_io_send, hub_io_recv and hub_io_shutdown:
- * plain sends and receives, or, for a TLS subscriber, its session
- * (comet_tls.h).  Unsent bytes are plaintext either way, so
- * max_pending counts plaintext; after a short TLS write the queue keeps
- * its bytes in order (moving is allowed, dropping or reordering is not:
- * the session has encrypted a record of them already), and a subscriber
- * past the bound is dropped, never its bytes.  A TLS stream ends with its
- * last bytes, then close_notify, then the close.
+ *   wake_io -> deliver_chan(c), once per channel the store queued: a read
+ *     after chan->seq (at most HUB_READ_MSGS / HUB_READ_BYTES), each
+ *     needed shape (SSE or ndjson, chunked or not) rendered once
+ *     (batch_build: at most max_batch bytes, at least one message; the
+ *     round is the fewest messages a built shape holds), then
+ *     deliver_member for each member:
+ *       in step (its position is chan->seq, or ahead of it and the read
+ *       says nothing was lost): the part of the shared batch it has not
+ *       seen; a subscriber to several channels or a long-poll is
+ *       rendered on its own from the same read, because its ids are its
+ *       own (at most max_batch; a long-poll answer at most max_pending);
+ *       catching up: skipped, its own reads serve it.
+ *     chan->seq advances to the round's last message.  A member given
+ *     less than the round becomes one that catches up.
+ *   sub_refill(s): while s has members catching up and all it was given
+ *     has left: one read of its own after a member's position, rendered
+ *     (at most max_batch), written; a member whose read reached the
+ *     channel's newest message is in step again.  HUB_REFILL_READS per
+ *     turn, then the ready queue (the next turn).  Run on adoption
+ *     (link_sub), when unsent bytes have all left (sub_flush on EPOLLOUT;
+ *     comet_hub_room from a sink), and from the ready queue.
+ *   sub_write(s): the one way bytes reach a subscriber: the drop rule
+ *     (more than max_pending unsent before the write), then the sink, or
+ *     hub_io_send and the chunk chain for what the socket did not take.
+ *   hub_io_send, hub_io_recv, hub_io_shutdown and sub_close_fd: the only
+ *     code that touches a subscriber's socket: plain sends and receives,
+ *     or, for a TLS subscriber, its session (comet_tls.h).  Unsent bytes
+ *     are plaintext either way, so max_pending counts plaintext.  After a
+ *     short TLS write the queue keeps its bytes in order and the retry
+ *     presents at least a record's worth of them again (sub_flush gathers
+ *     chunks for it: OpenSSL has encrypted a record of them already); a
+ *     subscriber past the bound is dropped, never its bytes.  A TLS
+ *     stream ends with its last bytes, then close_notify, then the close
+ *     (sub_close).
  *
  * Timers: all subscribers with the same keepalive (or long-poll timeout)
  * share one FIFO queue; since the interval is the same, the queue is in
@@ -45,6 +67,9 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include <apr_atomic.h>
 #include <apr_strings.h>
@@ -60,27 +85,73 @@
  * to other work. */
 #define HUB_READ_MSGS       256
 #define HUB_READ_BYTES      (1024 * 1024)
+/* Shared reads of one channel per wakeup, and reads of a subscriber's own
+ * per turn of the loop, before the hub turns to others. */
+#define HUB_ROUNDS          64
+#define HUB_REFILL_READS    8
+#define HUB_NOTE_BATCH      256
 #define HUB_DRAIN_BATCH     1024
 #define HUB_LINGER          apr_time_from_sec(5)
 #define HUB_MAINTAIN_EVERY  apr_time_from_sec(1)
+#define HUB_DEFAULT_PENDING (1024 * 1024)
+#define HUB_DEFAULT_BATCH   (256 * 1024)
+/* Unsent output lives in chunks of HUB_CHUNK bytes (record included), from
+ * a free list of at most HUB_SPARE_CHUNKS; what goes beyond it is freed.
+ * Once HUB_TRIM_AFTER bytes were freed, the tick has the allocator give
+ * its free pages back to the system: memory taken for slow readers comes
+ * back when they are gone. */
+#define HUB_CHUNK           (16 * 1024)
+#define HUB_SPARE_CHUNKS    64
+#define HUB_TRIM_AFTER      (4 * 1024 * 1024)
+/* What a TLS retry must present again at least: one record's plaintext. */
+#define HUB_TLS_RECORD      16384
+/* A formatting buffer that grew past this is freed after use. */
+#define HUB_BUF_KEEP        (1024 * 1024)
+/* Formatting buffers are bounded by the frames they must hold (max_batch,
+ * or one frame, which the configuration bounds), not here. */
+#define HUB_BUF_MAX         (((apr_size_t)-1) / 4)
+/* Shapes of a shared batch: SSE or ndjson, chunked or not (shape_of). */
+#define HUB_SHAPES          4
 
 /* sub->flags */
 #define SUB_MULTI     0x01   /* several channels                           */
 #define SUB_CHUNKED   0x02   /* our frames are HTTP chunks                 */
 #define SUB_ENDING    0x04   /* last bytes queued; close once they are out */
 #define SUB_WANTWRITE 0x08   /* WRITE interest set                         */
-#define SUB_CANCEL    0x10   /* cancel requested (set under hub->mu)       */
-#define SUB_LINKED    0x20   /* adopted on the hub thread                  */
+#define SUB_LINKED    0x10   /* adopted on the hub thread                  */
+#define SUB_WATCHED   0x20   /* its socket is in the loop                  */
+#define SUB_READY     0x40   /* in the ready queue                         */
+#define SUB_BEHIND    0x80   /* some member catches up                     */
+
+/* sub->noted, under hub->mu: what other threads asked for. */
+#define NOTE_CANCEL   0x1
+#define NOTE_ROOM     0x2
+
+/* member->flags */
+#define M_CATCHUP     0x1    /* served by reads of its own                 */
+#define M_MISSED      0x2    /* its first read announces missed messages   */
+#define M_FRESH       0x4    /* its first read: nothing the store dropped
+                                before it is a loss (a backlog's start)    */
 
 typedef struct hub_chan_t hub_chan_t;
 typedef struct hub_member_t hub_member_t;
 typedef struct hub_tq_t hub_tq_t;
+typedef struct hub_chunk_t hub_chunk_t;
+
+struct hub_chunk_t {
+    hub_chunk_t     *next;
+    apr_uint32_t     off, len;      /* unsent: data[off, len)            */
+    char             data[];
+};
+
+#define HUB_CHUNK_DATA  (HUB_CHUNK - sizeof(hub_chunk_t))
 
 struct hub_member_t {
     comet_hub_sub_t *sub;
     hub_chan_t      *chan;
     hub_member_t    *prev, *next;
     apr_uint64_t     seq;
+    unsigned         flags;         /* M_*                               */
 };
 
 struct comet_hub_sub_t {
@@ -89,15 +160,20 @@ struct comet_hub_sub_t {
     const comet_hub_sink_t *sink;
     void            *sink_baton;
     struct ssl_st   *ssl;           /* io.fd's TLS session, or NULL      */
-    char            *pend;          /* unsent bytes [pend_off, pend_len) */
-    apr_uint32_t     pend_len, pend_off;
+    hub_chunk_t     *out_head, *out_tail;  /* socket: unsent bytes       */
+    apr_size_t       unsent;        /* socket: in the chunks; sink: as it
+                                       last said                         */
+    comet_hub_sub_t *rprev, *rnext; /* in the ready queue                */
+    comet_hub_sub_t *nprev, *nnext; /* in hub->notes, under hub->mu      */
     comet_hub_sub_t *tprev, *tnext; /* in tq                             */
     hub_tq_t        *tq;
     apr_time_t       deadline;
+    unsigned short   flags;         /* SUB_*                             */
     unsigned char    transport;
-    unsigned char    flags;
+    unsigned char    noted;         /* NOTE_*, under hub->mu             */
     unsigned short   nchan;
-    apr_uint32_t     tag;           /* for cfg.on_end (fits the padding) */
+    unsigned short   cu;            /* the member to catch up next       */
+    apr_uint32_t     tag;           /* for cfg.on_end                    */
     hub_member_t     m[];
 };
 
@@ -136,27 +212,30 @@ struct hub_tq_t {
     comet_timer_t    timer;
 };
 
-/* A shared batch: the frames of one read, formatted once. */
+/* A shared batch: the frames of one read in one shape, formatted once.
+ * It holds the first n messages of the read (fewer than the read when
+ * max_batch was reached); the missed notice, when the read says so, is
+ * [0, offs[0]). */
 typedef struct hub_batch_t {
     int           built;
+    int           n;
     comet_buf_t  *buf;
     apr_size_t   *offs;      /* start of message i; offs[n] = end          */
-    apr_size_t    missed_end;/* the missed notice is [0, missed_end)       */
 } hub_batch_t;
 
 struct comet_hub_t {
     comet_hub_config_t cfg;
     apr_pool_t      *pool;
-    apr_pool_t      *scratch;       /* cleared after each delivery        */
+    apr_pool_t      *scratch;       /* cleared after each read's use      */
     comet_loop_t    *loop;
     comet_loop_io_t  wake_io;
     comet_timer_t    maintain;
     apr_uint32_t     epoch;
 
-    apr_thread_mutex_t *mu;         /* guards the fields below, to tasks_closed */
+    apr_thread_mutex_t *mu;         /* guards the fields below, to tasks_closed,
+                                       and each sub's noted, nprev, nnext */
     hub_handoff_t   *handoff, *handoff_tail;
-    comet_hub_sub_t **cancels;
-    apr_size_t       ncancels, cancels_cap;
+    comet_hub_sub_t *notes;         /* subscribers with noted set         */
     int              stopping;
     comet_hub_task_t *tasks, *tasks_tail;
     int              tasks_closed;  /* the thread is done: posts refused  */
@@ -166,16 +245,25 @@ struct comet_hub_t {
     apr_size_t       table_size;    /* power of two                       */
     apr_size_t       nchans;
     hub_tq_t        *tqs;
+    comet_hub_sub_t *ready, *ready_tail;  /* subscribers to refill        */
+    apr_size_t       nready;
 
-    comet_buf_t     *out;           /* per-subscriber formatting          */
-    comet_buf_t     *bbuf[4];       /* shared batches: sse/nd x chunked   */
-    apr_size_t      *boffs;         /* 4 x (HUB_READ_MSGS + 1) offsets    */
+    comet_buf_t     *out;           /* one subscriber's frames            */
+    comet_buf_t     *wrap;          /* a long-poll answer as a chunk      */
+    comet_buf_t     *tmp;           /* a long-poll answer's messages      */
+    comet_buf_t     *bbuf[HUB_SHAPES];  /* shared batches                 */
+    apr_size_t      *boffs;         /* HUB_SHAPES x (HUB_READ_MSGS + 1)   */
+
+    char            *tlsbuf;        /* HUB_TLS_RECORD: a retry gathered   */
+    hub_chunk_t     *spare;         /* free chunks                        */
+    apr_size_t       nspare;
+    apr_size_t       freed;         /* bytes freed since the last trim    */
 
     volatile apr_uint32_t count;
     volatile apr_uint32_t by_transport[3];
     volatile apr_uint32_t detached, tls;
     volatile apr_uint64_t adopted, deliveries, wakeups, dropped_slow,
-                          closed_by_client;
+                          closed_by_client, catchup_reads;
 };
 
 /* ---- small helpers --------------------------------------------------------- */
@@ -186,9 +274,47 @@ static int tindex(int transport)
            : transport == COMET_T_LONGPOLL ? 1 : 2;
 }
 
+static int shape_of(int transport, int chunked)
+{
+    return (transport == COMET_T_SSE ? 0 : 2) + !!chunked;
+}
+
 static void stat_add(volatile apr_uint64_t *v, apr_uint64_t n)
 {
     __atomic_add_fetch(v, n, __ATOMIC_RELAXED);
+}
+
+/* Messages of rd with a seq in (from, to]. */
+static apr_uint64_t count_between(const comet_read_t *rd, apr_uint64_t from,
+                                  apr_uint64_t to)
+{
+    apr_uint64_t n = 0;
+
+    for (int i = 0; rd && i < rd->msgs->nelts; i++) {
+        apr_uint64_t seq = APR_ARRAY_IDX(rd->msgs, i, comet_msg_t).id.seq;
+
+        n += seq > from && seq <= to;
+    }
+    return n;
+}
+
+/* A formatting buffer that a large frame made big gives its memory back. */
+static void buf_trim(comet_hub_t *hub, comet_buf_t *b)
+{
+    if (b->cap > HUB_BUF_KEEP) {
+        hub->freed += b->cap;
+        comet_buf_release(b);
+    }
+}
+
+static void bufs_trim(comet_hub_t *hub)
+{
+    buf_trim(hub, hub->out);
+    buf_trim(hub, hub->wrap);
+    buf_trim(hub, hub->tmp);
+    for (int i = 0; i < HUB_SHAPES; i++) {
+        buf_trim(hub, hub->bbuf[i]);
+    }
 }
 
 /* ---- channel table ------------------------------------------------------------- */
@@ -225,9 +351,24 @@ static void table_grow(comet_hub_t *hub)
     hub->table_size = nsize;
 }
 
+/* The newest seq the store has for ref (0 when it cannot say): where a
+ * new channel's shared batch starts. */
+static apr_uint64_t store_newest(comet_hub_t *hub, const comet_chanref_t *ref)
+{
+    comet_read_t rd;
+    comet_msgid_t after;
+
+    after.epoch = hub->epoch;
+    after.seq = ~(apr_uint64_t)0;
+    if (comet_store_read(hub->cfg.store, ref, after, 1, 0, comet_now_mono(),
+                         hub->scratch, &rd) != APR_SUCCESS) {
+        return 0;
+    }
+    return rd.newest.seq;
+}
+
 static hub_chan_t *chan_get(comet_hub_t *hub, const comet_chanref_t *ref,
-                            const char *id, apr_size_t id_len,
-                            apr_uint64_t seq)
+                            const char *id, apr_size_t id_len)
 {
     hub_chan_t *c = chan_find(hub, ref);
     apr_size_t b;
@@ -239,7 +380,8 @@ static hub_chan_t *chan_get(comet_hub_t *hub, const comet_chanref_t *ref,
         return NULL;
     }
     c->ref = *ref;
-    c->seq = seq;
+    /* Members join catching up: the shared batch starts at what is new. */
+    c->seq = store_newest(hub, ref);
     c->id_len = id_len;
     memcpy(c->id, id, id_len);
     if (hub->nchans >= hub->table_size) {
@@ -269,8 +411,6 @@ static void chan_release(comet_hub_t *hub, hub_chan_t *c)
     hub->nchans--;
     free(c);
 }
-
-/* ---- timer queues ------------------------------------------------------------- */
 
 static void tq_fire(comet_loop_t *loop, comet_timer_t *timer, void *baton);
 
@@ -337,118 +477,172 @@ static void tq_push(hub_tq_t *q, comet_hub_sub_t *s, apr_time_t deadline)
     q->tail = s;
 }
 
-/* ---- ending subscribers ---------------------------------------------------------- */
+/* ---- the ready queue and the notes of other threads ----------------------------- */
 
-static void sub_free(comet_hub_t *hub, comet_hub_sub_t *s)
+/* Have s refilled in a coming turn of the loop.  Hub thread. */
+static void ready_push(comet_hub_t *hub, comet_hub_sub_t *s)
 {
-    apr_time_t now = comet_now_mono();
-
-    for (unsigned i = 0; i < s->nchan; i++) {
-        hub_member_t *m = &s->m[i];
-        hub_chan_t *c = m->chan;
-
-        if (!c) {
-            continue;
-        }
-        if (m->prev) {
-            m->prev->next = m->next;
-        }
-        else {
-            c->head = m->next;
-        }
-        if (m->next) {
-            m->next->prev = m->prev;
-        }
-        c->members--;
-        comet_store_unsubscribe(hub->cfg.store, hub->cfg.slot, &c->ref, now);
-        chan_release(hub, c);
-        m->chan = NULL;
+    if (s->flags & SUB_READY) {
+        return;
     }
-    if (s->tag && hub->cfg.on_end) {
-        hub->cfg.on_end(hub->cfg.on_end_baton, s->tag);
-        s->tag = 0;
-    }
-    tq_remove(s);
-    if (s->io.fd >= 0) {
-        comet_loop_io_remove(hub->loop, &s->io);
-        close(s->io.fd);
-        s->io.fd = -1;
-    }
-    if (s->ssl) {
-        comet_tls_free(s->ssl);
-        s->ssl = NULL;
-        apr_atomic_dec32(&hub->tls);
-    }
-    if (!s->sink) {
-        apr_atomic_dec32(&hub->detached);
+    s->flags |= SUB_READY;
+    s->rnext = NULL;
+    s->rprev = hub->ready_tail;
+    if (hub->ready_tail) {
+        hub->ready_tail->rnext = s;
     }
     else {
-        /* close first: once it has returned, the sink's owner calls
-         * comet_hub_cancel no more, so the purge below is final. */
-        s->sink->close(s->sink_baton);
-        apr_thread_mutex_lock(hub->mu);
-        for (apr_size_t i = 0; i < hub->ncancels; i++) {
-            if (hub->cancels[i] == s) {
-                hub->cancels[i] = hub->cancels[--hub->ncancels];
-                break;
-            }
-        }
-        apr_thread_mutex_unlock(hub->mu);
+        hub->ready = s;
     }
-    free(s->pend);
-    apr_atomic_dec32(&hub->count);
-    apr_atomic_dec32(&hub->by_transport[tindex(s->transport)]);
-    free(s);
+    hub->ready_tail = s;
+    hub->nready++;
+    /* on_wake runs the queue. */
+    comet_loop_wake(hub->loop);
 }
 
-static int sub_write(comet_hub_t *hub, comet_hub_sub_t *s, const char *data,
-                     apr_size_t len, int last);
-
-/* End a subscriber the orderly way: its stream's end, then close once the
- * bytes are out (or after HUB_LINGER). */
-static int send_out(comet_hub_t *hub, comet_hub_sub_t *s, int end_chunked,
-                    int last);
-
-static int sub_end(comet_hub_t *hub, comet_hub_sub_t *s)
+static void ready_remove(comet_hub_t *hub, comet_hub_sub_t *s)
 {
-    char buf[64];
-    comet_buf_t b;
-
-    if (s->flags & SUB_ENDING) {
-        return 1;
+    if (!(s->flags & SUB_READY)) {
+        return;
     }
-    s->flags |= SUB_ENDING;
-    if (s->transport == COMET_T_LONGPOLL) {
-        /* A long-poll that ends without news answers with no messages and
-         * the position the client already has. */
-        const comet_read_t *none[1024];
-        const char *ids[1024];
-        apr_uint64_t seqs[1024];
-
-        for (unsigned i = 0; i < s->nchan; i++) {
-            seqs[i] = s->m[i].seq;
-            none[i] = NULL;
-            ids[i] = s->m[i].chan ? s->m[i].chan->id : "";
-        }
-        comet_buf_truncate(hub->out, 0);
-        if (comet_render_poll(hub->out, hub->epoch, ids, seqs, s->nchan,
-                              none, 0) != APR_SUCCESS) {
-            sub_free(hub, s);
-            return 0;
-        }
-        return send_out(hub, s, !!(s->flags & SUB_CHUNKED), 1);
+    if (s->rprev) {
+        s->rprev->rnext = s->rnext;
     }
-    comet_buf_wrap(&b, buf, sizeof(buf));
-    if (s->flags & SUB_CHUNKED) {
-        comet_frame_chunk_last(&b);
+    else {
+        hub->ready = s->rnext;
     }
-    return sub_write(hub, s, b.data, b.len, 1);
+    if (s->rnext) {
+        s->rnext->rprev = s->rprev;
+    }
+    else {
+        hub->ready_tail = s->rprev;
+    }
+    s->rprev = s->rnext = NULL;
+    s->flags &= ~SUB_READY;
+    hub->nready--;
 }
 
-/* ---- a socket's I/O: plain, or through its TLS session ------------------------------ */
+/* Another thread asks something of s (NOTE_*).  Any thread, while s is
+ * alive (a sink's owner: until its close callback has run). */
+static void note(comet_hub_t *hub, comet_hub_sub_t *s, int what)
+{
+    apr_thread_mutex_lock(hub->mu);
+    if ((s->noted & what) == what) {
+        apr_thread_mutex_unlock(hub->mu);
+        return;
+    }
+    if (!s->noted) {
+        s->nprev = NULL;
+        s->nnext = hub->notes;
+        if (hub->notes) {
+            hub->notes->nprev = s;
+        }
+        hub->notes = s;
+    }
+    s->noted |= (unsigned char)what;
+    apr_thread_mutex_unlock(hub->mu);
+    comet_loop_wake(hub->loop);
+}
+
+/* Under hub->mu. */
+static void note_unlink(comet_hub_t *hub, comet_hub_sub_t *s)
+{
+    if (!s->noted) {
+        return;
+    }
+    if (s->nprev) {
+        s->nprev->nnext = s->nnext;
+    }
+    else {
+        hub->notes = s->nnext;
+    }
+    if (s->nnext) {
+        s->nnext->nprev = s->nprev;
+    }
+    s->nprev = s->nnext = NULL;
+    s->noted = 0;
+}
+
+/* ---- unsent output: chunks --------------------------------------------------------- */
+
+static hub_chunk_t *chunk_get(comet_hub_t *hub)
+{
+    hub_chunk_t *ch = hub->spare;
+
+    if (ch) {
+        hub->spare = ch->next;
+        hub->nspare--;
+    }
+    else if (!(ch = malloc(HUB_CHUNK))) {
+        return NULL;
+    }
+    ch->next = NULL;
+    ch->off = ch->len = 0;
+    return ch;
+}
+
+static void chunk_put(comet_hub_t *hub, hub_chunk_t *ch)
+{
+    if (hub->nspare < HUB_SPARE_CHUNKS) {
+        ch->next = hub->spare;
+        hub->spare = ch;
+        hub->nspare++;
+        return;
+    }
+    free(ch);
+    hub->freed += HUB_CHUNK;
+}
+
+static apr_status_t out_append(comet_hub_t *hub, comet_hub_sub_t *s,
+                               const char *data, apr_size_t len)
+{
+    while (len) {
+        hub_chunk_t *t = s->out_tail;
+        apr_size_t n;
+
+        if (!t || t->len == HUB_CHUNK_DATA) {
+            if (!(t = chunk_get(hub))) {
+                return APR_ENOMEM;
+            }
+            if (s->out_tail) {
+                s->out_tail->next = t;
+            }
+            else {
+                s->out_head = t;
+            }
+            s->out_tail = t;
+        }
+        n = HUB_CHUNK_DATA - t->len;
+        if (n > len) {
+            n = len;
+        }
+        memcpy(t->data + t->len, data, n);
+        t->len += (apr_uint32_t)n;
+        data += n;
+        len -= n;
+        s->unsent += n;
+    }
+    return APR_SUCCESS;
+}
+
+static void out_release(comet_hub_t *hub, comet_hub_sub_t *s)
+{
+    hub_chunk_t *ch, *next;
+
+    for (ch = s->out_head; ch; ch = next) {
+        next = ch->next;
+        chunk_put(hub, ch);
+    }
+    s->out_head = s->out_tail = NULL;
+    s->unsent = 0;
+}
+
+/* ---- the subscriber's socket: the only code that touches it ------------------ */
 
 /* Send what the socket takes now: the count (0 when it is full), or -1
- * when the connection is gone. */
+ * when the connection is gone.  TLS: a short write must be followed by a
+ * retry that starts with the same bytes and presents no fewer of them
+ * (comet_tls_write). */
 static apr_ssize_t hub_io_send(comet_hub_sub_t *s, const char *data,
                                apr_size_t len)
 {
@@ -508,9 +702,120 @@ static int hub_io_shutdown(comet_hub_sub_t *s)
     return !s->ssl || comet_tls_shutdown(s->ssl) != APR_EAGAIN;
 }
 
+/* Let the socket go (the watcher first: see comet_loop_io_remove). */
+static void sub_close_fd(comet_hub_t *hub, comet_hub_sub_t *s)
+{
+    if (s->io.fd < 0) {
+        return;
+    }
+    if (s->flags & SUB_WATCHED) {
+        comet_loop_io_remove(hub->loop, &s->io);
+        s->flags &= ~SUB_WATCHED;
+    }
+    close(s->io.fd);
+    s->io.fd = -1;
+}
+
+/* ---- ending subscribers ---------------------------------------------------------- */
+
+static void sub_free(comet_hub_t *hub, comet_hub_sub_t *s)
+{
+    apr_time_t now = comet_now_mono();
+
+    for (unsigned i = 0; i < s->nchan; i++) {
+        hub_member_t *m = &s->m[i];
+        hub_chan_t *c = m->chan;
+
+        if (!c) {
+            continue;
+        }
+        if (m->prev) {
+            m->prev->next = m->next;
+        }
+        else {
+            c->head = m->next;
+        }
+        if (m->next) {
+            m->next->prev = m->prev;
+        }
+        c->members--;
+        comet_store_unsubscribe(hub->cfg.store, hub->cfg.slot, &c->ref, now);
+        chan_release(hub, c);
+        m->chan = NULL;
+    }
+    if (s->tag && hub->cfg.on_end) {
+        hub->cfg.on_end(hub->cfg.on_end_baton, s->tag);
+        s->tag = 0;
+    }
+    tq_remove(s);
+    ready_remove(hub, s);
+    if (s->io.fd >= 0) {
+        sub_close_fd(hub, s);
+    }
+    if (s->ssl) {
+        comet_tls_free(s->ssl);
+        s->ssl = NULL;
+        apr_atomic_dec32(&hub->tls);
+    }
+    if (!s->sink) {
+        apr_atomic_dec32(&hub->detached);
+    }
+    else {
+        /* close first: once it has returned, the sink's owner calls
+         * comet_hub_cancel and comet_hub_room no more, so the unlink
+         * below is final.  What the sink held goes with it. */
+        s->sink->close(s->sink_baton);
+        hub->freed += s->unsent;
+        apr_thread_mutex_lock(hub->mu);
+        note_unlink(hub, s);
+        apr_thread_mutex_unlock(hub->mu);
+    }
+    out_release(hub, s);
+    apr_atomic_dec32(&hub->count);
+    apr_atomic_dec32(&hub->by_transport[tindex(s->transport)]);
+    free(s);
+}
+
 /* ---- writing ------------------------------------------------------------------------ */
 
 static void sub_io(comet_loop_t *loop, int fd, int events, void *baton);
+static int sub_refill(comet_hub_t *hub, comet_hub_sub_t *s);
+
+/* What s holds unsent, as its sink says now (a socket's count is exact).
+ * notify: ask the sink to call comet_hub_room once it is all gone. */
+static apr_size_t sub_unsent(comet_hub_sub_t *s, int notify)
+{
+    apr_size_t held;
+
+    if (s->sink && (s->unsent || notify)
+        && s->sink->write(s->sink_baton, NULL, 0,
+                          notify ? COMET_HUB_SINK_NOTIFY : 0, &held)
+           == APR_SUCCESS) {
+        s->unsent = held;
+    }
+    return s->unsent;
+}
+
+/* Whether all that s was given has left, so that it may be refilled; when
+ * not, its drain calls sub_refill (EPOLLOUT is watched while chunks are
+ * queued; a sink is asked for comet_hub_room). */
+static int sub_room(comet_hub_t *hub, comet_hub_sub_t *s)
+{
+    if (s->sink) {
+        return !s->unsent || !sub_unsent(s, 1);
+    }
+    return !s->out_head;
+}
+
+/* A member of s catches up: have s refilled now if it has room, else once
+ * its output has drained. */
+static void sub_behind(comet_hub_t *hub, comet_hub_sub_t *s)
+{
+    s->flags |= SUB_BEHIND;
+    if (sub_room(hub, s)) {
+        ready_push(hub, s);
+    }
+}
 
 static void sub_want_write(comet_hub_t *hub, comet_hub_sub_t *s, int on)
 {
@@ -539,24 +844,45 @@ static int sub_close(comet_hub_t *hub, comet_hub_sub_t *s)
     return 0;
 }
 
-/* Returns 1 when the subscriber still exists afterwards, 0 when it was
+/* The one way bytes reach a subscriber.  last: the stream ends after
+ * them.  A subscriber that holds more than max_pending unsent bytes before
+ * the write is dropped (it reconnects and resumes from its last id), so a
+ * reader that keeps up is never dropped for the size of one write.
+ * Returns 1 when the subscriber still exists afterwards, 0 when it was
  * freed (callers must not touch it then). */
 static int sub_write(comet_hub_t *hub, comet_hub_sub_t *s, const char *data,
                      apr_size_t len, int last)
 {
+    if (s->unsent > hub->cfg.max_pending
+        && sub_unsent(s, 0) > hub->cfg.max_pending) {
+        comet_log(COMET_LOG_INFO, APR_SUCCESS, "channel=%s: subscriber "
+                  "dropped, %" APR_SIZE_T_FMT " bytes unsent",
+                  s->m[0].chan ? s->m[0].chan->id : "?", s->unsent);
+        stat_add(&hub->dropped_slow, 1);
+        sub_free(hub, s);
+        return 0;
+    }
     if (s->sink) {
-        if (s->sink->write(s->sink_baton, data, len, last) != APR_SUCCESS) {
-            stat_add(&hub->dropped_slow, 1);
+        apr_size_t held = 0;
+        int flags = (last ? COMET_HUB_SINK_LAST : 0)
+                    | (s->flags & SUB_BEHIND ? COMET_HUB_SINK_NOTIFY : 0);
+        apr_status_t rv = s->sink->write(s->sink_baton, data, len, flags,
+                                         &held);
+
+        if (rv != APR_SUCCESS) {
+            stat_add(rv == APR_ENOSPC ? &hub->dropped_slow
+                                      : &hub->closed_by_client, 1);
             sub_free(hub, s);
             return 0;
         }
+        s->unsent = held;
         if (last) {
             sub_free(hub, s);
             return 0;
         }
         return 1;
     }
-    if (!s->pend_len && len) {
+    if (!s->out_head && len) {
         apr_ssize_t n = hub_io_send(s, data, len);
 
         if (n < 0) {
@@ -564,41 +890,18 @@ static int sub_write(comet_hub_t *hub, comet_hub_sub_t *s, const char *data,
             sub_free(hub, s);
             return 0;
         }
-        if (n > 0) {
-            data += n;
-            len -= (apr_size_t)n;
-        }
+        data += n;
+        len -= (apr_size_t)n;
     }
     if (len) {
-        apr_size_t left = s->pend_len - s->pend_off;
-        char *np;
-
-        if (left + len > hub->cfg.max_pending) {
-            /* A client that does not read is dropped; it reconnects and
-             * resumes from its last id. */
-            comet_log(COMET_LOG_INFO, APR_SUCCESS, "channel=%s: subscriber "
-                      "dropped, %" APR_SIZE_T_FMT " bytes unsent",
-                      s->m[0].chan ? s->m[0].chan->id : "?", left + len);
-            stat_add(&hub->dropped_slow, 1);
+        if (out_append(hub, s, data, len) != APR_SUCCESS) {
             sub_free(hub, s);
             return 0;
         }
-        if (s->pend_off) {
-            memmove(s->pend, s->pend + s->pend_off, left);
-            s->pend_len = (apr_uint32_t)left;
-            s->pend_off = 0;
-        }
-        if (!(np = realloc(s->pend, left + len))) {
-            sub_free(hub, s);
-            return 0;
-        }
-        s->pend = np;
-        memcpy(s->pend + left, data, len);
-        s->pend_len = (apr_uint32_t)(left + len);
         sub_want_write(hub, s, 1);
     }
     if (last) {
-        if (s->pend_len) {
+        if (s->out_head) {
             /* Give the tail a bounded time to leave. */
             tq_remove(s);
             tq_push(tq_get(hub, TQ_LINGER, HUB_LINGER), s,
@@ -610,30 +913,76 @@ static int sub_write(comet_hub_t *hub, comet_hub_sub_t *s, const char *data,
     return 1;
 }
 
-/* Returns 1 when the subscriber still exists afterwards. */
+/* Drop the first n queued bytes (they have left). */
+static void out_consume(comet_hub_t *hub, comet_hub_sub_t *s, apr_size_t n)
+{
+    while (n) {
+        hub_chunk_t *ch = s->out_head;
+        apr_size_t k = ch->len - ch->off;
+
+        if (k > n) {
+            k = n;
+        }
+        ch->off += (apr_uint32_t)k;
+        s->unsent -= k;
+        n -= k;
+        if (ch->off == ch->len) {
+            s->out_head = ch->next;
+            if (!s->out_head) {
+                s->out_tail = NULL;
+            }
+            chunk_put(hub, ch);
+        }
+    }
+}
+
+/* The socket has room: send what is queued; once all has left, refill a
+ * subscriber that catches up, or close one that ends.  Returns 1 when the
+ * subscriber still exists afterwards. */
 static int sub_flush(comet_hub_t *hub, comet_hub_sub_t *s)
 {
-    while (s->pend_off < s->pend_len) {
-        apr_ssize_t n = hub_io_send(s, s->pend + s->pend_off,
-                                    s->pend_len - s->pend_off);
+    hub_chunk_t *ch;
 
+    while ((ch = s->out_head) != NULL) {
+        const char *data = ch->data + ch->off;
+        apr_size_t len = ch->len - ch->off;
+        apr_ssize_t n;
+
+        if (s->ssl && len < HUB_TLS_RECORD && ch->next) {
+            /* A TLS retry presents at least the record it has encrypted
+             * already: gather it from the chunks. */
+            hub_chunk_t *c;
+
+            len = 0;
+            for (c = ch; c && len < HUB_TLS_RECORD; c = c->next) {
+                apr_size_t k = c->len - c->off;
+
+                if (k > HUB_TLS_RECORD - len) {
+                    k = HUB_TLS_RECORD - len;
+                }
+                memcpy(hub->tlsbuf + len, c->data + c->off, k);
+                len += k;
+            }
+            data = hub->tlsbuf;
+        }
+        n = hub_io_send(s, data, len);
         if (n < 0) {
             stat_add(&hub->closed_by_client, 1);
             sub_free(hub, s);
             return 0;
         }
-        if (n == 0) {
+        out_consume(hub, s, (apr_size_t)n);
+        if ((apr_size_t)n < len) {
             return 1;
         }
-        s->pend_off += (apr_uint32_t)n;
     }
-    free(s->pend);
-    s->pend = NULL;
-    s->pend_len = s->pend_off = 0;
     if (s->flags & SUB_ENDING) {
         return sub_close(hub, s);
     }
     sub_want_write(hub, s, 0);
+    if (s->flags & SUB_BEHIND) {
+        return sub_refill(hub, s);
+    }
     return 1;
 }
 
@@ -646,14 +995,14 @@ static void sub_io(comet_loop_t *loop, int fd, int events, void *baton)
     /* A TLS session that had to write before reading on reads again once
      * it could (a WRITE with nothing queued and no end to send). */
     if ((events & COMET_LOOP_READ)
-        || (s->ssl && (events & COMET_LOOP_WRITE) && !s->pend_len
+        || (s->ssl && (events & COMET_LOOP_WRITE) && !s->out_head
             && !ending)) {
         int rc = hub_io_recv(s, &write_first);
 
         if (rc <= 0) {
             stat_add(&hub->closed_by_client, 1);
             /* A TLS client's close_notify is answered, if it fits. */
-            if (rc == 0 && s->ssl && !s->pend_len) {
+            if (rc == 0 && s->ssl && !s->out_head) {
                 hub_io_shutdown(s);
             }
             sub_free(hub, s);
@@ -666,7 +1015,7 @@ static void sub_io(comet_loop_t *loop, int fd, int events, void *baton)
         return;
     }
     if ((events & COMET_LOOP_WRITE) || s->ssl) {
-        if (s->pend_len) {
+        if (s->out_head) {
             if (!sub_flush(hub, s)) {
                 return;
             }
@@ -686,52 +1035,15 @@ static void sub_io(comet_loop_t *loop, int fd, int events, void *baton)
     }
 }
 
-/* ---- delivery ---------------------------------------------------------------------- */
-
-static void batch_build(comet_hub_t *hub, hub_batch_t *b, int transport,
-                        int chunked, hub_chan_t *c, const comet_read_t *rd)
+/* Wrap hub->out (one whole long-poll document) for s and send it as the
+ * response's end. */
+static int send_out(comet_hub_t *hub, comet_hub_sub_t *s, int end_chunked)
 {
-    const char *ids[1];
-    apr_uint64_t seq = c->seq;
-    int n = rd->msgs->nelts;
-
-    b->built = 1;
-    b->buf = hub->bbuf[(transport == COMET_T_SSE ? 0 : 2) + !!chunked];
-    comet_buf_truncate(b->buf, 0);
-    /* Every read brings at most HUB_READ_MSGS messages: each shape has
-     * its fixed share of the array made at creation. */
-    b->offs = hub->boffs + (((transport == COMET_T_SSE ? 0 : 2) + !!chunked)
-                            * (HUB_READ_MSGS + 1));
-    ids[0] = c->id;
-    if (rd->missed) {
-        comet_render_notice(b->buf, transport, chunked, 0, c->id);
-    }
-    b->missed_end = b->buf->len;
-    for (int i = 0; i < n; i++) {
-        const comet_msg_t *m = &APR_ARRAY_IDX(rd->msgs, i, comet_msg_t);
-
-        b->offs[i] = b->buf->len;
-        seq = m->id.seq;
-        if (comet_render_msg(b->buf, transport, chunked, hub->epoch, ids,
-                             &seq, 1, 0, m, hub->scratch) != APR_SUCCESS) {
-            /* Too large for the batch buffer: leave the rest out; the
-             * subscribers get them one by one from the next read. */
-            n = i;
-            break;
-        }
-    }
-    b->offs[n] = b->buf->len;
-}
-
-/* Wrap hub->out (one whole document or frame run) for s and send it. */
-static int send_out(comet_hub_t *hub, comet_hub_sub_t *s, int end_chunked,
-                    int last)
-{
-    comet_buf_t *cb = hub->bbuf[3];
+    comet_buf_t *cb = hub->wrap;
     apr_size_t mark;
 
     if (!end_chunked) {
-        return sub_write(hub, s, hub->out->data, hub->out->len, last);
+        return sub_write(hub, s, hub->out->data, hub->out->len, 1);
     }
     comet_buf_truncate(cb, 0);
     if (comet_frame_chunk_begin(cb, &mark) != APR_SUCCESS
@@ -741,149 +1053,300 @@ static int send_out(comet_hub_t *hub, comet_hub_sub_t *s, int end_chunked,
         sub_free(hub, s);
         return 0;
     }
-    return sub_write(hub, s, cb->data, cb->len, last);
+    return sub_write(hub, s, cb->data, cb->len, 1);
 }
 
-/* Deliver a read of channel c to one member.  Returns 1 when the
- * subscriber still exists afterwards. */
+/* The subscription's channel ids and positions, for rendering. */
+static void sub_positions(comet_hub_sub_t *s, const char **ids,
+                          apr_uint64_t *seqs)
+{
+    for (unsigned i = 0; i < s->nchan; i++) {
+        ids[i] = s->m[i].chan ? s->m[i].chan->id : "";
+        seqs[i] = s->m[i].seq;
+    }
+}
+
+/* Answer a long-poll with reads[0, nchan) (NULL: nothing for that
+ * channel) and end it.  The answer holds at most max_pending bytes of
+ * messages (at least one); its id is the position after the last one. */
+static int poll_answer(comet_hub_t *hub, comet_hub_sub_t *s,
+                       const comet_read_t *const *reads, int missed)
+{
+    const char *ids[1024];
+    apr_uint64_t seqs[1024];
+
+    sub_positions(s, ids, seqs);
+    comet_buf_truncate(hub->out, 0);
+    if (comet_render_poll(hub->out, hub->tmp, hub->epoch, ids, seqs,
+                          s->nchan, reads, missed, hub->cfg.max_pending,
+                          NULL) != APR_SUCCESS) {
+        sub_free(hub, s);
+        return 0;
+    }
+    for (unsigned i = 0; i < s->nchan; i++) {
+        stat_add(&hub->deliveries, count_between(reads[i], s->m[i].seq,
+                                                 seqs[i]));
+        s->m[i].seq = seqs[i];
+    }
+    s->flags |= SUB_ENDING;
+    return send_out(hub, s, !!(s->flags & SUB_CHUNKED));
+}
+
+/* End a subscriber the orderly way: its stream's end, then close once the
+ * bytes are out (or after HUB_LINGER). */
+static int sub_end(comet_hub_t *hub, comet_hub_sub_t *s)
+{
+    char buf[64];
+    comet_buf_t b;
+
+    if (s->flags & SUB_ENDING) {
+        return 1;
+    }
+    if (s->transport == COMET_T_LONGPOLL) {
+        /* A long-poll that ends without news answers with no messages and
+         * the position the client already has. */
+        const comet_read_t *none[1024];
+
+        for (unsigned i = 0; i < s->nchan; i++) {
+            none[i] = NULL;
+        }
+        return poll_answer(hub, s, none, 0);
+    }
+    s->flags |= SUB_ENDING;
+    comet_buf_wrap(&b, buf, sizeof(buf));
+    if (s->flags & SUB_CHUNKED) {
+        comet_frame_chunk_last(&b);
+    }
+    return sub_write(hub, s, b.data, b.len, 1);
+}
+
+/* Channel m's was deleted: its notice, then the end of the stream. */
+static int sub_deleted(comet_hub_t *hub, comet_hub_sub_t *s, hub_member_t *m)
+{
+    int chunked = !!(s->flags & SUB_CHUNKED);
+
+    if (s->transport == COMET_T_LONGPOLL) {
+        return sub_end(hub, s);
+    }
+    comet_buf_truncate(hub->out, 0);
+    comet_render_notice(hub->out, s->transport, chunked, 1, m->chan->id);
+    if (chunked) {
+        comet_frame_chunk_last(hub->out);
+    }
+    s->flags |= SUB_ENDING;
+    return sub_write(hub, s, hub->out->data, hub->out->len, 1);
+}
+
+/* ---- delivery: the shared batch ------------------------------------------------ */
+
+/* Whether m takes the channel's shared batch: a single-channel stream
+ * in step. */
+static int member_shared(const hub_member_t *m)
+{
+    const comet_hub_sub_t *s = m->sub;
+
+    return s->nchan == 1 && s->transport != COMET_T_LONGPOLL
+           && !(m->flags & M_CATCHUP) && !(s->flags & SUB_ENDING);
+}
+
+/* Render rd in one shape, once for every member of that shape: at most
+ * max_batch bytes, at least one message; b->n says how many. */
+static void batch_build(comet_hub_t *hub, hub_batch_t *b, int transport,
+                        int chunked, hub_chan_t *c, const comet_read_t *rd)
+{
+    int shape = shape_of(transport, chunked), n = rd->msgs->nelts, i;
+    const char *ids[1];
+
+    b->built = 1;
+    b->buf = hub->bbuf[shape];
+    b->offs = hub->boffs + (apr_size_t)shape * (HUB_READ_MSGS + 1);
+    comet_buf_truncate(b->buf, 0);
+    ids[0] = c->id;
+    if (rd->missed && comet_render_notice(b->buf, transport, chunked, 0,
+                                          c->id) != APR_SUCCESS) {
+        n = 0;
+    }
+    for (i = 0; i < n; i++) {
+        const comet_msg_t *m = &APR_ARRAY_IDX(rd->msgs, i, comet_msg_t);
+        apr_size_t before = b->buf->len;
+        apr_uint64_t seq = m->id.seq;
+
+        b->offs[i] = before;
+        if (comet_render_msg(b->buf, transport, chunked, hub->epoch, ids,
+                             &seq, 1, 0, m, hub->scratch) != APR_SUCCESS) {
+            break;
+        }
+        if (i && b->buf->len > hub->cfg.max_batch) {
+            /* The rest comes in the next round. */
+            comet_buf_truncate(b->buf, before);
+            break;
+        }
+    }
+    b->n = i;
+    b->offs[i] = b->buf->len;
+}
+
+/* Hand one round of channel c (rd: the messages of the round) to member
+ * m.  Returns 1 when the subscriber still exists afterwards. */
 static int deliver_member(comet_hub_t *hub, hub_chan_t *c, hub_member_t *m,
                           const comet_read_t *rd, hub_batch_t *batches)
 {
     comet_hub_sub_t *s = m->sub;
     int n = rd->msgs->nelts, k = 0, chunked = !!(s->flags & SUB_CHUNKED);
-    int missed = rd->missed && m->seq <= c->seq;
-    const char *ids[1024];
-    apr_uint64_t seqs[1024];
-    comet_read_t mine;
+    apr_uint64_t last;
 
     if (s->flags & SUB_ENDING) {
+        return 1;
+    }
+    if (rd->deleted) {
+        return sub_deleted(hub, s, m);
+    }
+    if (m->flags & M_CATCHUP) {
+        return 1;
+    }
+    if (m->seq < c->seq || (rd->missed && m->seq > c->seq)) {
+        /* Behind the round, or ahead of it when the read cannot tell what
+         * this member lost: its own reads will. */
+        m->flags |= M_CATCHUP;
+        sub_behind(hub, s);
         return 1;
     }
     while (k < n && APR_ARRAY_IDX(rd->msgs, k, comet_msg_t).id.seq <= m->seq) {
         k++;
     }
-    if (k == n && !missed && !rd->deleted) {
+    if (k == n && !rd->missed) {
         return 1;
     }
-    stat_add(&hub->deliveries, (apr_uint64_t)(n - k));
+    /* When all after the position was lost, the position moves past it,
+     * so that the loss is told once. */
+    last = n ? APR_ARRAY_IDX(rd->msgs, n - 1, comet_msg_t).id.seq
+             : (rd->newest.seq > m->seq ? rd->newest.seq : m->seq);
 
-    if (s->nchan == 1 && s->transport != COMET_T_LONGPOLL) {
-        hub_batch_t *b = &batches[(s->transport == COMET_T_SSE ? 0 : 2)
-                                  + chunked];
-        apr_size_t from;
-
-        if (!b->built) {
-            batch_build(hub, b, s->transport, chunked, c, rd);
-        }
-        from = missed ? 0 : b->offs[k];
-        if (k < n) {
-            m->seq = APR_ARRAY_IDX(rd->msgs, n - 1, comet_msg_t).id.seq;
-        }
-        if (b->offs[n] > from
-            && !sub_write(hub, s, b->buf->data + from, b->offs[n] - from,
-                          0)) {
-            return 0;
-        }
-        if (rd->deleted) {
-            char tail[1500];
-            comet_buf_t tb;
-
-            comet_buf_wrap(&tb, tail, sizeof(tail));
-            comet_render_notice(&tb, s->transport, chunked, 1, c->id);
-            if (chunked) {
-                comet_frame_chunk_last(&tb);
-            }
-            s->flags |= SUB_ENDING;
-            return sub_write(hub, s, tb.data, tb.len, 1);
-        }
-        return 1;
-    }
-
-    /* Subscriber-specific: ids that name all its channels. */
-    mine = *rd;
-    mine.missed = missed;
-    for (unsigned i = 0; i < s->nchan; i++) {
-        ids[i] = s->m[i].chan ? s->m[i].chan->id : "";
-        seqs[i] = s->m[i].seq;
-    }
-    comet_buf_truncate(hub->out, 0);
     if (s->transport == COMET_T_LONGPOLL) {
         const comet_read_t *reads[1024];
 
         for (unsigned i = 0; i < s->nchan; i++) {
-            reads[i] = &s->m[i] == m ? &mine : NULL;
+            reads[i] = &s->m[i] == m ? rd : NULL;
         }
-        if (comet_render_poll(hub->out, hub->epoch, ids, seqs, s->nchan,
-                              reads, missed) != APR_SUCCESS) {
-            sub_free(hub, s);
-            return 0;
+        return poll_answer(hub, s, reads, rd->missed);
+    }
+    if (s->nchan == 1) {
+        hub_batch_t *b = &batches[shape_of(s->transport, chunked)];
+        apr_size_t from;
+
+        if (!b->built) {
+            m->flags |= M_CATCHUP;
+            sub_behind(hub, s);
+            return 1;
         }
-        for (unsigned i = 0; i < s->nchan; i++) {
-            s->m[i].seq = seqs[i];
-        }
-        s->flags |= SUB_ENDING;
-        return send_out(hub, s, chunked, 1);
+        from = rd->missed ? 0 : b->offs[k];
+        stat_add(&hub->deliveries, (apr_uint64_t)(n - k));
+        m->seq = last;
+        return b->offs[n] <= from
+               || sub_write(hub, s, b->buf->data + from, b->offs[n] - from,
+                            0);
     }
     else {
+        /* Subscriber-specific: ids that name all its channels. */
+        const char *ids[1024];
+        apr_uint64_t seqs[1024], before = m->seq;
         apr_size_t ci = (apr_size_t)(m - s->m);
+        int complete;
 
-        if (comet_render_stream(hub->out, s->transport, chunked,
-                                hub->epoch, ids, seqs, s->nchan, ci,
-                                &mine, hub->scratch) != APR_SUCCESS) {
+        sub_positions(s, ids, seqs);
+        comet_buf_truncate(hub->out, 0);
+        if (comet_render_stream(hub->out, s->transport, chunked, hub->epoch,
+                                ids, seqs, s->nchan, ci, rd,
+                                hub->cfg.max_batch, &complete, hub->scratch)
+            != APR_SUCCESS) {
             sub_free(hub, s);
             return 0;
         }
-        m->seq = seqs[ci];
-        if (rd->deleted) {
-            if (chunked) {
-                comet_frame_chunk_last(hub->out);
-            }
-            s->flags |= SUB_ENDING;
-            return sub_write(hub, s, hub->out->data, hub->out->len, 1);
+        m->seq = complete ? last : seqs[ci];
+        stat_add(&hub->deliveries, count_between(rd, before, m->seq));
+        if (!complete) {
+            m->flags |= M_CATCHUP;
         }
-        return sub_write(hub, s, hub->out->data, hub->out->len, 0);
+        if (!sub_write(hub, s, hub->out->data, hub->out->len, 0)) {
+            return 0;
+        }
+        if (!complete) {
+            sub_behind(hub, s);
+        }
+        return 1;
     }
 }
 
-/* Read what is new in c and hand it to every member. */
+/* Read what is new in c and hand it to every member, one bounded round
+ * at a time. */
 static void deliver_chan(comet_hub_t *hub, hub_chan_t *c)
 {
     int rounds = 0;
 
     c->busy++;
-    while (c->head && rounds++ < 64) {
-        comet_read_t rd;
+    while (c->head && rounds++ < HUB_ROUNDS) {
+        comet_read_t rd, round;
+        apr_array_header_t view;
         comet_msgid_t after;
-        hub_batch_t batches[4];
+        hub_batch_t batches[HUB_SHAPES];
         hub_member_t *m, *next;
-        apr_status_t rv;
+        int n, nround, done;
 
         after.epoch = hub->epoch;
         after.seq = c->seq;
-        rv = comet_store_read(hub->cfg.store, &c->ref, after, HUB_READ_MSGS,
-                              HUB_READ_BYTES, comet_now_mono(), hub->scratch,
-                              &rd);
-        if (rv != APR_SUCCESS) {
+        if (comet_store_read(hub->cfg.store, &c->ref, after, HUB_READ_MSGS,
+                             HUB_READ_BYTES, comet_now_mono(), hub->scratch,
+                             &rd) != APR_SUCCESS) {
             break;
         }
-        if (!rd.msgs->nelts && !rd.missed && !rd.deleted) {
+        n = nround = rd.msgs->nelts;
+        if (!n && !rd.missed && !rd.deleted) {
+            apr_pool_clear(hub->scratch);
             break;
         }
         memset(batches, 0, sizeof(batches));
+        for (m = c->head; m && !rd.deleted; m = m->next) {
+            comet_hub_sub_t *s = m->sub;
+            hub_batch_t *b = &batches[shape_of(s->transport,
+                                               s->flags & SUB_CHUNKED)];
+
+            if (member_shared(m) && !b->built) {
+                batch_build(hub, b, s->transport, s->flags & SUB_CHUNKED, c,
+                            &rd);
+                if (b->n < nround) {
+                    nround = b->n;
+                }
+            }
+        }
+        if (n && !nround) {
+            /* Nothing could be rendered (no memory): the next wakeup
+             * tries again. */
+            apr_pool_clear(hub->scratch);
+            break;
+        }
+        /* The round: what every shape holds. */
+        view = *rd.msgs;
+        view.nelts = nround;
+        round = rd;
+        round.msgs = &view;
         for (m = c->head; m; m = next) {
             /* Freeing m's subscriber never frees another member of c. */
             next = m->next;
-            deliver_member(hub, c, m, &rd, batches);
+            deliver_member(hub, c, m, &round, batches);
         }
-        if (rd.msgs->nelts) {
-            c->seq = APR_ARRAY_IDX(rd.msgs, rd.msgs->nelts - 1,
-                                   comet_msg_t).id.seq;
+        if (nround) {
+            c->seq = APR_ARRAY_IDX(rd.msgs, nround - 1, comet_msg_t).id.seq;
         }
+        else if (rd.missed && rd.newest.seq > c->seq) {
+            c->seq = rd.newest.seq;
+        }
+        done = rd.deleted || (!rd.more && nround == n);
         apr_pool_clear(hub->scratch);
-        if (!rd.more || rd.deleted) {
+        if (done) {
             break;
         }
     }
+    bufs_trim(hub);
     c->busy--;
     chan_release(hub, c);
 }
@@ -946,6 +1409,180 @@ static void wake_io(comet_loop_t *loop, int fd, int events, void *baton)
     }
 }
 
+/* ---- delivery: catching up ------------------------------------------------------ */
+
+/* What the first read of a member says about losses depends on where its
+ * position came from (comet_hub_spec_t.start). */
+static void member_first_read(hub_member_t *m, comet_read_t *rd)
+{
+    if (m->flags & M_MISSED) {
+        rd->missed = 1;
+    }
+    else if (m->flags & M_FRESH) {
+        rd->missed = 0;
+    }
+    m->flags &= ~(M_MISSED | M_FRESH);
+}
+
+/* Read the channel of m after its position, for m alone (into scratch).
+ * APR_SUCCESS, or the store's error (the channel is gone). */
+static apr_status_t member_read(comet_hub_t *hub, hub_member_t *m,
+                                comet_read_t *rd)
+{
+    comet_msgid_t after;
+    apr_size_t bytes = hub->cfg.max_batch < HUB_READ_BYTES
+                       ? hub->cfg.max_batch : HUB_READ_BYTES;
+    apr_status_t rv;
+
+    after.epoch = hub->epoch;
+    after.seq = m->seq;
+    rv = comet_store_read(hub->cfg.store, &m->chan->ref, after,
+                          HUB_READ_MSGS, bytes, comet_now_mono(),
+                          hub->scratch, rd);
+    if (rv != APR_SUCCESS) {
+        m->flags &= ~(M_CATCHUP | M_MISSED | M_FRESH);
+        return rv;
+    }
+    stat_add(&hub->catchup_reads, 1);
+    member_first_read(m, rd);
+    return APR_SUCCESS;
+}
+
+/* One read of m's own, rendered and written.  Returns 1 when the
+ * subscriber still exists afterwards. */
+static int member_catch_up(comet_hub_t *hub, comet_hub_sub_t *s,
+                           hub_member_t *m)
+{
+    const char *ids[1024];
+    apr_uint64_t seqs[1024], before = m->seq;
+    apr_size_t ci = (apr_size_t)(m - s->m);
+    comet_read_t rd;
+    int complete;
+
+    if (member_read(hub, m, &rd) != APR_SUCCESS) {
+        return 1;
+    }
+    if (rd.deleted) {
+        apr_pool_clear(hub->scratch);
+        return sub_deleted(hub, s, m);
+    }
+    sub_positions(s, ids, seqs);
+    comet_buf_truncate(hub->out, 0);
+    if (comet_render_stream(hub->out, s->transport,
+                            !!(s->flags & SUB_CHUNKED), hub->epoch, ids,
+                            seqs, s->nchan, ci, &rd, hub->cfg.max_batch,
+                            &complete, hub->scratch) != APR_SUCCESS) {
+        apr_pool_clear(hub->scratch);
+        sub_free(hub, s);
+        return 0;
+    }
+    m->seq = seqs[ci];
+    stat_add(&hub->deliveries, count_between(&rd, before, m->seq));
+    if (complete && !rd.more) {
+        /* In step: what the store holds has all been handed over. */
+        if (rd.newest.seq > m->seq && !rd.msgs->nelts) {
+            m->seq = rd.newest.seq;
+        }
+        m->flags &= ~M_CATCHUP;
+    }
+    apr_pool_clear(hub->scratch);
+    return !hub->out->len
+           || sub_write(hub, s, hub->out->data, hub->out->len, 0);
+}
+
+/* A long-poll's members catch up all at once: one answer (or, when
+ * nothing is due, it waits in step). */
+static int poll_refill(comet_hub_t *hub, comet_hub_sub_t *s)
+{
+    const comet_read_t *reads[1024];
+    int missed = 0, due = 0, alive = 1;
+
+    for (unsigned i = 0; i < s->nchan; i++) {
+        hub_member_t *m = &s->m[i];
+        comet_read_t *rd;
+
+        reads[i] = NULL;
+        if (!(m->flags & M_CATCHUP)) {
+            continue;
+        }
+        rd = apr_palloc(hub->scratch, sizeof(*rd));
+        m->flags &= ~M_CATCHUP;
+        if (member_read(hub, m, rd) != APR_SUCCESS) {
+            continue;
+        }
+        if (!rd->msgs->nelts && rd->newest.seq > m->seq
+            && (rd->missed || !rd->more)) {
+            m->seq = rd->newest.seq;
+        }
+        reads[i] = rd;
+        missed |= rd->missed;
+        due |= rd->msgs->nelts || rd->missed || rd->deleted;
+    }
+    s->flags &= ~SUB_BEHIND;
+    if (due) {
+        alive = poll_answer(hub, s, reads, missed);
+    }
+    apr_pool_clear(hub->scratch);
+    return alive;
+}
+
+static int sub_refill(comet_hub_t *hub, comet_hub_sub_t *s)
+{
+    int reads = 0;
+
+    while ((s->flags & SUB_BEHIND) && !(s->flags & SUB_ENDING)) {
+        hub_member_t *m = NULL;
+
+        if (!sub_room(hub, s)) {
+            return 1;
+        }
+        if (reads++ == HUB_REFILL_READS) {
+            /* Others' turn first. */
+            ready_push(hub, s);
+            return 1;
+        }
+        if (s->transport == COMET_T_LONGPOLL) {
+            return poll_refill(hub, s);
+        }
+        /* Channels take turns. */
+        for (unsigned i = 0; i < s->nchan && !m; i++) {
+            unsigned j = (s->cu + i) % s->nchan;
+
+            if (s->m[j].flags & M_CATCHUP) {
+                m = &s->m[j];
+                s->cu = (unsigned short)((j + 1) % s->nchan);
+            }
+        }
+        if (!m) {
+            s->flags &= ~SUB_BEHIND;
+            break;
+        }
+        if (!member_catch_up(hub, s, m)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Subscribers whose refill waits for its turn: those queued when this
+ * turn began. */
+static void run_ready(comet_hub_t *hub)
+{
+    apr_size_t n = hub->nready;
+
+    while (n-- && hub->ready) {
+        comet_hub_sub_t *s = hub->ready;
+
+        ready_remove(hub, s);
+        if (!hub->loop_done) {
+            sub_refill(hub, s);
+        }
+    }
+    bufs_trim(hub);
+}
+
+/* ---- timers ------------------------------------------------------------------------ */
+
 static void tq_fire(comet_loop_t *loop, comet_timer_t *timer, void *baton)
 {
     hub_tq_t *q = baton;
@@ -1001,11 +1638,21 @@ static void maintain(comet_loop_t *loop, comet_timer_t *timer, void *baton)
     if (hub->cfg.tick) {
         hub->cfg.tick(hub, hub->cfg.tick_baton);
     }
+    if (hub->freed >= HUB_TRIM_AFTER) {
+        /* Slow readers' buffers are gone: without this the allocator
+         * keeps their pages for good. */
+        hub->freed = 0;
+#ifdef __GLIBC__
+        malloc_trim(0);
+#endif
+    }
     comet_timer_arm_in(loop, timer, HUB_MAINTAIN_EVERY);
 }
 
-/* On the hub thread: give a handed-over subscriber its channels, its
- * socket watcher and timer, and whatever was published meanwhile. */
+/* ---- adopting, on the hub thread ------------------------------------------------- */
+
+/* Give a handed-over subscriber its channels, its socket watcher and
+ * timer, and then what it is due (from its positions on: a backlog too). */
 static void link_sub(comet_hub_t *hub, hub_handoff_t *h)
 {
     comet_hub_sub_t *s = h->sub;
@@ -1016,8 +1663,7 @@ static void link_sub(comet_hub_t *hub, hub_handoff_t *h)
     s->flags |= SUB_LINKED;
     for (i = 0; i < s->nchan; i++) {
         hub_member_t *m = &s->m[i];
-        hub_chan_t *c = chan_get(hub, &h->refs[i], h->ids[i], h->id_lens[i],
-                                 m->seq);
+        hub_chan_t *c = chan_get(hub, &h->refs[i], h->ids[i], h->id_lens[i]);
 
         if (!c) {
             apr_time_t now = comet_now_mono();
@@ -1026,10 +1672,7 @@ static void link_sub(comet_hub_t *hub, hub_handoff_t *h)
                 comet_store_unsubscribe(hub->cfg.store, hub->cfg.slot,
                                         &h->refs[j], now);
             }
-            if (s->io.fd >= 0) {
-                close(s->io.fd);
-                s->io.fd = -1;
-            }
+            sub_close_fd(hub, s);
             sub_free(hub, s);
             return;
         }
@@ -1042,6 +1685,7 @@ static void link_sub(comet_hub_t *hub, hub_handoff_t *h)
         c->head = m;
         c->members++;
     }
+    apr_pool_clear(hub->scratch);
     if (s->io.fd >= 0) {
         int fd = s->io.fd, fl = fcntl(fd, F_GETFL);
 
@@ -1052,11 +1696,11 @@ static void link_sub(comet_hub_t *hub, hub_handoff_t *h)
         }
         if (comet_loop_io_add(hub->loop, &s->io, fd, COMET_LOOP_READ, sub_io,
                               s) != APR_SUCCESS) {
-            close(fd);
-            s->io.fd = -1;
+            sub_close_fd(hub, s);
             sub_free(hub, s);
             return;
         }
+        s->flags |= SUB_WATCHED;
         /* Bytes the session read before it was ours: no poll reports
          * them. */
         if (s->ssl && comet_tls_has_pending(s->ssl)) {
@@ -1077,33 +1721,11 @@ static void link_sub(comet_hub_t *hub, hub_handoff_t *h)
                                                             : TQ_KEEPALIVE,
                        interval), s, comet_now_mono() + interval);
     }
-    /* Catch up: what was published between the handler's read and now. */
-    for (i = 0; i < s->nchan; i++) {
-        hub_member_t *m = &s->m[i];
-        hub_chan_t *c = m->chan;
-        comet_read_t rd;
-        comet_msgid_t after;
-        hub_batch_t batches[4];
-        int alive;
-
-        after.epoch = hub->epoch;
-        after.seq = m->seq;
-        if (comet_store_read(hub->cfg.store, &c->ref, after, HUB_READ_MSGS,
-                             HUB_READ_BYTES, comet_now_mono(), hub->scratch,
-                             &rd) != APR_SUCCESS) {
-            continue;
-        }
-        /* The handler told the client of anything missed already. */
-        rd.missed = 0;
-        memset(batches, 0, sizeof(batches));
-        c->busy++;
-        alive = deliver_member(hub, c, m, &rd, batches);
-        c->busy--;
-        apr_pool_clear(hub->scratch);
-        chan_release(hub, c);
-        if (!alive || (s->flags & SUB_ENDING)) {
-            return;
-        }
+    /* Every member starts catching up: what was published after its
+     * position, up to now, comes from reads of its own. */
+    s->flags |= SUB_BEHIND;
+    if (!hub->loop_done) {
+        sub_refill(hub, s);
     }
 }
 
@@ -1135,8 +1757,9 @@ static void on_wake(comet_loop_t *loop, void *baton)
 {
     comet_hub_t *hub = baton;
     hub_handoff_t *h, *next;
-    comet_hub_sub_t *cancel[256];
-    apr_size_t ncancel = 0;
+    comet_hub_sub_t *batch[HUB_NOTE_BATCH];
+    unsigned char what[HUB_NOTE_BATCH];
+    apr_size_t n;
 
     apr_thread_mutex_lock(hub->mu);
     h = hub->handoff;
@@ -1147,24 +1770,31 @@ static void on_wake(comet_loop_t *loop, void *baton)
         link_sub(hub, h);
         free(h);
     }
-    /* Cancels are taken in bounded batches; sub_free purges a freed
-     * subscriber from the list under the same lock, so every entry taken
-     * here is alive. */
+    /* Notes are taken in bounded batches; sub_free unlinks a freed
+     * subscriber under the same lock, and only this thread frees, so
+     * every one taken here is alive until it is handled. */
     for (;;) {
         apr_thread_mutex_lock(hub->mu);
-        ncancel = hub->ncancels < 256 ? hub->ncancels : 256;
-        hub->ncancels -= ncancel;
-        memcpy(cancel, hub->cancels + hub->ncancels,
-               ncancel * sizeof(*cancel));
+        for (n = 0; n < HUB_NOTE_BATCH && hub->notes; n++) {
+            batch[n] = hub->notes;
+            what[n] = batch[n]->noted;
+            note_unlink(hub, batch[n]);
+        }
         apr_thread_mutex_unlock(hub->mu);
-        if (!ncancel) {
+        if (!n) {
             break;
         }
-        for (apr_size_t i = 0; i < ncancel; i++) {
-            stat_add(&hub->closed_by_client, 1);
-            sub_free(hub, cancel[i]);
+        for (apr_size_t i = 0; i < n; i++) {
+            if (what[i] & NOTE_CANCEL) {
+                stat_add(&hub->closed_by_client, 1);
+                sub_free(hub, batch[i]);
+            }
+            else if (!hub->loop_done) {
+                sub_refill(hub, batch[i]);
+            }
         }
     }
+    run_ready(hub);
     run_tasks(hub, 0);
 }
 
@@ -1178,7 +1808,13 @@ apr_status_t comet_hub_create(comet_hub_t **out, const comet_hub_config_t *cfg,
 
     hub->cfg = *cfg;
     if (!hub->cfg.max_pending) {
-        hub->cfg.max_pending = 1024 * 1024;
+        hub->cfg.max_pending = HUB_DEFAULT_PENDING;
+    }
+    if (!hub->cfg.max_batch) {
+        hub->cfg.max_batch = HUB_DEFAULT_BATCH;
+    }
+    if (hub->cfg.max_batch > hub->cfg.max_pending) {
+        hub->cfg.max_batch = hub->cfg.max_pending;
     }
     hub->pool = p;
     hub->epoch = comet_store_epoch(cfg->store);
@@ -1186,22 +1822,26 @@ apr_status_t comet_hub_create(comet_hub_t **out, const comet_hub_config_t *cfg,
         || (rv = apr_thread_mutex_create(&hub->mu, APR_THREAD_MUTEX_DEFAULT,
                                          p)) != APR_SUCCESS
         || (rv = comet_loop_create(&hub->loop, 4096, p)) != APR_SUCCESS
-        || (rv = comet_buf_create(&hub->out, p, 4096, 64 * 1024 * 1024))
+        || (rv = comet_buf_create(&hub->out, p, 4096, HUB_BUF_MAX))
+           != APR_SUCCESS
+        || (rv = comet_buf_create(&hub->wrap, p, 0, HUB_BUF_MAX))
+           != APR_SUCCESS
+        || (rv = comet_buf_create(&hub->tmp, p, 0, HUB_BUF_MAX))
            != APR_SUCCESS) {
         return rv;
     }
-    for (int i = 0; i < 4; i++) {
-        if ((rv = comet_buf_create(&hub->bbuf[i], p, 4096,
-                                   64 * 1024 * 1024)) != APR_SUCCESS) {
+    for (int i = 0; i < HUB_SHAPES; i++) {
+        if ((rv = comet_buf_create(&hub->bbuf[i], p, 4096, HUB_BUF_MAX))
+            != APR_SUCCESS) {
             return rv;
         }
     }
     hub->table_size = 64;
     hub->table = calloc(hub->table_size, sizeof(*hub->table));
-    hub->boffs = malloc(sizeof(*hub->boffs) * 4 * (HUB_READ_MSGS + 1));
-    hub->cancels_cap = 64;
-    hub->cancels = malloc(sizeof(*hub->cancels) * hub->cancels_cap);
-    if (!hub->table || !hub->cancels || !hub->boffs) {
+    hub->boffs = malloc(sizeof(*hub->boffs) * HUB_SHAPES
+                        * (HUB_READ_MSGS + 1));
+    hub->tlsbuf = apr_palloc(p, HUB_TLS_RECORD);
+    if (!hub->table || !hub->boffs) {
         return APR_ENOMEM;
     }
     comet_loop_on_wake(hub->loop, on_wake, hub);
@@ -1221,6 +1861,7 @@ apr_status_t comet_hub_run(comet_hub_t *hub)
 {
     apr_status_t rv = comet_loop_run(hub->loop);
     hub_handoff_t *h, *next;
+    hub_chunk_t *ch;
 
     hub->loop_done = 1;
     if (hub->cfg.on_stop) {
@@ -1239,13 +1880,14 @@ apr_status_t comet_hub_run(comet_hub_t *hub)
     }
     on_wake(hub->loop, hub);
     /* End every stream (last chunk, empty long-poll answer), without
-     * waiting for slow readers. */
+     * waiting for slow readers or for those that catch up. */
     for (apr_size_t i = 0; i < hub->table_size; i++) {
         hub_chan_t *c;
 
         while ((c = hub->table[i]) != NULL) {
             comet_hub_sub_t *s = c->head->sub;
 
+            s->flags &= ~SUB_BEHIND;
             if (sub_end(hub, s)) {
                 sub_free(hub, s);
             }
@@ -1259,10 +1901,13 @@ apr_status_t comet_hub_run(comet_hub_t *hub)
     run_tasks(hub, 1);
     free(hub->table);
     hub->table = NULL;
-    free(hub->cancels);
-    hub->cancels = NULL;
     free(hub->boffs);
     hub->boffs = NULL;
+    while ((ch = hub->spare) != NULL) {
+        hub->spare = ch->next;
+        free(ch);
+    }
+    hub->nspare = 0;
     return rv;
 }
 
@@ -1276,28 +1921,12 @@ void comet_hub_stop(comet_hub_t *hub)
 
 void comet_hub_cancel(comet_hub_t *hub, comet_hub_sub_t *handle)
 {
-    apr_thread_mutex_lock(hub->mu);
-    for (apr_size_t i = 0; i < hub->ncancels; i++) {
-        if (hub->cancels[i] == handle) {
-            apr_thread_mutex_unlock(hub->mu);
-            return;
-        }
-    }
-    if (hub->ncancels == hub->cancels_cap) {
-        comet_hub_sub_t **n = realloc(hub->cancels, sizeof(*n)
-                                      * hub->cancels_cap * 2);
+    note(hub, handle, NOTE_CANCEL);
+}
 
-        if (!n) {
-            /* The keepalive or the client's own close ends it later. */
-            apr_thread_mutex_unlock(hub->mu);
-            return;
-        }
-        hub->cancels = n;
-        hub->cancels_cap *= 2;
-    }
-    hub->cancels[hub->ncancels++] = handle;
-    apr_thread_mutex_unlock(hub->mu);
-    comet_loop_wake(hub->loop);
+void comet_hub_room(comet_hub_t *hub, comet_hub_sub_t *handle)
+{
+    note(hub, handle, NOTE_ROOM);
 }
 
 apr_status_t comet_hub_post(comet_hub_t *hub, comet_hub_task_t *task)
@@ -1340,6 +1969,8 @@ void comet_hub_stats(comet_hub_t *hub, comet_hub_stats_t *out)
     out->dropped_slow = __atomic_load_n(&hub->dropped_slow, __ATOMIC_RELAXED);
     out->closed_by_client = __atomic_load_n(&hub->closed_by_client,
                                             __ATOMIC_RELAXED);
+    out->catchup_reads = __atomic_load_n(&hub->catchup_reads,
+                                         __ATOMIC_RELAXED);
 }
 
 struct comet_loop_t *comet_hub_loop(comet_hub_t *hub)
@@ -1355,12 +1986,18 @@ apr_status_t comet_hub_adopt(comet_hub_t *hub, const comet_hub_spec_t *spec,
     comet_hub_sub_t *s;
     hub_handoff_t *h;
     apr_size_t idbytes = 0;
+    unsigned mflags;
     char *p;
 
     if (!spec->nchan || spec->nchan > 1024
-        || (spec->fd < 0 && !spec->sink)) {
+        || (spec->fd < 0 && !spec->sink)
+        || spec->start < COMET_HUB_START_EXACT
+        || spec->start > COMET_HUB_START_LOST) {
         return APR_EINVAL;
     }
+    mflags = M_CATCHUP | (spec->start == COMET_HUB_START_LOST ? M_MISSED
+                          : spec->start == COMET_HUB_START_BACKLOG ? M_FRESH
+                          : 0);
     for (apr_size_t i = 0; i < spec->nchan; i++) {
         idbytes += strlen(spec->ids[i]) + 1;
     }
@@ -1393,6 +2030,7 @@ apr_status_t comet_hub_adopt(comet_hub_t *hub, const comet_hub_spec_t *spec,
     for (apr_size_t i = 0; i < spec->nchan; i++) {
         s->m[i].sub = s;
         s->m[i].seq = spec->seqs[i];
+        s->m[i].flags = mflags;
         h->refs[i] = spec->refs[i];
         h->id_lens[i] = strlen(spec->ids[i]);
         memcpy(p, spec->ids[i], h->id_lens[i] + 1);

@@ -14,6 +14,20 @@
  * ends long-polls that time out, and drops a subscriber whose unsent
  * output passes a bound.
  *
+ * Delivery never waits for a client and never loses a message silently:
+ *   - a subscriber in step with its channel gets the channel's shared
+ *     batch (read and rendered once for all);
+ *   - a subscriber behind it (a backlog, a resumed id, an answer that did
+ *     not fit in one batch) is served by reads of its own, one bounded
+ *     batch at a time, and only once what it was given before has left
+ *     (its socket has room, or its sink says so: comet_hub_room); then it
+ *     rejoins the shared batch.  It gets the missed signal exactly when
+ *     the store says messages after its position are gone;
+ *   - a subscriber is dropped only when, before a write, more than
+ *     max_pending bytes it was given have not left yet.  So it holds at
+ *     most max_pending plus one write: twice max_pending, given that
+ *     max_pending holds the largest frame (comet_render_frame_max).
+ *
  * A subscriber reaches the hub in one of two shapes:
  *   - a socket (fd) that the hub writes to directly: plain HTTP/1.1 whose
  *     connection httpd has let go of (see README, "Internals"), or the
@@ -48,7 +62,12 @@ typedef struct comet_hub_config_t {
     comet_store_t *store;
     apr_uint32_t   slot;          /* this process's slot in the store     */
     int            wake_fd;       /* the slot's eventfd (not owned)       */
-    apr_size_t     max_pending;   /* unsent bytes per subscriber          */
+    apr_size_t     max_pending;   /* unsent bytes per subscriber before a
+                                     write, past which it is dropped; also
+                                     the long-poll answer's bound (0: 1M) */
+    apr_size_t     max_batch;     /* bytes of frames one delivery hands a
+                                     subscriber (at least one frame; 0:
+                                     256K, never above max_pending)      */
     apr_uint32_t   max_subscribers; /* per process, 0: no limit           */
     int            sndbuf;        /* SO_SNDBUF for adopted sockets, 0: as
                                      the kernel has it                    */
@@ -73,21 +92,42 @@ typedef struct comet_hub_config_t {
     void          *on_end_baton;
 } comet_hub_config_t;
 
-/* Code that writes a sink subscriber's bytes.  Called on the hub thread;
- * must not block.  write: append (last: the stream ends after these
- * bytes); a non-success return drops the subscriber.  close: the hub is
- * done with the subscriber (after the last write, or on drop, or at hub
- * stop); the baton is never used again after it returns. */
+/* Code that writes a sink subscriber's bytes.
+ *
+ * write: take data[0, len) (len may be 0: only report) and say in *held
+ * how many bytes the sink holds that its client has not taken yet, these
+ * included.  flags: COMET_HUB_SINK_LAST, the stream ends after these
+ * bytes; COMET_HUB_SINK_NOTIFY, the hub waits for room: if *held > 0,
+ * call comet_hub_room once they have all left (once per such call; a
+ * later call may ask again).  A non-success return drops the subscriber.
+ * The hub decides how much to hand over (see above); the sink need not
+ * bound it below twice max_pending.
+ * close: the hub is done with the subscriber (after the last write, or on
+ * drop, or at hub stop); the baton is never used again after it returns.
+ * Both are called on the hub thread and must not block. */
+#define COMET_HUB_SINK_LAST    0x1
+#define COMET_HUB_SINK_NOTIFY  0x2
+
 typedef struct comet_hub_sink_t {
     apr_status_t (*write)(void *baton, const char *data, apr_size_t len,
-                          int last);
+                          int flags, apr_size_t *held);
     void (*close)(void *baton);
 } comet_hub_sink_t;
 
+/* Where a subscriber's positions come from (comet_hub_spec_t.start). */
+#define COMET_HUB_START_EXACT   0 /* the client's own id, or "now": what
+                                     the store lost after it is missed  */
+#define COMET_HUB_START_BACKLOG 1 /* the start of a backlog the client
+                                     asked for: nothing it had is lost  */
+#define COMET_HUB_START_LOST    2 /* an id of another store: the missed
+                                     signal first, then all that is kept
+                                     (positions 0)                      */
+
 /* A subscriber handed to the hub.  The caller has already subscribed it in
- * the store (comet_store_subscribe) and sent it what was due at once; the
- * hub owns the subscriptions from adopt on and releases them when it ends
- * the subscriber. */
+ * the store (comet_store_subscribe) and sent the response head; the hub
+ * delivers everything after the positions (a backlog too, at the pace the
+ * client reads), owns the subscriptions from adopt on and releases them
+ * when it ends the subscriber. */
 typedef struct comet_hub_spec_t {
     int           fd;             /* socket, or -1 for a sink             */
     struct ssl_st *ssl;           /* with fd: its TLS session, detached
@@ -100,6 +140,7 @@ typedef struct comet_hub_spec_t {
     const comet_chanref_t *refs;  /* [nchan]                              */
     const char *const *ids;       /* [nchan] channel ids                  */
     const apr_uint64_t *seqs;     /* [nchan] positions: last id delivered */
+    int           start;          /* COMET_HUB_START_*                    */
     apr_time_t    interval;       /* SSE/stream: keepalive period (0 none);
                                      long-poll: time left to wait         */
     apr_uint32_t  tag;            /* the adopter's, for on_end; 0: none   */
@@ -129,6 +170,11 @@ apr_status_t comet_hub_adopt(comet_hub_t *hub, const comet_hub_spec_t *spec,
 /* End a sink subscriber (its client left): the hub releases it and calls
  * its close callback soon.  Any thread, until close has been called. */
 void comet_hub_cancel(comet_hub_t *hub, comet_hub_sub_t *handle);
+
+/* A sink subscriber's bytes have all left, as the hub asked
+ * (COMET_HUB_SINK_NOTIFY): the hub hands it more soon.  Any thread, until
+ * close has been called; one short lock, no allocation. */
+void comet_hub_room(comet_hub_t *hub, comet_hub_sub_t *handle);
 
 /* ---- work for the hub thread ----------------------------------------------
  * Code that shares the hub's loop (comet_hub_loop) may only touch it on the
@@ -164,6 +210,7 @@ typedef struct comet_hub_stats_t {
     apr_uint64_t deliveries;      /* messages written to subscribers      */
     apr_uint64_t wakeups;         /* slot wakeups handled                 */
     apr_uint64_t dropped_slow;    /* ended for passing max_pending        */
+    apr_uint64_t catchup_reads;   /* reads of a subscriber's own (behind)  */
     apr_uint64_t closed_by_client;
 } comet_hub_stats_t;
 

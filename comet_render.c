@@ -114,10 +114,16 @@ apr_status_t comet_render_stream(comet_buf_t *buf, int transport,
                                  const char *const *ids,
                                  apr_uint64_t *seqs, apr_size_t nchan,
                                  apr_size_t ci, const comet_read_t *rd,
+                                 apr_size_t limit, int *complete,
                                  apr_pool_t *p)
 {
     apr_status_t rv = APR_SUCCESS;
+    apr_size_t start = buf->len;
+    int frames = 0, all = 1;
 
+    if (complete) {
+        *complete = 1;
+    }
     if (!rd) {
         return APR_SUCCESS;
     }
@@ -127,6 +133,7 @@ apr_status_t comet_render_stream(comet_buf_t *buf, int transport,
     for (int i = 0; rv == APR_SUCCESS && i < rd->msgs->nelts; i++) {
         const comet_msg_t *msg = &APR_ARRAY_IDX(rd->msgs, i, comet_msg_t);
         apr_uint64_t prev = seqs[ci];
+        apr_size_t before = buf->len;
 
         if (msg->id.seq <= seqs[ci]) {
             continue;
@@ -134,66 +141,112 @@ apr_status_t comet_render_stream(comet_buf_t *buf, int transport,
         seqs[ci] = msg->id.seq;
         rv = comet_render_msg(buf, transport, chunked, epoch, ids, seqs,
                               nchan, ci, msg, p);
+        if (rv == APR_SUCCESS && limit && frames
+            && buf->len - start > limit) {
+            /* The rest waits for the caller's next turn. */
+            comet_buf_truncate(buf, before);
+            seqs[ci] = prev;
+            all = 0;
+            break;
+        }
         if (rv != APR_SUCCESS) {
             seqs[ci] = prev;
+            all = 0;
         }
+        frames++;
     }
-    if (rv == APR_SUCCESS && rd->deleted) {
+    if (rv == APR_SUCCESS && all && rd->deleted) {
         rv = comet_render_notice(buf, transport, chunked, 1, ids[ci]);
+        all = rv == APR_SUCCESS;
+    }
+    if (complete) {
+        *complete = all;
     }
     return rv;
 }
 
-apr_status_t comet_render_poll(comet_buf_t *buf, apr_uint32_t epoch,
-                               const char *const *ids,
+/* One message of channel c as the long-poll document's JSON object. */
+static void poll_msg(comet_frame_msg_t *fm, char *one, const char *channel,
+                     const comet_msg_t *m)
+{
+    memset(fm, 0, sizeof(*fm));
+    fm->channel = channel;
+    fm->channel_len = strlen(channel);
+    fm->id_len = comet_msgid_format(one, &m->id);
+    fm->id = one;
+    fm->event = m->event;
+    fm->event_len = m->event_len;
+    fm->data = m->data;
+    fm->data_len = m->data_len;
+    fm->time = m->published;
+}
+
+apr_status_t comet_render_poll(comet_buf_t *buf, comet_buf_t *tmp,
+                               apr_uint32_t epoch, const char *const *ids,
                                apr_uint64_t *seqs, apr_size_t nchan,
                                const comet_read_t *const *reads,
-                               int missed)
+                               int missed, apr_size_t limit, int *complete)
 {
     char idbuf[COMET_MSGID_COMPOUND_MAXLEN(1024)];
-    comet_frame_poll_t poll;
+    comet_frame_poll_t list, poll;
     apr_size_t idlen;
     apr_status_t rv;
+    int all = 1;
 
-    /* The document's id comes first: the position after all it holds. */
-    for (apr_size_t c = 0; c < nchan; c++) {
-        const comet_read_t *rd = reads[c];
-
-        for (int i = 0; rd && i < rd->msgs->nelts; i++) {
-            const comet_msg_t *m = &APR_ARRAY_IDX(rd->msgs, i, comet_msg_t);
-
-            if (m->id.seq > seqs[c]) {
-                seqs[c] = m->id.seq;
-            }
-        }
-    }
-    idlen = comet_render_position_id(idbuf, epoch, seqs, nchan);
-    if ((rv = comet_frame_poll_begin(&poll, buf, idbuf, idlen, missed))
-        != APR_SUCCESS) {
-        return rv;
-    }
-    for (apr_size_t c = 0; c < nchan; c++) {
+    /* The messages first, into tmp: which of them fit decides the id,
+     * which the document names before them. */
+    comet_buf_truncate(tmp, 0);
+    list.buf = tmp;
+    list.start = 0;
+    list.messages = 0;
+    for (apr_size_t c = 0; c < nchan && all; c++) {
         const comet_read_t *rd = reads[c];
 
         for (int i = 0; rd && i < rd->msgs->nelts; i++) {
             const comet_msg_t *m = &APR_ARRAY_IDX(rd->msgs, i, comet_msg_t);
             comet_frame_msg_t fm;
             char one[COMET_MSGID_MAXLEN];
+            apr_size_t before = tmp->len;
 
-            memset(&fm, 0, sizeof(fm));
-            fm.channel = ids[c];
-            fm.channel_len = strlen(ids[c]);
-            fm.id_len = comet_msgid_format(one, &m->id);
-            fm.id = one;
-            fm.event = m->event;
-            fm.event_len = m->event_len;
-            fm.data = m->data;
-            fm.data_len = m->data_len;
-            fm.time = m->published;
-            if ((rv = comet_frame_poll_add(&poll, &fm)) != APR_SUCCESS) {
+            if (m->id.seq <= seqs[c]) {
+                continue;
+            }
+            poll_msg(&fm, one, ids[c], m);
+            if ((rv = comet_frame_poll_add(&list, &fm)) != APR_SUCCESS) {
                 return rv;
             }
+            if (limit && list.messages > 1 && tmp->len > limit) {
+                comet_buf_truncate(tmp, before);
+                list.messages--;
+                all = 0;
+                break;
+            }
+            seqs[c] = m->id.seq;
         }
     }
+    if (complete) {
+        *complete = all;
+    }
+    idlen = comet_render_position_id(idbuf, epoch, seqs, nchan);
+    if ((rv = comet_frame_poll_begin(&poll, buf, idbuf, idlen, missed))
+        != APR_SUCCESS
+        || (rv = comet_buf_append(buf, tmp->data, tmp->len)) != APR_SUCCESS) {
+        return rv;
+    }
     return comet_frame_poll_end(&poll);
+}
+
+apr_size_t comet_render_frame_max(apr_size_t max_message,
+                                  apr_size_t max_channel_id)
+{
+    /* Payload: 6 bytes each at most, plus the last line's "data:\n" and
+     * the blank line.  Around it: the compound id (SSE) or the message's
+     * own, the channel id (JSON; an SSE event name "<channel>#<event>"),
+     * the event type escaped, the time, the field names and the chunk's
+     * size line. */
+    return 6 * max_message + 8
+           + COMET_MSGID_COMPOUND_MAXLEN(1024)
+           + 2 * max_channel_id
+           + 6 * COMET_STORE_EVENT_MAX
+           + 256;
 }

@@ -67,24 +67,49 @@ apr_status_t comet_render_notice(comet_buf_t *buf, int transport,
  * missed notice, then each message newer than seqs[ci] (which advances as
  * they are written), then the deleted notice.  ids: the subscription's
  * channel ids; event names and ids are the multi-channel ones when
- * nchan > 1.  chunked: each frame becomes one HTTP chunk.  Whole frames
- * or nothing (APR_ENOSPC when buf's bound is reached; seqs[ci] then names
- * the last message written).  Any thread that owns buf. */
+ * nchan > 1.  chunked: each frame becomes one HTTP chunk.
+ *
+ * limit bounds what one call appends (0: no bound): once a message frame
+ * would take the bytes this call appended past limit, it and the rest are
+ * left out, except the first message frame, which always goes in (so a
+ * caller always makes progress).  *complete (may be NULL) tells whether
+ * every message and the deleted notice went in; when not, seqs[ci] names
+ * the last message written and the rest is for a later call.  Whole
+ * frames or nothing (APR_ENOSPC when buf's own bound is reached; seqs[ci]
+ * then names the last message written).  Any thread that owns buf. */
 apr_status_t comet_render_stream(comet_buf_t *buf, int transport,
                                  int chunked, apr_uint32_t epoch,
                                  const char *const *ids,
                                  apr_uint64_t *seqs, apr_size_t nchan,
                                  apr_size_t ci, const comet_read_t *rd,
+                                 apr_size_t limit, int *complete,
                                  apr_pool_t *p);
 
 /* The long-poll answer for reads[0..nchan) (NULL entries: nothing read):
  * one JSON document (not chunked) whose "id" is the position after every
  * message it holds; seqs advance to it.  missed: the document's "missed".
- * Any thread that owns buf. */
-apr_status_t comet_render_poll(comet_buf_t *buf, apr_uint32_t epoch,
-                               const char *const *ids,
+ *
+ * limit bounds the document's messages (0: no bound): messages are taken
+ * channel by channel, oldest first, while their JSON stays within limit
+ * bytes, and always at least one, so that a client far behind catches up
+ * poll by poll.  *complete (may be NULL) tells whether every message of
+ * the reads went in.  tmp: a buffer of the caller's for the messages
+ * while the id is not known yet (its content is lost).  Any thread that
+ * owns buf and tmp. */
+apr_status_t comet_render_poll(comet_buf_t *buf, comet_buf_t *tmp,
+                               apr_uint32_t epoch, const char *const *ids,
                                apr_uint64_t *seqs, apr_size_t nchan,
                                const comet_read_t *const *reads,
-                               int missed);
+                               int missed, apr_size_t limit, int *complete);
+
+/* The largest frame one message can become in any transport (SSE turns
+ * each line break into a "data:" line, JSON a control byte into
+ * \u00XX: at most 6 bytes a payload byte), for payloads of at most
+ * max_message bytes on channels of ids at most max_channel_id bytes, with
+ * an event type, the longest compound id and HTTP chunk framing.  What a
+ * bound on unsent bytes must let through for a reader that keeps up.
+ * Any thread. */
+apr_size_t comet_render_frame_max(apr_size_t max_message,
+                                  apr_size_t max_channel_id);
 
 #endif /* COMET_RENDER_H */

@@ -2215,6 +2215,42 @@ apr_status_t comet_store_read(comet_store_t *st, const comet_chanref_t *ref,
     return APR_SUCCESS;
 }
 
+apr_status_t comet_store_backlog_start(comet_store_t *st,
+                                       const comet_chanref_t *ref,
+                                       apr_size_t n, apr_time_t now,
+                                       apr_uint64_t *seq)
+{
+    store_chan_t *ch;
+    apr_uint32_t b, skip;
+    apr_status_t rv;
+
+    if ((rv = store_lock(st)) != APR_SUCCESS) {
+        return rv;
+    }
+    if (!ref_valid(st, ref)) {
+        store_unlock(st);
+        return COMET_ENOCHAN;
+    }
+    op_begin(st, STORE_OP_READ);
+    ch = CH(st, ref->index);
+    *seq = 0;
+    if (ch->state != CHAN_DELETED) {
+        chan_trim(st, ch, now, st->hdr->buffer_length);
+        if (n < ch->msg_count) {
+            /* Walk to the last message before the newest n. */
+            skip = ch->msg_count - (apr_uint32_t)n;
+            for (b = ch->msg_head; b != STORE_NIL && skip;
+                 b = MSG(st, b)->next_msg) {
+                *seq = MSG(st, b)->seq;
+                skip--;
+            }
+        }
+    }
+    op_end(st);
+    store_unlock(st);
+    return APR_SUCCESS;
+}
+
 apr_status_t comet_store_read_by_id(comet_store_t *st, const char *channel,
                                     apr_size_t len, comet_msgid_t after,
                                     apr_size_t max_msgs, apr_size_t max_bytes,

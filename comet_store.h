@@ -279,6 +279,16 @@ apr_status_t comet_store_read(comet_store_t *st, const comet_chanref_t *ref,
                               apr_size_t max_bytes, apr_time_t now,
                               apr_pool_t *p, comet_read_t *out);
 
+/* The position after which the newest n messages the channel keeps
+ * follow (0 when it keeps n or fewer: all of them), in *seq: where a
+ * subscriber asking for a backlog of n starts, without copying it.
+ * COMET_ENOCHAN when ref no longer names the channel.  Any thread (a
+ * request thread subscribing); O(messages kept), one lock. */
+apr_status_t comet_store_backlog_start(comet_store_t *st,
+                                       const comet_chanref_t *ref,
+                                       apr_size_t n, apr_time_t now,
+                                       apr_uint64_t *seq);
+
 /* The same by channel id, for a subscriber not yet subscribed (long-poll
  * answering at once); COMET_ENOCHAN when the channel does not exist.  Any
  * thread. */

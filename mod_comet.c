@@ -14,6 +14,8 @@
  *                   section.
  *   (pre_config)    none: nothing must exist before the configuration is
  *                   read.
+ *   check_config    settings that contradict each other are refused
+ *                   (comet_config_check), also by `apache2 -t`.
  *   post_config     the parent: the event MPM is checked; the store and
  *                   the slots' wakeup eventfds (kept across graceful
  *                   restarts); the suspended subscribers' bound; the
@@ -269,6 +271,19 @@ static apr_status_t create_persist(comet_persist_t **out, server_rec *s,
     }
     *out = ps;
     return APR_SUCCESS;
+}
+
+static int comet_check_config(apr_pool_t *pconf, apr_pool_t *plog,
+                              apr_pool_t *ptemp, server_rec *s)
+{
+    const char *err = comet_config_check(s, ptemp);
+
+    if (err) {
+        ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, s,
+                     COMET_LOGNO(0010) "%s", err);
+        return !OK;
+    }
+    return OK;
 }
 
 static int comet_post_config(apr_pool_t *pconf, apr_pool_t *plog,
@@ -553,6 +568,7 @@ static int comet_map_to_storage(request_rec *r)
 static void comet_register_hooks(apr_pool_t *p)
 {
     /* The lifecycle (see the top of this file). */
+    ap_hook_check_config(comet_check_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_post_config(comet_post_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_init(comet_child_init, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_stopping(comet_child_stopping, NULL, NULL, APR_HOOK_MIDDLE);

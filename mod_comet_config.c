@@ -22,6 +22,7 @@
 
 #include "mod_comet.h"
 #include "mod_comet_config.h"
+#include "comet_render.h"
 #include "comet_hub.h"
 #include "comet_parse.h"
 #include "comet_pubsrv.h"
@@ -728,11 +729,44 @@ apr_size_t comet_config_max_channel_id(const server_rec *s)
     return v ? v : COMET_DEFAULT_MAX_CHANNEL_ID;
 }
 
+/* The largest frame a message can become here: what the bound on unsent
+ * bytes must let through for a reader that keeps up. */
+static apr_size_t frame_max(const server_rec *s)
+{
+    return comet_render_frame_max(comet_config_max_message(s),
+                                  comet_config_max_channel_id(s));
+}
+
 apr_size_t comet_config_max_pending(const server_rec *s)
 {
-    apr_size_t v = srv_get(s)->max_pending;
+    apr_size_t v = srv_get(s)->max_pending, frame;
 
-    return v ? v : COMET_DEFAULT_MAX_PENDING;
+    if (v) {
+        return v;
+    }
+    frame = frame_max(s);
+    return frame > COMET_DEFAULT_MAX_PENDING ? frame
+                                             : COMET_DEFAULT_MAX_PENDING;
+}
+
+const char *comet_config_check(const server_rec *s, apr_pool_t *p)
+{
+    apr_size_t pending = srv_get(s)->max_pending, frame = frame_max(s);
+    apr_size_t message = comet_config_max_message(s);
+    apr_size_t around = frame - 6 * message;
+
+    if (!pending || pending >= frame) {
+        return NULL;
+    }
+    return apr_psprintf(p, "CometMaxPendingBytes %" APR_SIZE_T_FMT " is below "
+                        "the largest frame a message of CometMaxMessageSize %"
+                        APR_SIZE_T_FMT " can become (%" APR_SIZE_T_FMT
+                        " bytes: SSE and JSON take up to 6 bytes for a payload "
+                        "byte), so a subscriber reading at full speed could be "
+                        "dropped; raise CometMaxPendingBytes to at least %"
+                        APR_SIZE_T_FMT " or lower CometMaxMessageSize to at "
+                        "most %" APR_SIZE_T_FMT, pending, message, frame, frame,
+                        pending > around ? (pending - around) / 6 : 0);
 }
 
 apr_uint32_t comet_config_max_subscribers(const server_rec *s)

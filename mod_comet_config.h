@@ -68,6 +68,8 @@ const char *comet_config_http2_name(int policy);
  * thread. */
 apr_size_t comet_config_max_message(const server_rec *s);
 apr_size_t comet_config_max_channel_id(const server_rec *s);
+/* CometMaxPendingBytes; unset: 1M, or the largest frame a message of
+ * CometMaxMessageSize can become when that is more. */
 apr_size_t comet_config_max_pending(const server_rec *s);
 /* 0: no limit. */
 apr_uint32_t comet_config_max_subscribers(const server_rec *s);
@@ -87,6 +89,12 @@ const char *comet_config_check_socket(const server_rec *s, apr_pool_t *p);
 /* The publish socket's path; "" when CometPublishSocket is off, NULL when
  * the default path (in the runtime directory, made in p) cannot be made. */
 const char *comet_config_publish_socket(const server_rec *s, apr_pool_t *p);
+
+/* Settings that contradict each other (CometMaxPendingBytes below the
+ * largest frame of a CometMaxMessageSize message): NULL, or a message
+ * naming the directives (in p).  The one place such checks live.
+ * check_config (the parent, also for `apache2 -t`). */
+const char *comet_config_check(const server_rec *s, apr_pool_t *p);
 
 /* Fill a store config from the server-wide settings, for procs process
  * slots.  post_config. */

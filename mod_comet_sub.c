@@ -7,8 +7,10 @@
  *
  * It reads what the request asks for (channels, transport, the last id the
  * client saw), counts the subscriber in the store, sends the response head
- * and whatever is already due, and then parks the subscriber with this
- * process's hub:
+ * (and SSE's retry line) and then parks the subscriber with this process's
+ * hub, with its positions: the hub delivers whatever is due from there (a
+ * backlog too) at the pace the client reads, so no write here ever waits
+ * for a client.  Parking is one of:
  *
  *   detached  HTTP/1.1 with nothing but httpd's own framing filters (and
  *             mod_ssl's) on the way: the hub gets a dup() of the socket
@@ -30,7 +32,9 @@
  *             that the client retries over HTTP/1.1 instead.
  *
  * A long-poll that finds messages waiting is answered at once, like any
- * ordinary response (keep-alive allowed).
+ * ordinary response (keep-alive allowed), when the answer is small
+ * (SUB_ANSWER_NOW: well under any socket buffer); a larger one is the
+ * hub's to give.
  *
  * Threads: the handler runs on a request thread; held_write and
  * held_close, the sink of a held subscriber, on the hub thread (they only
@@ -234,8 +238,18 @@ static int subscribe_all(sub_req_t *sr)
         sr->subscribed++;
         /* Seq 0: nobody has published to it; its record is ours. */
         unpublished += newest.seq == 0;
-        if (!sr->has_id) {
-            sr->seqs[i] = sr->backlog == -1 ? newest.seq : 0;
+        if (sr->has_id) {
+            continue;
+        }
+        sr->seqs[i] = newest.seq;
+        if (sr->backlog == -2) {
+            sr->seqs[i] = 0;
+        }
+        else if (sr->backlog >= 0
+                 && comet_store_backlog_start(sr->store, &sr->refs[i],
+                                              (apr_size_t)sr->backlog, now,
+                                              &sr->seqs[i]) != APR_SUCCESS) {
+            sr->seqs[i] = newest.seq;
         }
     }
     max = comet_config_max_new_per_client(r->server);
@@ -259,32 +273,41 @@ static int subscribe_all(sub_req_t *sr)
     return OK;
 }
 
-/* Read what each channel holds after the subscriber's position. */
-static int read_due(sub_req_t *sr, comet_read_t **reads, int *any)
+/* Where the positions came from, for the hub (comet_hub_spec_t.start). */
+static int position_start(const sub_req_t *sr)
+{
+    if (sr->foreign) {
+        return COMET_HUB_START_LOST;
+    }
+    return !sr->has_id && sr->backlog != -1 ? COMET_HUB_START_BACKLOG
+                                            : COMET_HUB_START_EXACT;
+}
+
+/* A long-poll answered by the handler holds at most this many bytes of
+ * messages (and what it would hold is read in bounded steps); a larger
+ * answer is the hub's, which never waits for the client. */
+#define SUB_ANSWER_NOW      (64 * 1024)
+#define SUB_ANSWER_NOW_MSGS 256
+
+/* Read what each channel holds after the subscriber's position, a little
+ * (a long-poll deciding whether to answer at once).  *more: some channel
+ * holds more than was read. */
+static void read_due(sub_req_t *sr, comet_read_t **reads, int *any,
+                     int *more)
 {
     comet_msgid_t after;
     apr_time_t now = comet_now_mono();
 
-    *any = 0;
+    *any = *more = 0;
     for (int i = 0; i < sr->nchan; i++) {
         comet_read_t *rd = apr_pcalloc(sr->r->pool, sizeof(*rd));
 
         after.epoch = sr->epoch;
         after.seq = sr->seqs[i];
         if (comet_store_read(sr->store, &sr->refs[i], after,
-                             100000, 16 * 1024 * 1024, now, sr->r->pool, rd)
-            != APR_SUCCESS) {
+                             SUB_ANSWER_NOW_MSGS, SUB_ANSWER_NOW, now,
+                             sr->r->pool, rd) != APR_SUCCESS) {
             continue;
-        }
-        if (sr->backlog >= 0 && rd->msgs->nelts > sr->backlog) {
-            /* Keep only the newest backlog messages. */
-            int drop = rd->msgs->nelts - (int)sr->backlog;
-
-            memmove(rd->msgs->elts,
-                    rd->msgs->elts + drop * rd->msgs->elt_size,
-                    (apr_size_t)(rd->msgs->nelts - drop)
-                    * (apr_size_t)rd->msgs->elt_size);
-            rd->msgs->nelts -= drop;
         }
         if (!sr->has_id) {
             /* Asking for backlog is not having lost anything. */
@@ -294,11 +317,11 @@ static int read_due(sub_req_t *sr, comet_read_t **reads, int *any)
             rd->missed = 1;
         }
         reads[i] = rd;
+        *more |= rd->more;
         if (rd->msgs->nelts || rd->missed || rd->deleted) {
             *any = 1;
         }
     }
-    return OK;
 }
 
 /* ---- responding ------------------------------------------------------------------ */
@@ -325,21 +348,31 @@ static void stream_headers(sub_req_t *sr)
     apr_table_setn(r->subprocess_env, "no-brotli", "1");
 }
 
+/* Answer a long-poll at once when its answer is small: OK, or DECLINED
+ * (the hub answers it). */
 static int answer_poll_now(sub_req_t *sr, comet_read_t **reads)
 {
-    comet_buf_t *buf;
-    int missed = 0;
+    comet_buf_t *buf, *tmp;
+    apr_uint64_t *seqs;
+    int missed = 0, complete = 0;
 
     for (int i = 0; i < sr->nchan; i++) {
         missed |= reads[i] && reads[i]->missed;
     }
+    seqs = apr_pmemdup(sr->r->pool, sr->seqs,
+                       sizeof(*seqs) * (apr_size_t)sr->nchan);
     if (comet_buf_create(&buf, sr->r->pool, 4096, 64 * 1024 * 1024)
         != APR_SUCCESS
-        || comet_render_poll(buf, sr->epoch, sr->ids, sr->seqs,
+        || comet_buf_create(&tmp, sr->r->pool, 4096, 64 * 1024 * 1024)
+           != APR_SUCCESS
+        || comet_render_poll(buf, tmp, sr->epoch, sr->ids, seqs,
                              (apr_size_t)sr->nchan,
-                             (const comet_read_t *const *)reads, missed)
-           != APR_SUCCESS) {
+                             (const comet_read_t *const *)reads, missed,
+                             SUB_ANSWER_NOW, &complete) != APR_SUCCESS) {
         return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    if (!complete || tmp->len > SUB_ANSWER_NOW) {
+        return DECLINED;
     }
     unsubscribe_all(sr);
     stream_headers(sr);
@@ -398,8 +431,10 @@ static int can_detach(sub_req_t *sr)
     return 1;
 }
 
-/* The head and the first bytes go out through httpd's filters, blocking:
- * they are small and the client has just asked for them. */
+/* Through httpd's filters, flushed.  The handler sends only the head and
+ * SSE's retry line this way (small, and the client has just asked for
+ * them); a held subscriber's thread sends its stream (it is that stream's
+ * own thread). */
 static apr_status_t send_now(request_rec *r, const char *data, apr_size_t len)
 {
     if (len && ap_rwrite(data, (int)len, r) < 0) {
@@ -417,6 +452,7 @@ static void fill_spec(sub_req_t *sr, comet_hub_spec_t *spec)
     spec->refs = sr->refs;
     spec->ids = sr->ids;
     spec->seqs = sr->seqs;
+    spec->start = position_start(sr);
     spec->interval = sr->transport == COMET_T_LONGPOLL
                      ? comet_dir_subscriber_timeout(sr->dc)
                      : comet_dir_keepalive(sr->dc);
@@ -478,25 +514,33 @@ typedef struct held_t {
     apr_thread_mutex_t *mu;
     apr_thread_cond_t  *cv;
     comet_buf_t        *out;
+    apr_size_t          writing;   /* bytes the thread is sending now    */
     int                 last;      /* the hub ended the stream           */
     int                 closed;    /* the hub called close: done with us */
     int                 overflow;
+    int                 notify;    /* the hub waits for all to leave     */
 } held_t;
 
 /* The held subscriber's sink.  Hub thread. */
 static apr_status_t held_write(void *baton, const char *data, apr_size_t len,
-                               int last)
+                               int flags, apr_size_t *held)
 {
     held_t *h = baton;
-    apr_status_t rv;
+    apr_status_t rv = APR_SUCCESS;
 
     apr_thread_mutex_lock(h->mu);
-    rv = comet_buf_append(h->out, data, len);
-    if (rv != APR_SUCCESS) {
+    if (len && (rv = comet_buf_append(h->out, data, len)) != APR_SUCCESS) {
         h->overflow = 1;
     }
-    h->last |= last;
-    apr_thread_cond_signal(h->cv);
+    h->last |= !!(flags & COMET_HUB_SINK_LAST);
+    *held = h->out->len + h->writing;
+    if ((flags & COMET_HUB_SINK_NOTIFY) && *held) {
+        /* park_held calls comet_hub_room once all has left. */
+        h->notify = 1;
+    }
+    if (len) {
+        apr_thread_cond_signal(h->cv);
+    }
     apr_thread_mutex_unlock(h->mu);
     return rv;
 }
@@ -592,10 +636,12 @@ static int park_held(sub_req_t *sr, comet_hub_t *hub)
     int cancelled = 0;
 
     memset(&h, 0, sizeof(h));
+    /* The hub hands over at most max_pending plus one write of at most
+     * max_pending (comet_hub.h); past this something is wrong. */
     if (apr_thread_mutex_create(&h.mu, APR_THREAD_MUTEX_DEFAULT, r->pool)
         || apr_thread_cond_create(&h.cv, r->pool)
-        || comet_buf_create(&h.out, r->pool, 0, max_pending)
-        || comet_buf_create(&spare, r->pool, 0, max_pending)) {
+        || comet_buf_create(&h.out, r->pool, 0, 2 * max_pending + 65536)
+        || comet_buf_create(&spare, r->pool, 0, 2 * max_pending + 65536)) {
         return OK;
     }
     fill_spec(sr, &spec);
@@ -614,6 +660,7 @@ static int park_held(sub_req_t *sr, comet_hub_t *hub)
 
             h.out = spare;
             spare = tmp;
+            h.writing = spare->len;
             apr_thread_mutex_unlock(h.mu);
             if (send_now(r, spare->data, spare->len) != APR_SUCCESS
                 || r->connection->aborted) {
@@ -626,7 +673,17 @@ static int park_held(sub_req_t *sr, comet_hub_t *hub)
             else {
                 apr_thread_mutex_lock(h.mu);
             }
+            h.writing = 0;
             comet_buf_truncate(spare, 0);
+            if (spare->cap > 1024 * 1024) {
+                /* A backlog or a large message made it big. */
+                comet_buf_release(spare);
+            }
+            if (!h.out->len && h.notify && !h.closed && !cancelled) {
+                /* Under h.mu and before close: see comet_hub_room. */
+                h.notify = 0;
+                comet_hub_room(hub, handle);
+            }
             continue;
         }
         if (h.closed) {
@@ -670,7 +727,7 @@ int comet_subscriber_handler(request_rec *r)
     sub_req_t *sr;
     comet_read_t **reads;
     comet_buf_t *buf;
-    int rc, any, detach, suspend;
+    int rc, any, more, detach, suspend;
 
     if (!store || !comet_proc_slot(&slot) || !hub) {
         return HTTP_SERVICE_UNAVAILABLE;
@@ -733,10 +790,12 @@ int comet_subscriber_handler(request_rec *r)
     apr_pool_cleanup_register(r->pool, sr, unsubscribe_cleanup,
                               apr_pool_cleanup_null);
 
-    reads = apr_pcalloc(r->pool, sizeof(*reads) * (apr_size_t)sr->nchan);
-    read_due(sr, reads, &any);
-    if (sr->transport == COMET_T_LONGPOLL && any) {
-        return answer_poll_now(sr, reads);
+    if (sr->transport == COMET_T_LONGPOLL) {
+        reads = apr_pcalloc(r->pool, sizeof(*reads) * (apr_size_t)sr->nchan);
+        read_due(sr, reads, &any, &more);
+        if (any && !more && (rc = answer_poll_now(sr, reads)) != DECLINED) {
+            return rc;
+        }
     }
 
     /* A parked subscriber's connection ends with its stream.  Said in the
@@ -744,17 +803,12 @@ int comet_subscriber_handler(request_rec *r)
      * drop the chunked coding that lets a client see a clean end. */
     apr_table_setn(r->headers_out, "Connection", "close");
     stream_headers(sr);
-    if (comet_buf_create(&buf, r->pool, 1024, 64 * 1024 * 1024)
-        != APR_SUCCESS) {
+    /* The head and SSE's retry line; everything else is the hub's. */
+    if (comet_buf_create(&buf, r->pool, 64, 64) != APR_SUCCESS) {
         return HTTP_INTERNAL_SERVER_ERROR;
     }
     if (sr->transport == COMET_T_SSE) {
         comet_frame_sse_retry(buf, 3000);
-    }
-    for (int i = 0; i < sr->nchan && sr->transport != COMET_T_LONGPOLL; i++) {
-        comet_render_stream(buf, sr->transport, 0, sr->epoch, sr->ids,
-                            sr->seqs, (apr_size_t)sr->nchan, (apr_size_t)i,
-                            reads[i], r->pool);
     }
     detach = can_detach(sr);
     suspend = !detach && comet_susp_possible(r);

@@ -17,9 +17,12 @@
  *   writes   never block: a connection filter just above the core output
  *            filter turns each FLUSH into a non-blocking push of what the
  *            core holds.  Bytes the socket does not take stay in the core
- *            (at most one slice) and the rest waits in our bounded buffer
- *            (CometMaxPendingBytes: past it the hub drops the subscriber);
- *            the hub thread watches the socket for room and calls back.
+ *            (at most one slice) and the rest waits in our buffer; the
+ *            hub thread watches the socket for room and calls back.  The
+ *            hub decides how much we hold (it drops a subscriber holding
+ *            more than CometMaxPendingBytes before a write); when it asks
+ *            (a backlog, a subscriber catching up), we tell it once all
+ *            has left (comet_hub_room) and it hands over the next part.
  *   watching the hub thread watches the raw socket, edge-triggered, for
  *            the peer's close (RDHUP/HUP/ERR) only: under TLS its bytes are
  *            mod_ssl's.  A close cancels the subscriber.
@@ -98,6 +101,8 @@ APLOG_USE_MODULE(comet);
 #define SUSP_STEPS      32
 /* How long the last bytes may take to leave. */
 #define SUSP_LINGER     apr_time_from_sec(5)
+/* Our buffer of unsent bytes is freed once empty when it grew past this. */
+#define SUSP_KEEP       (256 * 1024)
 
 /* See "the gate" above. */
 enum { SUSP_GATE_NONE, SUSP_GATE_SET, SUSP_GATE_OPEN };
@@ -132,6 +137,7 @@ struct susp_t {
     unsigned            client_gone:1;
     unsigned            cancelled:1;
     unsigned            pending:1;      /* the core holds unsent bytes   */
+    unsigned            notify:1;       /* the hub waits for all to leave */
     unsigned            writable:1;     /* room seen since               */
     unsigned            ww:1;           /* waiting for room              */
     unsigned            retiring:1;
@@ -329,18 +335,32 @@ static int susp_post(susp_t *s, comet_hub_task_t *t)
 
 /* ---- the hub's side: sink (hub thread) ---------------------------------------------- */
 
+/* What s holds that its client has not taken: our buffer, and what the
+ * core output filter keeps (at most about a slice).  Under susp_mu. */
+static apr_size_t susp_held(const susp_t *s)
+{
+    return s->len - s->off + (s->pending ? SUSP_SLICE : 0);
+}
+
 static apr_status_t susp_sink_write(void *baton, const char *data,
-                                    apr_size_t len, int last)
+                                    apr_size_t len, int flags,
+                                    apr_size_t *held)
 {
     susp_t *s = baton;
     apr_status_t rv = APR_SUCCESS;
 
     pthread_mutex_lock(&susp_mu);
-    if (s->phase == SUSP_P_STREAM && !s->abort && !s->client_gone) {
+    *held = 0;
+    if (s->phase != SUSP_P_STREAM || s->abort || s->client_gone) {
+        /* Nothing more reaches the client: the hub lets go. */
+        rv = APR_ECONNABORTED;
+    }
+    else if (len) {
         apr_size_t have = s->len - s->off;
 
         if (have + len > s->max) {
-            rv = APR_ENOSPC;      /* the hub drops the subscriber */
+            /* The hub bounds what it hands over; this only guards. */
+            rv = APR_ENOSPC;
         }
         else {
             if (s->off && s->len + len > s->cap) {
@@ -366,9 +386,16 @@ static apr_status_t susp_sink_write(void *baton, const char *data,
             if (rv == APR_SUCCESS) {
                 memcpy(s->out + s->len, data, len);
                 s->len += len;
-                s->last |= !!last;
+                s->last |= !!(flags & COMET_HUB_SINK_LAST);
                 susp_schedule(s);
             }
+        }
+    }
+    if (rv == APR_SUCCESS) {
+        *held = susp_held(s);
+        if ((flags & COMET_HUB_SINK_NOTIFY) && *held) {
+            /* susp_decide calls comet_hub_room once all has left. */
+            s->notify = 1;
         }
     }
     pthread_mutex_unlock(&susp_mu);
@@ -610,6 +637,12 @@ static int susp_decide(susp_t *s, char *slice, apr_size_t *n)
             s->off += *n;
             if (s->off == s->len) {
                 s->off = s->len = 0;
+                if (s->cap > SUSP_KEEP) {
+                    /* A backlog or a large message made it big. */
+                    free(s->out);
+                    s->out = NULL;
+                    s->cap = 0;
+                }
             }
             return SUSP_A_WRITE;
         }
@@ -617,6 +650,11 @@ static int susp_decide(susp_t *s, char *slice, apr_size_t *n)
             return SUSP_A_FINALIZE;
         }
         else {
+            if (s->notify && s->handle && !s->closed && !s->cancelled) {
+                /* All the hub gave has left: it may give more. */
+                s->notify = 0;
+                comet_hub_room(s->hub, s->handle);
+            }
             return SUSP_A_IDLE;
         }
     }
@@ -966,7 +1004,9 @@ int comet_susp_park(request_rec *r, comet_hub_t *hub,
     s->channel = spec->ids[0];
     s->fd = fd;
     s->hub = hub;
-    s->max = max_pending;
+    /* The hub hands over at most max_pending plus one write of at most
+     * max_pending (comet_hub.h); past this something is wrong. */
+    s->max = 2 * max_pending + 4 * SUSP_SLICE;
     s->bb = apr_brigade_create(r->pool, c->bucket_alloc);
     s->cbb = apr_brigade_create(c->pool, c->bucket_alloc);
     s->pending = !!c->data_in_output_filters;

@@ -482,8 +482,10 @@ static void slow_client(int tls)
 
     memset(&o, 0, sizeof(o));
     o.tls = tls;
-    o.extra = "CometMaxPendingBytes 65536\nKeepAliveTimeout 1\n"
-              "CometTLSDetach off\n";
+    /* The smallest bound the check at start allows for 16 KB messages
+     * (their largest frame is some 120 KB). */
+    o.extra = "CometMaxMessageSize 16K\nCometMaxPendingBytes 128K\n"
+              "KeepAliveTimeout 1\nCometTLSDetach off\n";
     ck_assert_int_eq(it_server_start(&s, &o), 0);
     memset(msg, 'x', 16 * 1024);
     msg[16 * 1024] = '\0';

@@ -563,10 +563,11 @@ typedef struct sink_t {
 } sink_t;
 
 static apr_status_t sink_write(void *baton, const char *data,
-                               apr_size_t len, int last)
+                               apr_size_t len, int flags, apr_size_t *held)
 {
     sink_t *k = baton;
 
+    *held = 0;
     pthread_mutex_lock(&k->mu);
     if (k->len + len < sizeof(k->buf)) {
         memcpy(k->buf + k->len, data, len);

@@ -67,7 +67,8 @@ START_TEST(sse_stream_of_a_read_is_missed_then_new_messages_then_deleted)
     add_msg(rd, 6, NULL, "six");
     add_msg(rd, 7, "typing", "seven");
     ck_assert_int_eq(comet_render_stream(b, COMET_T_SSE, 0, EPOCH, ids, seqs,
-                                         1, 0, rd, comet_test_pool),
+                                         1, 0, rd, 0, NULL,
+                                         comet_test_pool),
                      APR_SUCCESS);
     COMET_ASSERT_BUF(b, "event: comet-missed\ndata: room1\n\n"
                         "id: 0000abcd:6\ndata: six\n\n"
@@ -87,7 +88,8 @@ START_TEST(multi_channel_frames_carry_the_compound_id_and_name_the_channel)
     add_msg(rd, 11, NULL, "a");
     add_msg(rd, 12, "typing", "b");
     ck_assert_int_eq(comet_render_stream(b, COMET_T_SSE, 0, EPOCH, ids, seqs,
-                                         2, 1, rd, comet_test_pool),
+                                         2, 1, rd, 0, NULL,
+                                         comet_test_pool),
                      APR_SUCCESS);
     COMET_ASSERT_BUF(b, "id: 0000abcd:3,11\nevent: room2\ndata: a\n\n"
                         "id: 0000abcd:3,12\nevent: room2#typing\ndata: b\n\n");
@@ -99,7 +101,8 @@ START_TEST(multi_channel_frames_carry_the_compound_id_and_name_the_channel)
     comet_buf_truncate(b, 0);
     seqs[1] = 10;
     ck_assert_int_eq(comet_render_stream(b, COMET_T_STREAM, 0, EPOCH, ids,
-                                         seqs, 2, 1, rd, comet_test_pool),
+                                         seqs, 2, 1, rd, 0, NULL,
+                                         comet_test_pool),
                      APR_SUCCESS);
     COMET_ASSERT_BUF(b, "{\"channel\":\"room2\",\"id\":\"0000abcd:3,11\","
                         "\"time\":11,\"data\":\"a\"}\n"
@@ -117,7 +120,8 @@ START_TEST(chunked_stream_makes_each_frame_one_chunk)
 
     add_msg(rd, 1, NULL, "x");
     ck_assert_int_eq(comet_render_stream(b, COMET_T_STREAM, 1, EPOCH, ids,
-                                         seqs, 1, 0, rd, comet_test_pool),
+                                         seqs, 1, 0, rd, 0, NULL,
+                                         comet_test_pool),
                      APR_SUCCESS);
     COMET_ASSERT_BUF(b, "1e\r\n{\"missed\":true,\"channel\":\"c\"}\n\r\n"
                         "36\r\n{\"channel\":\"c\",\"id\":\"0000abcd:1\","
@@ -138,7 +142,8 @@ START_TEST(a_frame_that_does_not_fit_is_left_out_and_the_position_stays)
     add_msg(rd, 1, NULL, "x");
     add_msg(rd, 2, NULL, "a payload longer than the room left");
     ck_assert_int_eq(comet_render_stream(b, COMET_T_SSE, 0, EPOCH, ids, seqs,
-                                         1, 0, rd, comet_test_pool),
+                                         1, 0, rd, 0, NULL,
+                                         comet_test_pool),
                      APR_ENOSPC);
     COMET_ASSERT_BUF(b, "id: 0000abcd:1\ndata: x\n\n");
     ck_assert_uint_eq(seqs[0], 1);
@@ -152,7 +157,8 @@ START_TEST(nothing_read_renders_nothing)
     apr_uint64_t seqs[1] = { 4 };
 
     ck_assert_int_eq(comet_render_stream(b, COMET_T_SSE, 1, EPOCH, ids, seqs,
-                                         1, 0, NULL, comet_test_pool),
+                                         1, 0, NULL, 0, NULL,
+                                         comet_test_pool),
                      APR_SUCCESS);
     ck_assert_uint_eq(b->len, 0);
     ck_assert_uint_eq(seqs[0], 4);
@@ -163,7 +169,7 @@ END_TEST
 
 START_TEST(poll_document_holds_every_channels_news_and_the_position_after)
 {
-    comet_buf_t *b = comet_test_buf(4096);
+    comet_buf_t *b = comet_test_buf(4096), *tmp = comet_test_buf(4096);
     comet_read_t *r0 = new_read(0, 0), *r2 = new_read(1, 0);
     const comet_read_t *reads[3];
     const char *ids[3] = { "a", "b", "c" };
@@ -175,7 +181,8 @@ START_TEST(poll_document_holds_every_channels_news_and_the_position_after)
     reads[0] = r0;
     reads[1] = NULL;
     reads[2] = r2;
-    ck_assert_int_eq(comet_render_poll(b, EPOCH, ids, seqs, 3, reads, 1),
+    ck_assert_int_eq(comet_render_poll(b, tmp, EPOCH, ids, seqs, 3, reads, 1,
+                                       0, NULL),
                      APR_SUCCESS);
     COMET_ASSERT_BUF(b, "{\"id\":\"0000abcd:4,7,10\""
                         ",\"missed\":true,\"messages\":["
@@ -193,16 +200,138 @@ END_TEST
 
 START_TEST(poll_without_news_answers_the_position_the_client_has)
 {
-    comet_buf_t *b = comet_test_buf(4096);
+    comet_buf_t *b = comet_test_buf(4096), *tmp = comet_test_buf(4096);
     const comet_read_t *reads[1] = { NULL };
     const char *ids[1] = { "a" };
     apr_uint64_t seqs[1] = { 5 };
 
-    ck_assert_int_eq(comet_render_poll(b, EPOCH, ids, seqs, 1, reads, 0),
+    ck_assert_int_eq(comet_render_poll(b, tmp, EPOCH, ids, seqs, 1, reads, 0,
+                                       0, NULL),
                      APR_SUCCESS);
     COMET_ASSERT_BUF(b, "{\"id\":\"0000abcd:5\""
                         ",\"missed\":false,\"messages\":[]}");
     ck_assert_uint_eq(seqs[0], 5);
+}
+END_TEST
+
+/* ---- bounds ------------------------------------------------------------- */
+
+START_TEST(a_stream_limit_leaves_the_rest_for_later_but_always_takes_one)
+{
+    comet_buf_t *b = comet_test_buf(4096);
+    comet_read_t *rd = new_read(0, 1);
+    const char *ids[1] = { "c" };
+    apr_uint64_t seqs[1] = { 0 };
+    int complete = -1;
+
+    add_msg(rd, 1, NULL, "first");
+    add_msg(rd, 2, NULL, "second");
+    add_msg(rd, 3, NULL, "third");
+    /* Less than one frame: the first goes in all the same. */
+    ck_assert_int_eq(comet_render_stream(b, COMET_T_SSE, 0, EPOCH, ids, seqs,
+                                         1, 0, rd, 5, &complete,
+                                         comet_test_pool), APR_SUCCESS);
+    COMET_ASSERT_BUF(b, "id: 0000abcd:1\ndata: first\n\n");
+    ck_assert_int_eq(complete, 0);
+    ck_assert_uint_eq(seqs[0], 1);
+    /* The next call goes on from there; two frames fit in 60 bytes. */
+    comet_buf_truncate(b, 0);
+    ck_assert_int_eq(comet_render_stream(b, COMET_T_SSE, 0, EPOCH, ids, seqs,
+                                         1, 0, rd, 60, &complete,
+                                         comet_test_pool), APR_SUCCESS);
+    COMET_ASSERT_BUF(b, "id: 0000abcd:2\ndata: second\n\n"
+                        "id: 0000abcd:3\ndata: third\n\n"
+                        "event: comet-deleted\ndata: c\n\n");
+    ck_assert_int_eq(complete, 1);
+    ck_assert_uint_eq(seqs[0], 3);
+}
+END_TEST
+
+START_TEST(a_capped_poll_holds_the_first_messages_and_the_id_after_them)
+{
+    comet_buf_t *b = comet_test_buf(4096), *tmp = comet_test_buf(4096);
+    comet_read_t *r0 = new_read(0, 0), *r1 = new_read(0, 0);
+    const comet_read_t *reads[2];
+    const char *ids[2] = { "a", "b" };
+    apr_uint64_t seqs[2] = { 0, 0 };
+    int complete = -1;
+
+    add_msg(r0, 4, NULL, "four");
+    add_msg(r0, 5, NULL, "five");
+    add_msg(r1, 6, NULL, "six");
+    reads[0] = r0;
+    reads[1] = r1;
+    /* Each message is 56 bytes of JSON: two fit in 120, not three. */
+    ck_assert_int_eq(comet_render_poll(b, tmp, EPOCH, ids, seqs, 2, reads, 0,
+                                       120, &complete), APR_SUCCESS);
+    COMET_ASSERT_BUF(b, "{\"id\":\"0000abcd:5,0\""
+                        ",\"missed\":false,\"messages\":["
+                        "{\"channel\":\"a\",\"id\":\"0000abcd:4\","
+                        "\"time\":4,\"data\":\"four\"},"
+                        "{\"channel\":\"a\",\"id\":\"0000abcd:5\","
+                        "\"time\":5,\"data\":\"five\"}]}");
+    ck_assert_int_eq(complete, 0);
+    ck_assert_uint_eq(seqs[0], 5);
+    ck_assert_uint_eq(seqs[1], 0);
+    /* A bound below one message still lets one through. */
+    comet_buf_truncate(b, 0);
+    ck_assert_int_eq(comet_render_poll(b, tmp, EPOCH, ids, seqs, 2, reads, 0,
+                                       1, &complete), APR_SUCCESS);
+    COMET_ASSERT_BUF(b, "{\"id\":\"0000abcd:5,6\""
+                        ",\"missed\":false,\"messages\":["
+                        "{\"channel\":\"b\",\"id\":\"0000abcd:6\","
+                        "\"time\":6,\"data\":\"six\"}]}");
+    ck_assert_int_eq(complete, 1);
+}
+END_TEST
+
+START_TEST(the_frame_bound_holds_for_the_worst_payloads)
+{
+    enum { N = 4096 };
+    comet_buf_t *b = comet_test_buf(1024 * 1024);
+    char *nl = apr_palloc(comet_test_pool, N + 1);
+    char *ctl = apr_palloc(comet_test_pool, N + 1);
+    char *chan = apr_palloc(comet_test_pool, 1025);
+    char *event = apr_palloc(comet_test_pool, COMET_STORE_EVENT_MAX + 1);
+    const char *ids[1024];
+    apr_uint64_t seqs[1024];
+    comet_msg_t m;
+    apr_size_t bound = comet_render_frame_max(N, 1024);
+
+    memset(nl, '\n', N);
+    nl[N] = '\0';
+    memset(ctl, 0x01, N);
+    ctl[N] = '\0';
+    memset(chan, 'c', 1024);
+    chan[1024] = '\0';
+    memset(event, 'e', COMET_STORE_EVENT_MAX);
+    event[COMET_STORE_EVENT_MAX] = '\0';
+    for (int i = 0; i < 1024; i++) {
+        ids[i] = chan;
+        seqs[i] = ~(apr_uint64_t)0;
+    }
+    memset(&m, 0, sizeof(m));
+    m.id.epoch = EPOCH;
+    m.id.seq = ~(apr_uint64_t)0;
+    m.published = apr_time_from_sec(4000000000LL);
+    m.event = event;
+    m.event_len = COMET_STORE_EVENT_MAX;
+    for (int t = 0; t < 2; t++) {
+        m.data = t ? ctl : nl;
+        m.data_len = N;
+        comet_buf_truncate(b, 0);
+        ck_assert_int_eq(comet_render_msg(b, COMET_T_SSE, 1, EPOCH, ids, seqs,
+                                          1024, 0, &m, comet_test_pool),
+                         APR_SUCCESS);
+        ck_assert_uint_le(b->len, bound);
+        comet_buf_truncate(b, 0);
+        ck_assert_int_eq(comet_render_msg(b, COMET_T_STREAM, 1, EPOCH, ids,
+                                          seqs, 1024, 0, &m, comet_test_pool),
+                         APR_SUCCESS);
+        ck_assert_uint_le(b->len, bound);
+    }
+    /* And it is not far above what such a payload really takes. */
+    ck_assert_uint_le(bound, 6 * N + 32 * 1024);
 }
 END_TEST
 
@@ -231,6 +360,11 @@ Suite *test_comet_render_suite(void)
     tcase_add_test(tp,
                    poll_document_holds_every_channels_news_and_the_position_after);
     tcase_add_test(tp, poll_without_news_answers_the_position_the_client_has);
+    tcase_add_test(tp,
+                   a_capped_poll_holds_the_first_messages_and_the_id_after_them);
+    tcase_add_test(ts,
+                   a_stream_limit_leaves_the_rest_for_later_but_always_takes_one);
+    tcase_add_test(ts, the_frame_bound_holds_for_the_worst_payloads);
     suite_add_tcase(s, tp);
     return s;
 }
