@@ -183,7 +183,9 @@ struct hub_chan_t {
     hub_member_t    *head;
     apr_uint32_t     members;
     apr_uint64_t     seq;
-    int              busy;          /* delivering: free later            */
+    int              busy;          /* delivering or queued: free later  */
+    hub_chan_t      *qnext;         /* in hub->again                     */
+    int              queued;
     apr_size_t       id_len;
     char             id[];
 };
@@ -245,6 +247,7 @@ struct comet_hub_t {
     apr_size_t       table_size;    /* power of two                       */
     apr_size_t       nchans;
     hub_tq_t        *tqs;
+    hub_chan_t      *again;         /* channels with more to deliver      */
     comet_hub_sub_t *ready, *ready_tail;  /* subscribers to refill        */
     apr_size_t       nready;
 
@@ -1346,9 +1349,34 @@ static void deliver_chan(comet_hub_t *hub, hub_chan_t *c)
             break;
         }
     }
+    if (rounds > HUB_ROUNDS && c->head && !c->queued) {
+        /* More is due: the next turn goes on, after others' work. */
+        c->queued = 1;
+        c->busy++;
+        c->qnext = hub->again;
+        hub->again = c;
+        comet_loop_wake(hub->loop);
+    }
     bufs_trim(hub);
     c->busy--;
     chan_release(hub, c);
+}
+
+/* Channels whose delivery stopped at HUB_ROUNDS go on. */
+static void run_again(comet_hub_t *hub)
+{
+    hub_chan_t *c = hub->again, *next;
+
+    hub->again = NULL;
+    for (; c; c = next) {
+        next = c->qnext;
+        c->queued = 0;
+        if (!hub->loop_done) {
+            deliver_chan(hub, c);
+        }
+        c->busy--;
+        chan_release(hub, c);
+    }
 }
 
 /* Every channel with local members, as after a lost wakeup queue. */
@@ -1794,6 +1822,7 @@ static void on_wake(comet_loop_t *loop, void *baton)
             }
         }
     }
+    run_again(hub);
     run_ready(hub);
     run_tasks(hub, 0);
 }

@@ -56,13 +56,20 @@ static void *hub_thread(void *arg)
     return NULL;
 }
 
-static void hub_start(apr_size_t max_pending, apr_uint32_t max_subs)
+static void hub_join(void);
+
+/* A hub over a store of store_mb MB keeping buffer_length messages a
+ * channel (0: the store's defaults), with the given bounds. */
+static void hub_start_with(apr_size_t max_pending, apr_uint32_t max_subs,
+                           apr_size_t max_batch, apr_size_t store_mb,
+                           apr_uint32_t buffer_length)
 {
     comet_hub_config_t cfg;
 
     comet_test_pool_setup();
     memset(&fx, 0, sizeof(fx));
-    fx.st = store_util_make(8 * 1024 * 1024, 0, 0, 0, 4);
+    fx.st = store_util_make((store_mb ? store_mb : 8) * 1024 * 1024,
+                            buffer_length, 0, 0, 4);
     ck_assert_int_eq(comet_store_proc_attach(fx.st, (apr_int32_t)getpid(),
                                              &fx.slot), APR_SUCCESS);
     fx.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -71,6 +78,7 @@ static void hub_start(apr_size_t max_pending, apr_uint32_t max_subs)
     cfg.slot = fx.slot;
     cfg.wake_fd = fx.wake_fd;
     cfg.max_pending = max_pending;
+    cfg.max_batch = max_batch;
     cfg.max_subscribers = max_subs;
     cfg.on_end = record_end;
     ended_tag = ended_calls = 0;
@@ -78,6 +86,21 @@ static void hub_start(apr_size_t max_pending, apr_uint32_t max_subs)
                      APR_SUCCESS);
     ck_assert_int_eq(pthread_create(&fx.thread, NULL, hub_thread, fx.hub), 0);
     fx.running = 1;
+}
+
+static void hub_start(apr_size_t max_pending, apr_uint32_t max_subs)
+{
+    hub_start_with(max_pending, max_subs, 0, 0, 0);
+}
+
+/* Replace the fixture's hub by one with other bounds. */
+static void hub_restart_with(apr_size_t max_pending, apr_size_t max_batch,
+                             apr_size_t store_mb, apr_uint32_t buffer_length)
+{
+    hub_join();
+    close(fx.wake_fd);
+    comet_test_pool_teardown();
+    hub_start_with(max_pending, 0, max_batch, store_mb, buffer_length);
 }
 
 static void setup(void)
@@ -103,8 +126,9 @@ static void teardown(void)
 
 /* Subscribe in the store and hand one end of a socketpair to the hub;
  * returns the client's end. */
-static int adopt(const char *const *ids, apr_size_t n, int transport,
-                 int chunked, apr_time_t interval, apr_uint64_t *seqs_in)
+static int adopt_from(const char *const *ids, apr_size_t n, int transport,
+                      int chunked, apr_time_t interval,
+                      apr_uint64_t *seqs_in, int start, int rcvbuf)
 {
     comet_chanref_t refs[8];
     apr_uint64_t seqs[8];
@@ -112,6 +136,10 @@ static int adopt(const char *const *ids, apr_size_t n, int transport,
     int sv[2];
 
     ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    if (rcvbuf) {
+        setsockopt(sv[1], SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+        setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &rcvbuf, sizeof(rcvbuf));
+    }
     for (apr_size_t i = 0; i < n; i++) {
         comet_msgid_t newest;
 
@@ -129,9 +157,17 @@ static int adopt(const char *const *ids, apr_size_t n, int transport,
     spec.refs = refs;
     spec.ids = ids;
     spec.seqs = seqs;
+    spec.start = start;
     spec.interval = interval;
     ck_assert_int_eq(comet_hub_adopt(fx.hub, &spec, NULL), APR_SUCCESS);
     return sv[1];
+}
+
+static int adopt(const char *const *ids, apr_size_t n, int transport,
+                 int chunked, apr_time_t interval, apr_uint64_t *seqs_in)
+{
+    return adopt_from(ids, n, transport, chunked, interval, seqs_in,
+                      COMET_HUB_START_EXACT, 0);
 }
 
 static apr_uint64_t publish(const char *chan, const char *data,
@@ -150,6 +186,34 @@ static apr_uint64_t publish(const char *chan, const char *data,
     ck_assert_int_eq(comet_store_publish(fx.st, &msg, comet_now_mono(), wake,
                                          NULL, &res), APR_SUCCESS);
     return res.id.seq;
+}
+
+/* Publish data[0, len); returns the seq. */
+static apr_uint64_t publish_n(const char *chan, const char *data,
+                              apr_size_t len)
+{
+    comet_publish_t msg;
+    comet_publish_result_t res;
+
+    memset(&msg, 0, sizeof(msg));
+    msg.channel = chan;
+    msg.channel_len = strlen(chan);
+    msg.data = data;
+    msg.data_len = len;
+    ck_assert_int_eq(comet_store_publish(fx.st, &msg, comet_now_mono(), wake,
+                                         NULL, &res), APR_SUCCESS);
+    return res.id.seq;
+}
+
+/* Publish "m<i>" for i in [from, to). */
+static void publish_seq(const char *chan, int from, int to)
+{
+    for (int i = from; i < to; i++) {
+        char data[32];
+
+        snprintf(data, sizeof(data), "m%d", i);
+        publish(chan, data, NULL);
+    }
 }
 
 static apr_uint32_t store_subscribers(const char *chan)
@@ -233,6 +297,147 @@ static int wait_hub_count(apr_uint32_t want)
         usleep(1000);
     }
     return 0;
+}
+
+/* A client reading a whole stream: the raw bytes, and the body with HTTP
+ * chunking taken off (and checked: a broken chunk sets bad). */
+typedef struct rd_stream_t {
+    int    fd, chunked, bad, eof;
+    char  *raw, *body;
+    size_t rlen, rpos, blen, cap;
+} rd_stream_t;
+
+static void rs_open(rd_stream_t *r, int fd, int chunked)
+{
+    memset(r, 0, sizeof(*r));
+    r->fd = fd;
+    r->chunked = chunked;
+    r->cap = 1024 * 1024;
+    r->raw = malloc(r->cap);
+    r->body = malloc(r->cap);
+    ck_assert(r->raw && r->body);
+}
+
+static void rs_close(rd_stream_t *r)
+{
+    close(r->fd);
+    free(r->raw);
+    free(r->body);
+}
+
+static void rs_dechunk(rd_stream_t *r)
+{
+    if (!r->chunked) {
+        memcpy(r->body + r->blen, r->raw + r->rpos, r->rlen - r->rpos);
+        r->blen += r->rlen - r->rpos;
+        r->rpos = r->rlen;
+        return;
+    }
+    for (;;) {
+        char *p = r->raw + r->rpos, *end = r->raw + r->rlen, *nl, *x;
+        unsigned long size;
+
+        if (!(nl = memchr(p, '\n', (size_t)(end - p)))) {
+            return;
+        }
+        size = strtoul(p, &x, 16);
+        if (x == p || x + 2 != nl + 1 || x[0] != '\r') {
+            r->bad = 1;
+            return;
+        }
+        if ((size_t)(end - (nl + 1)) < size + 2) {
+            return;
+        }
+        if (nl[1 + size] != '\r' || nl[2 + size] != '\n') {
+            r->bad = 1;
+            return;
+        }
+        memcpy(r->body + r->blen, nl + 1, size);
+        r->blen += size;
+        r->rpos = (size_t)(nl + 3 + size - r->raw);
+        if (!size) {
+            r->eof = 1;
+        }
+    }
+}
+
+/* Read until needle is in the body (1), or EOF, a broken chunk or ms pass
+ * (0).  rate: bytes per read at most, 0 for as fast as it can. */
+static int rs_until(rd_stream_t *r, const char *needle, int ms)
+{
+    long long end = (long long)(comet_now_mono() / 1000) + ms;
+
+    for (;;) {
+        struct pollfd p = { r->fd, POLLIN, 0 };
+        long long left = end - comet_now_mono() / 1000;
+        ssize_t n;
+
+        r->body[r->blen] = '\0';
+        if (memmem(r->body, r->blen, needle, strlen(needle))) {
+            return 1;
+        }
+        if (r->bad || left <= 0 || poll(&p, 1, (int)left) <= 0) {
+            return 0;
+        }
+        if (r->rlen + 65536 + 1 > r->cap) {
+            r->cap *= 2;
+            ck_assert((r->raw = realloc(r->raw, r->cap)) != NULL);
+            ck_assert((r->body = realloc(r->body, r->cap)) != NULL);
+        }
+        n = read(r->fd, r->raw + r->rlen, 65536);
+        if (n <= 0) {
+            return 0;
+        }
+        r->rlen += (size_t)n;
+        rs_dechunk(r);
+    }
+}
+
+/* Read until the body holds len bytes: 1, or 0 as rs_until. */
+static int rs_until_len(rd_stream_t *r, size_t len, int ms)
+{
+    long long end = (long long)(comet_now_mono() / 1000) + ms;
+
+    while (r->blen < len) {
+        struct pollfd p = { r->fd, POLLIN, 0 };
+        long long left = end - comet_now_mono() / 1000;
+        ssize_t n;
+
+        if (r->bad || left <= 0 || poll(&p, 1, (int)left) <= 0) {
+            return 0;
+        }
+        if (r->rlen + 65536 + 1 > r->cap) {
+            r->cap *= 2;
+            ck_assert((r->raw = realloc(r->raw, r->cap)) != NULL);
+            ck_assert((r->body = realloc(r->body, r->cap)) != NULL);
+        }
+        if ((n = read(r->fd, r->raw + r->rlen, 65536)) <= 0) {
+            return 0;
+        }
+        r->rlen += (size_t)n;
+        rs_dechunk(r);
+    }
+    return 1;
+}
+
+/* The body holds "<key>m0", "<key>m1", ... "<key>m<count-1>", each once
+ * and in order (key: "data: " for SSE, "\"data\":\"" for ndjson). */
+static void assert_sequence(const rd_stream_t *r, const char *key, int count)
+{
+    const char *p = r->body, *end = r->body + r->blen;
+    size_t klen = strlen(key);
+    int next = 0;
+
+    while ((p = memmem(p, (size_t)(end - p), key, klen)) != NULL) {
+        p += klen;
+        if (*p != 'm') {
+            continue;
+        }
+        ck_assert_msg(atoi(p + 1) == next, "message m%d where m%d was due",
+                      atoi(p + 1), next);
+        next++;
+    }
+    ck_assert_int_eq(next, count);
 }
 
 /* ---- tests -------------------------------------------------------------- */
@@ -646,6 +851,347 @@ START_TEST(a_sink_subscriber_gets_plain_frames_and_can_be_cancelled)
 }
 END_TEST
 
+/* ---- bounded delivery ---------------------------------------------------- */
+
+/* A task that holds the hub thread until released, so that a test can
+ * publish many messages for one wakeup. */
+typedef struct hold_t {
+    comet_hub_task_t task;
+    pthread_mutex_t  mu;
+    pthread_cond_t   cv;
+    int              held, released;
+} hold_t;
+
+static void hold_fn(comet_hub_t *hub, comet_hub_task_t *task, int stopping)
+{
+    hold_t *h = task->baton;
+
+    pthread_mutex_lock(&h->mu);
+    h->held = 1;
+    pthread_cond_broadcast(&h->cv);
+    while (!h->released) {
+        pthread_cond_wait(&h->cv, &h->mu);
+    }
+    pthread_mutex_unlock(&h->mu);
+}
+
+static void hold_hub(hold_t *h)
+{
+    memset(h, 0, sizeof(*h));
+    pthread_mutex_init(&h->mu, NULL);
+    pthread_cond_init(&h->cv, NULL);
+    h->task.fn = hold_fn;
+    h->task.baton = h;
+    ck_assert_int_eq(comet_hub_post(fx.hub, &h->task), APR_SUCCESS);
+    pthread_mutex_lock(&h->mu);
+    while (!h->held) {
+        pthread_cond_wait(&h->cv, &h->mu);
+    }
+    pthread_mutex_unlock(&h->mu);
+}
+
+static void release_hub(hold_t *h)
+{
+    pthread_mutex_lock(&h->mu);
+    h->released = 1;
+    pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+}
+
+/* One read brings more frames than a batch holds: the batch says how many
+ * it holds, the channel's position advances by that much, and the rest
+ * comes in the next rounds; every chunk is whole, nothing is skipped. */
+START_TEST(a_read_larger_than_the_batch_goes_out_in_rounds_without_loss)
+{
+    const char *ids[] = { "big" };
+    char pad[400];
+    rd_stream_t r;
+    hold_t h;
+
+    hub_restart_with(1024 * 1024, 2048, 16, 1000);
+    rs_open(&r, adopt(ids, 1, COMET_T_SSE, 1, 0, NULL), 1);
+    ck_assert(wait_hub_count(1));
+    memset(pad, 'p', sizeof(pad) - 1);
+    pad[sizeof(pad) - 1] = '\0';
+    hold_hub(&h);
+    for (int i = 0; i < 600; i++) {
+        char data[512];
+
+        snprintf(data, sizeof(data), "m%d\n%s", i, pad);
+        publish("big", data, NULL);
+    }
+    release_hub(&h);
+    ck_assert_msg(rs_until(&r, "data: m599\n", 5000), "bad=%d, %zu bytes",
+                  r.bad, r.blen);
+    ck_assert(!r.bad);
+    assert_sequence(&r, "data: ", 600);
+    rs_close(&r);
+}
+END_TEST
+
+/* A subscriber that resumes thousands of messages behind another of the
+ * same process gets every one of them, in order, once, while messages
+ * keep coming; so does the one in step. */
+START_TEST(a_subscriber_far_behind_catches_up_in_order_exactly_once)
+{
+    const char *ids[] = { "far" };
+    apr_uint64_t seqs[1] = { 0 };
+    rd_stream_t live, behind;
+    comet_hub_stats_t hs;
+
+    hub_restart_with(1024 * 1024, 0, 16, 10000);
+    rs_open(&live, adopt(ids, 1, COMET_T_STREAM, 0, 0, NULL), 0);
+    ck_assert(wait_hub_count(1));
+    publish_seq("far", 0, 5000);
+    ck_assert(rs_until(&live, "\"data\":\"m4999\"", 5000));
+    rs_open(&behind, adopt(ids, 1, COMET_T_STREAM, 0, 0, seqs), 0);
+    publish_seq("far", 5000, 6000);
+    ck_assert(rs_until(&behind, "\"data\":\"m5999\"", 10000));
+    ck_assert(rs_until(&live, "\"data\":\"m5999\"", 5000));
+    assert_sequence(&live, "\"data\":\"", 6000);
+    assert_sequence(&behind, "\"data\":\"", 6000);
+    ck_assert_ptr_null(strstr(behind.body, "missed"));
+    comet_hub_stats(fx.hub, &hs);
+    ck_assert_uint_ge(hs.catchup_reads, 5000 / 256);
+    rs_close(&live);
+    rs_close(&behind);
+}
+END_TEST
+
+/* A position older than what the store keeps: the missed signal, once,
+ * then what is kept, then the live messages. */
+START_TEST(a_position_older_than_the_store_keeps_gets_the_missed_signal_once)
+{
+    const char *ids[] = { "lossy" };
+    apr_uint64_t seqs[1];
+    rd_stream_t r;
+    char *p;
+    int missed = 0;
+
+    hub_restart_with(1024 * 1024, 0, 16, 100);
+    seqs[0] = publish("lossy", "m0", NULL);
+    for (int i = 1; i < 300; i++) {
+        char data[16];
+
+        snprintf(data, sizeof(data), "x%d", i);
+        publish("lossy", data, NULL);
+    }
+    rs_open(&r, adopt(ids, 1, COMET_T_STREAM, 0, 0, seqs), 0);
+    ck_assert(rs_until(&r, "\"data\":\"x299\"", 5000));
+    publish("lossy", "after", NULL);
+    ck_assert(rs_until(&r, "\"data\":\"after\"", 5000));
+    for (p = r.body; (p = strstr(p, "\"missed\":true")); p++) {
+        missed++;
+    }
+    ck_assert_int_eq(missed, 1);
+    ck_assert(strstr(r.body, "\"missed\":true") < strstr(r.body, "x200"));
+    ck_assert_ptr_null(strstr(r.body, "\"x199\""));
+    rs_close(&r);
+}
+END_TEST
+
+/* Messages that become frames larger than max_pending (newlines are six
+ * times their size in SSE) do not drop a reader that takes each one. */
+START_TEST(a_reader_that_keeps_up_survives_frames_larger_than_the_bound)
+{
+    const char *ids[] = { "nl" };
+    apr_size_t n = 100 * 1024;
+    char *nl = malloc(n);
+    rd_stream_t r;
+    comet_hub_stats_t hs;
+
+    hub_restart_with(64 * 1024, 0, 16, 0);
+    rs_open(&r, adopt(ids, 1, COMET_T_SSE, 1, 0, NULL), 1);
+    ck_assert(wait_hub_count(1));
+    memset(nl, '\n', n);
+    for (int i = 0; i < 3; i++) {
+        char tail[32];
+        size_t before = r.blen;
+
+        /* Some 600 KB of SSE ("data:" and a newline per line), taken in
+         * full before anything else is published. */
+        publish_n("nl", nl, n);
+        ck_assert_msg(rs_until_len(&r, before + 6 * (n + 1), 5000),
+                      "round %d: %zu bytes", i, r.blen - before);
+        snprintf(tail, sizeof(tail), "data: mark%d\n", i);
+        publish("nl", tail + 6, NULL);
+        ck_assert_msg(rs_until(&r, tail, 5000), "round %d: %zu bytes", i,
+                      r.blen);
+    }
+    ck_assert(!r.bad);
+    comet_hub_stats(fx.hub, &hs);
+    ck_assert_uint_eq(hs.dropped_slow, 0);
+    ck_assert_uint_eq(comet_hub_count(fx.hub), 1);
+    rs_close(&r);
+    free(nl);
+}
+END_TEST
+
+/* A sink that holds what it is given until the test drains it. */
+typedef struct slow_sink_t {
+    pthread_mutex_t mu;
+    char           *buf;
+    size_t          len, cap, held, max_held;
+    int             notify, closed;
+} slow_sink_t;
+
+static apr_status_t slow_write(void *baton, const char *data, apr_size_t len,
+                               int flags, apr_size_t *held)
+{
+    slow_sink_t *k = baton;
+
+    pthread_mutex_lock(&k->mu);
+    if (k->len + len + 1 > k->cap) {
+        k->cap = (k->len + len + 1) * 2;
+        k->buf = realloc(k->buf, k->cap);
+    }
+    memcpy(k->buf + k->len, data, len);
+    k->len += len;
+    k->buf[k->len] = '\0';
+    k->held += len;
+    if (k->held > k->max_held) {
+        k->max_held = k->held;
+    }
+    if ((flags & COMET_HUB_SINK_NOTIFY) && k->held) {
+        k->notify = 1;
+    }
+    *held = k->held;
+    pthread_mutex_unlock(&k->mu);
+    return APR_SUCCESS;
+}
+
+static void slow_close(void *baton)
+{
+    slow_sink_t *k = baton;
+
+    pthread_mutex_lock(&k->mu);
+    k->closed = 1;
+    pthread_mutex_unlock(&k->mu);
+}
+
+static const comet_hub_sink_t slow_fns = { slow_write, slow_close };
+
+/* A sink subscriber asking for a backlog gets it one part at a time, each
+ * once the sink said all before had left: the hub never hands it more
+ * than max_pending plus one batch. */
+START_TEST(a_sink_gets_a_backlog_a_part_at_a_time_as_it_drains)
+{
+    const char *ids[] = { "bl" };
+    comet_chanref_t ref;
+    comet_msgid_t newest;
+    comet_hub_spec_t spec;
+    comet_hub_sub_t *handle;
+    apr_uint64_t seq = 0;
+    slow_sink_t k;
+    rd_stream_t r;
+    int rounds = 0;
+
+    hub_restart_with(32 * 1024, 8 * 1024, 16, 5000);
+    publish_seq("bl", 0, 3000);
+    memset(&k, 0, sizeof(k));
+    pthread_mutex_init(&k.mu, NULL);
+    ck_assert_int_eq(comet_store_subscribe(fx.st, fx.slot, "bl", 2,
+                                           comet_now_mono(), &ref, &newest),
+                     APR_SUCCESS);
+    memset(&spec, 0, sizeof(spec));
+    spec.fd = -1;
+    spec.sink = &slow_fns;
+    spec.sink_baton = &k;
+    spec.transport = COMET_T_SSE;
+    spec.nchan = 1;
+    spec.refs = &ref;
+    spec.ids = ids;
+    spec.seqs = &seq;
+    spec.start = COMET_HUB_START_BACKLOG;
+    ck_assert_int_eq(comet_hub_adopt(fx.hub, &spec, &handle), APR_SUCCESS);
+    for (;;) {
+        int i, done;
+
+        /* Wait for the hub's part, then drain it and say so. */
+        for (i = 0; i < 5000; i++) {
+            pthread_mutex_lock(&k.mu);
+            done = k.notify || (k.buf && strstr(k.buf, "data: m2999\n"));
+            pthread_mutex_unlock(&k.mu);
+            if (done) {
+                break;
+            }
+            usleep(1000);
+        }
+        ck_assert_msg(done, "the hub stopped after %d parts", rounds);
+        pthread_mutex_lock(&k.mu);
+        if (strstr(k.buf, "data: m2999\n")) {
+            pthread_mutex_unlock(&k.mu);
+            break;
+        }
+        k.held = 0;
+        k.notify = 0;
+        comet_hub_room(fx.hub, handle);
+        rounds++;
+        pthread_mutex_unlock(&k.mu);
+    }
+    ck_assert_int_gt(rounds, 3);
+    ck_assert_uint_le(k.max_held, 32 * 1024 + 8 * 1024);
+    memset(&r, 0, sizeof(r));
+    r.body = k.buf;
+    r.blen = k.len;
+    assert_sequence(&r, "data: ", 3000);
+    pthread_mutex_lock(&k.mu);
+    comet_hub_cancel(fx.hub, handle);
+    pthread_mutex_unlock(&k.mu);
+    ck_assert(wait_hub_count(0));
+    free(k.buf);
+}
+END_TEST
+
+/* A long-poll far behind: each answer holds at most max_pending bytes of
+ * messages and the id after the last; poll after poll, the client gets
+ * them all. */
+START_TEST(a_long_poll_far_behind_catches_up_poll_by_poll)
+{
+    const char *ids[] = { "lpfar" };
+    apr_uint64_t seqs[1] = { 0 };
+    char pad[100];
+    rd_stream_t all;
+    int polls = 0;
+
+    hub_restart_with(8 * 1024, 0, 16, 5000);
+    memset(pad, 'p', sizeof(pad) - 1);
+    pad[sizeof(pad) - 1] = '\0';
+    for (int i = 0; i < 1000; i++) {
+        char data[160];
+
+        snprintf(data, sizeof(data), "m%d %s", i, pad);
+        publish("lpfar", data, NULL);
+    }
+    memset(&all, 0, sizeof(all));
+    all.cap = 4 * 1024 * 1024;
+    all.body = malloc(all.cap);
+    while (polls < 100) {
+        char buf[32 * 1024], *id;
+        size_t len = 0;
+        int fd = adopt(ids, 1, COMET_T_LONGPOLL, 0, apr_time_from_sec(30),
+                       seqs);
+
+        ck_assert(read_eof(fd, buf, sizeof(buf), &len, 5000));
+        close(fd);
+        polls++;
+        ck_assert_uint_le(len, 8 * 1024 + 512);
+        ck_assert((id = strstr(buf, "{\"id\":\"")) != NULL);
+        seqs[0] = strtoull(strchr(id + 7, ':') + 1, NULL, 10);
+        memcpy(all.body + all.blen, buf, len);
+        all.blen += len;
+        all.body[all.blen] = '\0';
+        if (strstr(buf, "\"data\":\"m999 ")) {
+            break;
+        }
+    }
+    ck_assert_int_gt(polls, 10);
+    ck_assert_ptr_null(strstr(all.body, "\"missed\":true"));
+    assert_sequence(&all, "\"data\":\"", 1000);
+    free(all.body);
+}
+END_TEST
+
 /* Tasks: run on the hub's thread, in order; told when the loop has ended;
  * refused once the hub's thread is done. */
 typedef struct task_rec_t {
@@ -964,6 +1510,12 @@ Suite *test_comet_hub_suite(void)
     tcase_add_loop_test(tc,
         tls_bytes_that_wait_are_kept_in_order_and_a_stuck_client_dropped,
         0, 2);
+    tcase_add_test(tc, a_read_larger_than_the_batch_goes_out_in_rounds_without_loss);
+    tcase_add_test(tc, a_subscriber_far_behind_catches_up_in_order_exactly_once);
+    tcase_add_test(tc, a_position_older_than_the_store_keeps_gets_the_missed_signal_once);
+    tcase_add_test(tc, a_reader_that_keeps_up_survives_frames_larger_than_the_bound);
+    tcase_add_test(tc, a_sink_gets_a_backlog_a_part_at_a_time_as_it_drains);
+    tcase_add_test(tc, a_long_poll_far_behind_catches_up_poll_by_poll);
     suite_add_tcase(s, tc);
     return s;
 }
