@@ -286,7 +286,7 @@ static int position_start(const sub_req_t *sr)
 /* A long-poll answered by the handler holds at most this many bytes of
  * messages (and what it would hold is read in bounded steps); a larger
  * answer is the hub's, which never waits for the client. */
-#define SUB_ANSWER_NOW      (64 * 1024)
+#define SUB_ANSWER_NOW      (32 * 1024)
 #define SUB_ANSWER_NOW_MSGS 256
 
 /* Read what each channel holds after the subscriber's position, a little

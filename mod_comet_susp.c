@@ -386,10 +386,15 @@ static apr_status_t susp_sink_write(void *baton, const char *data,
             if (rv == APR_SUCCESS) {
                 memcpy(s->out + s->len, data, len);
                 s->len += len;
-                s->last |= !!(flags & COMET_HUB_SINK_LAST);
                 susp_schedule(s);
             }
         }
+    }
+    if (rv == APR_SUCCESS && (flags & COMET_HUB_SINK_LAST)) {
+        /* The end (httpd writes the last chunk): with the close that
+         * follows. */
+        s->last = 1;
+        susp_schedule(s);
     }
     if (rv == APR_SUCCESS) {
         *held = susp_held(s);

@@ -1,0 +1,872 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may
+ * not use this file except in compliance with the License.
+ */
+
+/* Delivery under hostile or unlucky clients, against the real apache2:
+ * a backlog nobody reads blocks no worker (plain HTTP/1.1, HTTP/1.0, TLS);
+ * a subscriber thousands of messages behind gets every one, in order,
+ * once; a frame larger than the batch arrives whole; a reader at full
+ * speed survives a message that SSE makes six times larger, and the
+ * configuration that would drop it is refused; a long-poll far behind
+ * catches up poll by poll; memory taken for slow readers comes back. */
+
+#include <ctype.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "tls_client.h"
+
+/* ---- publishing many messages ------------------------------------------------ */
+
+/* Publish "m<i> " followed by pad bytes of fill, for i in [from, to),
+ * through the publish socket, pipelined.  0, or -1 on any refusal. */
+static int publish_many(const it_server_t *s, const char *chan, int from,
+                        int to, size_t pad, char fill)
+{
+    int fd = it_connect_unix(s->socket_path), rc = 0;
+    size_t cap = pad + 256;
+    char *msg = malloc(cap), *head = malloc(512 + strlen(chan));
+    char reply[4096];
+
+    if (fd < 0 || !msg || !head) {
+        rc = -1;
+        goto out;
+    }
+    for (int i = from; i < to && !rc; i += 32) {
+        int n = to - i < 32 ? to - i : 32, replies = 0;
+        size_t got = 0;
+
+        for (int j = 0; j < n; j++) {
+            int len = snprintf(msg, cap, "m%d ", i + j);
+
+            memset(msg + len, fill, pad);
+            len += (int)pad;
+            snprintf(head, 512 + strlen(chan), "*3\r\n$7\r\nPUBLISH\r\n$%zu"
+                     "\r\n%s\r\n$%d\r\n", strlen(chan), chan, len);
+            if (it_send(fd, head, strlen(head)) || it_send(fd, msg, len)
+                || it_send(fd, "\r\n", 2)) {
+                rc = -1;
+                break;
+            }
+        }
+        /* One ":<receivers>" line each. */
+        while (!rc && replies < n) {
+            struct pollfd p = { fd, POLLIN, 0 };
+            ssize_t r;
+
+            if (poll(&p, 1, 10000) <= 0
+                || (r = read(fd, reply + got, sizeof(reply) - got - 1))
+                   <= 0) {
+                rc = -1;
+                break;
+            }
+            got += (size_t)r;
+            reply[got] = '\0';
+            if (strchr(reply, '-')) {
+                fprintf(stderr, "publish refused: %s\n", reply);
+                rc = -1;
+                break;
+            }
+            for (char *p2; (p2 = strstr(reply, "\r\n")) != NULL;) {
+                replies++;
+                got -= (size_t)(p2 + 2 - reply);
+                memmove(reply, p2 + 2, got + 1);
+            }
+        }
+    }
+out:
+    if (fd >= 0) {
+        close(fd);
+    }
+    free(msg);
+    free(head);
+    return rc;
+}
+
+/* ---- reading streams, checking order and uniqueness on the way ------------- */
+
+/* Counts "<key>m<n>" in a stream fed piece by piece: each n must be the
+ * one after the last. */
+typedef struct seqchk_t {
+    const char *key;
+    int         next;          /* the number due next                   */
+    int         bad;           /* a number out of order (first one)      */
+    int         bad_at;
+    char        carry[128];
+    size_t      clen;
+    long long   bytes;
+} seqchk_t;
+
+static void seqchk_init(seqchk_t *c, const char *key, int first)
+{
+    memset(c, 0, sizeof(*c));
+    c->key = key;
+    c->next = first;
+    c->bad = -1;
+}
+
+static void seqchk_feed(seqchk_t *c, const char *data, size_t len)
+{
+    size_t klen = strlen(c->key), n = c->clen + len, pos = 0;
+    char *buf = malloc(n + 1);
+
+    c->bytes += (long long)len;
+    memcpy(buf, c->carry, c->clen);
+    memcpy(buf + c->clen, data, len);
+    buf[n] = '\0';
+    c->clen = 0;
+    for (;;) {
+        char *p = memmem(buf + pos, n - pos, c->key, klen), *q;
+        long v;
+
+        if (!p) {
+            /* A key may begin in the last bytes. */
+            size_t keep = n - pos < klen - 1 ? n - pos : klen - 1;
+
+            memcpy(c->carry, buf + n - keep, keep);
+            c->clen = keep;
+            break;
+        }
+        q = p + klen;
+        if (q < buf + n && *q != 'm') {
+            pos = (size_t)(q - buf);
+            continue;
+        }
+        for (q++; q < buf + n && isdigit((unsigned char)*q); q++) {
+        }
+        if (q >= buf + n) {
+            /* The number may go on in the next piece (a key and a number
+             * take far less than the carry). */
+            size_t keep = (size_t)(buf + n - p);
+
+            if (keep < sizeof(c->carry)) {
+                memcpy(c->carry, p, keep);
+                c->clen = keep;
+            }
+            break;
+        }
+        v = strtol(p + klen + 1, NULL, 10);
+        if (v == c->next) {
+            c->next++;
+        }
+        else if (c->bad < 0) {
+            c->bad = (int)v;
+            c->bad_at = c->next;
+        }
+        pos = (size_t)(q - buf);
+    }
+    free(buf);
+}
+
+/* A reader of one stream: a plain socket or a TLS connection. */
+typedef struct reader_t {
+    const char *name;
+    int         fd;
+    it_tls_t    tls;
+    int         is_tls;
+    size_t      tls_fed;
+    seqchk_t    chk;
+    int         want;          /* read until chk.next reaches it        */
+    int         eof;
+} reader_t;
+
+/* Read what is there (without waiting); 1 when something came. */
+static int reader_pump(reader_t *r)
+{
+    char buf[65536];
+    ssize_t n;
+
+    if (r->eof) {
+        return 0;
+    }
+    if (r->is_tls) {
+        it_tls_read_until(&r->tls, "\x01\x02\x03 never", r->tls.len, 1);
+        if (r->tls.len > r->tls_fed) {
+            seqchk_feed(&r->chk, r->tls.buf + r->tls_fed,
+                        r->tls.len - r->tls_fed);
+            /* What was checked need not be kept. */
+            r->tls.len = r->tls_fed = 0;
+            return 1;
+        }
+        r->eof = r->tls.eof;
+        return 0;
+    }
+    n = recv(r->fd, buf, sizeof(buf), MSG_DONTWAIT);
+    if (n > 0) {
+        seqchk_feed(&r->chk, buf, (size_t)n);
+        return 1;
+    }
+    if (n == 0) {
+        r->eof = 1;
+    }
+    return 0;
+}
+
+/* Pump every reader until each has its want (1) or ms pass (0). */
+static int readers_until_done(reader_t *rs, int n, int ms)
+{
+    long long end = it_now_ms() + ms;
+
+    for (;;) {
+        int done = 0, moved = 0;
+
+        for (int i = 0; i < n; i++) {
+            while (reader_pump(&rs[i])) {
+                moved = 1;
+            }
+            done += rs[i].chk.next >= rs[i].want;
+        }
+        if (done == n) {
+            return 1;
+        }
+        if (it_now_ms() > end) {
+            for (int i = 0; i < n; i++) {
+                fprintf(stderr, "%s: at m%d of %d, %lld bytes%s\n",
+                        rs[i].name, rs[i].chk.next, rs[i].want,
+                        rs[i].chk.bytes, rs[i].eof ? ", closed" : "");
+            }
+            return 0;
+        }
+        if (!moved) {
+            struct pollfd p[16];
+
+            for (int i = 0; i < n && i < 16; i++) {
+                p[i].fd = rs[i].is_tls ? rs[i].tls.fd : rs[i].fd;
+                p[i].events = POLLIN;
+                p[i].revents = 0;
+            }
+            poll(p, (nfds_t)(n < 16 ? n : 16), 50);
+        }
+    }
+}
+
+static const char *sse_request(const char *path, const char *proto,
+                               const char *extra)
+{
+    static char req[4][1024];
+    static int k;
+    char *r = req[k++ % 4];
+
+    snprintf(r, 1024, "GET %s %s\r\nHost: 127.0.0.1\r\n"
+             "Accept: text/event-stream\r\n%s\r\n", path, proto,
+             extra ? extra : "");
+    return r;
+}
+
+/* Open a reader: plain HTTP/1.1 or HTTP/1.0, or TLS (HTTP/1.1). */
+static void reader_open(reader_t *r, const char *name, const it_server_t *s,
+                        int tls, const char *proto, const char *path,
+                        const char *extra, const char *key, int first,
+                        int want, int rcvbuf)
+{
+    memset(r, 0, sizeof(*r));
+    r->name = name;
+    r->want = want;
+    r->fd = -1;
+    seqchk_init(&r->chk, key, first);
+    if (tls) {
+        r->is_tls = 1;
+        ck_assert_int_eq(it_tls_open_rcvbuf(&r->tls, s->tls_port,
+                                            sse_request(path, proto, extra),
+                                            rcvbuf ? rcvbuf : 1 << 20), 0);
+        return;
+    }
+    r->fd = rcvbuf ? it_connect_rcvbuf(s->port, rcvbuf) : it_connect(s->port);
+    ck_assert_int_ge(r->fd, 0);
+    ck_assert_int_eq(it_sendf(r->fd, "%s", sse_request(path, proto, extra)),
+                     0);
+}
+
+static void reader_close(reader_t *r)
+{
+    if (r->is_tls) {
+        it_tls_close(&r->tls, 0);
+    }
+    else if (r->fd >= 0) {
+        close(r->fd);
+    }
+    r->fd = -1;
+}
+
+/* ---- the server's side ---------------------------------------------------------- */
+
+/* Every process of the server holds at least one subscriber
+ * (server-status's "CometProcessN: ... subscribers=K" lines). */
+static int every_process_subscribed(int port)
+{
+    it_response_t *res = malloc(sizeof(*res));
+    int lines = 0, with = 0;
+
+    if (it_http(port, "GET", "/server-status?auto", NULL, NULL, 0, res,
+                5000) == 0) {
+        for (char *p = res->body; (p = strstr(p, "CometProcess")); p++) {
+            char *sub = strstr(p, "subscribers="), *nl = strchr(p, '\n');
+
+            if (!isdigit((unsigned char)p[12]) || !sub || (nl && sub > nl)) {
+                continue;
+            }
+            lines++;
+            with += atoi(sub + 12) > 0;
+        }
+    }
+    free(res);
+    return lines >= 2 && with == lines;
+}
+
+/* Nothing of a subscriber is left in the MPM or the hub. */
+static int all_ended(void *baton)
+{
+    int port = *(int *)baton;
+
+    return it_status_value(port, "CometSuspended") == 0
+           && it_status_value(port, "CometHeld") == 0
+           && it_status_value(port, "CometMpmSuspended") == 0
+           && it_status_value(port, "CometConnections") == 0;
+}
+
+/* The site answers an ordinary request at once, and no more workers are
+ * busy than this request and the status request itself. */
+static void assert_site_free(int port)
+{
+    it_response_t *res = malloc(sizeof(*res));
+    long busy = it_status_value(port, "BusyWorkers");
+
+    ck_assert_msg(busy >= 1 && busy <= 2, "%ld busy workers", busy);
+    ck_assert_int_eq(it_http(port, "GET", "/index.html", NULL, NULL, 0, res,
+                             5000), 0);
+    ck_assert_int_eq(res->status, 200);
+    free(res);
+}
+
+/* ---- finding 2: no write on a worker waits for a client --------------------- */
+
+/* Clients that ask for a 16 MB backlog (?backlog=all, or an id of another
+ * server run) and read nothing: no worker waits for them, the site and
+ * other subscribers are served at once; one that does read gets all of it,
+ * through the same path. */
+START_TEST(a_backlog_nobody_reads_blocks_no_worker)
+{
+    enum { HOARDERS = 10 };
+    it_server_t s;
+    it_opts_t o;
+    reader_t h[HOARDERS], full[2];
+    it_sub_t live;
+    char msg[32];
+
+    memset(&o, 0, sizeof(o));
+    o.tls = 1;
+    o.extra = "CometMessageBufferLength 200\nKeepAliveTimeout 1\n";
+    ck_assert_int_eq(it_server_start(&s, &o), 0);
+    /* 100 messages of 160 KB: 16 MB kept. */
+    ck_assert_int_eq(publish_many(&s, "hoard", 0, 100, 160 * 1024, 'p'), 0);
+    ck_assert_int_eq(it_sub_open(&live, s.port, "/sub/other",
+                                 "Accept: text/event-stream\r\n"), 0);
+
+    /* Ten that read nothing: more than a process has workers. */
+    for (int i = 0; i < HOARDERS; i++) {
+        int tls = i >= 8, h10 = i == 6 || i == 7;
+
+        reader_open(&h[i], "hoarder", &s, tls, h10 ? "HTTP/1.0" : "HTTP/1.1",
+                    i % 2 ? "/sub/hoard?backlog=all" : "/sub/hoard",
+                    i % 2 ? NULL : "Last-Event-ID: 00000001:0\r\n", "data: ",
+                    0, 100, 4096);
+    }
+    ck_assert(it_wait_subscribers_ms(s.port, "hoard", HOARDERS, 10000));
+    for (int round = 0; round < 5; round++) {
+        assert_site_free(s.port);
+        snprintf(msg, sizeof(msg), "live-%d", round);
+        ck_assert_int_eq(it_publish(s.port, "other", msg, NULL, NULL, 0),
+                         201);
+        ck_assert_int_eq(it_sub_wait(&live, msg, 5000), 1);
+    }
+
+    /* Those that read get the whole backlog, in order, once: plain and
+     * TLS. */
+    reader_open(&full[0], "plain reader", &s, 0, "HTTP/1.1",
+                "/sub/hoard?backlog=all", NULL, "data: ", 0, 100, 0);
+    reader_open(&full[1], "TLS reader", &s, 1, "HTTP/1.1",
+                "/sub/hoard?backlog=all", NULL, "data: ", 0, 100, 0);
+    ck_assert(readers_until_done(full, 2, 60000));
+    for (int i = 0; i < 2; i++) {
+        ck_assert_msg(full[i].chk.bad < 0, "%s: m%d where m%d was due",
+                      full[i].name, full[i].chk.bad, full[i].chk.bad_at);
+        reader_close(&full[i]);
+    }
+    assert_site_free(s.port);
+    for (int i = 0; i < HOARDERS; i++) {
+        reader_close(&h[i]);
+    }
+    it_sub_close(&live);
+    ck_assert(it_wait_subscribers_ms(s.port, "hoard", 0, 10000));
+    ck_assert(it_wait_for(all_ended, &s.port, 10000));
+    it_server_stop(&s);
+}
+END_TEST
+
+/* ---- finding 3: no silent loss ------------------------------------------------- */
+
+/* 5,000 messages of 4 KB (20 MB: more than the handler and the hub read
+ * at once) behind subscribers of the same processes, resumed over plain
+ * HTTP/1.1, TLS and HTTP/1.0 while more messages come: every one, in
+ * order, once. */
+START_TEST(a_subscriber_resuming_5000_behind_gets_all_in_order_once)
+{
+    it_server_t s;
+    it_opts_t o;
+    reader_t live[8], back[3];
+    int nlive = 0;
+    char id[64], hdr[128];
+
+    memset(&o, 0, sizeof(o));
+    o.tls = 1;
+    o.extra = "CometMessageBufferLength 10000\nCometSharedMemorySize 128M\n"
+              "KeepAliveTimeout 1\n";
+    ck_assert_int_eq(it_server_start(&s, &o), 0);
+    /* A subscriber in every process, reading as it comes. */
+    while (nlive < 8 && (nlive < 2 || !every_process_subscribed(s.port))) {
+        reader_open(&live[nlive], "live", &s, 0, "HTTP/1.1", "/sub/far",
+                    NULL, "data: ", 0, 6000, 0);
+        nlive++;
+        ck_assert(it_wait_subscribers(s.port, "far", nlive));
+    }
+    ck_assert(every_process_subscribed(s.port));
+    /* The position to resume from: m999's id. */
+    ck_assert_int_eq(publish_many(&s, "far", 0, 999, 4000, 'p'), 0);
+    ck_assert_int_eq(it_publish(s.port, "far", "m999 ", NULL, id,
+                                sizeof(id)), 201);
+    for (int i = 1000; i < 6000; i += 250) {
+        ck_assert_int_eq(publish_many(&s, "far", i, i + 250, 4000, 'p'), 0);
+        for (int j = 0; j < nlive; j++) {
+            while (reader_pump(&live[j])) {
+            }
+        }
+    }
+    ck_assert(readers_until_done(live, nlive, 60000));
+
+    snprintf(hdr, sizeof(hdr), "Last-Event-ID: %s\r\n", id);
+    reader_open(&back[0], "plain", &s, 0, "HTTP/1.1", "/sub/far", hdr,
+                "data: ", 1000, 6500, 0);
+    reader_open(&back[1], "TLS", &s, 1, "HTTP/1.1", "/sub/far", hdr,
+                "data: ", 1000, 6500, 0);
+    reader_open(&back[2], "HTTP/1.0", &s, 0, "HTTP/1.0", "/sub/far", hdr,
+                "data: ", 1000, 6500, 0);
+    ck_assert(it_wait_subscribers(s.port, "far", nlive + 3));
+    ck_assert_int_eq(publish_many(&s, "far", 6000, 6500, 4000, 'p'), 0);
+    ck_assert(readers_until_done(back, 3, 120000));
+    for (int i = 0; i < 3; i++) {
+        ck_assert_msg(back[i].chk.bad < 0, "%s: m%d where m%d was due",
+                      back[i].name, back[i].chk.bad, back[i].chk.bad_at);
+        reader_close(&back[i]);
+    }
+    for (int i = 0; i < nlive; i++) {
+        reader_close(&live[i]);
+    }
+    ck_assert(it_wait_for(all_ended, &s.port, 10000));
+    it_server_stop(&s);
+}
+END_TEST
+
+/* ---- finding 4: no corrupted stream ------------------------------------------- */
+
+/* A message whose SSE frame (66 MB: 11 MB of newlines) is larger than any
+ * buffer the hub formats batches in: it arrives whole, in one chunk, and
+ * the next message after it. */
+START_TEST(a_frame_larger_than_a_batch_arrives_whole)
+{
+    it_server_t s;
+    it_opts_t o;
+    reader_t r;
+    size_t n = 11 * 1024 * 1024;
+    char *big = malloc(n + 1), *head = malloc(256);
+    int fd;
+
+    memset(&o, 0, sizeof(o));
+    o.extra = "CometMaxMessageSize 11M\nCometMaxPendingBytes 80M\n"
+              "CometSharedMemorySize 128M\n";
+    ck_assert_int_eq(it_server_start(&s, &o), 0);
+    reader_open(&r, "plain", &s, 0, "HTTP/1.1", "/sub/huge", NULL,
+                "\nid: ", 0, 0, 0);
+    ck_assert(it_wait_subscribers(s.port, "huge", 1));
+    memset(big, '\n', n);
+    fd = it_connect_unix(s.socket_path);
+    ck_assert_int_ge(fd, 0);
+    snprintf(head, 256, "*3\r\n$7\r\nPUBLISH\r\n$4\r\nhuge\r\n$%zu\r\n", n);
+    ck_assert_int_eq(it_send(fd, head, strlen(head)), 0);
+    ck_assert_int_eq(it_send(fd, big, n), 0);
+    ck_assert_int_eq(it_send(fd, "\r\n", 2), 0);
+    close(fd);
+    ck_assert_int_eq(it_publish(s.port, "huge", "after", NULL, NULL, 0), 201);
+    {
+        /* Read it all: the frame's (n + 1) "data:" lines, then "after",
+         * each in a whole chunk. */
+        size_t cap = 80 * 1024 * 1024, len = 0, lines = 0;
+        char *all = malloc(cap);
+        long long end = it_now_ms() + 60000;
+
+        while (!memmem(all, len, "data: after\n", 12) && it_now_ms() < end
+               && len < cap) {
+            struct pollfd p = { r.fd, POLLIN, 0 };
+            ssize_t got;
+
+            if (poll(&p, 1, 1000) <= 0) {
+                continue;
+            }
+            got = read(r.fd, all + len, cap - len);
+            if (got <= 0) {
+                break;
+            }
+            len += (size_t)got;
+        }
+        ck_assert_msg(memmem(all, len, "data: after\n", 12), "%zu bytes",
+                      len);
+        {
+            char *body = memmem(all, len, "\r\n\r\n", 4);
+
+            /* De-chunk by hand: the parser's body buffer is smaller. */
+            char *p = body + 4, *e = all + len, *out = malloc(len), *o2 = out;
+
+            while (p < e) {
+                char *x;
+                unsigned long sz = strtoul(p, &x, 16);
+
+                ck_assert_msg(x > p && x[0] == '\r' && x[1] == '\n',
+                              "broken chunk at %zu", (size_t)(p - all));
+                if (!sz || x + 2 + sz + 2 > e) {
+                    break;
+                }
+                memcpy(o2, x + 2, sz);
+                o2 += sz;
+                ck_assert(x[2 + sz] == '\r' && x[3 + sz] == '\n');
+                p = x + 4 + sz;
+            }
+            for (char *q = out; (q = memmem(q, (size_t)(o2 - q), "data:\n",
+                                            6)); q += 6) {
+                lines++;
+            }
+            ck_assert_uint_eq(lines, n + 1);
+            ck_assert_ptr_nonnull(memmem(out, (size_t)(o2 - out),
+                                         "data:\n\nid: ", 11));
+            free(out);
+        }
+        free(all);
+    }
+    ck_assert_int_eq(it_status_value(s.port, "CometDroppedSlow"), 0);
+    reader_close(&r);
+    it_server_stop(&s);
+    free(big);
+    free(head);
+}
+END_TEST
+
+/* ---- finding 5: limits count what is really pending ------------------------- */
+
+/* A 256 KiB message of newlines is some 1.5 MB of SSE (control bytes do
+ * the same in JSON): with the defaults, readers at full speed (plain,
+ * TLS, HTTP/1.0; SSE and ndjson) are not dropped. */
+START_TEST(readers_at_full_speed_survive_a_256k_message_that_framing_grows)
+{
+    it_server_t s;
+    it_opts_t o;
+    reader_t r[4];
+    size_t n = 256 * 1024;
+    char *nl = malloc(n + 8), *ctl = malloc(n + 8);
+    char *head = malloc(256);
+    int fd;
+
+    memset(&o, 0, sizeof(o));
+    o.tls = 1;
+    o.extra = "KeepAliveTimeout 1\n";
+    ck_assert_int_eq(it_server_start(&s, &o), 0);
+    reader_open(&r[0], "plain", &s, 0, "HTTP/1.1", "/sub/grow", NULL,
+                "data: ", 0, 2, 0);
+    reader_open(&r[1], "TLS", &s, 1, "HTTP/1.1", "/sub/grow", NULL,
+                "data: ", 0, 2, 0);
+    reader_open(&r[2], "HTTP/1.0", &s, 0, "HTTP/1.0", "/sub/grow", NULL,
+                "data: ", 0, 2, 0);
+    r[3].name = "ndjson";
+    r[3].want = 2;
+    seqchk_init(&r[3].chk, "\"data\":\"", 0);
+    r[3].fd = it_connect(s.port);
+    ck_assert_int_ge(r[3].fd, 0);
+    ck_assert_int_eq(it_sendf(r[3].fd, "GET /sub/grow HTTP/1.1\r\nHost: x\r\n"
+                              "Accept: application/x-ndjson\r\n\r\n"), 0);
+    ck_assert(it_wait_subscribers(s.port, "grow", 4));
+    /* "m0 " and newlines; then "m1 " and control bytes. */
+    memcpy(nl, "m0 ", 3);
+    memset(nl + 3, '\n', n - 3);
+    memcpy(ctl, "m1 ", 3);
+    memset(ctl + 3, 0x01, n - 3);
+    fd = it_connect_unix(s.socket_path);
+    ck_assert_int_ge(fd, 0);
+    for (int i = 0; i < 2; i++) {
+        char rep[64] = "";
+
+        snprintf(head, 256, "*3\r\n$7\r\nPUBLISH\r\n$4\r\ngrow\r\n$%zu\r\n",
+                 n);
+        ck_assert_int_eq(it_send(fd, head, strlen(head)), 0);
+        ck_assert_int_eq(it_send(fd, i ? ctl : nl, n), 0);
+        ck_assert_int_eq(it_send(fd, "\r\n", 2), 0);
+        ck_assert(read(fd, rep, sizeof(rep) - 1) > 0);
+        ck_assert_msg(rep[0] == ':', "publish: %s", rep);
+    }
+    close(fd);
+    ck_assert(readers_until_done(r, 4, 30000));
+    ck_assert_int_eq(it_status_value(s.port, "CometDroppedSlow"), 0);
+    ck_assert_int_eq(it_subscribers(s.port, "grow"), 4);
+    for (int i = 0; i < 4; i++) {
+        reader_close(&r[i]);
+    }
+    ck_assert(it_wait_for(all_ended, &s.port, 10000));
+    it_server_stop(&s);
+    free(nl);
+    free(ctl);
+    free(head);
+}
+END_TEST
+
+/* A pending bound below the largest frame of the largest message would
+ * drop readers that keep up: refused at start, naming both directives. */
+START_TEST(a_pending_bound_below_the_largest_frame_is_refused)
+{
+    it_opts_t o;
+    char out[8192];
+
+    memset(&o, 0, sizeof(o));
+    o.extra = "CometMaxPendingBytes 1M\n";
+    ck_assert_int_ne(it_server_try(&o, 0, out, sizeof(out)), 0);
+    ck_assert_msg(strstr(out, "CometMaxPendingBytes 1048576 is below")
+                  && strstr(out, "CometMaxMessageSize 262144"), "%s", out);
+    o.extra = "CometMaxPendingBytes 1M\nCometMaxMessageSize 128K\n";
+    ck_assert_msg(it_server_try(&o, 0, out, sizeof(out)) == 0, "%s", out);
+    o.extra = "CometMaxPendingBytes 2M\n";
+    ck_assert_msg(it_server_try(&o, 0, out, sizeof(out)) == 0, "%s", out);
+}
+END_TEST
+
+/* ---- finding 7: a long-poll far behind ------------------------------------------ */
+
+/* GET path and read the whole response, however large: the status, and
+ * the body (chunking taken off) in *body (malloc()ed). */
+static int get_whole(int port, const char *path, char **body, size_t *blen)
+{
+    size_t cap = 1 << 20, len = 0;
+    char *raw = malloc(cap), *eoh, *p, *out;
+    int fd = it_connect(port), status = -1;
+
+    *body = NULL;
+    *blen = 0;
+    if (fd < 0 || it_sendf(fd, "GET %s HTTP/1.1\r\nHost: x\r\n"
+                           "Connection: close\r\n\r\n", path)) {
+        free(raw);
+        return -1;
+    }
+    for (;;) {
+        struct pollfd pf = { fd, POLLIN, 0 };
+        ssize_t n;
+
+        if (len + 65536 > cap) {
+            raw = realloc(raw, cap *= 2);
+        }
+        if (poll(&pf, 1, 30000) <= 0
+            || (n = read(fd, raw + len, 65536)) <= 0) {
+            break;
+        }
+        len += (size_t)n;
+    }
+    close(fd);
+    if (!(eoh = memmem(raw, len, "\r\n\r\n", 4))
+        || sscanf(raw, "HTTP/1.%*d %d", &status) != 1) {
+        free(raw);
+        return -1;
+    }
+    *eoh = '\0';
+    out = malloc(len + 1);
+    p = eoh + 4;
+    if (strcasestr(raw, "Transfer-Encoding: chunked")) {
+        while (p < raw + len) {
+            char *x;
+            unsigned long sz = strtoul(p, &x, 16);
+
+            if (x == p || !sz || x + 2 + sz > raw + len) {
+                break;
+            }
+            memcpy(out + *blen, x + 2, sz);
+            *blen += sz;
+            p = x + 4 + sz;
+        }
+    }
+    else {
+        memcpy(out, p, (size_t)(raw + len - p));
+        *blen = (size_t)(raw + len - p);
+    }
+    out[*blen] = '\0';
+    *body = out;
+    free(raw);
+    return status;
+}
+
+/* 70 messages of 160 KB of control bytes (67 MB of JSON, more than any
+ * answer's buffer): each answer holds what fits under the bound (at least
+ * one message) and the id after it; poll after poll the client gets every
+ * message once, TLS too. */
+START_TEST(a_long_poll_far_behind_catches_up_poll_by_poll)
+{
+    it_server_t s;
+    it_opts_t o;
+    char id[64], first[64], path[256];
+    seqchk_t chk;
+    int polls = 0;
+
+    memset(&o, 0, sizeof(o));
+    o.tls = 1;
+    o.extra = "CometSharedMemorySize 128M\nKeepAliveTimeout 1\n";
+    ck_assert_int_eq(it_server_start(&s, &o), 0);
+    ck_assert_int_eq(it_publish(s.port, "lpfar", "start", NULL, first,
+                                sizeof(first)), 202);
+    ck_assert_int_eq(publish_many(&s, "lpfar", 0, 70, 160 * 1024, 0x01), 0);
+
+    /* Over TLS: the first message, and an id to go on from. */
+    {
+        it_tls_t t;
+        char req[512];
+
+        snprintf(req, sizeof(req), "GET /sub/lpfar?last_event_id=%s "
+                 "HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", first);
+        ck_assert_int_eq(it_tls_open(&t, s.tls_port, req), 0);
+        ck_assert(it_tls_read_to_close(&t, 30000));
+        ck_assert_msg(strstr(t.buf, "HTTP/1.1 200"), "%.200s", t.buf);
+        ck_assert_ptr_nonnull(strstr(t.buf, "\"data\":\"m0 \\u0001"));
+        ck_assert_ptr_null(strstr(t.buf, "\"data\":\"m2 "));
+        it_tls_close(&t, 1);
+    }
+
+    seqchk_init(&chk, "\"data\":\"", 0);
+    snprintf(id, sizeof(id), "%s", first);
+    while (chk.next < 70 && polls < 200) {
+        char *body, *p, *q;
+        size_t blen;
+
+        snprintf(path, sizeof(path), "/sub/lpfar?last_event_id=%s", id);
+        ck_assert_int_eq(get_whole(s.port, path, &body, &blen), 200);
+        polls++;
+        ck_assert_msg(strstr(body, "\"missed\":false"), "%.200s", body);
+        /* At most CometMaxPendingBytes of messages (the default: the
+         * largest frame of a 256 KB message), or one message. */
+        ck_assert_uint_le(blen, 2 * 1024 * 1024);
+        seqchk_feed(&chk, body, blen);
+        ck_assert_msg(chk.bad < 0, "m%d where m%d was due", chk.bad,
+                      chk.bad_at);
+        ck_assert((p = strstr(body, "{\"id\":\"")) != NULL);
+        ck_assert((q = strchr(p + 7, '"')) != NULL);
+        ck_assert_int_lt(q - (p + 7), (int)sizeof(id));
+        memcpy(id, p + 7, (size_t)(q - (p + 7)));
+        id[q - (p + 7)] = '\0';
+        free(body);
+    }
+    ck_assert_int_eq(chk.next, 70);
+    ck_assert_int_gt(polls, 10);
+    it_server_stop(&s);
+}
+END_TEST
+
+/* ---- finding 11: memory comes back ------------------------------------------------ */
+
+static int dropped_all(void *baton)
+{
+    int *v = baton;
+
+    return it_status_value(v[0], "CometDroppedSlow") >= v[1];
+}
+
+/* 100 subscribers that stop reading each hold up to CometMaxPendingBytes
+ * (1 MB here) until they are dropped; then the children's private memory
+ * comes back near where it was. */
+START_TEST(memory_taken_by_slow_subscribers_comes_back)
+{
+    enum { N = 100 };
+    it_server_t s;
+    it_opts_t o;
+    int fds[N], arg[2];
+    long rss0, rss_peak, rss1, fds0, fds1;
+    long long end;
+
+    memset(&o, 0, sizeof(o));
+    o.extra = "CometMaxPendingBytes 1M\nCometMaxMessageSize 64K\n";
+    ck_assert_int_eq(it_server_start(&s, &o), 0);
+    /* Warm up: the first subscribers and publishes allocate for good. */
+    for (int i = 0; i < 4; i++) {
+        fds[i] = it_connect(s.port);
+        ck_assert_int_eq(it_sendf(fds[i], "%s", sse_request("/sub/warm",
+                                                            "HTTP/1.1",
+                                                            NULL)), 0);
+    }
+    ck_assert(it_wait_subscribers(s.port, "warm", 4));
+    ck_assert_int_eq(publish_many(&s, "warm", 0, 4, 1000, 'w'), 0);
+    for (int i = 0; i < 4; i++) {
+        close(fds[i]);
+    }
+    ck_assert(it_wait_subscribers(s.port, "warm", 0));
+    it_children_usage(&s, &rss0, &fds0);
+
+    for (int i = 0; i < N; i++) {
+        fds[i] = it_connect_rcvbuf(s.port, 4096);
+        ck_assert_int_ge(fds[i], 0);
+        ck_assert_int_eq(it_sendf(fds[i], "%s", sse_request("/sub/slowmem",
+                                                            "HTTP/1.1",
+                                                            NULL)), 0);
+    }
+    ck_assert(it_wait_subscribers(s.port, "slowmem", N));
+    /* 64 KB messages until every one of them is dropped. */
+    arg[0] = s.port;
+    arg[1] = N;
+    for (int i = 0; i < 60 && !dropped_all(arg); i++) {
+        ck_assert_int_eq(publish_many(&s, "slowmem", i, i + 1, 60000, 's'),
+                         0);
+        if (i == 15) {
+            it_children_usage(&s, &rss_peak, &fds1);
+        }
+    }
+    ck_assert(it_wait_for(dropped_all, arg, 10000));
+    for (int i = 0; i < N; i++) {
+        close(fds[i]);
+    }
+    /* The hub's tick gives memory back within a second or two. */
+    end = it_now_ms() + 15000;
+    do {
+        it_children_usage(&s, &rss1, &fds1);
+    } while (rss1 > rss0 + 16 * 1024 && it_now_ms() < end
+             && usleep(200000) == 0);
+    fprintf(stderr, "slow subscribers: children private RSS %ld kB before, "
+            "%ld kB while %d were filling, %ld kB after they were dropped\n",
+            rss0, rss_peak, N, rss1);
+    if (!getenv("COMET_ASAN")) {
+        ck_assert_msg(rss_peak > rss0 + 32 * 1024, "the test filled nothing "
+                      "(%ld -> %ld kB)", rss0, rss_peak);
+        ck_assert_msg(rss1 <= rss0 + 16 * 1024, "private RSS %ld kB, was "
+                      "%ld kB before", rss1, rss0);
+    }
+    it_server_stop(&s);
+}
+END_TEST
+
+Suite *test_hardening_delivery_suite(void)
+{
+    Suite *s = suite_create("hardening_delivery");
+    TCase *tc = tcase_create("delivery");
+
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, a_backlog_nobody_reads_blocks_no_worker);
+    tcase_add_test(tc, a_subscriber_resuming_5000_behind_gets_all_in_order_once);
+    tcase_add_test(tc, a_frame_larger_than_a_batch_arrives_whole);
+    tcase_add_test(tc, readers_at_full_speed_survive_a_256k_message_that_framing_grows);
+    tcase_add_test(tc, a_pending_bound_below_the_largest_frame_is_refused);
+    tcase_add_test(tc, a_long_poll_far_behind_catches_up_poll_by_poll);
+    tcase_add_test(tc, memory_taken_by_slow_subscribers_comes_back);
+    suite_add_tcase(s, tc);
+    return s;
+}
