@@ -234,8 +234,9 @@ struct comet_hub_t {
     comet_timer_t    maintain;
     apr_uint32_t     epoch;
 
-    apr_thread_mutex_t *mu;         /* guards the fields below, to tasks_closed,
-                                       and each sub's noted, nprev, nnext */
+    /* mu guards the fields below, to tasks_closed, and each subscriber's
+     * noted, nprev and nnext. */
+    apr_thread_mutex_t *mu;
     hub_handoff_t   *handoff, *handoff_tail;
     comet_hub_sub_t *notes;         /* subscribers with noted set         */
     int              stopping;
@@ -269,7 +270,7 @@ struct comet_hub_t {
                           closed_by_client, catchup_reads;
 };
 
-/* ---- small helpers --------------------------------------------------------- */
+/* ---- small helpers ------------------------------------------------------ */
 
 static int tindex(int transport)
 {
@@ -320,7 +321,7 @@ static void bufs_trim(comet_hub_t *hub)
     }
 }
 
-/* ---- channel table ------------------------------------------------------------- */
+/* ---- channel table ------------------------------------------------------ */
 
 static hub_chan_t *chan_find(comet_hub_t *hub, const comet_chanref_t *ref)
 {
@@ -480,7 +481,7 @@ static void tq_push(hub_tq_t *q, comet_hub_sub_t *s, apr_time_t deadline)
     q->tail = s;
 }
 
-/* ---- the ready queue and the notes of other threads ----------------------------- */
+/* ---- the ready queue and the notes of other threads --------------------- */
 
 /* Have s refilled in a coming turn of the loop.  Hub thread. */
 static void ready_push(comet_hub_t *hub, comet_hub_sub_t *s)
@@ -566,7 +567,7 @@ static void note_unlink(comet_hub_t *hub, comet_hub_sub_t *s)
     s->noted = 0;
 }
 
-/* ---- unsent output: chunks --------------------------------------------------------- */
+/* ---- unsent output: chunks ---------------------------------------------- */
 
 static hub_chunk_t *chunk_get(comet_hub_t *hub)
 {
@@ -640,7 +641,7 @@ static void out_release(comet_hub_t *hub, comet_hub_sub_t *s)
     s->unsent = 0;
 }
 
-/* ---- the subscriber's socket: the only code that touches it ------------------ */
+/* ---- the subscriber's socket: the only code that touches it ------------- */
 
 /* Send what the socket takes now: the count (0 when it is full), or -1
  * when the connection is gone.  TLS: a short write must be followed by a
@@ -719,7 +720,7 @@ static void sub_close_fd(comet_hub_t *hub, comet_hub_sub_t *s)
     s->io.fd = -1;
 }
 
-/* ---- ending subscribers ---------------------------------------------------------- */
+/* ---- ending subscribers ------------------------------------------------- */
 
 static void sub_free(comet_hub_t *hub, comet_hub_sub_t *s)
 {
@@ -779,7 +780,7 @@ static void sub_free(comet_hub_t *hub, comet_hub_sub_t *s)
     free(s);
 }
 
-/* ---- writing ------------------------------------------------------------------------ */
+/* ---- writing ------------------------------------------------------------ */
 
 static void sub_io(comet_loop_t *loop, int fd, int events, void *baton);
 static int sub_refill(comet_hub_t *hub, comet_hub_sub_t *s);
@@ -1140,7 +1141,7 @@ static int sub_deleted(comet_hub_t *hub, comet_hub_sub_t *s, hub_member_t *m)
     return sub_write(hub, s, hub->out->data, hub->out->len, 1);
 }
 
-/* ---- delivery: the shared batch ------------------------------------------------ */
+/* ---- delivery: the shared batch ----------------------------------------- */
 
 /* Whether m takes the channel's shared batch: a single-channel stream
  * in step. */
@@ -1437,7 +1438,7 @@ static void wake_io(comet_loop_t *loop, int fd, int events, void *baton)
     }
 }
 
-/* ---- delivery: catching up ------------------------------------------------------ */
+/* ---- delivery: catching up ---------------------------------------------- */
 
 /* What the first read of a member says about losses depends on where its
  * position came from (comet_hub_spec_t.start). */
@@ -1609,7 +1610,7 @@ static void run_ready(comet_hub_t *hub)
     bufs_trim(hub);
 }
 
-/* ---- timers ------------------------------------------------------------------------ */
+/* ---- timers ------------------------------------------------------------- */
 
 static void tq_fire(comet_loop_t *loop, comet_timer_t *timer, void *baton)
 {
@@ -1677,7 +1678,7 @@ static void maintain(comet_loop_t *loop, comet_timer_t *timer, void *baton)
     comet_timer_arm_in(loop, timer, HUB_MAINTAIN_EVERY);
 }
 
-/* ---- adopting, on the hub thread ------------------------------------------------- */
+/* ---- adopting, on the hub thread ---------------------------------------- */
 
 /* Give a handed-over subscriber its channels, its socket watcher and
  * timer, and then what it is due (from its positions on: a backlog too). */
@@ -1827,7 +1828,7 @@ static void on_wake(comet_loop_t *loop, void *baton)
     run_tasks(hub, 0);
 }
 
-/* ---- life ---------------------------------------------------------------------------- */
+/* ---- life --------------------------------------------------------------- */
 
 apr_status_t comet_hub_create(comet_hub_t **out, const comet_hub_config_t *cfg,
                               apr_pool_t *p)
@@ -2007,7 +2008,7 @@ struct comet_loop_t *comet_hub_loop(comet_hub_t *hub)
     return hub->loop;
 }
 
-/* ---- adopting ---------------------------------------------------------------------- */
+/* ---- adopting ----------------------------------------------------------- */
 
 apr_status_t comet_hub_adopt(comet_hub_t *hub, const comet_hub_spec_t *spec,
                              comet_hub_sub_t **handle)

@@ -22,7 +22,7 @@
 #include "harness.h"
 #include "tls_client.h"
 
-/* ---- publishing many messages ------------------------------------------------ */
+/* ---- publishing many messages ------------------------------------------- */
 
 /* Publish "m<i> " followed by pad bytes of fill, for i in [from, to),
  * through the publish socket, pipelined.  0, or -1 on any refusal. */
@@ -89,7 +89,7 @@ out:
     return rc;
 }
 
-/* ---- reading streams, checking order and uniqueness on the way ------------- */
+/* ---- reading streams, checking order and uniqueness on the way ---------- */
 
 /* Counts "<key>m<n>" in a stream fed piece by piece: each n must be the
  * one after the last. */
@@ -333,7 +333,7 @@ static void reader_close(reader_t *r)
     r->fd = -1;
 }
 
-/* ---- the server's side ---------------------------------------------------------- */
+/* ---- the server's side -------------------------------------------------- */
 
 /* How many of the server's children served a request for path, and how
  * many such requests the access log has (each line ends with the serving
@@ -413,7 +413,7 @@ static void assert_site_free(int port)
     free(res);
 }
 
-/* ---- finding 2: no write on a worker waits for a client --------------------- */
+/* ---- finding 2: no write on a worker waits for a client ----------------- */
 
 /* Clients that ask for a 16 MB backlog (?backlog=all, or an id of another
  * server run) and read nothing: no worker waits for them, the site and
@@ -478,7 +478,7 @@ START_TEST(a_backlog_nobody_reads_blocks_no_worker)
 }
 END_TEST
 
-/* ---- finding 3: no silent loss ------------------------------------------------- */
+/* ---- finding 3: no silent loss ------------------------------------------ */
 
 /* 5,000 messages of 4 KB (20 MB: more than the handler and the hub read
  * at once) behind subscribers of the same processes, resumed over plain
@@ -574,7 +574,7 @@ START_TEST(a_subscriber_resuming_5000_behind_gets_all_in_order_once)
 }
 END_TEST
 
-/* ---- finding 4: no corrupted stream ------------------------------------------- */
+/* ---- finding 4: no corrupted stream ------------------------------------- */
 
 /* A message whose SSE frame (66 MB: 11 MB of newlines) is larger than any
  * buffer the hub formats batches in: it arrives whole, in one chunk, and
@@ -672,7 +672,7 @@ START_TEST(a_frame_larger_than_a_batch_arrives_whole)
 }
 END_TEST
 
-/* ---- finding 5: limits count what is really pending ------------------------- */
+/* ---- finding 5: limits count what is really pending --------------------- */
 
 /* A 256 KiB message of newlines is some 1.5 MB of SSE (control bytes do
  * the same in JSON): with the defaults, readers at full speed (plain,
@@ -758,7 +758,7 @@ START_TEST(a_pending_bound_below_the_largest_frame_is_refused)
 }
 END_TEST
 
-/* ---- finding 7: a long-poll far behind ------------------------------------------ */
+/* ---- finding 7: a long-poll far behind ---------------------------------- */
 
 /* GET path and read the whole response, however large: the status, and
  * the body (chunking taken off) in *body (malloc()ed). */
@@ -884,7 +884,7 @@ START_TEST(a_long_poll_far_behind_catches_up_poll_by_poll)
 }
 END_TEST
 
-/* ---- finding 11: memory comes back ------------------------------------------------ */
+/* ---- finding 11: memory comes back -------------------------------------- */
 
 static int dropped_all(void *baton)
 {

@@ -851,7 +851,7 @@ START_TEST(a_sink_subscriber_gets_plain_frames_and_can_be_cancelled)
 }
 END_TEST
 
-/* ---- bounded delivery ---------------------------------------------------- */
+/* ---- bounded delivery --------------------------------------------------- */
 
 /* A task that holds the hub thread until released, so that a test can
  * publish many messages for one wakeup. */
@@ -901,7 +901,7 @@ static void release_hub(hold_t *h)
 /* One read brings more frames than a batch holds: the batch says how many
  * it holds, the channel's position advances by that much, and the rest
  * comes in the next rounds; every chunk is whole, nothing is skipped. */
-START_TEST(a_read_larger_than_the_batch_goes_out_in_rounds_without_loss)
+START_TEST(a_read_larger_than_a_batch_goes_out_in_rounds)
 {
     const char *ids[] = { "big" };
     char pad[400];
@@ -932,7 +932,7 @@ END_TEST
 /* A subscriber that resumes thousands of messages behind another of the
  * same process gets every one of them, in order, once, while messages
  * keep coming; so does the one in step. */
-START_TEST(a_subscriber_far_behind_catches_up_in_order_exactly_once)
+START_TEST(one_far_behind_catches_up_in_order_once)
 {
     const char *ids[] = { "far" };
     apr_uint64_t seqs[1] = { 0 };
@@ -960,7 +960,7 @@ END_TEST
 
 /* A position older than what the store keeps: the missed signal, once,
  * then what is kept, then the live messages. */
-START_TEST(a_position_older_than_the_store_keeps_gets_the_missed_signal_once)
+START_TEST(an_old_position_gets_the_missed_signal_once)
 {
     const char *ids[] = { "lossy" };
     apr_uint64_t seqs[1];
@@ -992,7 +992,7 @@ END_TEST
 
 /* Messages that become frames larger than max_pending (newlines are six
  * times their size in SSE) do not drop a reader that takes each one. */
-START_TEST(a_reader_that_keeps_up_survives_frames_larger_than_the_bound)
+START_TEST(a_reader_keeping_up_survives_big_frames)
 {
     const char *ids[] = { "nl" };
     apr_size_t n = 100 * 1024;
@@ -1074,7 +1074,7 @@ static const comet_hub_sink_t slow_fns = { slow_write, slow_close };
 /* A sink subscriber asking for a backlog gets it one part at a time, each
  * once the sink said all before had left: the hub never hands it more
  * than max_pending plus one batch. */
-START_TEST(a_sink_gets_a_backlog_a_part_at_a_time_as_it_drains)
+START_TEST(a_sink_gets_a_backlog_part_by_part)
 {
     const char *ids[] = { "bl" };
     comet_chanref_t ref;
@@ -1146,7 +1146,7 @@ END_TEST
 /* A long-poll far behind: each answer holds at most max_pending bytes of
  * messages and the id after the last; poll after poll, the client gets
  * them all. */
-START_TEST(a_long_poll_far_behind_catches_up_poll_by_poll)
+START_TEST(a_long_poll_behind_catches_up_poll_by_poll)
 {
     const char *ids[] = { "lpfar" };
     apr_uint64_t seqs[1] = { 0 };
@@ -1510,12 +1510,12 @@ Suite *test_comet_hub_suite(void)
     tcase_add_loop_test(tc,
         tls_bytes_that_wait_are_kept_in_order_and_a_stuck_client_dropped,
         0, 2);
-    tcase_add_test(tc, a_read_larger_than_the_batch_goes_out_in_rounds_without_loss);
-    tcase_add_test(tc, a_subscriber_far_behind_catches_up_in_order_exactly_once);
-    tcase_add_test(tc, a_position_older_than_the_store_keeps_gets_the_missed_signal_once);
-    tcase_add_test(tc, a_reader_that_keeps_up_survives_frames_larger_than_the_bound);
-    tcase_add_test(tc, a_sink_gets_a_backlog_a_part_at_a_time_as_it_drains);
-    tcase_add_test(tc, a_long_poll_far_behind_catches_up_poll_by_poll);
+    tcase_add_test(tc, a_read_larger_than_a_batch_goes_out_in_rounds);
+    tcase_add_test(tc, one_far_behind_catches_up_in_order_once);
+    tcase_add_test(tc, an_old_position_gets_the_missed_signal_once);
+    tcase_add_test(tc, a_reader_keeping_up_survives_big_frames);
+    tcase_add_test(tc, a_sink_gets_a_backlog_part_by_part);
+    tcase_add_test(tc, a_long_poll_behind_catches_up_poll_by_poll);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -311,6 +311,45 @@ START_TEST(read_stops_at_max_msgs_and_max_bytes_but_returns_one)
 }
 END_TEST
 
+/* Where a backlog of n starts: after it come the newest n kept. */
+START_TEST(backlog_start_leaves_the_newest_n_after_it)
+{
+    comet_store_t *st = store_util_make(MB, 5, 0, 0, 1);
+    comet_chanref_t ref;
+    comet_msgid_t newest;
+    apr_uint64_t seq[8], at = 99;
+    apr_uint32_t slot;
+
+    ck_assert_int_eq(comet_store_proc_attach(st, 1, &slot), APR_SUCCESS);
+    ck_assert_int_eq(comet_store_subscribe(st, slot, "b", 1, 1, &ref,
+                                           &newest), APR_SUCCESS);
+    ck_assert_int_eq(comet_store_backlog_start(st, &ref, 3, 1, &at),
+                     APR_SUCCESS);
+    ck_assert_uint_eq(at, 0);
+    /* Eight published, five kept: seq[3] .. seq[7]. */
+    for (int i = 0; i < 8; i++) {
+        seq[i] = pub(st, "b", "x", 1);
+    }
+    ck_assert_int_eq(comet_store_backlog_start(st, &ref, 2, 1, &at),
+                     APR_SUCCESS);
+    ck_assert_uint_eq(at, seq[5]);
+    ck_assert_int_eq(comet_store_backlog_start(st, &ref, 0, 1, &at),
+                     APR_SUCCESS);
+    ck_assert_uint_eq(at, seq[7]);
+    ck_assert_int_eq(comet_store_backlog_start(st, &ref, 4, 1, &at),
+                     APR_SUCCESS);
+    ck_assert_uint_eq(at, seq[3]);
+    /* More than is kept: all of it. */
+    ck_assert_int_eq(comet_store_backlog_start(st, &ref, 5, 1, &at),
+                     APR_SUCCESS);
+    ck_assert_uint_eq(at, 0);
+    ck_assert_int_eq(comet_store_backlog_start(st, &ref, 1000, 1, &at),
+                     APR_SUCCESS);
+    ck_assert_uint_eq(at, 0);
+    comet_store_unsubscribe(st, slot, &ref, 1);
+}
+END_TEST
+
 /* ---- missed detection --------------------------------------------------- */
 
 START_TEST(missed_is_set_when_messages_after_the_position_were_evicted)
@@ -1402,6 +1441,7 @@ Suite *test_comet_store_suite(void)
                    buffer_keeps_the_newest_by_count_evicting_oldest_first);
     tcase_add_test(buf, buffer_drops_messages_older_than_the_timeout);
     tcase_add_test(buf, read_stops_at_max_msgs_and_max_bytes_but_returns_one);
+    tcase_add_test(buf, backlog_start_leaves_the_newest_n_after_it);
     tcase_add_test(buf,
                    missed_is_set_when_messages_after_the_position_were_evicted);
     tcase_add_test(buf,
