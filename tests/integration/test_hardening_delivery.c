@@ -239,8 +239,11 @@ static int readers_until_done(reader_t *rs, int n, int ms)
     for (;;) {
         int done = 0, moved = 0;
 
+        /* A few reads each in turn: a reader whose data keeps coming
+         * must not starve the others (a client that is not read stops
+         * reading too, and the server rightly gives up on it). */
         for (int i = 0; i < n; i++) {
-            while (reader_pump(&rs[i])) {
+            for (int k = 0; k < 4 && reader_pump(&rs[i]); k++) {
                 moved = 1;
             }
             done += rs[i].chk.next >= rs[i].want;
