@@ -66,7 +66,7 @@ typedef struct comet_srv_conf_t {
  * unfinished after this is a client that stopped in the middle. */
 #define COMET_DEFAULT_SOCKET_CMD_TIMEOUT apr_time_from_sec(10)
 #define COMET_DEFAULT_SOCKET_MAX_INPUT (32 * 1024 * 1024)
-#define COMET_DEFAULT_MAX_PENDING     (1024 * 1024)
+#define COMET_DEFAULT_MAX_PENDING     (2 * 1024 * 1024)
 #define COMET_DEFAULT_KEEPALIVE       apr_time_from_sec(15)
 #define COMET_DEFAULT_SUB_TIMEOUT     apr_time_from_sec(30)
 #define COMET_DEFAULT_MAX_CHANNELS    64
@@ -756,7 +756,10 @@ const char *comet_config_check(const server_rec *s, apr_pool_t *p)
     apr_size_t around = frame - 6 * message;
 
     if (!pending || pending >= frame) {
-        return NULL;
+        const char *path = srv_get(s)->publish_socket;
+
+        /* The publish socket's own, when it is on. */
+        return !path || *path ? comet_config_check_socket(s, p) : NULL;
     }
     return apr_psprintf(p, "CometMaxPendingBytes %" APR_SIZE_T_FMT " is below "
                         "the largest frame a message of CometMaxMessageSize %"

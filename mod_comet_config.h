@@ -68,7 +68,7 @@ const char *comet_config_http2_name(int policy);
  * thread. */
 apr_size_t comet_config_max_message(const server_rec *s);
 apr_size_t comet_config_max_channel_id(const server_rec *s);
-/* CometMaxPendingBytes; unset: 1M, or the largest frame a message of
+/* CometMaxPendingBytes; unset: 2M, or the largest frame a message of
  * CometMaxMessageSize can become when that is more. */
 apr_size_t comet_config_max_pending(const server_rec *s);
 /* 0: no limit. */
@@ -91,8 +91,9 @@ const char *comet_config_check_socket(const server_rec *s, apr_pool_t *p);
 const char *comet_config_publish_socket(const server_rec *s, apr_pool_t *p);
 
 /* Settings that contradict each other (CometMaxPendingBytes below the
- * largest frame of a CometMaxMessageSize message): NULL, or a message
- * naming the directives (in p).  The one place such checks live.
+ * largest frame of a CometMaxMessageSize message; the publish socket's,
+ * comet_config_check_socket, when it is on): NULL, or a message naming
+ * the directives (in p).  Every such check is reached from here.
  * check_config (the parent, also for `apache2 -t`). */
 const char *comet_config_check(const server_rec *s, apr_pool_t *p);
 
