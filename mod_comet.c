@@ -280,7 +280,7 @@ static int comet_check_config(apr_pool_t *pconf, apr_pool_t *plog,
 
     if (err) {
         ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, s,
-                     COMET_LOGNO(0010) "%s", err);
+                     COMET_LOGNO(0011) "%s", err);
         return !OK;
     }
     return OK;
