@@ -19,6 +19,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <openssl/ssl.h>
+
 #include "harness.h"
 #include "tls_client.h"
 
@@ -171,7 +173,6 @@ typedef struct reader_t {
     FILE       *pipe;          /* a command's output (curl over h2)      */
     it_tls_t    tls;
     int         is_tls;
-    size_t      tls_fed;
     seqchk_t    chk;
     int         want;          /* read until chk.next reaches it        */
     int         eof;
@@ -187,15 +188,18 @@ static int reader_pump(reader_t *r)
         return 0;
     }
     if (r->is_tls) {
-        it_tls_read_until(&r->tls, "\x01\x02\x03 never", r->tls.len, 1);
-        if (r->tls.len > r->tls_fed) {
-            seqchk_feed(&r->chk, r->tls.buf + r->tls_fed,
-                        r->tls.len - r->tls_fed);
-            /* What was checked need not be kept. */
-            r->tls.len = r->tls_fed = 0;
+        /* One record's worth at a time, so that the others take turns. */
+        SSL *ssl = r->tls.ssl;
+        struct pollfd p = { r->tls.fd, POLLIN, 0 };
+
+        if (!SSL_pending(ssl) && poll(&p, 1, 0) <= 0) {
+            return 0;
+        }
+        if ((n = SSL_read(ssl, buf, sizeof(buf))) > 0) {
+            seqchk_feed(&r->chk, buf, (size_t)n);
             return 1;
         }
-        r->eof = r->tls.eof;
+        r->eof = SSL_get_error(ssl, (int)n) != SSL_ERROR_WANT_READ;
         return 0;
     }
     n = r->pipe ? read(r->fd, buf, sizeof(buf))
@@ -620,9 +624,11 @@ START_TEST(a_frame_larger_than_a_batch_arrives_whole)
         char *all = malloc(cap);
         long long end = it_now_ms() + 60000;
 
-        while (!memmem(all, len, "data: after\n", 12) && it_now_ms() < end
-               && len < cap) {
+        int found = 0;
+
+        while (!found && it_now_ms() < end && len < cap) {
             struct pollfd p = { r.fd, POLLIN, 0 };
+            size_t from = len > 12 ? len - 12 : 0;
             ssize_t got;
 
             if (poll(&p, 1, 1000) <= 0) {
@@ -633,6 +639,9 @@ START_TEST(a_frame_larger_than_a_batch_arrives_whole)
                 break;
             }
             len += (size_t)got;
+            /* Only what came since: the buffer holds tens of MB. */
+            found = memmem(all + from, len - from, "data: after\n", 12)
+                    != NULL;
         }
         ck_assert_msg(memmem(all, len, "data: after\n", 12), "%zu bytes",
                       len);
@@ -656,9 +665,11 @@ START_TEST(a_frame_larger_than_a_batch_arrives_whole)
                 ck_assert(x[2 + sz] == '\r' && x[3 + sz] == '\n');
                 p = x + 4 + sz;
             }
-            for (char *q = out; (q = memmem(q, (size_t)(o2 - q), "data:\n",
-                                            6)); q += 6) {
-                lines++;
+            for (char *q = out; q + 6 <= o2; q++) {
+                /* One pass: every "data:" line of the frame is empty. */
+                if (*q == '\n' && q >= out + 5 && !memcmp(q - 5, "data:", 5)) {
+                    lines++;
+                }
             }
             ck_assert_uint_eq(lines, n + 1);
             ck_assert_ptr_nonnull(memmem(out, (size_t)(o2 - out),
