@@ -958,6 +958,63 @@ START_TEST(one_far_behind_catches_up_in_order_once)
 }
 END_TEST
 
+/* The lines of an ndjson body that name channel chan carry "m0", "m1",
+ * ... "m<count-1>", each once and in order. */
+static void assert_channel_sequence(const rd_stream_t *r, const char *chan,
+                                    int count)
+{
+    char want[64];
+    const char *p = r->body;
+    int next = 0;
+
+    snprintf(want, sizeof(want), "{\"channel\":\"%s\"", chan);
+    while ((p = strstr(p, want)) != NULL) {
+        const char *d = strstr(p, "\"data\":\"m"), *nl = strchr(p, '\n');
+
+        ck_assert(d && nl && d < nl);
+        ck_assert_msg(atoi(d + 9) == next, "%s: m%d where m%d was due",
+                      chan, atoi(d + 9), next);
+        next++;
+        p = nl;
+    }
+    ck_assert_int_eq(next, count);
+}
+
+/* A subscriber to two channels, both far behind, while both go on: each
+ * channel's messages in order, once; every id names both positions. */
+START_TEST(several_channels_far_behind_catch_up_in_order_once)
+{
+    const char *ids[] = { "ca", "cb" };
+    apr_uint64_t seqs[2] = { 0, 0 };
+    rd_stream_t r;
+    char last[64];
+
+    hub_restart_with(1024 * 1024, 8 * 1024, 16, 5000);
+    publish_seq("ca", 0, 1500);
+    publish_seq("cb", 0, 1000);
+    rs_open(&r, adopt(ids, 2, COMET_T_STREAM, 0, 0, seqs), 0);
+    publish_seq("cb", 1000, 1200);
+    publish_seq("ca", 1500, 1600);
+    ck_assert(rs_until(&r, "{\"channel\":\"ca\"", 10000));
+    ck_assert(rs_until(&r, "\"data\":\"m1599\"", 10000));
+    ck_assert(rs_until(&r, "\"data\":\"m1199\"", 10000));
+    assert_channel_sequence(&r, "ca", 1600);
+    assert_channel_sequence(&r, "cb", 1200);
+    /* Ids are compound: both channels' positions, "<epoch>:<a>,<b>". */
+    snprintf(last, sizeof(last), "\"id\":\"%08x:", comet_store_epoch(fx.st));
+    {
+        const char *id = strstr(r.body, last), *end;
+
+        ck_assert_ptr_nonnull(id);
+        id += strlen(last);
+        end = strchr(id, '"');
+        ck_assert(end && memchr(id, ',', (size_t)(end - id)));
+    }
+    ck_assert_ptr_null(strstr(r.body, "missed"));
+    rs_close(&r);
+}
+END_TEST
+
 /* A position older than what the store keeps: the missed signal, once,
  * then what is kept, then the live messages. */
 START_TEST(an_old_position_gets_the_missed_signal_once)
@@ -1513,6 +1570,7 @@ Suite *test_comet_hub_suite(void)
     tcase_add_test(tc, a_read_larger_than_a_batch_goes_out_in_rounds);
     tcase_add_test(tc, one_far_behind_catches_up_in_order_once);
     tcase_add_test(tc, an_old_position_gets_the_missed_signal_once);
+    tcase_add_test(tc, several_channels_far_behind_catch_up_in_order_once);
     tcase_add_test(tc, a_reader_keeping_up_survives_big_frames);
     tcase_add_test(tc, a_sink_gets_a_backlog_part_by_part);
     tcase_add_test(tc, a_long_poll_behind_catches_up_poll_by_poll);
