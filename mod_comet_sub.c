@@ -664,7 +664,7 @@ static int park_held(sub_req_t *sr, comet_hub_t *hub)
             apr_thread_mutex_unlock(h.mu);
             if (send_now(r, spare->data, spare->len) != APR_SUCCESS
                 || r->connection->aborted) {
-                COMET_SUB_LOG(r, APLOG_INFO, 0, 0411, sr->ids[0], "held "
+                COMET_SUB_LOG(r, APLOG_INFO, 0, 0414, sr->ids[0], "held "
                               "stream: the client is gone or does not read "
                               "(%" APR_SIZE_T_FMT " bytes unsent)",
                               spare->len);

@@ -504,7 +504,7 @@ START_TEST(a_subscriber_resuming_5000_behind_gets_all_in_order_once)
     o.extra = "CometMessageBufferLength 10000\nCometSharedMemorySize 128M\n"
               "KeepAliveTimeout 1\n"
               "LoadModule http2_module @MODULES@/mod_http2.so\n"
-              "Protocols h2c http/1.1\n";
+              "Protocols h2c http/1.1\nCometHTTP2 hold\n";
     ck_assert_int_eq(it_server_start(&s, &o), 0);
     /* A subscriber in every process, reading as it comes: one is kept
      * only when it landed in a process that had none. */

@@ -579,7 +579,10 @@ START_TEST(a_tls_client_that_stops_reading_is_dropped_without_blocking)
     int sent = 0;
 
     memset(&so, 0, sizeof(so));
-    so.extra = "CometMaxPendingBytes 65536\nKeepAliveTimeout 1\n";
+    /* The smallest bound the check at start allows for 16 KB messages
+     * (their largest frame is some 120 KB). */
+    so.extra = "CometMaxMessageSize 16K\nCometMaxPendingBytes 128K\n"
+               "KeepAliveTimeout 1\n";
     start(&s, &so);
     memset(msg, 'x', 16 * 1024);
     msg[16 * 1024] = '\0';
