@@ -7,6 +7,7 @@
 #                   and comet.js with the demo chat page in $(DATADIR)
 #   make bench      benchmarks (see BENCHMARKS.md)
 #   make asan       unit + integration tests under AddressSanitizer
+#   make fuzz       each libFuzzer target for FUZZ_SECONDS (tests/fuzz)
 #   make clean
 
 APXS        ?= $(shell command -v apxs 2>/dev/null || echo /usr/bin/apxs)
@@ -47,7 +48,8 @@ MODULE      := .libs/mod_comet.so
 APXS_FLAGS  := -Wc,$(STD) $(foreach w,$(WARN) $(SANITIZE),-Wc,$(w)) \
                $(if $(SANITIZE),-Wl,$(SANITIZE))
 
-.PHONY: all deps test unit integration run stop install clean clean-objs asan bench bench-store bench-tls-mem
+.PHONY: all deps test unit integration run stop install clean clean-objs asan bench bench-store \
+        bench-tls-mem fuzz fuzz-build
 
 all: $(MODULE)
 
@@ -88,6 +90,7 @@ test: deps
 	@$(MAKE) --no-print-directory all $(BUILD)/unit_tests $(BUILD)/integration_tests
 	@rc=0; \
 	$(BUILD)/unit_tests || rc=1; \
+	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(FUZZ_SMOKE_SECONDS) || rc=1; \
 	COMET_MODULE=$(CURDIR)/$(MODULE) $(BUILD)/integration_tests || rc=1; \
 	exit $$rc
 
@@ -107,6 +110,93 @@ asan: deps
 	COMET_MODULE=$(CURDIR)/$(ASAN_BUILD)/.libs/mod_comet.so \
 	    COMET_ASAN=$$($(CC) -print-file-name=libasan.so) \
 	    $(ASAN_BUILD)/integration_tests || rc=1; \
+	exit $$rc
+
+# ---- fuzzing ---------------------------------------------------------------
+#
+# One libFuzzer target per parser of untrusted input: tests/fuzz/fuzz_<name>.c,
+# seeds in tests/fuzz/corpus/<name>/.  Each target links the core built with
+# coverage, AddressSanitizer and UndefinedBehaviorSanitizer (any report is
+# fatal).  What a run finds goes to build/fuzz/corpus/<name>/ (the seeds are
+# left alone); a crash is written to build/fuzz/crash-<name>-*.
+#
+#   make fuzz                      each target FUZZ_SECONDS (30) seconds
+#   make fuzz FUZZ_SECONDS=600     a long run
+#   make fuzz FUZZ_TARGETS=resp    one target
+#
+# make test runs each for FUZZ_SMOKE_SECONDS (3).  Without clang's fuzzer
+# runtime (Debian: clang, libclang-rt-14-dev) the targets are skipped with a
+# message.
+
+FUZZ_CC            ?= $(shell command -v clang-14 2>/dev/null || command -v clang 2>/dev/null || echo clang)
+FUZZ_SECONDS       ?= 30
+FUZZ_SMOKE_SECONDS ?= 3
+FUZZ_MAX_LEN       ?= 8192
+FUZZ_BUILD         := $(BUILD)/fuzz
+FUZZ_ALL           := $(patsubst tests/fuzz/fuzz_%.c,%,$(sort $(wildcard tests/fuzz/fuzz_*.c)))
+FUZZ_TARGETS       ?= $(FUZZ_ALL)
+FUZZ_SAN           := -fsanitize=address,undefined -fno-sanitize-recover=all
+FUZZ_CFLAGS         = $(STD) $(WARN) -g -O1 -fno-omit-frame-pointer $(FUZZ_SAN) \
+                      -I. $(APR_CFLAGS)
+FUZZ_CORE_OBJ      := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(CORE_SRC))
+
+$(FUZZ_BUILD)/obj/%.o: %.c $(CORE_HDR) Makefile
+	@mkdir -p $(dir $@)
+	@echo "$(FUZZ_CC) [fuzz] $<"
+	@$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
+
+# A target links the core files whose headers it includes (directly or
+# not): comet_x.h brings comet_x.c.
+.SECONDARY: $(FUZZ_CORE_OBJ)
+$(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(CORE_SRC) $(CORE_HDR) Makefile
+	@objs=$$($(FUZZ_CC) -MM -I. $(APR_CFLAGS) $< | tr ' \\' '\n\n' \
+	    | sed -n 's/^\(comet_[a-z0-9_]*\)\.h$$/\1/p' | sort -u \
+	    | while read f; do [ -f $$f.c ] && echo $(FUZZ_BUILD)/obj/$$f.o; done); \
+	$(MAKE) -s --no-print-directory $$objs && \
+	echo $(FUZZ_CC) ... -o $@ $< $$objs && \
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $$objs \
+	    $(APR_LIBS) -laprutil-1 -lpthread
+
+# Can this clang link a libFuzzer program?  (prints yes or the reason)
+FUZZ_PROBE = printf 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n)\n{ return 0; }\n' \
+	> $(FUZZ_BUILD)/probe.c && $(FUZZ_CC) -fsanitize=fuzzer,address,undefined \
+	-o $(FUZZ_BUILD)/probe $(FUZZ_BUILD)/probe.c >/dev/null 2>&1
+
+fuzz-build:
+	@mkdir -p $(FUZZ_BUILD)
+	@if ! ($(FUZZ_PROBE)); then \
+	    echo "make fuzz: SKIPPED: $(FUZZ_CC) cannot link -fsanitize=fuzzer" \
+	         "(Debian: apt-get install clang libclang-rt-14-dev)"; \
+	    exit 0; \
+	fi; \
+	$(MAKE) --no-print-directory $(patsubst %,$(FUZZ_BUILD)/fuzz_%,$(FUZZ_TARGETS))
+
+fuzz: fuzz-build
+	@if [ ! -x $(FUZZ_BUILD)/probe ]; then exit 0; fi; \
+	rc=0; \
+	for t in $(FUZZ_TARGETS); do \
+	    mkdir -p $(FUZZ_BUILD)/corpus/$$t; \
+	    echo "fuzz_$$t: $(FUZZ_SECONDS) s ..."; \
+	    $(FUZZ_BUILD)/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) \
+	        -max_len=$(FUZZ_MAX_LEN) -timeout=10 -rss_limit_mb=1024 \
+	        -print_final_stats=1 -artifact_prefix=$(FUZZ_BUILD)/crash-$$t- \
+	        $(FUZZ_BUILD)/corpus/$$t tests/fuzz/corpus/$$t \
+	        > $(FUZZ_BUILD)/$$t.log 2>&1; \
+	    st=$$?; \
+	    runs=$$(sed -n 's/^stat::number_of_executed_units: *//p' $(FUZZ_BUILD)/$$t.log); \
+	    secs=$$(sed -n 's/^stat::average_exec_per_sec: *//p' $(FUZZ_BUILD)/$$t.log); \
+	    cov=$$(grep -o 'cov: [0-9]*' $(FUZZ_BUILD)/$$t.log | tail -n 1); \
+	    if [ $$st -eq 0 ]; then \
+	        echo "fuzz_$$t: ok: $${runs:-?} executions in $(FUZZ_SECONDS) s" \
+	             "($${secs:-?}/s, $$cov)"; \
+	    else \
+	        rc=1; \
+	        echo "fuzz_$$t: FAILED after $${runs:-?} executions" \
+	             "(log: $(FUZZ_BUILD)/$$t.log)"; \
+	        grep -E '^(==[0-9]+==ERROR|SUMMARY|fuzz_.*check failed|artifact_prefix|Test unit written)' \
+	            $(FUZZ_BUILD)/$$t.log | head -n 20; \
+	    fi; \
+	done; \
 	exit $$rc
 
 # ---- demo server --------------------------------------------------------

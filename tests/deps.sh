@@ -3,7 +3,7 @@
 # build, test and run, then the browser tests' npm packages (tests/browser,
 # from its lockfile).  Idempotent: does nothing when all are there.
 set -e
-need="apache2 apache2-dev apache2-utils libapr1-dev libaprutil1-dev check pkg-config libssl-dev redis-server redis-tools python3-redis php-cli php-redis gcc make openssl curl chromium"
+need="apache2 apache2-dev apache2-utils libapr1-dev libaprutil1-dev check pkg-config libssl-dev redis-server redis-tools python3-redis php-cli php-redis gcc make openssl curl chromium clang libclang-rt-14-dev"
 missing=""
 for p in $need; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
