@@ -145,13 +145,21 @@ $(FUZZ_BUILD)/obj/%.o: %.c $(CORE_HDR) Makefile
 	@echo "$(FUZZ_CC) [fuzz] $<"
 	@$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
 
-# A target links the core files whose headers it includes (directly or
-# not): comet_x.h brings comet_x.c.
+# A target links the core files it needs: comet_x.c for every comet_x.h
+# that it, or a core file already taken, includes (to a fixed point).
+FUZZ_DEPS = deps() { $(FUZZ_CC) -MM -I. $(APR_CFLAGS) "$$@" | tr ' \\' '\n\n' \
+	    | sed -n 's/^\(comet_[a-z0-9_]*\)\.h$$/\1.c/p'; }; \
+	srcs=""; next=$$(deps $<); \
+	while [ "$$next" != "$$srcs" ]; do \
+	    srcs=$$next; \
+	    next=$$( { echo "$$srcs"; for f in $$srcs; do [ -f $$f ] && deps $$f; done; } \
+	        | sort -u | while read f; do [ -f "$$f" ] && echo $$f; done); \
+	done
+
 .SECONDARY: $(FUZZ_CORE_OBJ)
 $(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(CORE_SRC) $(CORE_HDR) Makefile
-	@objs=$$($(FUZZ_CC) -MM -I. $(APR_CFLAGS) $< | tr ' \\' '\n\n' \
-	    | sed -n 's/^\(comet_[a-z0-9_]*\)\.h$$/\1/p' | sort -u \
-	    | while read f; do [ -f $$f.c ] && echo $(FUZZ_BUILD)/obj/$$f.o; done); \
+	@$(FUZZ_DEPS); \
+	objs=$$(for f in $$srcs; do echo $(FUZZ_BUILD)/obj/$${f%.c}.o; done); \
 	$(MAKE) -s --no-print-directory $$objs && \
 	echo $(FUZZ_CC) ... -o $@ $< $$objs && \
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $$objs \
