@@ -80,18 +80,33 @@ $(BUILD)/unit_tests: $(UNIT_SRC) $(CORE_SRC) $(CORE_HDR) $(wildcard tests/unit/*
 $(BUILD)/integration_tests: $(IT_SRC) $(CORE_SRC) $(CORE_HDR) $(wildcard tests/integration/*.h) $(BUILD)/integration_suites.h
 	$(CC) $(TEST_CFLAGS) -o $@ $(IT_SRC) $(CORE_SRC) $(TEST_LIBS) $(SSL_LIBS)
 
+# The module once more, with the fault injection of the integration tests'
+# fault suite compiled in (mod_comet.c, COMET_FAULT_INJECTION): built apart,
+# in $(BUILD)/faults, and never installed.
+FAULT_MODULE := $(BUILD)/faults/.libs/mod_comet.so
+$(FAULT_MODULE): $(GLUE_SRC) $(CORE_SRC) $(GLUE_HDR) $(CORE_HDR) Makefile
+	@rm -rf $(BUILD)/faults && mkdir -p $(BUILD)/faults
+	@cp $(GLUE_SRC) $(CORE_SRC) $(GLUE_HDR) $(CORE_HDR) $(BUILD)/faults/
+	@echo "$(APXS) -c -DCOMET_FAULT_INJECTION ... ($@)"
+	@cd $(BUILD)/faults && $(APXS) -c -o mod_comet.la -Wc,-DCOMET_FAULT_INJECTION \
+	    $(APXS_FLAGS) $(notdir $(GLUE_SRC) $(CORE_SRC)) $(SSL_LIBS) >/dev/null
+	@test -f $@
+
 unit: $(BUILD)/unit_tests
 	$(BUILD)/unit_tests
 
-integration: $(MODULE) $(BUILD)/integration_tests
-	COMET_MODULE=$(CURDIR)/$(MODULE) $(BUILD)/integration_tests
+integration: $(MODULE) $(FAULT_MODULE) $(BUILD)/integration_tests
+	COMET_MODULE=$(CURDIR)/$(MODULE) COMET_FAULT_MODULE=$(CURDIR)/$(FAULT_MODULE) \
+	    $(BUILD)/integration_tests
 
 test: deps
-	@$(MAKE) --no-print-directory all $(BUILD)/unit_tests $(BUILD)/integration_tests
+	@$(MAKE) --no-print-directory all $(FAULT_MODULE) $(BUILD)/unit_tests \
+	    $(BUILD)/integration_tests
 	@rc=0; \
 	$(BUILD)/unit_tests || rc=1; \
 	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(FUZZ_SMOKE_SECONDS) || rc=1; \
-	COMET_MODULE=$(CURDIR)/$(MODULE) $(BUILD)/integration_tests || rc=1; \
+	COMET_MODULE=$(CURDIR)/$(MODULE) COMET_FAULT_MODULE=$(CURDIR)/$(FAULT_MODULE) \
+	    $(BUILD)/integration_tests || rc=1; \
 	exit $$rc
 
 # The sanitizer build goes to build-asan/ (tests) and build-asan/.libs
@@ -103,11 +118,17 @@ asan: deps
 	@cd $(ASAN_BUILD) && $(APXS) -c -o mod_comet.la -Wc,$(STD) \
 	    $(foreach w,$(WARN) -fsanitize=address -fno-omit-frame-pointer -O1,-Wc,$(w)) \
 	    -Wl,-fsanitize=address $(notdir $(GLUE_SRC) $(CORE_SRC)) $(SSL_LIBS) >/dev/null
+	@mkdir -p $(ASAN_BUILD)/faults && cp $(GLUE_SRC) $(CORE_SRC) $(GLUE_HDR) $(CORE_HDR) \
+	    $(ASAN_BUILD)/faults/
+	@cd $(ASAN_BUILD)/faults && $(APXS) -c -o mod_comet.la -Wc,$(STD) -Wc,-DCOMET_FAULT_INJECTION \
+	    $(foreach w,$(WARN) -fsanitize=address -fno-omit-frame-pointer -O1,-Wc,$(w)) \
+	    -Wl,-fsanitize=address $(notdir $(GLUE_SRC) $(CORE_SRC)) $(SSL_LIBS) >/dev/null
 	@$(MAKE) --no-print-directory BUILD=$(ASAN_BUILD) SANITIZE=-fsanitize=address \
 	    OPT="-O1 -g -fno-omit-frame-pointer" $(ASAN_BUILD)/unit_tests $(ASAN_BUILD)/integration_tests
 	@rc=0; \
 	CK_TIMEOUT_MULTIPLIER=4 ASAN_OPTIONS=detect_leaks=1 $(ASAN_BUILD)/unit_tests || rc=1; \
 	COMET_MODULE=$(CURDIR)/$(ASAN_BUILD)/.libs/mod_comet.so \
+	    COMET_FAULT_MODULE=$(CURDIR)/$(ASAN_BUILD)/faults/.libs/mod_comet.so \
 	    COMET_ASAN=$$($(CC) -print-file-name=libasan.so) \
 	    $(ASAN_BUILD)/integration_tests || rc=1; \
 	exit $$rc

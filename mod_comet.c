@@ -127,6 +127,45 @@ typedef struct comet_persist_t {
 
 #define COMET_PERSIST_KEY "mod_comet.persist"
 
+/* ---- fault injection (test builds only) ---------------------------------- */
+
+#ifdef COMET_FAULT_INJECTION
+/* Compiled only into the module the integration tests build for their
+ * fault tests (make: -DCOMET_FAULT_INJECTION); a module built for use has
+ * none of it.  The store's kill points (comet_store_test_hook), armed
+ * through files: with COMET_FAULT_DIR=<dir> in apache2's environment, the
+ * first process to reach kill point P (COMET_STORE_HOOK_*) while
+ * <dir>/kill-<P> exists removes the file and dies of SIGKILL right there,
+ * holding the store lock.  The test creates the file, makes one request,
+ * and sees the next locker repair the store. */
+#include <signal.h>
+
+static char fault_dir[256];
+
+static void fault_store_hook(int point)
+{
+    char path[300];
+
+    apr_snprintf(path, sizeof(path), "%s/kill-%d", fault_dir, point);
+    if (unlink(path) == 0) {
+        kill(getpid(), SIGKILL);
+    }
+}
+
+static void fault_child_init(server_rec *s)
+{
+    const char *dir = getenv("COMET_FAULT_DIR");
+
+    if (dir && *dir && strlen(dir) < sizeof(fault_dir)) {
+        apr_cpystrn(fault_dir, dir, sizeof(fault_dir));
+        comet_store_test_hook = fault_store_hook;
+        ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, COMET_LOGNO(0099)
+                     "fault injection build: store kill points armed "
+                     "from %s", fault_dir);
+    }
+}
+#endif
+
 /* ---- logging from the core ---------------------------------------------- */
 
 static void log_line(const char *file, int line, int module_index,
@@ -399,6 +438,9 @@ static void comet_child_init(apr_pool_t *pchild, server_rec *s)
         return;
     }
     install_core_log(s);
+#ifdef COMET_FAULT_INJECTION
+    fault_child_init(s);
+#endif
     comet_susp_child_init(pchild);
     rv = comet_store_proc_attach(proc.store, (apr_int32_t)getpid(),
                                  &proc.slot);

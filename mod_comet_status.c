@@ -345,7 +345,8 @@ int comet_status_hook(request_rec *r, int flags)
                    "CometSuspendGateWaits: %u\n"
                    "CometScoreboardConnections: %u\n"
                    "CometScoreboardSuspended: %u\n"
-                   "CometScoreboardLingering: %u\n",
+                   "CometScoreboardLingering: %u\n"
+                   "CometStoreRecoveries: %" APR_UINT64_T_FMT "\n",
                    ss.channels, ss.channels_max, ss.messages, cfg.size,
                    ss.bytes_used, ss.bytes_free, ss.subscribers,
                    sum.connections, sum.detached, sum.tls, ss.published,
@@ -353,7 +354,18 @@ int comet_status_hook(request_rec *r, int flags)
                    sum.pub_publishes, sum.pub_refused, sum.processes,
                    sum.suspended, sum.held, sum.mpm_conns,
                    sum.mpm_suspended, sum.gate_waits, sum.sb_conns,
-                   sum.sb_suspended, sum.sb_lingering);
+                   sum.sb_suspended, sum.sb_lingering, ss.recoveries);
+#ifdef COMET_FAULT_INJECTION
+        /* Test builds only: every invariant of the store, checked under
+         * its lock (O(segment)). */
+        {
+            char why[256];
+
+            ap_rprintf(r, "CometStoreCheck: %s\n",
+                       comet_store_check(st, why, sizeof(why)) == APR_SUCCESS
+                       ? "ok" : why);
+        }
+#endif
     }
     else {
         ap_rputs("<hr />\n<h2>mod_comet</h2>\n<dl>\n", r);
@@ -376,12 +388,14 @@ int comet_status_hook(request_rec *r, int flags)
                    "kept; HTTP/1.0, TLS not taken over), %u held (HTTP/2, "
                    "a worker each)</dt>\n"
                    "<dt>Event MPM connections: %u, of which %u suspended"
-                   "</dt>\n",
+                   "</dt>\n"
+                   "<dt>Store repairs (a process died holding the store's "
+                   "lock): %" APR_UINT64_T_FMT "</dt>\n",
                    ss.channels, ss.channels_max, ss.messages, cfg.size,
                    ss.bytes_used, ss.bytes_free, ss.subscribers,
                    sum.connections, ss.published, sum.deliveries,
                    sum.dropped_slow, sum.detached, sum.tls, sum.suspended,
-                   sum.held, sum.mpm_conns, sum.mpm_suspended);
+                   sum.held, sum.mpm_conns, sum.mpm_suspended, ss.recoveries);
         if (sock) {
             ap_rprintf(r, "<dt>Publish socket %s: %u clients, %"
                        APR_UINT64_T_FMT " publishes since start, %"
