@@ -1033,3 +1033,439 @@ void it_children_usage(const it_server_t *s, long *rss_kb, long *fds)
         }
     }
 }
+
+/* ---- faults ---------------------------------------------------------------- */
+
+static int process_dead(pid_t pid)
+{
+    char path[64], buf[512], *p;
+
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    if (it_read_file(path, buf, sizeof(buf)) <= 0) {
+        return 1;
+    }
+    p = strrchr(buf, ')');
+    return p && (p[2] == 'Z' || p[2] == 'X');
+}
+
+int it_kill_child(const it_server_t *srv, pid_t pid)
+{
+    char path[300];
+    FILE *f;
+    long long end;
+
+    snprintf(path, sizeof(path), "%s/expected-kills", srv->dir);
+    if ((f = fopen(path, "a"))) {
+        /* The parent's line for it: "child pid N exit signal Killed (9)". */
+        fprintf(f, "child pid %d exit signal Killed\n", (int)pid);
+        fclose(f);
+    }
+    if (kill(pid, SIGKILL) != 0) {
+        return 0;
+    }
+    end = it_now_ms() + 10000;
+    while (!process_dead(pid)) {
+        if (it_now_ms() > end) {
+            return 0;
+        }
+        usleep(1000);
+    }
+    return 1;
+}
+
+int it_status_processes(int port, pid_t *pids, long *subs, int max)
+{
+    it_response_t *res = malloc(sizeof(*res));
+    const char *p;
+    int n = -1;
+
+    if (res && it_http(port, "GET", "/server-status?auto", NULL, NULL, 0,
+                       res, 5000) == 0 && res->status == 200) {
+        n = 0;
+        for (p = res->body; n < max && (p = strstr(p, "\nCometProcess"));
+             p++) {
+            int pid;
+            long s;
+
+            if (sscanf(p, "\nCometProcess%*u: pid=%d slot=%*u subscribers=%ld",
+                       &pid, &s) == 2) {
+                pids[n] = (pid_t)pid;
+                subs[n] = s;
+                n++;
+            }
+        }
+    }
+    free(res);
+    return n;
+}
+
+/* ---- an EventSource-like client ------------------------------------------- */
+
+void it_es_init(it_es_t *es, int port, const char *path,
+                it_es_event_fn *on_event, void *baton)
+{
+    memset(es, 0, sizeof(*es));
+    es->port = port;
+    snprintf(es->path, sizeof(es->path), "%s", path);
+    es->fd = -1;
+    es->on_event = on_event;
+    es->baton = baton;
+}
+
+static void es_reset_parser(it_es_t *es)
+{
+    es->in_len = 0;
+    es->chunked = 0;
+    es->chunk_state = 0;
+    es->chunk_left = 0;
+    es->id_buf[0] = '\0';
+    snprintf(es->id_buf, sizeof(es->id_buf), "%s", es->last_id);
+    es->type[0] = '\0';
+    es->data_len = 0;
+    es->connected = 0;
+}
+
+int it_es_connect(it_es_t *es)
+{
+    char req[1024];
+    int n;
+
+    it_es_close(es);
+    es_reset_parser(es);
+    es->fd = it_connect(es->port);
+    if (es->fd < 0) {
+        return -1;
+    }
+    n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 "Accept: text/event-stream\r\nCache-Control: no-cache\r\n"
+                 "%s%s%s\r\n", es->path,
+                 es->last_id[0] ? "Last-Event-ID: " : "", es->last_id,
+                 es->last_id[0] ? "\r\n" : "");
+    if (it_send(es->fd, req, (size_t)n) != 0) {
+        it_es_close(es);
+        return -1;
+    }
+    fcntl(es->fd, F_SETFL, fcntl(es->fd, F_GETFL) | O_NONBLOCK);
+    return 0;
+}
+
+void it_es_close(it_es_t *es)
+{
+    if (es->fd >= 0) {
+        close(es->fd);
+    }
+    es->fd = -1;
+    es->connected = 0;
+}
+
+static void es_grow(char **p, size_t *cap, size_t need)
+{
+    if (need > *cap) {
+        *cap = need * 2 + 256;
+        *p = realloc(*p, *cap);
+    }
+}
+
+/* One line of the event stream (without its end). */
+static void es_line(it_es_t *es, const char *line, size_t len)
+{
+    const char *colon, *value;
+    size_t nlen, vlen;
+
+    if (len == 0) {
+        /* Dispatch. */
+        snprintf(es->last_id, sizeof(es->last_id), "%s", es->id_buf);
+        if (es->data_len) {
+            es->data_len--;     /* the last LF */
+            es->data[es->data_len] = '\0';
+            es->events++;
+            if (es->on_event) {
+                es->on_event(es, es->type[0] ? es->type : "message",
+                             es->data, es->data_len, es->baton);
+            }
+        }
+        es->data_len = 0;
+        es->type[0] = '\0';
+        return;
+    }
+    if (line[0] == ':') {
+        return;
+    }
+    colon = memchr(line, ':', len);
+    nlen = colon ? (size_t)(colon - line) : len;
+    value = colon ? colon + 1 : line + len;
+    if (colon && value < line + len && *value == ' ') {
+        value++;
+    }
+    vlen = (size_t)(line + len - value);
+    if (nlen == 4 && !memcmp(line, "data", 4)) {
+        es_grow(&es->data, &es->data_cap, es->data_len + vlen + 2);
+        memcpy(es->data + es->data_len, value, vlen);
+        es->data_len += vlen;
+        es->data[es->data_len++] = '\n';
+    }
+    else if (nlen == 5 && !memcmp(line, "event", 5)) {
+        snprintf(es->type, sizeof(es->type), "%.*s", (int)vlen, value);
+    }
+    else if (nlen == 2 && !memcmp(line, "id", 2)
+             && vlen < sizeof(es->id_buf) && !memchr(value, '\0', vlen)) {
+        memcpy(es->id_buf, value, vlen);
+        es->id_buf[vlen] = '\0';
+    }
+}
+
+/* Body bytes (de-chunked): split into lines (LF; CR LF and CR as well). */
+static void es_body(it_es_t *es, const char *p, size_t n)
+{
+    es_grow(&es->in, &es->in_cap, es->in_len + n + 1);
+    memcpy(es->in + es->in_len, p, n);
+    es->in_len += n;
+    for (;;) {
+        char *e = NULL;
+        size_t i, len, skip;
+
+        for (i = 0; i < es->in_len; i++) {
+            if (es->in[i] == '\n' || es->in[i] == '\r') {
+                e = es->in + i;
+                break;
+            }
+        }
+        if (!e) {
+            return;
+        }
+        len = (size_t)(e - es->in);
+        skip = 1;
+        if (*e == '\r') {
+            if (len + 1 == es->in_len) {
+                return;         /* a CR LF may be split: wait */
+            }
+            if (e[1] == '\n') {
+                skip = 2;
+            }
+        }
+        es_line(es, es->in, len);
+        memmove(es->in, es->in + len + skip, es->in_len - len - skip);
+        es->in_len -= len + skip;
+    }
+}
+
+/* Bytes from the socket: the response head, then the body. */
+static int es_bytes(it_es_t *es, const char *p, size_t n)
+{
+    while (n) {
+        if (!es->connected) {
+            char *eoh;
+
+            es_grow(&es->in, &es->in_cap, es->in_len + n + 1);
+            memcpy(es->in + es->in_len, p, n);
+            es->in_len += n;
+            es->in[es->in_len] = '\0';
+            n = 0;
+            if (!(eoh = memmem(es->in, es->in_len, "\r\n\r\n", 4))) {
+                return es->in_len < 16384;
+            }
+            *eoh = '\0';
+            es->status = 0;
+            sscanf(es->in, "HTTP/1.%*d %d", &es->status);
+            if (es->status != 200) {
+                return 0;
+            }
+            es->chunked = strcasestr(es->in, "\r\nTransfer-Encoding: chunked")
+                          != NULL;
+            es->connected = 1;
+            es->connects++;
+            {
+                /* What followed the head is body. */
+                size_t hl = (size_t)(eoh - es->in) + 4, rest = es->in_len - hl;
+                char *tmp = malloc(rest + 1);
+
+                memcpy(tmp, es->in + hl, rest);
+                es->in_len = 0;
+                if (rest && !es_bytes(es, tmp, rest)) {
+                    free(tmp);
+                    return 0;
+                }
+                free(tmp);
+            }
+            continue;
+        }
+        if (!es->chunked) {
+            es_body(es, p, n);
+            return 1;
+        }
+        switch (es->chunk_state) {
+        case 0:     /* the size line, up to its LF */
+            if (*p == '\n') {
+                es->chunk_state = es->chunk_left ? 1 : 3;
+            }
+            else if (isxdigit((unsigned char)*p)) {
+                es->chunk_left = es->chunk_left * 16
+                                 + (size_t)(isdigit((unsigned char)*p)
+                                            ? *p - '0'
+                                            : (tolower(*p) - 'a' + 10));
+            }
+            else if (*p != '\r') {
+                return 0;
+            }
+            p++;
+            n--;
+            break;
+        case 1: {   /* chunk data */
+            size_t k = n < es->chunk_left ? n : es->chunk_left;
+
+            es_body(es, p, k);
+            es->chunk_left -= k;
+            p += k;
+            n -= k;
+            if (!es->chunk_left) {
+                es->chunk_state = 2;
+            }
+            break;
+        }
+        case 2:     /* the CR LF after the data */
+            if (*p == '\n') {
+                es->chunk_state = 0;
+            }
+            p++;
+            n--;
+            break;
+        default:    /* after the last chunk */
+            return 0;
+        }
+    }
+    return 1;
+}
+
+int it_es_read(it_es_t *es)
+{
+    char buf[16384];
+
+    if (es->fd < 0) {
+        return 0;
+    }
+    for (;;) {
+        ssize_t n = recv(es->fd, buf, sizeof(buf), MSG_DONTWAIT);
+
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            return 1;
+        }
+        if (n <= 0 || !es_bytes(es, buf, (size_t)n)) {
+            it_es_close(es);
+            return 0;
+        }
+    }
+}
+
+int it_es_poll(it_es_t *es, int n, int timeout_ms, int reconnect,
+               int (*done_fn)(void *), void *baton)
+{
+    struct pollfd *pfd = malloc(sizeof(*pfd) * (size_t)n);
+    int *idx = malloc(sizeof(int) * (size_t)n), done = 0;
+    long long end = it_now_ms() + timeout_ms;
+
+    while (!(done = done_fn && done_fn(baton)) && it_now_ms() < end) {
+        int k = 0, r;
+
+        for (int i = 0; i < n; i++) {
+            if (es[i].fd < 0 && reconnect) {
+                it_es_connect(&es[i]);
+            }
+            if (es[i].fd >= 0) {
+                pfd[k].fd = es[i].fd;
+                pfd[k].events = POLLIN;
+                idx[k++] = i;
+            }
+        }
+        r = poll(pfd, (nfds_t)k, 50);
+        for (int j = 0; r > 0 && j < k; j++) {
+            if (pfd[j].revents) {
+                it_es_read(&es[idx[j]]);
+            }
+        }
+    }
+    free(pfd);
+    free(idx);
+    return done;
+}
+
+/* ---- a publisher on the publish socket ------------------------------------ */
+
+void it_rpub_init(it_rpub_t *p, const char *socket_path)
+{
+    memset(p, 0, sizeof(*p));
+    snprintf(p->path, sizeof(p->path), "%s", socket_path);
+    p->fd = -1;
+}
+
+void it_rpub_close(it_rpub_t *p)
+{
+    if (p->fd >= 0) {
+        close(p->fd);
+    }
+    p->fd = -1;
+}
+
+long it_rpub_publish(it_rpub_t *p, const char *channel, const char *data,
+                     size_t len, int timeout_ms)
+{
+    long long end = it_now_ms() + timeout_ms;
+    char head[512], line[512];
+    size_t got = 0;
+    int hl;
+
+    for (;;) {
+        while (p->fd < 0) {
+            p->fd = it_connect_unix(p->path);
+            if (p->fd >= 0) {
+                break;
+            }
+            if (it_now_ms() > end) {
+                return -3;
+            }
+            /* The socket is being made again (a restart): retry. */
+            usleep(2000);
+        }
+        hl = snprintf(head, sizeof(head),
+                      "*3\r\n$7\r\nPUBLISH\r\n$%zu\r\n%s\r\n$%zu\r\n",
+                      strlen(channel), channel, len);
+        /* A send that fails took nothing: certainly not sent, retry on a
+         * new connection. */
+        if (send(p->fd, head, (size_t)hl, MSG_NOSIGNAL) == hl) {
+            break;
+        }
+        it_rpub_close(p);
+        if (it_now_ms() > end) {
+            return -3;
+        }
+    }
+    if (it_send(p->fd, data, len) != 0 || it_send(p->fd, "\r\n", 2) != 0) {
+        it_rpub_close(p);
+        return -1;
+    }
+    /* The reply: one line. */
+    while (!memchr(line, '\n', got)) {
+        struct pollfd pfd = { p->fd, POLLIN, 0 };
+        ssize_t n;
+        int left = (int)(end + 10000 - it_now_ms());
+
+        if (left <= 0 || poll(&pfd, 1, left) <= 0
+            || (n = read(p->fd, line + got, sizeof(line) - 1 - got)) <= 0) {
+            it_rpub_close(p);
+            return -1;
+        }
+        got += (size_t)n;
+        if (got >= sizeof(line) - 1) {
+            break;
+        }
+    }
+    line[got] = '\0';
+    if (line[0] == ':') {
+        return atol(line + 1);
+    }
+    snprintf(p->err, sizeof(p->err), "%.*s", (int)strcspn(line, "\r\n"),
+             line);
+    return -2;
+}

@@ -81,6 +81,16 @@ int it_server_children(const it_server_t *srv, pid_t *pids, int max);
  * fixed size, not a leak. */
 void it_children_usage(const it_server_t *s, long *rss_kb, long *fds);
 
+/* SIGKILL one child on purpose: noted in the server's directory first, so
+ * that the runner does not count its "exit signal" as a crash; then waits
+ * (bounded) until the process is dead (gone or a zombie).  1 when it died,
+ * 0 otherwise. */
+int it_kill_child(const it_server_t *srv, pid_t pid);
+
+/* The children server-status lists (CometProcessN lines): pid and
+ * subscribers of each, at most max; returns the count (-1 on error). */
+int it_status_processes(int port, pid_t *pids, long *subs, int max);
+
 /* Print the last lines of the server's error log to stderr. */
 void it_server_log_tail(const it_server_t *srv, int lines);
 
@@ -166,6 +176,84 @@ int it_subscribers(int port, const char *channel);
 int it_wait_subscribers(int port, const char *channel, int want);
 int it_wait_subscribers_ms(int port, const char *channel, int want,
                            int timeout_ms);
+
+/* ---- an EventSource-like client ---------------------------------------- */
+
+/* One SSE subscription over HTTP/1.1 that behaves like a browser's
+ * EventSource: it parses the stream (chunked or not) by the event-stream
+ * rules, remembers the last event id, and when the stream ends it can
+ * connect again with Last-Event-ID.  Non-blocking: many are served by
+ * it_es_poll. */
+typedef struct it_es_t it_es_t;
+
+/* Called for each dispatched event (type "message" when unnamed); data is
+ * NUL-terminated (len excludes the NUL). */
+typedef void it_es_event_fn(it_es_t *es, const char *type, const char *data,
+                            size_t len, void *baton);
+
+struct it_es_t {
+    int             port;
+    char            path[256];
+    int             fd;            /* -1 when not connected               */
+    int             connected;     /* response head 200 read              */
+    int             status;        /* status of the last response         */
+    char            last_id[256];  /* the last event id, as EventSource   */
+    long            events;        /* dispatched                          */
+    long            connects;      /* successful connects (1 + resumes)   */
+    it_es_event_fn *on_event;
+    void           *baton;
+    /* parser state (private) */
+    char           *in;
+    size_t          in_len, in_cap;
+    int             chunked, chunk_state;
+    size_t          chunk_left;
+    char            id_buf[256], type[128];
+    char           *data;
+    size_t          data_len, data_cap;
+};
+
+/* Set es up for GET path (no connection yet). */
+void it_es_init(it_es_t *es, int port, const char *path,
+                it_es_event_fn *on_event, void *baton);
+
+/* Connect and send the request (Accept: text/event-stream, and
+ * Last-Event-ID when there is one).  0, or -1 (not connected). */
+int it_es_connect(it_es_t *es);
+
+/* Read what the socket has (without blocking) and dispatch events.
+ * 1 still open, 0 the stream ended (es->fd closed). */
+int it_es_read(it_es_t *es);
+
+void it_es_close(it_es_t *es);
+
+/* Serve n clients for up to timeout_ms: read whatever arrives and, when
+ * reconnect is set, connect again at once each one whose stream ended
+ * (as EventSource does, with Last-Event-ID).  Returns when done_fn(baton)
+ * is true (1) or at the timeout (0).  done_fn may be NULL (serve until
+ * the timeout). */
+int it_es_poll(it_es_t *es, int n, int timeout_ms, int reconnect,
+               int (*done_fn)(void *), void *baton);
+
+/* ---- a publisher on the publish socket --------------------------------- */
+
+/* A RESP client of the publish socket that connects again when its
+ * connection goes (a child killed or restarted). */
+typedef struct it_rpub_t {
+    char path[300];
+    int  fd;
+    char err[256];     /* the last -ERR line */
+} it_rpub_t;
+
+void it_rpub_init(it_rpub_t *p, const char *socket_path);
+
+/* PUBLISH channel data.  Returns the receivers (>= 0); -1 when the
+ * connection broke after the command was sent (the message may or may not
+ * be stored: uncertain); -2 on an error reply (p->err); -3 when no
+ * connection could be made within timeout_ms (certainly not sent). */
+long it_rpub_publish(it_rpub_t *p, const char *channel, const char *data,
+                     size_t len, int timeout_ms);
+
+void it_rpub_close(it_rpub_t *p);
 
 /* Run a command line through sh; capture stdout+stderr into out.
  * Returns the exit status (or -1). */
