@@ -934,7 +934,13 @@ static void storm_round(it_server_t *srv, it_es_t *es, track_t *t, int n,
     ck_assert_msg(it_es_poll(es, n, 60000, 1, all_have, &u),
                   "not every subscriber got m%d", k);
     if (rss) {
+        long busy;
+
         it_children_usage(srv, rss, fds);
+        /* Parked subscribers hold no worker: only this status request. */
+        busy = it_status_value(srv->port, "BusyWorkers");
+        fprintf(stderr, "  %d parked: %ld busy workers\n", n, busy);
+        ck_assert_int_le(busy, 2);
     }
     for (int i = 0; i < n; i++) {
         it_es_close(&es[i]);
@@ -1003,6 +1009,7 @@ typedef struct usage_t {
     it_server_t   *srv;
     volatile int   stop;
     long           peak_rss;
+    long           peak_busy;   /* BusyWorkers, this status request too */
 } usage_t;
 
 static void *sample_usage(void *arg)
@@ -1015,6 +1022,10 @@ static void *sample_usage(void *arg)
         it_children_usage(u->srv, &rss, &fds);
         if (rss > u->peak_rss) {
             u->peak_rss = rss;
+        }
+        fds = it_status_value(u->srv->port, "BusyWorkers");
+        if (fds > u->peak_busy) {
+            u->peak_busy = fds;
         }
         usleep(100000);     /* a sampling period, not a wait for anything */
     }
@@ -1106,8 +1117,10 @@ START_TEST(slow_consumers_do_not_slow_fast_ones_and_memory_stays_bounded)
     ck_assert(it_wait_subscribers(srv.port, "mixed", FAST));
     it_children_usage(&srv, &rss1, &fds1);
     fprintf(stderr, "slow consumers: children private RSS %ld kB before, "
-            "%ld peak, %ld after the drop; fds %ld -> %ld\n", rss0,
-            u.peak_rss, rss1, fds0, fds1);
+            "%ld peak, %ld after the drop; fds %ld -> %ld; busy workers at "
+            "most %ld\n", rss0, u.peak_rss, rss1, fds0, fds1, u.peak_busy);
+    /* No worker waits for a slow client. */
+    ck_assert_int_le(u.peak_busy, 3);
     ck_assert_msg(fds1 <= fds0 + 4, "descriptors grew from %ld to %ld",
                   fds0, fds1);
     if (!getenv("COMET_ASAN")) {
