@@ -42,6 +42,7 @@
  */
 
 #include <errno.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -138,8 +139,6 @@ typedef struct comet_persist_t {
  * <dir>/kill-<P> exists removes the file and dies of SIGKILL right there,
  * holding the store lock.  The test creates the file, makes one request,
  * and sees the next locker repair the store. */
-#include <signal.h>
-
 static char fault_dir[256];
 
 static void fault_store_hook(int point)
