@@ -508,6 +508,7 @@ apr_status_t comet_resp_reply_parse(comet_resp_reply_parser_t *parser,
         {
             apr_size_t from = parser->scan > parser->pos ? parser->scan
                                                          : parser->pos + 1;
+            apr_size_t seen;
             char *nl;
 
             if (parser->pos >= len) {
@@ -517,8 +518,7 @@ apr_status_t comet_resp_reply_parse(comet_resp_reply_parser_t *parser,
             if (!nl) {
                 /* The line so far, less the type byte and a CR that may
                  * be the first half of its end. */
-                apr_size_t seen = len - parser->pos - 1;
-
+                seen = len - parser->pos - 1;
                 if (seen && data[len - 1] == '\r') {
                     seen--;
                 }
@@ -531,14 +531,21 @@ apr_status_t comet_resp_reply_parse(comet_resp_reply_parser_t *parser,
                 return APR_INCOMPLETE;
             }
             i = (apr_size_t)(nl - data);
-            if (i < parser->pos + 2 || data[i - 1] != '\r') {
-                return fail(parser, COMET_EPROTO,
-                            "Protocol error: reply line without CRLF");
+            /* The length first, counted as above (a CR before the LF is
+             * not the line's): a line that would have been too long had
+             * its LF come in a later read is too long now. */
+            seen = i - (parser->pos + 1);
+            if (seen && data[i - 1] == '\r') {
+                seen--;
             }
-            if (i - 1 - (parser->pos + 1) > parser->limits.max_line) {
+            if (seen > parser->limits.max_line) {
                 return fail(parser, COMET_ETOOBIG,
                             "reply line longer than %lu bytes",
                             (unsigned long)parser->limits.max_line);
+            }
+            if (i < parser->pos + 2 || data[i - 1] != '\r') {
+                return fail(parser, COMET_EPROTO,
+                            "Protocol error: reply line without CRLF");
             }
             if ((rv = parse_line(parser, data, i - 1, &done))
                 != APR_SUCCESS) {

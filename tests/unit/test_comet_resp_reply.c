@@ -521,6 +521,34 @@ START_TEST(a_reply_at_the_element_limit_parses)
 }
 END_TEST
 
+/* Found by fuzz_resp_reply: a line past max_line that ends in a bare LF
+ * was a protocol error when its bytes came at once, and too big when they
+ * came one by one.  The same bytes get the same answer however they come. */
+START_TEST(an_overlong_line_is_refused_alike_whole_or_byte_by_byte)
+{
+    static const char text[] = ",3.1\xc3\xf2\n,inf\r\n";
+    comet_resp_reply_limits_t lim;
+    feeder_t *whole, *bytes;
+    apr_size_t i;
+
+    comet_resp_reply_limits_default(&lim);
+    lim.max_line = 1;
+    whole = feeder_new(&lim, 64);
+    bytes = feeder_new(&lim, 64);
+    ck_assert_int_eq(FEEDS(whole, text), COMET_ETOOBIG);
+    for (i = 0; i < sizeof(text) - 1; i++) {
+        if (feed(bytes, text + i, 1) != APR_INCOMPLETE) {
+            break;
+        }
+    }
+    ck_assert_int_eq(bytes->last, COMET_ETOOBIG);
+    ck_assert_str_eq(comet_resp_reply_error(whole->parser),
+                     comet_resp_reply_error(bytes->parser));
+    feeder_free(whole);
+    feeder_free(bytes);
+}
+END_TEST
+
 START_TEST(errors_are_sticky_until_reset)
 {
     feeder_t *f = feeder_new(NULL, 256);
@@ -614,6 +642,7 @@ Suite *test_comet_resp_reply_suite(void)
     tcase_add_test(tb, malformed_replies_are_protocol_errors);
     tcase_add_test(tb, limits_are_checked_on_the_header_before_the_payload);
     tcase_add_test(tb, a_reply_at_the_element_limit_parses);
+    tcase_add_test(tb, an_overlong_line_is_refused_alike_whole_or_byte_by_byte);
     tcase_add_test(tb, errors_are_sticky_until_reset);
     tcase_add_test(tb, reset_forgets_a_reply_in_progress);
     tcase_add_test(tb, fewer_bytes_than_already_shown_is_refused);
