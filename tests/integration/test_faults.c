@@ -448,7 +448,8 @@ END_TEST
 
 /* Store kill points (comet_store.h, COMET_STORE_HOOK_*) and what makes a
  * process reach them. */
-enum { ACT_PUBLISH, ACT_PUBLISH_NEW, ACT_SUBSCRIBE, ACT_DELETE, ACT_STATUS };
+enum { ACT_PUBLISH, ACT_PUBLISH_NEW, ACT_SUBSCRIBE, ACT_DELETE, ACT_STATUS,
+       ACT_RELEASE };
 
 static const struct {
     int         point;
@@ -466,6 +467,8 @@ static const struct {
     { 4,  "EVICT_UNLINK (unlinked, not yet free)",   ACT_PUBLISH, 0 },
     { 10, "SUBSCRIBE (subscriber count changed)",    ACT_SUBSCRIBE, 0 },
     { 9,  "DELETE (marked, messages not freed)",     ACT_DELETE, 0 },
+    { 11, "RECLAIM (a channel nobody published to, freed as its last "
+          "subscriber leaves)",                        ACT_RELEASE, 0 },
     /* A kill, then the repairer killed in the middle of its repair: the
      * locker after it repairs. */
     { 6,  "COPY, then REPAIR (the repairer dies too)", ACT_PUBLISH, 12 },
@@ -580,6 +583,12 @@ START_TEST(a_kill_holding_the_store_lock_is_repaired_by_the_next_locker)
         before = it_status_value(srv.port, "CometStoreRecoveries");
         ck_assert_int_ge(before, 0);
         fprintf(stderr, "  kill point %s\n", kill_points[i].name);
+        if (kill_points[i].action == ACT_RELEASE) {
+            ck_assert_int_eq(it_sub_open(&s, srv.port, "/sub/unpublished",
+                                         "Accept: text/event-stream\r\n"),
+                             0);
+            ck_assert(it_wait_subscribers(srv.port, "unpublished", 1));
+        }
         if (kill_points[i].action == ACT_DELETE) {
             int st = it_publish(srv.port, "del", "x", NULL, NULL, 0);
 
@@ -616,12 +625,21 @@ START_TEST(a_kill_holding_the_store_lock_is_repaired_by_the_next_locker)
                         "Accept: text/event-stream\r\n");
             it_sub_close(&s);
             break;
+        case ACT_RELEASE:
+            /* Its hub releases the record as it lets the subscriber go. */
+            it_sub_close(&s);
+            break;
         case ACT_DELETE:
             it_http(srv.port, "DELETE", "/pub/del", NULL, NULL, 0, res, 5000);
             ck_assert_int_eq(res->status, 0);   /* no answer */
             break;
         }
         free(res);
+        /* Reached at once, or by a hub thread a moment later. */
+        for (long long end = it_now_ms() + 10000;
+             armed(kill_points[i].point) && it_now_ms() < end;) {
+            usleep(1000);
+        }
         ck_assert_msg(!armed(kill_points[i].point), "kill point %d was not "
                       "reached", kill_points[i].point);
         if (kill_points[i].also) {
