@@ -1034,7 +1034,7 @@ void it_children_usage(const it_server_t *s, long *rss_kb, long *fds)
     }
 }
 
-/* ---- faults ---------------------------------------------------------------- */
+/* ---- faults ------------------------------------------------------------- */
 
 static int process_dead(pid_t pid)
 {
@@ -1099,7 +1099,7 @@ int it_status_processes(int port, pid_t *pids, long *subs, int max)
     return n;
 }
 
-/* ---- an EventSource-like client ------------------------------------------- */
+/* ---- an EventSource-like client ----------------------------------------- */
 
 void it_es_init(it_es_t *es, int port, const char *path,
                 it_es_event_fn *on_event, void *baton)
@@ -1391,7 +1391,7 @@ int it_es_poll(it_es_t *es, int n, int timeout_ms, int reconnect,
     return done;
 }
 
-/* ---- a publisher on the publish socket ------------------------------------ */
+/* ---- a publisher on the publish socket ---------------------------------- */
 
 void it_rpub_init(it_rpub_t *p, const char *socket_path)
 {

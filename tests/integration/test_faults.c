@@ -183,7 +183,7 @@ static void track_verify(track_t *t, int from, const char *what)
     ck_assert_msg(track_check(t, from, what, why, sizeof(why)), "%s", why);
 }
 
-/* ---- the publishing side -------------------------------------------------- */
+/* ---- the publishing side ------------------------------------------------ */
 
 typedef struct burst_t {
     it_server_t    *srv;
@@ -339,7 +339,7 @@ static void raise_fd_limit(int want)
     ck_assert_msg(rl.rlim_cur > (rlim_t)want, "need %d descriptors", want);
 }
 
-/* ---- (a) SIGKILL of a child in the middle of a burst ---------------------- */
+/* ---- (a) SIGKILL of a child in the middle of a burst -------------------- */
 
 typedef struct kill_plan_t {
     int   at;          /* before publishing this number */
@@ -444,7 +444,7 @@ START_TEST(a_child_killed_mid_burst_loses_nothing_for_its_resuming_clients)
 }
 END_TEST
 
-/* ---- (b) a kill while a child holds the store lock -------------------------- */
+/* ---- (b) a kill while a child holds the store lock ---------------------- */
 
 /* Store kill points (comet_store.h, COMET_STORE_HOOK_*) and what makes a
  * process reach them. */
@@ -691,7 +691,7 @@ START_TEST(a_kill_holding_the_store_lock_is_repaired_by_the_next_locker)
 }
 END_TEST
 
-/* ---- (c) graceful restarts during a burst to 1,000 subscribers ------------- */
+/* ---- (c) graceful restarts during a burst to 1,000 subscribers ---------- */
 
 typedef struct restart_plan_t {
     int            at[2];      /* before these numbers: a graceful restart */
@@ -820,7 +820,7 @@ START_TEST(two_graceful_restarts_during_a_burst_deliver_everything_once)
 }
 END_TEST
 
-/* ---- (d) shared memory filled by large messages ---------------------------- */
+/* ---- (d) shared memory filled by large messages ------------------------- */
 
 typedef struct canary_t {
     char   *want;
@@ -959,7 +959,7 @@ START_TEST(a_full_store_refuses_clearly_keeps_the_canary_and_recovers)
 }
 END_TEST
 
-/* ---- (e) a reconnect storm of 5,000 ------------------------------------------ */
+/* ---- (e) a reconnect storm of 5,000 ------------------------------------- */
 
 typedef struct storm_t {
     track_t *t;
@@ -1078,7 +1078,7 @@ START_TEST(a_reconnect_storm_of_5000_leaves_memory_and_descriptors_level)
 }
 END_TEST
 
-/* ---- (f) slow consumers next to fast ones ------------------------------------ */
+/* ---- (f) slow consumers next to fast ones ------------------------------- */
 
 typedef struct usage_t {
     it_server_t   *srv;
@@ -1239,7 +1239,7 @@ START_TEST(slow_consumers_do_not_slow_fast_ones_and_memory_stays_bounded)
 }
 END_TEST
 
-/* ---- (g) a long-poll burst ---------------------------------------------------- */
+/* ---- (g) a long-poll burst ---------------------------------------------- */
 
 typedef struct poller_t {
     int            port;
@@ -1478,12 +1478,19 @@ Suite *test_faults_suite(void)
 {
     Suite *s = suite_create("faults");
 
-    add_case(s, "kill", a_child_killed_mid_burst_loses_nothing_for_its_resuming_clients);
-    add_case(s, "lock", a_kill_holding_the_store_lock_is_repaired_by_the_next_locker);
-    add_case(s, "restart", two_graceful_restarts_during_a_burst_deliver_everything_once);
-    add_case(s, "full", a_full_store_refuses_clearly_keeps_the_canary_and_recovers);
-    add_case(s, "storm", a_reconnect_storm_of_5000_leaves_memory_and_descriptors_level);
-    add_case(s, "slow", slow_consumers_do_not_slow_fast_ones_and_memory_stays_bounded);
-    add_case(s, "longpoll", a_long_poll_burst_reaches_every_client_exactly_once);
+    add_case(s, "kill",
+             a_child_killed_mid_burst_loses_nothing_for_its_resuming_clients);
+    add_case(s, "lock",
+             a_kill_holding_the_store_lock_is_repaired_by_the_next_locker);
+    add_case(s, "restart",
+             two_graceful_restarts_during_a_burst_deliver_everything_once);
+    add_case(s, "full",
+             a_full_store_refuses_clearly_keeps_the_canary_and_recovers);
+    add_case(s, "storm",
+             a_reconnect_storm_of_5000_leaves_memory_and_descriptors_level);
+    add_case(s, "slow",
+             slow_consumers_do_not_slow_fast_ones_and_memory_stays_bounded);
+    add_case(s, "longpoll",
+             a_long_poll_burst_reaches_every_client_exactly_once);
     return s;
 }
