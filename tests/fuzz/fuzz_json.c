@@ -680,20 +680,23 @@ static void path_render_poll(const input_t *in, apr_pool_t *p)
     apr_uint64_t seqs[3] = { 4, 5, 6 };
     const comet_read_t *reads[3] = { NULL, NULL, NULL };
     comet_read_t *rd = make_read(in, p);
-    comet_buf_t *buf;
+    comet_buf_t *buf, *tmp;
     jnode_t *doc, *e;
     char text[COMET_MSGID_COMPOUND_MAXLEN(3)];
     apr_status_t rv;
-    int i;
+    int i, complete = 0;
 
     reads[1] = rd;
     CHECK(comet_buf_create(&buf, p, 0, in->bound) == APR_SUCCESS);
-    rv = comet_render_poll(buf, 0x1f03a9c2, channels, seqs, 3, reads,
-                           in->missed);
+    CHECK(comet_buf_create(&tmp, p, 0, in->bound) == APR_SUCCESS);
+    /* No limit: every message of the read goes in, or nothing fits. */
+    rv = comet_render_poll(buf, tmp, 0x1f03a9c2, channels, seqs, 3, reads,
+                           in->missed, 0, &complete);
     if (rv != APR_SUCCESS) {
         CHECK(rv == APR_ENOSPC);
         return;
     }
+    CHECK(complete);
     CHECK(seqs[0] == 4 && seqs[2] == 6);
     CHECK(seqs[1] == 10 + 3 * (apr_uint64_t)(in->nmsgs - 1));
     doc = jparse(buf->data, buf->len);
@@ -824,7 +827,8 @@ static void path_ndjson(const input_t *in, apr_pool_t *p)
     /* The same read as the hub renders it. */
     comet_buf_truncate(buf, 0);
     rv = comet_render_stream(buf, COMET_T_STREAM, in->chunked, 0x1f03a9c2,
-                             channels, seqs, 1, 0, make_read(in, p), p);
+                             channels, seqs, 1, 0, make_read(in, p), 0, NULL,
+                             p);
     CHECK(rv == APR_SUCCESS || rv == APR_ENOSPC);
     if (in->chunked) {
         plain = dechunk(buf->data, buf->len, &plen);

@@ -471,7 +471,7 @@ static void path_render(const input_t *in, apr_pool_t *p)
     CHECK(comet_buf_create(&buf, p, 0, in->bound) == APR_SUCCESS);
     start_seq = seqs[ci];
     rv = comet_render_stream(buf, COMET_T_SSE, in->chunked, epoch, channels,
-                             seqs, nchan, ci, &rd, p);
+                             seqs, nchan, ci, &rd, 0, NULL, p);
     CHECK(rv == APR_SUCCESS || rv == APR_ENOSPC);
     parse_buf(buf, 0, in->chunked, &r);
     want_events = (size_t)in->missed + (size_t)in->nmsgs
