@@ -171,7 +171,23 @@ async function newPage(ctx, url) {
 
     page.on("pageerror", (e) => say(`page error: ${e.message}`));
     if (url) {
-        await page.goto(url);
+        // The test page must be the one served: say what came instead
+        // (the scenario's subject is what the page does, not its load).
+        for (let attempt = 1; ; attempt++) {
+            const res = await page.goto(url);
+            const ready = await page.evaluate(() => typeof window.start === "function"
+                                              || typeof window.Comet === "object");
+            if (res && res.ok() && (ready || !url.endsWith("t.html"))) {
+                break;
+            }
+            const why = `${url}: HTTP ${res ? res.status() : "no response"}, `
+                + `${ready ? "" : "page script not run: "}`
+                + `${(await page.content()).slice(0, 200)}`;
+            if (attempt === 2) {
+                throw new Error(why);
+            }
+            say(`loading the page again: ${why}`);
+        }
     }
     return page;
 }
