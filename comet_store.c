@@ -42,7 +42,7 @@
  *
  * A message is a chain of blocks.  Its first block holds the header
  * (next_msg, index of its last block, lengths, seq, times, checksum,
- * magic) and the first 16 bytes of "event type, then data"; each further
+ * magic) and the first 16 bytes of "event type, sender, then data"; each further
  * block holds 60 bytes.  A 100-byte message thus takes 3 blocks, 192
  * bytes; freeing any chain is O(1) (splice first..last onto the free list).
  *
@@ -134,7 +134,7 @@
 /* ------------------------------------------------------------------ */
 
 #define STORE_MAGIC         APR_UINT64_C(0x31544d4f4354454d) /* "METCOMT1" */
-#define STORE_VERSION       2
+#define STORE_VERSION       3
 #define STORE_NIL           0xffffffffu
 #define STORE_BLK_SIZE      64
 #define STORE_BLK_DATA      (STORE_BLK_SIZE - 4)
@@ -179,6 +179,10 @@ static const char *const store_op_names[] = {
 
 comet_store_hook_fn *comet_store_test_hook;
 
+/* Both lengths are kept in a byte of the message header. */
+typedef char store_event_fits_a_byte[COMET_STORE_EVENT_MAX <= 255 ? 1 : -1];
+typedef char store_from_fits_a_byte[COMET_STORE_FROM_MAX <= 255 ? 1 : -1];
+
 typedef struct store_msg_t {
     apr_uint32_t next;          /* chain link, as in every block */
     apr_uint32_t next_msg;      /* first block of the channel's next msg */
@@ -187,8 +191,9 @@ typedef struct store_msg_t {
     apr_uint64_t seq;
     apr_int64_t  mono;          /* publish time, monotonic, for expiry */
     apr_int64_t  wall;          /* publish time, wall clock, for people */
-    apr_uint32_t sum;           /* checksum of event + data */
-    apr_uint16_t event_len;
+    apr_uint32_t sum;           /* checksum of event + from + data */
+    unsigned char event_len;
+    unsigned char from_len;     /* the sender's identity, 0: none */
     apr_uint16_t magic;         /* written last: the message is complete */
     unsigned char data[STORE_MSG_DATA];
 } store_msg_t;
@@ -403,9 +408,9 @@ static apr_uint32_t id_hash(apr_uint64_t seed, const char *s, apr_size_t len)
     return (apr_uint32_t)(h ^ (h >> 32));
 }
 
-/* Streaming checksum of a message's event + data, the same whatever the
- * chunking, so publish computes it over the caller's buffers (outside the
- * lock) and the verifier over the chain of blocks. */
+/* Streaming checksum of a message's event + from + data, the same
+ * whatever the chunking, so publish computes it over the caller's buffers
+ * (outside the lock) and the verifier over the chain of blocks. */
 typedef struct store_sum_t {
     apr_uint64_t h;
     apr_uint64_t total;
@@ -568,10 +573,11 @@ void comet_store_config_default(comet_store_config_t *cfg, apr_size_t size)
 }
 
 /* Blocks the smallest segment must offer: one message of the largest size
- * with the longest event type, plus room for a few channels. */
+ * with the longest event type and sender, plus room for a few channels. */
 static apr_size_t min_blocks(const comet_store_config_t *cfg)
 {
-    apr_size_t b = msg_blocks(cfg->max_message_size + COMET_STORE_EVENT_MAX)
+    apr_size_t b = msg_blocks(cfg->max_message_size + COMET_STORE_EVENT_MAX
+                              + COMET_STORE_FROM_MAX)
                    + 4 * (id_blocks(cfg->max_channel_id) + 1);
 
     return b < STORE_MIN_BLOCKS ? STORE_MIN_BLOCKS : b;
@@ -1129,7 +1135,7 @@ static store_msg_t *MSG(comet_store_t *st, apr_uint32_t i)
 
 static apr_uint64_t msg_payload(const store_msg_t *m)
 {
-    return (apr_uint64_t)m->event_len + m->data_len;
+    return (apr_uint64_t)m->event_len + m->from_len + m->data_len;
 }
 
 /* Drop the oldest message of the channel. */
@@ -1923,10 +1929,14 @@ apr_status_t comet_store_publish(comet_store_t *st,
     if ((rv = event_check(msg->event, msg->event_len)) != APR_SUCCESS) {
         return rv;
     }
+    if (msg->from_len > COMET_STORE_FROM_MAX
+        || (msg->from_len && !msg->from)) {
+        return APR_EINVAL;
+    }
     if (msg->data_len > h->max_message_size) {
         return COMET_ETOOBIG;
     }
-    payload = msg->event_len + msg->data_len;
+    payload = msg->event_len + msg->from_len + msg->data_len;
     need = msg_blocks(payload);
     if (need > st->nblocks) {
         return COMET_EFULL;
@@ -1935,6 +1945,7 @@ apr_status_t comet_store_publish(comet_store_t *st,
     hash = id_hash(h->seed, msg->channel, msg->channel_len);
     sum_init(&sum);
     sum_update(&sum, msg->event, msg->event_len);
+    sum_update(&sum, msg->from, msg->from_len);
     sum_update(&sum, msg->data, msg->data_len);
     wall = apr_time_now();
     wake_init(st, &w);
@@ -1985,13 +1996,15 @@ apr_status_t comet_store_publish(comet_store_t *st,
     m->next_msg = STORE_NIL;
     m->last = last;
     m->data_len = (apr_uint32_t)msg->data_len;
-    m->event_len = (apr_uint16_t)msg->event_len;
+    m->event_len = (unsigned char)msg->event_len;
+    m->from_len = (unsigned char)msg->from_len;
     m->seq = seq;
     m->mono = now;
     m->wall = wall;
     m->sum = sum_final(&sum);
     cur_init(&c, st, first, 1);
     cur_write(&c, msg->event, msg->event_len, 1);
+    cur_write(&c, msg->from, msg->from_len, 1);
     cur_write(&c, msg->data, msg->data_len, 1);
     STORE_ORDER();
     m->magic = STORE_MSG_MAGIC;
@@ -2119,7 +2132,7 @@ static void msg_copy(comet_store_t *st, apr_uint32_t b, apr_pool_t *p,
 {
     store_msg_t *m = MSG(st, b);
     store_cur_t c;
-    char *ev = NULL, *data;
+    char *ev = NULL, *from = NULL, *data;
 
     out->id.epoch = st->epoch;
     out->id.seq = m->seq;
@@ -2130,11 +2143,18 @@ static void msg_copy(comet_store_t *st, apr_uint32_t b, apr_pool_t *p,
         cur_read(&c, ev, m->event_len);
         ev[m->event_len] = '\0';
     }
+    if (m->from_len) {
+        from = apr_palloc(p, (apr_size_t)m->from_len + 1);
+        cur_read(&c, from, m->from_len);
+        from[m->from_len] = '\0';
+    }
     data = apr_palloc(p, (apr_size_t)m->data_len + 1);
     cur_read(&c, data, m->data_len);
     data[m->data_len] = '\0';
     out->event = ev;
     out->event_len = m->event_len;
+    out->from = from;
+    out->from_len = m->from_len;
     out->data = data;
     out->data_len = m->data_len;
 }

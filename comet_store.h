@@ -65,6 +65,9 @@ typedef struct comet_store_t comet_store_t;   /* process-local handle */
 #define COMET_STORE_CHAN_RESERVE     4     /* a quarter of the records    */
 #define COMET_STORE_BLOCK_RESERVE    8     /* an eighth of the blocks     */
 
+/* Bytes of a message's sender identity (any bytes; shown JSON-escaped). */
+#define COMET_STORE_FROM_MAX         255
+
 typedef struct comet_store_config_t {
     apr_size_t   size;              /* bytes of the segment                */
     apr_uint32_t buffer_length;     /* max messages kept per channel (100) */
@@ -88,7 +91,8 @@ void comet_store_config_default(comet_store_config_t *cfg, apr_size_t size);
 apr_size_t comet_store_min_size(const comet_store_config_t *cfg);
 
 /* The segment holds about size / 1024 channel records and 64-byte blocks
- * for the rest: a message takes 1 + ceil((event + data - 16) / 60) blocks
+ * for the rest: a message takes 1 + ceil((event + from + data - 16) / 60)
+ * blocks
  * (a 100-byte message 192 bytes), a channel id longer than 24 bytes
  * ceil(len / 60) blocks, a channel with subscribers one block per three
  * process slots subscribed. */
@@ -197,6 +201,9 @@ typedef struct comet_publish_t {
     const char *channel;  apr_size_t channel_len;
     const char *data;     apr_size_t data_len;
     const char *event;    apr_size_t event_len;  /* NULL/0: no event type */
+    /* Who sent it, as the server established it (a WebSocket client's or
+     * an HTTP publisher's CometClientIdentity); NULL/0: nobody said. */
+    const char *from;     apr_size_t from_len;
 } comet_publish_t;
 
 typedef struct comet_publish_result_t {
@@ -216,7 +223,8 @@ typedef void comet_wake_fn(void *baton, apr_uint32_t slot);
  * beyond buffer_length, and queue the channel on the wakeup queue of every
  * slot with subscribers on it.  Errors: COMET_EBADCHAN, COMET_ETOOBIG,
  * COMET_EPROTO (event type refused, see COMET_STORE_EVENT_MAX),
- * COMET_ERESERVED (see COMET_STORE_EVENT_RESERVED), and
+ * COMET_ERESERVED (see COMET_STORE_EVENT_RESERVED), APR_EINVAL (a sender
+ * longer than COMET_STORE_FROM_MAX), and
  * COMET_EFULL when no room is left after reclaiming expired messages and
  * idle channels (nothing was changed then).  Cost: the copy of the payload
  * plus one step per subscribed slot; only when the segment is full, one
@@ -242,6 +250,7 @@ typedef struct comet_msg_t {
     comet_msgid_t id;
     apr_time_t    published;        /* wall clock, for people */
     const char   *event;  apr_size_t event_len;   /* NULL when none */
+    const char   *from;   apr_size_t from_len;    /* NULL when none */
     const char   *data;   apr_size_t data_len;
 } comet_msg_t;
 

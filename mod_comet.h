@@ -20,7 +20,7 @@
 /* Shown by HELLO/INFO, and kept with the store across graceful restarts:
  * a release that changes the store's layout or its handle must change it,
  * so that a graceful restart into it starts a new store. */
-#define COMET_MODULE_VERSION     "0.1.0"
+#define COMET_MODULE_VERSION     "0.2.0"
 
 extern module AP_MODULE_DECLARE_DATA comet_module;
 

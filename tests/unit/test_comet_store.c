@@ -142,7 +142,7 @@ END_TEST
 START_TEST(publish_then_read_returns_the_message_with_event_and_times)
 {
     comet_store_t *st = store_util_make(MB, 0, 0, 0, 0);
-    comet_publish_t m = { "news", 4, "hello", 5, "update", 6 };
+    comet_publish_t m = { "news", 4, "hello", 5, "update", 6, NULL, 0 };
     comet_publish_result_t res;
     apr_time_t before = apr_time_now();
     comet_read_t r;
@@ -184,7 +184,7 @@ START_TEST(publish_refuses_bad_channel_event_and_size)
 {
     comet_store_t *st = store_util_make(MB, 0, 0, 0, 0);
     comet_store_config_t cfg;
-    comet_publish_t m = { "c", 1, "x", 1, NULL, 0 };
+    comet_publish_t m = { "c", 1, "x", 1, NULL, 0, NULL, 0 };
     char ev[COMET_STORE_EVENT_MAX + 1];
     char *big;
     comet_store_stats_t s;
@@ -227,6 +227,57 @@ START_TEST(publish_refuses_bad_channel_event_and_size)
     free(big);
     comet_store_stats(st, &s);
     ck_assert_uint_eq(s.messages, 2);
+    store_util_check(st);
+}
+END_TEST
+
+START_TEST(publish_keeps_the_sender_beside_event_and_data)
+{
+    comet_store_t *st = store_util_make(MB, 0, 0, 0, 0);
+    comet_publish_t m = { "room", 4, "hi there", 8, "chat", 4, NULL, 0 };
+    char from[COMET_STORE_FROM_MAX + 1];
+    comet_publish_result_t res;
+    comet_read_t r;
+    comet_msg_t *msg;
+
+    /* Any bytes, up to the bound: the sender is shown JSON-escaped. */
+    memset(from, 'a', sizeof(from));
+    from[0] = '"';
+    from[1] = '\0';
+    m.from = from;
+    m.from_len = COMET_STORE_FROM_MAX;
+    ck_assert_int_eq(comet_store_publish(st, &m, 1, NULL, NULL, &res),
+                     APR_SUCCESS);
+    m.from = "alice";
+    m.from_len = 5;
+    m.event = NULL;
+    m.event_len = 0;
+    ck_assert_int_eq(comet_store_publish(st, &m, 2, NULL, NULL, &res),
+                     APR_SUCCESS);
+    m.from_len = COMET_STORE_FROM_MAX + 1;
+    m.from = from;
+    ck_assert_int_eq(comet_store_publish(st, &m, 3, NULL, NULL, NULL),
+                     APR_EINVAL);
+    m.from = NULL;
+    m.from_len = 0;
+    ck_assert_int_eq(comet_store_publish(st, &m, 3, NULL, NULL, &res),
+                     APR_SUCCESS);
+
+    r = rd(st, "room", mkid(0, 0), 4);
+    ck_assert_int_eq(r.msgs->nelts, 3);
+    msg = msg_at(&r, 0);
+    ck_assert_uint_eq(msg->from_len, COMET_STORE_FROM_MAX);
+    ck_assert(memcmp(msg->from, from, COMET_STORE_FROM_MAX) == 0);
+    ck_assert_str_eq(msg->event, "chat");
+    ck_assert_str_eq(msg->data, "hi there");
+    msg = msg_at(&r, 1);
+    ck_assert_str_eq(msg->from, "alice");
+    ck_assert_ptr_null(msg->event);
+    ck_assert_str_eq(msg->data, "hi there");
+    msg = msg_at(&r, 2);
+    ck_assert_ptr_null(msg->from);
+    ck_assert_uint_eq(msg->from_len, 0);
+    /* The checksum covers the sender: the verifier agrees. */
     store_util_check(st);
 }
 END_TEST
@@ -983,7 +1034,7 @@ END_TEST
 START_TEST(event_types_of_the_servers_signals_are_reserved)
 {
     comet_store_t *st = store_util_make(MB, 0, 0, 0, 0);
-    comet_publish_t m = { "c", 1, "x", 1, NULL, 0 };
+    comet_publish_t m = { "c", 1, "x", 1, NULL, 0, NULL, 0 };
     const char *refused[] = { "comet-missed", "comet-deleted", "Comet-Missed",
                               "COMET-anything", "comet-" };
     const char *allowed[] = { "comet", "comets", "my-comet-missed", "cometx" };
@@ -1269,7 +1320,7 @@ START_TEST(wakeups_coalesce_until_drained_and_queue_each_channel_once)
     comet_msgid_t newest;
     apr_uint32_t a, b;
     int overflow, i;
-    comet_publish_t m = { "c", 1, "x", 1, NULL, 0 };
+    comet_publish_t m = { "c", 1, "x", 1, NULL, 0, NULL, 0 };
 
     ck_assert_int_eq(comet_store_proc_attach(st, getpid(), &a), APR_SUCCESS);
     ck_assert_int_eq(comet_store_proc_attach(st, getppid(), &b), APR_SUCCESS);
@@ -1437,6 +1488,7 @@ Suite *test_comet_store_suite(void)
     tcase_add_test(buf, event_types_of_the_servers_signals_are_reserved);
     tcase_add_test(buf,
                    an_id_beyond_the_newest_seq_reads_as_one_of_another_epoch);
+    tcase_add_test(buf, publish_keeps_the_sender_beside_event_and_data);
     tcase_add_test(buf,
                    buffer_keeps_the_newest_by_count_evicting_oldest_first);
     tcase_add_test(buf, buffer_drops_messages_older_than_the_timeout);

@@ -417,7 +417,8 @@ static void m_worker(comet_store_t *st, int in, int out)
         apr_pool_clear(p);
         switch (op.type) {
         case M_PUB: {
-            comet_publish_t m = { name, strlen(name), buf, op.len, NULL, 0 };
+            comet_publish_t m = { name, strlen(name), buf, op.len, NULL, 0,
+                                  NULL, 0 };
             comet_publish_result_t pr;
 
             memset(&pr, 0, sizeof(pr));
@@ -1186,7 +1187,7 @@ START_TEST(after_a_repair_slots_with_queued_channels_are_kicked_again)
     crash_nth = 1;
     victim = fork();
     if (victim == 0) {
-        comet_publish_t m = { "c", 1, "x", 1, NULL, 0 };
+        comet_publish_t m = { "c", 1, "x", 1, NULL, 0, NULL, 0 };
 
         comet_store_test_hook = crash_hook;
         comet_store_publish(st, &m, 1, pipe_wake, NULL, NULL);
