@@ -143,6 +143,16 @@ apr_status_t comet_frame_sse(comet_buf_t *buf,
                              const char *event, apr_size_t event_len,
                              const char *data, apr_size_t data_len)
 {
+    return comet_frame_sse_from(buf, id, id_len, event, event_len, NULL, 0,
+                                data, data_len);
+}
+
+apr_status_t comet_frame_sse_from(comet_buf_t *buf,
+                                  const char *id, apr_size_t id_len,
+                                  const char *event, apr_size_t event_len,
+                                  const char *from, apr_size_t from_len,
+                                  const char *data, apr_size_t data_len)
+{
     apr_size_t start = buf->len, i = 0, line;
     apr_status_t rv = APR_SUCCESS;
 
@@ -151,6 +161,9 @@ apr_status_t comet_frame_sse(comet_buf_t *buf,
     }
     if (event && event_len) {
         put_field(buf, &rv, "event: ", 7, event, event_len);
+    }
+    if (from && from_len) {
+        put_field(buf, &rv, "from: ", 6, from, from_len);
     }
     /* The last segment is written even when empty: that is what carries an
      * empty payload and a payload's final newline. */
@@ -372,7 +385,7 @@ apr_status_t comet_frame_json_string(comet_buf_t *buf, const char *s,
     return finish(buf, start, rv);
 }
 
-/* {"channel":..,"id":..[,"event":..],"time":..,"data":..} */
+/* {"channel":..,"id":..[,"event":..][,"from":..],"time":..,"data":..} */
 static void put_msg(comet_buf_t *buf, apr_status_t *rv,
                     const comet_frame_msg_t *msg)
 {
@@ -386,6 +399,10 @@ static void put_msg(comet_buf_t *buf, apr_status_t *rv,
     if (msg->event && msg->event_len) {
         PUT_LIT(buf, rv, ",\"event\":");
         put_json(buf, rv, msg->event, msg->event_len);
+    }
+    if (msg->from && msg->from_len) {
+        PUT_LIT(buf, rv, ",\"from\":");
+        put_json(buf, rv, msg->from, msg->from_len);
     }
     n = apr_snprintf(num, sizeof(num), ",\"time\":%" APR_INT64_T_FMT,
                      (apr_int64_t)apr_time_as_msec(msg->time));
@@ -436,6 +453,16 @@ apr_status_t comet_frame_poll_add(comet_frame_poll_t *poll,
 apr_status_t comet_frame_poll_end(comet_frame_poll_t *poll)
 {
     return comet_buf_append(poll->buf, "]}", 2);
+}
+
+apr_status_t comet_frame_json_msg(comet_buf_t *buf,
+                                  const comet_frame_msg_t *msg)
+{
+    apr_size_t start = buf->len;
+    apr_status_t rv = APR_SUCCESS;
+
+    put_msg(buf, &rv, msg);
+    return finish(buf, start, rv);
 }
 
 apr_status_t comet_frame_ndjson(comet_buf_t *buf,

@@ -29,6 +29,7 @@
  * ---- Server-Sent Events (text/event-stream) -------------------------------
  *   message:     id: <id>\n                   when there is an id
  *                event: <name>\n              when there is a name
+ *                from: <sender>\n             when the message has one
  *                data: <line>\n               one per payload line
  *                \n
  *   A payload is split into lines at CR, LF and CRLF alike, which is how
@@ -43,6 +44,11 @@
  *   comment:     : <text>\n\n                 (":\n\n" when text is empty;
  *                                              CR/LF in text become ' ')
  *   retry:       retry: <ms>\n\n
+ *
+ *   The from field carries the identity the server established for the
+ *   sender (CometClientIdentity).  EventSource ignores fields it does not
+ *   know (HTML's rule), so browsers see the message as before; a client
+ *   that reads the stream itself sees the sender.
  *
  *   Event names.  On a single-channel subscription the event name is the
  *   message's type and is absent for an untyped message.  On a
@@ -68,8 +74,9 @@
  * ---- Long-poll response body: one JSON document ---------------------------
  *   {"id":"<next id>","missed":false,"messages":[<msg>,<msg>,...]}
  *   <msg> = {"channel":"room1","id":"<id>","event":"typing",
- *            "time":<unix ms>,"data":"..."}
- *   "event" is left out for an untyped message; "missed" is true when the
+ *            "from":"alice","time":<unix ms>,"data":"..."}
+ *   "event" is left out for an untyped message, "from" for one without a
+ *   sender identity; "missed" is true when the
  *   store said messages were lost; a poll that timed out has
  *   "messages":[].  Built with comet_frame_poll_begin/_add/_end so that
  *   messages of several channels can be added in turn.
@@ -93,6 +100,7 @@ typedef struct comet_frame_msg_t {
     const char *channel;  apr_size_t channel_len;
     const char *id;       apr_size_t id_len;     /* text form           */
     const char *event;    apr_size_t event_len;  /* NULL/0: untyped     */
+    const char *from;     apr_size_t from_len;   /* NULL/0: no sender   */
     const char *data;     apr_size_t data_len;
     apr_time_t  time;                            /* wall clock, in µs   */
 } comet_frame_msg_t;
@@ -124,6 +132,14 @@ apr_status_t comet_frame_sse(comet_buf_t *buf,
                              const char *id, apr_size_t id_len,
                              const char *event, apr_size_t event_len,
                              const char *data, apr_size_t data_len);
+
+/* The same with the sender's identity (from may be NULL: no line).  Any
+ * thread that owns buf. */
+apr_status_t comet_frame_sse_from(comet_buf_t *buf,
+                                  const char *id, apr_size_t id_len,
+                                  const char *event, apr_size_t event_len,
+                                  const char *from, apr_size_t from_len,
+                                  const char *data, apr_size_t data_len);
 
 /* A comment, a retry, the missed and deleted events: see the format
  * above.  Any thread that owns buf. */
@@ -175,6 +191,11 @@ apr_status_t comet_frame_poll_begin(comet_frame_poll_t *poll,
 apr_status_t comet_frame_poll_add(comet_frame_poll_t *poll,
                                   const comet_frame_msg_t *msg);
 apr_status_t comet_frame_poll_end(comet_frame_poll_t *poll);
+
+/* One message object alone (no newline): a WebSocket text frame's
+ * payload.  Any thread that owns buf. */
+apr_status_t comet_frame_json_msg(comet_buf_t *buf,
+                                  const comet_frame_msg_t *msg);
 
 /* ndjson stream: a message, the missed and deleted lines, a keepalive.
  * Any thread that owns buf. */

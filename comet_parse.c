@@ -83,6 +83,9 @@ int comet_parse_transport_name(const char *name)
     if (!strcasecmp(name, "stream")) {
         return COMET_T_STREAM;
     }
+    if (!strcasecmp(name, "websocket") || !strcasecmp(name, "ws")) {
+        return COMET_T_WS;
+    }
     return 0;
 }
 
@@ -94,7 +97,7 @@ apr_status_t comet_parse_transport(const char *query, const char *accept,
 
     if (query) {
         if (!(t = comet_parse_transport_name(query))) {
-            *why = "unknown transport (use sse, longpoll or stream)";
+            *why = "unknown transport (use sse, longpoll, stream or websocket)";
             return APR_EINVAL;
         }
     }

@@ -31,11 +31,14 @@ apr_status_t comet_parse_number(const char *arg, apr_int64_t min,
                                 apr_int64_t max, apr_int64_t *out);
 
 /* The transport a name stands for, in any case: "sse" or "eventsource",
- * "longpoll" or "long-poll", "stream".  A COMET_T_* bit, or 0. */
+ * "longpoll" or "long-poll", "stream", "websocket" or "ws".  A COMET_T_*
+ * bit, or 0. */
 int comet_parse_transport_name(const char *name);
 
 /* The transport a subscriber asks for: query is its transport= argument,
- * accept its Accept header (each NULL when absent).  The argument wins;
+ * accept its Accept header (each NULL when absent).  (A WebSocket
+ * handshake is recognised by the glue, before this is asked.)  The
+ * argument wins;
  * else an Accept of text/event-stream means SSE, one of
  * application/x-ndjson the stream; else long-poll.  allowed: the COMET_T_*
  * bits permitted.  APR_SUCCESS and *transport; APR_EINVAL when the

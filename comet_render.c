@@ -12,6 +12,7 @@
 
 #include "comet_frame.h"
 #include "comet_render.h"
+#include "comet_ws.h"
 
 apr_size_t comet_render_position_id(char *buf, apr_uint32_t epoch,
                                  const apr_uint64_t *seqs, apr_size_t nchan)
@@ -37,8 +38,17 @@ apr_status_t comet_render_msg(comet_buf_t *buf, int transport, int chunked,
     apr_status_t rv;
 
     idlen = comet_render_position_id(idbuf, epoch, seqs, nchan);
-    if (chunked && (rv = comet_frame_chunk_begin(buf, &mark))
-        != APR_SUCCESS) {
+    if (transport == COMET_T_WS) {
+        chunked = 0;
+        rv = comet_ws_frame_begin(buf, &mark);
+    }
+    else if (chunked) {
+        rv = comet_frame_chunk_begin(buf, &mark);
+    }
+    else {
+        rv = APR_SUCCESS;
+    }
+    if (rv != APR_SUCCESS) {
         return rv;
     }
     if (transport == COMET_T_SSE) {
@@ -47,8 +57,8 @@ apr_status_t comet_render_msg(comet_buf_t *buf, int transport, int chunked,
                                                 strlen(ids[ci]), msg->event,
                                                 msg->event_len, &elen);
 
-        rv = comet_frame_sse(buf, idbuf, idlen, ev, elen, msg->data,
-                             msg->data_len);
+        rv = comet_frame_sse_from(buf, idbuf, idlen, ev, elen, msg->from,
+                                  msg->from_len, msg->data, msg->data_len);
     }
     else {
         comet_frame_msg_t fm;
@@ -67,12 +77,18 @@ apr_status_t comet_render_msg(comet_buf_t *buf, int transport, int chunked,
         }
         fm.event = msg->event;
         fm.event_len = msg->event_len;
+        fm.from = msg->from;
+        fm.from_len = msg->from_len;
         fm.data = msg->data;
         fm.data_len = msg->data_len;
         fm.time = msg->published;
-        rv = comet_frame_ndjson(buf, &fm);
+        rv = transport == COMET_T_WS ? comet_frame_json_msg(buf, &fm)
+                                     : comet_frame_ndjson(buf, &fm);
     }
-    if (rv == APR_SUCCESS && chunked) {
+    if (rv == APR_SUCCESS && transport == COMET_T_WS) {
+        rv = comet_ws_frame_end(buf, mark, COMET_WS_OP_TEXT);
+    }
+    else if (rv == APR_SUCCESS && chunked) {
         rv = comet_frame_chunk_end(buf, mark);
     }
     if (rv != APR_SUCCESS) {
@@ -88,8 +104,17 @@ apr_status_t comet_render_notice(comet_buf_t *buf, int transport,
     apr_size_t mark = 0, before = buf->len, len = strlen(channel);
     apr_status_t rv;
 
-    if (chunked && (rv = comet_frame_chunk_begin(buf, &mark))
-        != APR_SUCCESS) {
+    if (transport == COMET_T_WS) {
+        chunked = 0;
+        rv = comet_ws_frame_begin(buf, &mark);
+    }
+    else if (chunked) {
+        rv = comet_frame_chunk_begin(buf, &mark);
+    }
+    else {
+        rv = APR_SUCCESS;
+    }
+    if (rv != APR_SUCCESS) {
         return rv;
     }
     if (transport == COMET_T_SSE) {
@@ -100,7 +125,12 @@ apr_status_t comet_render_notice(comet_buf_t *buf, int transport,
         rv = deleted ? comet_frame_ndjson_deleted(buf, channel, len)
                      : comet_frame_ndjson_missed(buf, channel, len);
     }
-    if (rv == APR_SUCCESS && chunked) {
+    if (rv == APR_SUCCESS && transport == COMET_T_WS) {
+        /* The same object as the stream's line, without its newline. */
+        buf->len--;
+        rv = comet_ws_frame_end(buf, mark, COMET_WS_OP_TEXT);
+    }
+    else if (rv == APR_SUCCESS && chunked) {
         rv = comet_frame_chunk_end(buf, mark);
     }
     if (rv != APR_SUCCESS) {
@@ -176,6 +206,8 @@ static void poll_msg(comet_frame_msg_t *fm, char *one, const char *channel,
     fm->id = one;
     fm->event = m->event;
     fm->event_len = m->event_len;
+    fm->from = m->from;
+    fm->from_len = m->from_len;
     fm->data = m->data;
     fm->data_len = m->data_len;
     fm->time = m->published;
@@ -242,11 +274,12 @@ apr_size_t comet_render_frame_max(apr_size_t max_message,
     /* Payload: 6 bytes each at most, plus the last line's "data:\n" and
      * the blank line.  Around it: the compound id (SSE) or the message's
      * own, the channel id (JSON; an SSE event name "<channel>#<event>"),
-     * the event type escaped, the time, the field names and the chunk's
-     * size line. */
+     * the event type and the sender's identity escaped, the time, the
+     * field names and the chunk's size line. */
     return 6 * max_message + 8
            + COMET_MSGID_COMPOUND_MAXLEN(1024)
            + 2 * max_channel_id
            + 6 * COMET_STORE_EVENT_MAX
+           + 6 * COMET_STORE_FROM_MAX
            + 256;
 }

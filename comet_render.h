@@ -35,7 +35,9 @@
 #define COMET_T_SSE       0x1
 #define COMET_T_LONGPOLL  0x2
 #define COMET_T_STREAM    0x4
-#define COMET_T_ALL       (COMET_T_SSE | COMET_T_LONGPOLL | COMET_T_STREAM)
+#define COMET_T_WS        0x8
+#define COMET_T_ALL       (COMET_T_SSE | COMET_T_LONGPOLL | COMET_T_STREAM \
+                           | COMET_T_WS)
 
 /* The text id of a subscription's position: "<epoch>:<seq>" for one
  * channel, the compound form for several; in buf (at least
@@ -44,9 +46,11 @@ apr_size_t comet_render_position_id(char *buf, apr_uint32_t epoch,
                                     const apr_uint64_t *seqs,
                                     apr_size_t nchan);
 
-/* One message of channel ci as an SSE (transport COMET_T_SSE) or ndjson
- * (COMET_T_STREAM) frame; seqs[ci] has already been advanced to the
- * message's seq.  chunked: the frame becomes one HTTP chunk.  The whole
+/* One message of channel ci as an SSE (transport COMET_T_SSE), ndjson
+ * (COMET_T_STREAM) or WebSocket (COMET_T_WS: one text frame holding the
+ * ndjson line's object, without the newline) frame; seqs[ci] has already
+ * been advanced to the message's seq.  chunked: the frame becomes one
+ * HTTP chunk (never for WebSocket).  The whole
  * frame or nothing (APR_ENOSPC when buf's bound is reached).  Any thread
  * that owns buf. */
 apr_status_t comet_render_msg(comet_buf_t *buf, int transport, int chunked,
@@ -56,13 +60,13 @@ apr_status_t comet_render_msg(comet_buf_t *buf, int transport, int chunked,
                               apr_pool_t *p);
 
 /* The missed (deleted 0) or deleted (deleted 1) notice of channel, as an
- * SSE or ndjson frame; chunked and all-or-nothing as comet_render_msg.
+ * SSE, ndjson or WebSocket frame; chunked and all-or-nothing as comet_render_msg.
  * Any thread that owns buf. */
 apr_status_t comet_render_notice(comet_buf_t *buf, int transport,
                                  int chunked, int deleted,
                                  const char *channel);
 
-/* Append what a subscriber of transport (SSE or stream) is due from one
+/* Append what a subscriber of transport (SSE, stream or WebSocket) is due from one
  * read rd of channel ci of its subscription (NULL: nothing read): the
  * missed notice, then each message newer than seqs[ci] (which advances as
  * they are written), then the deleted notice.  ids: the subscription's

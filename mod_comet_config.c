@@ -393,7 +393,7 @@ static const char *set_transports(cmd_parms *cmd, void *mconfig,
 
         if (!one) {
             return apr_psprintf(cmd->pool, "%s: unknown transport '%s' "
-                                "(use sse, longpoll, stream or all)",
+                                "(use sse, longpoll, stream, websocket or all)",
                                 cmd->cmd->name, w);
         }
         t |= one;
@@ -575,7 +575,8 @@ const command_rec comet_cmds[] = {
                   "Expression giving the channel id(s), comma separated "
                   "(default: the rest of the URL path)"),
     AP_INIT_RAW_ARGS("CometTransports", set_transports, NULL, COMET_DIR_CONF,
-                     "Transports allowed: sse longpoll stream (default all)"),
+                     "Transports allowed: sse longpoll stream websocket "
+                     "(default all)"),
     AP_INIT_TAKE1("CometKeepalive", set_keepalive, NULL, COMET_DIR_CONF,
                   "Seconds between keepalive lines, or off (default 15)"),
     AP_INIT_TAKE1("CometSubscriberTimeout", set_sub_timeout, NULL,

@@ -587,6 +587,28 @@ START_TEST(ndjson_line_has_no_raw_newline_whatever_the_payload)
 }
 END_TEST
 
+START_TEST(sender_is_a_json_field_and_an_sse_line_that_cannot_break_either)
+{
+    comet_buf_t *b = comet_test_buf(4096);
+    comet_frame_msg_t m = msg_of("room1", "1:2", NULL, "hi", 0);
+
+    m.from = "al\"ice\n";
+    m.from_len = 7;
+    ck_assert_int_eq(comet_frame_ndjson(b, &m), APR_SUCCESS);
+    COMET_ASSERT_BUF(b, "{\"channel\":\"room1\",\"id\":\"1:2\","
+                        "\"from\":\"al\\\"ice\\n\",\"time\":0,"
+                        "\"data\":\"hi\"}\n");
+    comet_buf_truncate(b, 0);
+    ck_assert_int_eq(comet_frame_json_msg(b, &m), APR_SUCCESS);
+    ck_assert_uint_gt(b->len, 0);
+    ck_assert_int_eq(b->data[b->len - 1], '}');
+    comet_buf_truncate(b, 0);
+    ck_assert_int_eq(comet_frame_sse_from(b, "1:2", 3, "t", 1, "al\nice", 6,
+                                          "hi", 2), APR_SUCCESS);
+    COMET_ASSERT_BUF(b, "id: 1:2\nevent: t\nfrom: al?ice\ndata: hi\n\n");
+}
+END_TEST
+
 Suite *test_comet_frame_suite(void)
 {
     Suite *s = suite_create("comet_frame");
@@ -595,6 +617,8 @@ Suite *test_comet_frame_suite(void)
     tcase_add_checked_fixture(tc, comet_test_pool_setup,
                               comet_test_pool_teardown);
     tcase_add_test(tc, chunk_has_its_length_in_lowercase_hex);
+    tcase_add_test(tc,
+                   sender_is_a_json_field_and_an_sse_line_that_cannot_break_either);
     tcase_add_test(tc, empty_chunk_writes_nothing_and_last_chunk_is_zero);
     tcase_add_test(tc, chunk_built_in_place_matches_chunk_of_copy);
     tcase_add_test(tc, chunk_that_does_not_fit_leaves_buffer_unchanged);

@@ -138,7 +138,8 @@ START_TEST(transport_names_in_any_case)
     ck_assert_int_eq(comet_parse_transport_name("all"), 0);
     ck_assert_int_eq(comet_parse_transport_name(""), 0);
     ck_assert_int_eq(comet_parse_transport_name("sse "), 0);
-    ck_assert_int_eq(comet_parse_transport_name("websocket"), 0);
+    ck_assert_int_eq(comet_parse_transport_name("WebSocket"), COMET_T_WS);
+    ck_assert_int_eq(comet_parse_transport_name("web-socket"), 0);
 }
 END_TEST
 
@@ -178,6 +179,9 @@ START_TEST(transport_from_the_query_else_the_accept_header_else_longpoll)
                                   COMET_T_ALL), COMET_T_LONGPOLL);
     ck_assert_int_eq(transport_of("eventsource", NULL, COMET_T_SSE),
                      COMET_T_SSE);
+    ck_assert_int_eq(transport_of("websocket", NULL, COMET_T_ALL),
+                     COMET_T_WS);
+    ck_assert_int_eq(transport_of("WS", NULL, COMET_T_WS), COMET_T_WS);
 }
 END_TEST
 
@@ -189,7 +193,8 @@ START_TEST(transport_unknown_or_not_allowed_is_refused_with_a_reason)
     ck_assert_int_eq(comet_parse_transport("carrier-pigeon", NULL,
                                            COMET_T_ALL, &t, &why),
                      APR_EINVAL);
-    ck_assert_str_eq(why, "unknown transport (use sse, longpoll or stream)");
+    ck_assert_str_eq(why, "unknown transport (use sse, longpoll, stream or "
+                     "websocket)");
     why = NULL;
     ck_assert_int_eq(comet_parse_transport("", "text/event-stream",
                                            COMET_T_ALL, &t, &why),

@@ -111,6 +111,33 @@ START_TEST(multi_channel_frames_carry_the_compound_id_and_name_the_channel)
 }
 END_TEST
 
+START_TEST(websocket_frames_hold_the_stream_objects_one_text_frame_each)
+{
+    comet_buf_t *b = comet_test_buf(4096);
+    comet_read_t *rd = new_read(1, 1);
+    const char *ids[1] = { "room1" };
+    apr_uint64_t seqs[1] = { 5 };
+    comet_msg_t *m;
+    static const char want[] =
+        "\x81\x21{\"missed\":true,\"channel\":\"room1\"}"
+        "\x81\x48{\"channel\":\"room1\",\"id\":\"0000abcd:6\","
+        "\"from\":\"bob\",\"time\":6,\"data\":\"six\"}"
+        "\x81\x22{\"deleted\":true,\"channel\":\"room1\"}";
+
+    add_msg(rd, 6, NULL, "six");
+    m = &APR_ARRAY_IDX(rd->msgs, 0, comet_msg_t);
+    m->from = "bob";
+    m->from_len = 3;
+    /* Never chunked, whatever the caller says. */
+    ck_assert_int_eq(comet_render_stream(b, COMET_T_WS, 1, EPOCH, ids, seqs,
+                                         1, 0, rd, comet_test_pool),
+                     APR_SUCCESS);
+    ck_assert_uint_eq(b->len, sizeof(want) - 1);
+    ck_assert(memcmp(b->data, want, b->len) == 0);
+    ck_assert_uint_eq(seqs[0], 6);
+}
+END_TEST
+
 START_TEST(chunked_stream_makes_each_frame_one_chunk)
 {
     comet_buf_t *b = comet_test_buf(4096);
@@ -350,6 +377,8 @@ Suite *test_comet_render_suite(void)
     tcase_add_test(ts,
                    multi_channel_frames_carry_the_compound_id_and_name_the_channel);
     tcase_add_test(ts, chunked_stream_makes_each_frame_one_chunk);
+    tcase_add_test(ts,
+                   websocket_frames_hold_the_stream_objects_one_text_frame_each);
     tcase_add_test(ts,
                    a_frame_that_does_not_fit_is_left_out_and_the_position_stays);
     tcase_add_test(ts, nothing_read_renders_nothing);
