@@ -55,6 +55,11 @@
  *     stream ends with its last bytes, then close_notify, then the close
  *     (sub_close).
  *
+ * Transports differ in how they read, keep alive and end (hub_ops, one
+ * entry per transport) and in the shape of their shared batch; SSE,
+ * stream and long-poll read and drop what a client sends, a WebSocket
+ * reads frames (the "WebSocket transport" section).
+ *
  * Timers: all subscribers with the same keepalive (or long-poll timeout)
  * share one FIFO queue; since the interval is the same, the queue is in
  * deadline order, and one loop timer per queue (at its head) is enough for
@@ -77,9 +82,11 @@
 
 #include "comet_hub.h"
 #include "comet_frame.h"
+#include "comet_json.h"
 #include "comet_render.h"
 #include "comet_loop.h"
 #include "comet_tls.h"
+#include "comet_ws.h"
 
 /* How much one store read may bring for one channel before the hub turns
  * to other work. */
@@ -110,8 +117,14 @@
 /* Formatting buffers are bounded by the frames they must hold (max_batch,
  * or one frame, which the configuration bounds), not here. */
 #define HUB_BUF_MAX         (((apr_size_t)-1) / 4)
-/* Shapes of a shared batch: SSE or ndjson, chunked or not (shape_of). */
-#define HUB_SHAPES          4
+/* Shapes of a shared batch: SSE or ndjson, chunked or not, and
+ * WebSocket (shape_of). */
+#define HUB_SHAPES          5
+/* WebSocket reading: one buffer for the hub (a TLS record's plaintext
+ * fits), and how many of its fill one client may have per turn of the
+ * loop before the others get theirs. */
+#define HUB_RBUF_SIZE       (16 * 1024)
+#define HUB_WS_READS        4
 
 /* sub->flags */
 #define SUB_MULTI     0x01   /* several channels                           */
@@ -122,6 +135,8 @@
 #define SUB_WATCHED   0x20   /* its socket is in the loop                  */
 #define SUB_READY     0x40   /* in the ready queue                         */
 #define SUB_BEHIND    0x80   /* some member catches up                     */
+#define SUB_DRAINED   0x100  /* WebSocket: our close is out, reading until
+                                the client's (or the linger timer)         */
 
 /* sub->noted, under hub->mu: what other threads asked for. */
 #define NOTE_CANCEL   0x1
@@ -175,6 +190,7 @@ struct comet_hub_sub_t {
     unsigned short   cu;            /* the member to catch up next       */
     apr_uint32_t     tag;           /* for cfg.on_end                    */
     hub_member_t     m[];
+    /* A WebSocket's hub_ws_t follows m[nchan] in the same allocation. */
 };
 
 struct hub_chan_t {
@@ -191,14 +207,33 @@ struct hub_chan_t {
 };
 
 /* A subscriber waiting to be linked by the hub thread, with the channel
- * ids it came with (needed only to create hub_chan_t records). */
+ * ids it came with (needed only to create hub_chan_t records) and, for a
+ * WebSocket, the bytes its client sent past the handshake. */
 typedef struct hub_handoff_t {
     struct hub_handoff_t *next;
     comet_hub_sub_t      *sub;
     comet_chanref_t      *refs;
     apr_size_t           *id_lens;
     char                **ids;
+    char                 *preread;
+    apr_size_t            preread_len;
 } hub_handoff_t;
+
+/* A WebSocket subscriber's state, after its members (sub_ws). */
+typedef struct hub_ws_t {
+    comet_ws_parser_t parser;
+    apr_time_t   heard_at;      /* the client's last frame               */
+    apr_time_t   ping_at;       /* our last ping; 0: none yet            */
+    apr_time_t   bucket_at;     /* publish rate: last refill             */
+    apr_uint32_t tokens;        /* ... thousandths of a publish          */
+    apr_uint32_t rate, burst;
+    unsigned char publish;
+    unsigned char closing;      /* our close frame is queued             */
+    unsigned char peer_closed;  /* the client's close frame came         */
+    unsigned char shut;         /* our FIN (close_notify) is out         */
+    unsigned char from_len;
+    char         from[];
+} hub_ws_t;
 
 /* The kinds of timer queue. */
 #define TQ_KEEPALIVE 1
@@ -259,15 +294,17 @@ struct comet_hub_t {
     apr_size_t      *boffs;         /* HUB_SHAPES x (HUB_READ_MSGS + 1)   */
 
     char            *tlsbuf;        /* HUB_TLS_RECORD: a retry gathered   */
+    char            *rbuf;          /* WebSocket reads (HUB_RBUF_SIZE)    */
     hub_chunk_t     *spare;         /* free chunks                        */
     apr_size_t       nspare;
     apr_size_t       freed;         /* bytes freed since the last trim    */
 
     volatile apr_uint32_t count;
-    volatile apr_uint32_t by_transport[3];
+    volatile apr_uint32_t by_transport[4];
     volatile apr_uint32_t detached, tls;
     volatile apr_uint64_t adopted, deliveries, wakeups, dropped_slow,
-                          closed_by_client, catchup_reads;
+                          closed_by_client, catchup_reads, ws_published,
+                          ws_refused, ws_errors, ws_timeouts;
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -275,12 +312,21 @@ struct comet_hub_t {
 static int tindex(int transport)
 {
     return transport == COMET_T_SSE ? 0
-           : transport == COMET_T_LONGPOLL ? 1 : 2;
+           : transport == COMET_T_LONGPOLL ? 1
+           : transport == COMET_T_STREAM ? 2 : 3;
 }
 
 static int shape_of(int transport, int chunked)
 {
+    if (transport == COMET_T_WS) {
+        return 4;
+    }
     return (transport == COMET_T_SSE ? 0 : 2) + !!chunked;
+}
+
+static hub_ws_t *sub_ws(comet_hub_sub_t *s)
+{
+    return (hub_ws_t *)(void *)(s->m + s->nchan);
 }
 
 static void stat_add(volatile apr_uint64_t *v, apr_uint64_t n)
@@ -666,17 +712,25 @@ static apr_ssize_t hub_io_send(comet_hub_sub_t *s, const char *data,
     return n;
 }
 
-/* The socket is readable: a subscriber has nothing to say after its
- * request, so what comes is dropped (bounded by its arrival).  1: still
- * there; 0: the client ended the connection (EOF, close_notify); -1:
- * failed.  *write_first: a TLS session must write before it can read on
- * (a key update's answer): call again when the socket is writable. */
-static int hub_io_recv(comet_hub_sub_t *s, int *write_first)
+/* The socket is readable.  buf NULL: what comes is dropped (an HTTP
+ * subscriber has nothing to say after its request; bounded by its
+ * arrival); else up to cap bytes of it go to buf, *got says how many (0:
+ * none now).  1: still there; 0: the client ended the connection (EOF,
+ * close_notify); -1: failed.  *write_first: a TLS session must write
+ * before it can read on (a key update's answer): call again when the
+ * socket is writable. */
+static int hub_io_recv(comet_hub_sub_t *s, char *buf, apr_size_t cap,
+                       apr_size_t *got, int *write_first)
 {
     char junk[512];
     ssize_t n;
 
     *write_first = 0;
+    *got = 0;
+    if (s->ssl && buf) {
+        /* Not yet: a WebSocket is never adopted with a TLS session. */
+        return -1;
+    }
     if (s->ssl) {
         switch (comet_tls_read(s->ssl, NULL)) {
         case APR_SUCCESS:
@@ -690,12 +744,16 @@ static int hub_io_recv(comet_hub_sub_t *s, int *write_first)
             return -1;
         }
     }
-    n = recv(s->io.fd, junk, sizeof(junk), MSG_DONTWAIT);
+    n = buf ? recv(s->io.fd, buf, cap, MSG_DONTWAIT)
+            : recv(s->io.fd, junk, sizeof(junk), MSG_DONTWAIT);
     if (n == 0) {
         return 0;
     }
-    return n > 0 || errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR
-           ? 1 : -1;
+    if (n > 0) {
+        *got = (apr_size_t)n;
+        return 1;
+    }
+    return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 1 : -1;
 }
 
 /* After the stream's last bytes: 1 when the connection may be closed
@@ -774,11 +832,39 @@ static void sub_free(comet_hub_t *hub, comet_hub_sub_t *s)
         note_unlink(hub, s);
         apr_thread_mutex_unlock(hub->mu);
     }
+    if (s->transport == COMET_T_WS) {
+        comet_ws_parser_release(&sub_ws(s)->parser);
+    }
     out_release(hub, s);
     apr_atomic_dec32(&hub->count);
     apr_atomic_dec32(&hub->by_transport[tindex(s->transport)]);
     free(s);
 }
+
+/* ---- transports --------------------------------------------------------- */
+
+/* What differs between transports, besides the shape of their frames
+ * (comet_render.h, shape_of). */
+typedef struct hub_ops_t {
+    /* The client's socket is readable (or a TLS session that had to
+     * write first may read on).  1 while s lives; *write_first as for
+     * hub_io_recv. */
+    int  (*readable)(comet_hub_t *hub, comet_hub_sub_t *s, int *write_first);
+    /* Its keepalive is due (s is queued for the next one already). */
+    void (*keepalive)(comet_hub_t *hub, comet_hub_sub_t *s, apr_time_t now);
+    /* End the stream the orderly way (its last bytes queued): at hub stop,
+     * when a long-poll times out.  1 while s lives. */
+    int  (*end)(comet_hub_t *hub, comet_hub_sub_t *s);
+    /* Append what ends the stream after its last frame (a deleted
+     * channel).  Marks s as ending. */
+    void (*tail)(comet_hub_sub_t *s, comet_buf_t *b);
+    /* The stream's last bytes have left: 1 while s lives (a TLS
+     * close_notify still to go; a WebSocket waits for the client's
+     * close). */
+    int  (*done)(comet_hub_t *hub, comet_hub_sub_t *s);
+} hub_ops_t;
+
+static const hub_ops_t *ops_of(const comet_hub_sub_t *s);
 
 /* ---- writing ------------------------------------------------------------ */
 
@@ -912,7 +998,7 @@ static int sub_write(comet_hub_t *hub, comet_hub_sub_t *s, const char *data,
                     comet_now_mono() + HUB_LINGER);
             return 1;
         }
-        return sub_close(hub, s);
+        return ops_of(s)->done(hub, s);
     }
     return 1;
 }
@@ -981,7 +1067,7 @@ static int sub_flush(comet_hub_t *hub, comet_hub_sub_t *s)
         }
     }
     if (s->flags & SUB_ENDING) {
-        return sub_close(hub, s);
+        return ops_of(s)->done(hub, s);
     }
     sub_want_write(hub, s, 0);
     if (s->flags & SUB_BEHIND) {
@@ -989,6 +1075,8 @@ static int sub_flush(comet_hub_t *hub, comet_hub_sub_t *s)
     }
     return 1;
 }
+
+static int ws_shut_write(comet_hub_sub_t *s);
 
 static void sub_io(comet_loop_t *loop, int fd, int events, void *baton)
 {
@@ -1001,17 +1089,12 @@ static void sub_io(comet_loop_t *loop, int fd, int events, void *baton)
     if ((events & COMET_LOOP_READ)
         || (s->ssl && (events & COMET_LOOP_WRITE) && !s->out_head
             && !ending)) {
-        int rc = hub_io_recv(s, &write_first);
-
-        if (rc <= 0) {
-            stat_add(&hub->closed_by_client, 1);
-            /* A TLS client's close_notify is answered, if it fits. */
-            if (rc == 0 && s->ssl && !s->out_head) {
-                hub_io_shutdown(s);
-            }
-            sub_free(hub, s);
+        if (!ops_of(s)->readable(hub, s, &write_first)) {
             return;
         }
+        /* What the client sent may have ended the stream (a WebSocket's
+         * close). */
+        ending = s->flags & SUB_ENDING;
     }
     if (events & (COMET_LOOP_HUP | COMET_LOOP_ERROR)) {
         stat_add(&hub->closed_by_client, 1);
@@ -1022,6 +1105,13 @@ static void sub_io(comet_loop_t *loop, int fd, int events, void *baton)
         if (s->out_head) {
             if (!sub_flush(hub, s)) {
                 return;
+            }
+        }
+        else if (ending && s->ssl && (s->flags & SUB_DRAINED)) {
+            /* A WebSocket reading until the client's close: our
+             * close_notify, if it is still to go. */
+            if (ws_shut_write(s)) {
+                sub_want_write(hub, s, 0);
             }
         }
         else if (ending && s->ssl) {
@@ -1100,12 +1190,18 @@ static int poll_answer(comet_hub_t *hub, comet_hub_sub_t *s,
  * bytes are out (or after HUB_LINGER). */
 static int sub_end(comet_hub_t *hub, comet_hub_sub_t *s)
 {
-    char buf[64];
-    comet_buf_t b;
-
     if (s->flags & SUB_ENDING) {
         return 1;
     }
+    return ops_of(s)->end(hub, s);
+}
+
+/* SSE, stream and long-poll: an HTTP response's end. */
+static int http_end(comet_hub_t *hub, comet_hub_sub_t *s)
+{
+    char buf[64];
+    comet_buf_t b;
+
     if (s->transport == COMET_T_LONGPOLL) {
         /* A long-poll that ends without news answers with no messages and
          * the position the client already has. */
@@ -1134,10 +1230,7 @@ static int sub_deleted(comet_hub_t *hub, comet_hub_sub_t *s, hub_member_t *m)
     }
     comet_buf_truncate(hub->out, 0);
     comet_render_notice(hub->out, s->transport, chunked, 1, m->chan->id);
-    if (chunked) {
-        comet_frame_chunk_last(hub->out);
-    }
-    s->flags |= SUB_ENDING;
+    ops_of(s)->tail(s, hub->out);
     return sub_write(hub, s, hub->out->data, hub->out->len, 1);
 }
 
@@ -1628,26 +1721,8 @@ static void tq_fire(comet_loop_t *loop, comet_timer_t *timer, void *baton)
             sub_end(hub, s);
         }
         else {
-            char buf[32];
-            comet_buf_t b;
-            apr_size_t mark = 0;
-            int chunked = !!(s->flags & SUB_CHUNKED);
-
-            comet_buf_wrap(&b, buf, sizeof(buf));
-            if (chunked) {
-                comet_frame_chunk_begin(&b, &mark);
-            }
-            if (s->transport == COMET_T_SSE) {
-                comet_frame_sse_comment(&b, "", 0);
-            }
-            else {
-                comet_frame_ndjson_keepalive(&b);
-            }
-            if (chunked) {
-                comet_frame_chunk_end(&b, mark);
-            }
             tq_push(q, s, now + q->interval);
-            sub_write(hub, s, b.data, b.len, 0);
+            ops_of(s)->keepalive(hub, s, now);
         }
     }
     if (q->head && !comet_timer_armed(&q->timer)) {
@@ -1676,6 +1751,440 @@ static void maintain(comet_loop_t *loop, comet_timer_t *timer, void *baton)
 #endif
     }
     comet_timer_arm_in(loop, timer, HUB_MAINTAIN_EVERY);
+}
+
+/* ---- SSE, stream and long-poll ------------------------------------------ */
+
+/* A subscriber has nothing to say after its request: what it sends is
+ * dropped; EOF (or close_notify) means it left. */
+static int http_readable(comet_hub_t *hub, comet_hub_sub_t *s,
+                         int *write_first)
+{
+    apr_size_t got;
+    int rc = hub_io_recv(s, NULL, 0, &got, write_first);
+
+    if (rc <= 0) {
+        stat_add(&hub->closed_by_client, 1);
+        /* A TLS client's close_notify is answered, if it fits. */
+        if (rc == 0 && s->ssl && !s->out_head) {
+            hub_io_shutdown(s);
+        }
+        sub_free(hub, s);
+        return 0;
+    }
+    return 1;
+}
+
+static void http_keepalive(comet_hub_t *hub, comet_hub_sub_t *s,
+                           apr_time_t now)
+{
+    char buf[32];
+    comet_buf_t b;
+    apr_size_t mark = 0;
+    int chunked = !!(s->flags & SUB_CHUNKED);
+
+    (void)now;
+    comet_buf_wrap(&b, buf, sizeof(buf));
+    if (chunked) {
+        comet_frame_chunk_begin(&b, &mark);
+    }
+    if (s->transport == COMET_T_SSE) {
+        comet_frame_sse_comment(&b, "", 0);
+    }
+    else {
+        comet_frame_ndjson_keepalive(&b);
+    }
+    if (chunked) {
+        comet_frame_chunk_end(&b, mark);
+    }
+    sub_write(hub, s, b.data, b.len, 0);
+}
+
+static void http_tail(comet_hub_sub_t *s, comet_buf_t *b)
+{
+    if (s->flags & SUB_CHUNKED) {
+        comet_frame_chunk_last(b);
+    }
+    s->flags |= SUB_ENDING;
+}
+
+/* ---- WebSocket transport ------------------------------------------------
+ *
+ * The hub owns both directions of the connection: its parser reads the
+ * client's frames straight from the hub's read buffer (nothing is kept
+ * between reads but the parser's state), pings are answered with pongs,
+ * text messages are published when the location allows it, and the close
+ * handshake ends it.  Server to client, each message is one text frame
+ * (comet_render, shape 4); pongs, pings and close frames are queued like
+ * any other bytes and count against max_pending.
+ *
+ * Ending: when the client closes, we answer with its code and close once
+ * that is out.  When we close (a protocol error, a refused message, a
+ * deleted channel, the hub stopping), our close frame is the last thing
+ * we send; then we shut our side down and read (and drop) until the
+ * client's close frame or EOF, or the linger timer.  A client dropped
+ * for not reading, or for not answering pings, just loses its TCP
+ * connection (it sees 1006). */
+
+/* Queue a whole frame built on the stack.  1 while s lives. */
+static int ws_frame(comet_hub_t *hub, comet_hub_sub_t *s, int opcode,
+                    const char *data, apr_size_t len)
+{
+    char buf[COMET_WS_SERVER_HEADER_MAX + 256];
+    comet_buf_t b;
+
+    comet_buf_wrap(&b, buf, sizeof(buf));
+    if (comet_ws_frame(&b, opcode, data, len) != APR_SUCCESS) {
+        sub_free(hub, s);
+        return 0;
+    }
+    return sub_write(hub, s, b.data, b.len, 0);
+}
+
+/* The close frame as the last bytes of s (once).  1 while s lives. */
+static int ws_close(comet_hub_t *hub, comet_hub_sub_t *s, int code,
+                    const char *reason)
+{
+    hub_ws_t *ws = sub_ws(s);
+    char buf[COMET_WS_CONTROL_MAX + COMET_WS_SERVER_HEADER_MAX];
+    comet_buf_t b;
+
+    if (ws->closing) {
+        return 1;
+    }
+    ws->closing = 1;
+    s->flags |= SUB_ENDING;
+    comet_buf_wrap(&b, buf, sizeof(buf));
+    comet_ws_close_frame(&b, code, reason, reason ? strlen(reason) : 0);
+    comet_log(COMET_LOG_DEBUG, APR_SUCCESS, "channel=%s: WebSocket closed "
+              "with %d (%s)", s->m[0].chan ? s->m[0].chan->id : "?", code,
+              reason ? reason : "");
+    return sub_write(hub, s, b.data, b.len, 1);
+}
+
+/* A JSON error frame: the client's message was refused, the connection
+ * stays.  1 while s lives. */
+static int ws_error(comet_hub_t *hub, comet_hub_sub_t *s, const char *text)
+{
+    char buf[512];
+    comet_buf_t b;
+    apr_size_t mark;
+
+    comet_buf_wrap(&b, buf, sizeof(buf));
+    if (comet_ws_frame_begin(&b, &mark) != APR_SUCCESS
+        || comet_buf_puts(&b, "{\"error\":") != APR_SUCCESS
+        || comet_frame_json_string(&b, text, strlen(text)) != APR_SUCCESS
+        || comet_buf_putc(&b, '}') != APR_SUCCESS
+        || comet_ws_frame_end(&b, mark, COMET_WS_OP_TEXT) != APR_SUCCESS) {
+        return 1;
+    }
+    return sub_write(hub, s, b.data, b.len, 0);
+}
+
+/* One publish from the rate bucket, if there is one. */
+static int ws_take_token(hub_ws_t *ws, apr_time_t now)
+{
+    if (!ws->rate) {
+        return 1;
+    }
+    if (now > ws->bucket_at) {
+        apr_uint64_t add = (apr_uint64_t)(now - ws->bucket_at) * ws->rate
+                           / 1000;      /* thousandths: us * rate / 1000 */
+        apr_uint64_t cap = (apr_uint64_t)ws->burst * 1000;
+
+        ws->tokens = (apr_uint32_t)(ws->tokens + add > cap ? cap
+                                                           : ws->tokens + add);
+        ws->bucket_at = now;
+    }
+    if (ws->tokens < 1000) {
+        return 0;
+    }
+    ws->tokens -= 1000;
+    return 1;
+}
+
+/* A text message from the client: published like any other message, with
+ * the sender's identity.  1 while s lives. */
+static int ws_publish(comet_hub_t *hub, comet_hub_sub_t *s, const char *text,
+                      apr_size_t len)
+{
+    hub_ws_t *ws = sub_ws(s);
+    comet_publish_t msg;
+    comet_json_envelope_t env;
+    char *scratch = NULL, ebuf[128];
+    apr_status_t rv;
+    int alive;
+
+    if (!ws->publish) {
+        stat_add(&hub->ws_refused, 1);
+        return ws_close(hub, s, COMET_WS_CLOSE_POLICY,
+                        "publishing is not allowed here");
+    }
+    if (!ws_take_token(ws, comet_now_mono())) {
+        stat_add(&hub->ws_refused, 1);
+        return ws_close(hub, s, COMET_WS_CLOSE_POLICY,
+                        "publishing too fast");
+    }
+    memset(&msg, 0, sizeof(msg));
+    if (s->nchan == 1) {
+        if (!s->m[0].chan) {
+            return 1;
+        }
+        msg.channel = s->m[0].chan->id;
+        msg.channel_len = s->m[0].chan->id_len;
+        msg.data = text;
+        msg.data_len = len;
+    }
+    else {
+        const char *why;
+        unsigned i;
+
+        if (!(scratch = malloc(len + 1))) {
+            return ws_error(hub, s, "out of memory");
+        }
+        if (comet_json_envelope(text, len, scratch, &env, &why)
+            != APR_SUCCESS) {
+            apr_snprintf(ebuf, sizeof(ebuf), "not a message envelope: %s",
+                         why);
+            free(scratch);
+            return ws_error(hub, s, ebuf);
+        }
+        for (i = 0; i < s->nchan; i++) {
+            hub_chan_t *c = s->m[i].chan;
+
+            if (c && c->id_len == env.channel_len
+                && !memcmp(c->id, env.channel, env.channel_len)) {
+                break;
+            }
+        }
+        if (i == s->nchan) {
+            free(scratch);
+            return ws_error(hub, s, "not a channel of this subscription");
+        }
+        msg.channel = s->m[i].chan->id;
+        msg.channel_len = s->m[i].chan->id_len;
+        msg.event = env.event;
+        msg.event_len = env.event_len;
+        msg.data = env.data;
+        msg.data_len = env.data_len;
+    }
+    msg.from = ws->from_len ? ws->from : NULL;
+    msg.from_len = ws->from_len;
+    rv = comet_store_publish(hub->cfg.store, &msg, comet_now_mono(),
+                             hub->cfg.wake, hub->cfg.wake_baton, NULL);
+    free(scratch);
+    if (rv == APR_SUCCESS) {
+        stat_add(&hub->ws_published, 1);
+        return 1;
+    }
+    alive = ws_error(hub, s, rv == COMET_EPROTO
+                             ? "event type refused (1 to 64 printable "
+                               "characters, no space)"
+                             : comet_strerror(rv, ebuf, sizeof(ebuf)));
+    return alive;
+}
+
+/* Handle the client's bytes data[0, len) (scratch: unmasked in place).
+ * 1 while s lives. */
+static int ws_take(comet_hub_t *hub, comet_hub_sub_t *s, char *data,
+                   apr_size_t len)
+{
+    hub_ws_t *ws = sub_ws(s);
+
+    while (len) {
+        comet_ws_event_t ev;
+        apr_size_t used = 0;
+        apr_status_t rv;
+        int code;
+
+        rv = comet_ws_parse(&ws->parser, data, len, &used, &ev);
+        data += used;
+        len -= used;
+        if (rv == APR_INCOMPLETE || rv == APR_EOF) {
+            return 1;
+        }
+        if (rv != APR_SUCCESS) {
+            /* Broken framing: nothing more can be understood. */
+            const char *why = comet_ws_parser_error(&ws->parser, &code);
+
+            if (ws->closing) {
+                return 1;
+            }
+            if (rv == APR_ENOMEM || !code) {
+                code = COMET_WS_CLOSE_INTERNAL;
+                why = "out of memory";
+            }
+            stat_add(&hub->ws_errors, 1);
+            return ws_close(hub, s, code, why);
+        }
+        ws->heard_at = comet_now_mono();
+        if (ev.type == COMET_WS_EV_CLOSE) {
+            ws->peer_closed = 1;
+            if (ws->closing) {
+                /* The answer to ours: the handshake is complete. */
+                sub_free(hub, s);
+                return 0;
+            }
+            stat_add(&hub->closed_by_client, 1);
+            return ws_close(hub, s, ev.code == COMET_WS_CLOSE_NO_STATUS
+                                    ? COMET_WS_CLOSE_NORMAL : ev.code, NULL);
+        }
+        if (ws->closing) {
+            continue;                   /* read and dropped */
+        }
+        switch (ev.type) {
+        case COMET_WS_EV_PING:
+            if (!ws_frame(hub, s, COMET_WS_OP_PONG, ev.data, ev.len)) {
+                return 0;
+            }
+            break;
+        case COMET_WS_EV_PONG:
+            break;
+        case COMET_WS_EV_BINARY:
+            stat_add(&hub->ws_refused, 1);
+            if (!ws_close(hub, s, COMET_WS_CLOSE_UNSUPPORTED,
+                          "binary messages are not accepted")) {
+                return 0;
+            }
+            break;
+        default:
+            if (!ws_publish(hub, s, ev.data, ev.len)) {
+                return 0;
+            }
+            break;
+        }
+    }
+    return 1;
+}
+
+static int ws_readable(comet_hub_t *hub, comet_hub_sub_t *s,
+                       int *write_first)
+{
+    hub_ws_t *ws = sub_ws(s);
+
+    /* A TLS session may hold the rest of a record that no poll reports:
+     * it is read before the turn ends (one buffer holds a record). */
+    for (int round = 0;
+         round < HUB_WS_READS || (s->ssl && comet_tls_has_pending(s->ssl));
+         round++) {
+        apr_size_t got;
+        int rc = hub_io_recv(s, hub->rbuf, HUB_RBUF_SIZE, &got,
+                             write_first);
+
+        if (rc <= 0) {
+            if (!ws->closing) {
+                stat_add(&hub->closed_by_client, 1);
+            }
+            /* A TLS client's close_notify is answered, if it fits. */
+            if (rc == 0 && s->ssl && !s->out_head && !ws->shut) {
+                hub_io_shutdown(s);
+            }
+            sub_free(hub, s);
+            return 0;
+        }
+        if (!got) {
+            return 1;
+        }
+        if (!ws_take(hub, s, hub->rbuf, got)) {
+            return 0;
+        }
+        if (got < HUB_RBUF_SIZE && !(s->ssl && comet_tls_has_pending(s->ssl))) {
+            return 1;
+        }
+    }
+    /* Level-triggered: the rest is read on the loop's next turn. */
+    return 1;
+}
+
+static void ws_keepalive(comet_hub_t *hub, comet_hub_sub_t *s,
+                         apr_time_t now)
+{
+    static const char keepalive[] = "\x89\x00" "\x81\x02{}";
+    hub_ws_t *ws = sub_ws(s);
+
+    if (ws->closing) {
+        return;
+    }
+    if (ws->ping_at && ws->heard_at < ws->ping_at) {
+        /* Not a frame since our last ping, a whole interval ago. */
+        stat_add(&hub->ws_timeouts, 1);
+        comet_log(COMET_LOG_DEBUG, APR_SUCCESS, "channel=%s: WebSocket "
+                  "client silent since the last ping; closing",
+                  s->m[0].chan ? s->m[0].chan->id : "?");
+        sub_free(hub, s);
+        return;
+    }
+    ws->ping_at = now;
+    /* A ping for the connection, and an empty object for a script: a
+     * browser never shows pings to it, and it may watch for silence. */
+    sub_write(hub, s, keepalive, sizeof(keepalive) - 1, 0);
+}
+
+static int ws_end(comet_hub_t *hub, comet_hub_sub_t *s)
+{
+    return ws_close(hub, s, COMET_WS_CLOSE_GOING_AWAY, "server going away");
+}
+
+static void ws_tail(comet_hub_sub_t *s, comet_buf_t *b)
+{
+    static const char reason[] = "channel deleted";
+
+    if (comet_ws_close_frame(b, COMET_WS_CLOSE_NORMAL, reason,
+                             sizeof(reason) - 1) == APR_SUCCESS) {
+        sub_ws(s)->closing = 1;
+    }
+    s->flags |= SUB_ENDING;
+}
+
+/* Our side is done, the client's is still read: FIN, or close_notify.
+ * 1 when it has gone, 0 when the socket must become writable first. */
+static int ws_shut_write(comet_hub_sub_t *s)
+{
+    hub_ws_t *ws = sub_ws(s);
+
+    if (ws->shut) {
+        return 1;
+    }
+    if (!s->ssl) {
+        shutdown(s->io.fd, SHUT_WR);
+    }
+    else if (!hub_io_shutdown(s)) {
+        return 0;
+    }
+    ws->shut = 1;
+    return 1;
+}
+
+static int ws_done(comet_hub_t *hub, comet_hub_sub_t *s)
+{
+    hub_ws_t *ws = sub_ws(s);
+
+    if (ws->peer_closed || !ws->closing || (s->flags & SUB_DRAINED)) {
+        return sub_close(hub, s);
+    }
+    /* Our close is out: say so at the TCP (or TLS) level too, then wait a
+     * bounded time for the client's, reading and dropping whatever
+     * comes. */
+    s->flags |= SUB_DRAINED;
+    tq_remove(s);
+    tq_push(tq_get(hub, TQ_LINGER, HUB_LINGER), s,
+            comet_now_mono() + HUB_LINGER);
+    if (!ws_shut_write(s)) {
+        sub_want_write(hub, s, 1);
+    }
+    return 1;
+}
+
+static const hub_ops_t hub_http_ops = {
+    http_readable, http_keepalive, http_end, http_tail, sub_close
+};
+static const hub_ops_t hub_ws_ops = {
+    ws_readable, ws_keepalive, ws_end, ws_tail, ws_done
+};
+
+static const hub_ops_t *ops_of(const comet_hub_sub_t *s)
+{
+    return s->transport == COMET_T_WS ? &hub_ws_ops : &hub_http_ops;
 }
 
 /* ---- adopting, on the hub thread ---------------------------------------- */
@@ -1730,25 +2239,32 @@ static void link_sub(comet_hub_t *hub, hub_handoff_t *h)
             return;
         }
         s->flags |= SUB_WATCHED;
-        /* Bytes the session read before it was ours: no poll reports
-         * them. */
-        if (s->ssl && comet_tls_has_pending(s->ssl)) {
-            int write_first;
-
-            if (hub_io_recv(s, &write_first) <= 0) {
-                stat_add(&hub->closed_by_client, 1);
-                sub_free(hub, s);
-                return;
-            }
-            if (write_first) {
-                sub_want_write(hub, s, 1);
-            }
-        }
     }
     if (interval > 0) {
         tq_push(tq_get(hub, s->transport == COMET_T_LONGPOLL ? TQ_TIMEOUT
                                                             : TQ_KEEPALIVE,
                        interval), s, comet_now_mono() + interval);
+    }
+    if (s->transport == COMET_T_WS) {
+        hub_ws_t *ws = sub_ws(s);
+
+        ws->heard_at = ws->bucket_at = comet_now_mono();
+        /* What the client sent right after its handshake comes first. */
+        if (h->preread_len
+            && !ws_take(hub, s, h->preread, h->preread_len)) {
+            return;
+        }
+    }
+    /* Bytes the session read before it was ours: no poll reports them. */
+    if (s->ssl && comet_tls_has_pending(s->ssl)) {
+        int write_first;
+
+        if (!ops_of(s)->readable(hub, s, &write_first)) {
+            return;
+        }
+        if (write_first) {
+            sub_want_write(hub, s, 1);
+        }
     }
     /* Every member starts catching up: what was published after its
      * position, up to now, comes from reads of its own. */
@@ -1871,6 +2387,7 @@ apr_status_t comet_hub_create(comet_hub_t **out, const comet_hub_config_t *cfg,
     hub->boffs = malloc(sizeof(*hub->boffs) * HUB_SHAPES
                         * (HUB_READ_MSGS + 1));
     hub->tlsbuf = apr_palloc(p, HUB_TLS_RECORD);
+    hub->rbuf = apr_palloc(p, HUB_RBUF_SIZE);
     if (!hub->table || !hub->boffs) {
         return APR_ENOMEM;
     }
@@ -1990,7 +2507,7 @@ void comet_hub_stats(comet_hub_t *hub, comet_hub_stats_t *out)
     out->subscribers = apr_atomic_read32(&hub->count);
     out->detached = apr_atomic_read32(&hub->detached);
     out->tls = apr_atomic_read32(&hub->tls);
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 4; i++) {
         out->by_transport[i] = apr_atomic_read32(&hub->by_transport[i]);
     }
     out->adopted = __atomic_load_n(&hub->adopted, __ATOMIC_RELAXED);
@@ -2001,6 +2518,10 @@ void comet_hub_stats(comet_hub_t *hub, comet_hub_stats_t *out)
                                             __ATOMIC_RELAXED);
     out->catchup_reads = __atomic_load_n(&hub->catchup_reads,
                                          __ATOMIC_RELAXED);
+    out->ws_published = __atomic_load_n(&hub->ws_published, __ATOMIC_RELAXED);
+    out->ws_refused = __atomic_load_n(&hub->ws_refused, __ATOMIC_RELAXED);
+    out->ws_errors = __atomic_load_n(&hub->ws_errors, __ATOMIC_RELAXED);
+    out->ws_timeouts = __atomic_load_n(&hub->ws_timeouts, __ATOMIC_RELAXED);
 }
 
 struct comet_loop_t *comet_hub_loop(comet_hub_t *hub)
@@ -2015,7 +2536,8 @@ apr_status_t comet_hub_adopt(comet_hub_t *hub, const comet_hub_spec_t *spec,
 {
     comet_hub_sub_t *s;
     hub_handoff_t *h;
-    apr_size_t idbytes = 0;
+    apr_size_t idbytes = 0, wsbytes = 0, preread = 0;
+    const comet_hub_ws_spec_t *ws = spec->ws;
     unsigned mflags;
     char *p;
 
@@ -2025,16 +2547,27 @@ apr_status_t comet_hub_adopt(comet_hub_t *hub, const comet_hub_spec_t *spec,
         || spec->start > COMET_HUB_START_LOST) {
         return APR_EINVAL;
     }
+    if (spec->transport == COMET_T_WS) {
+        /* The hub reads a WebSocket's frames from its socket itself. */
+        if (spec->fd < 0 || !ws || !ws->max_message
+            || ws->from_len > COMET_STORE_FROM_MAX
+            || ws->preread_len > 64 * 1024) {
+            return APR_EINVAL;
+        }
+        wsbytes = sizeof(hub_ws_t) + ws->from_len;
+        preread = ws->preread_len;
+    }
     mflags = M_CATCHUP | (spec->start == COMET_HUB_START_LOST ? M_MISSED
                           : spec->start == COMET_HUB_START_BACKLOG ? M_FRESH
                           : 0);
     for (apr_size_t i = 0; i < spec->nchan; i++) {
         idbytes += strlen(spec->ids[i]) + 1;
     }
-    s = calloc(1, sizeof(*s) + spec->nchan * sizeof(hub_member_t));
+    s = calloc(1, sizeof(*s) + spec->nchan * sizeof(hub_member_t) + wsbytes);
     h = malloc(sizeof(*h) + spec->nchan * (sizeof(comet_chanref_t)
                                            + sizeof(char *)
-                                           + sizeof(apr_size_t)) + idbytes);
+                                           + sizeof(apr_size_t)) + idbytes
+               + preread);
     if (!s || !h) {
         free(s);
         free(h);
@@ -2066,6 +2599,24 @@ apr_status_t comet_hub_adopt(comet_hub_t *hub, const comet_hub_spec_t *spec,
         memcpy(p, spec->ids[i], h->id_lens[i] + 1);
         h->ids[i] = p;
         p += h->id_lens[i] + 1;
+    }
+    h->preread = preread ? p : NULL;
+    h->preread_len = preread;
+    if (wsbytes) {
+        hub_ws_t *w = sub_ws(s);
+
+        comet_ws_parser_init(&w->parser, ws->max_message);
+        w->publish = !!ws->publish;
+        w->rate = ws->rate;
+        w->burst = ws->burst ? ws->burst : 1;
+        w->tokens = w->burst * 1000;
+        w->from_len = (unsigned char)ws->from_len;
+        if (ws->from_len) {
+            memcpy(w->from, ws->from, ws->from_len);
+        }
+        if (preread) {
+            memcpy(h->preread, ws->preread, preread);
+        }
     }
 
     apr_thread_mutex_lock(hub->mu);

@@ -123,6 +123,24 @@ typedef struct comet_hub_sink_t {
                                      signal first, then all that is kept
                                      (positions 0)                      */
 
+/* What a WebSocket subscriber (transport COMET_T_WS, always a socket) may
+ * do besides listening.  The hub owns the connection's frames both ways:
+ * it answers pings, pings every interval (and ends a client that has sent
+ * nothing since its last ping), closes with the right code, and
+ * publishes the client's text messages when publish is set. */
+typedef struct comet_hub_ws_spec_t {
+    int           publish;        /* text messages are published          */
+    apr_uint32_t  rate;           /* publishes per second (0: no limit)   */
+    apr_uint32_t  burst;          /* ... and the bucket's size (>= 1)     */
+    apr_size_t    max_message;    /* largest message it may send (> 0)    */
+    const char   *from;           /* identity stored with what it
+                                     publishes (NULL: none)               */
+    apr_size_t    from_len;       /* <= COMET_STORE_FROM_MAX              */
+    const char   *preread;        /* bytes the client sent past its
+                                     handshake, already read (copied)     */
+    apr_size_t    preread_len;
+} comet_hub_ws_spec_t;
+
 /* A subscriber handed to the hub.  The caller has already subscribed it in
  * the store (comet_store_subscribe) and sent the response head; the hub
  * delivers everything after the positions (a backlog too, at the pace the
@@ -141,9 +159,11 @@ typedef struct comet_hub_spec_t {
     const char *const *ids;       /* [nchan] channel ids                  */
     const apr_uint64_t *seqs;     /* [nchan] positions: last id delivered */
     int           start;          /* COMET_HUB_START_*                    */
-    apr_time_t    interval;       /* SSE/stream: keepalive period (0 none);
-                                     long-poll: time left to wait         */
+    apr_time_t    interval;       /* SSE/stream/WebSocket: keepalive
+                                     period (0 none); long-poll: time left
+                                     to wait                              */
     apr_uint32_t  tag;            /* the adopter's, for on_end; 0: none   */
+    const comet_hub_ws_spec_t *ws;/* COMET_T_WS only                      */
 } comet_hub_spec_t;
 
 /* Create a hub in p (which must outlive it).  Caller: the hub thread, or
@@ -161,9 +181,10 @@ void comet_hub_stop(comet_hub_t *hub);
 /* Hand a subscriber over (copied: the spec's arrays may go after the
  * call).  On success the hub owns fd (sets it non-blocking), its TLS
  * session and the store subscriptions, and *handle names the subscriber
- * for comet_hub_cancel until the sink's close callback has run.  On failure (APR_EAGAIN: the
- * hub has max_subscribers, or is stopping) nothing changed hands.  Any
- * thread; O(nchan), one short lock. */
+ * for comet_hub_cancel until the sink's close callback has run.  On
+ * failure (APR_EAGAIN: the hub has max_subscribers, or is stopping;
+ * APR_EINVAL: a WebSocket without a socket or without its settings)
+ * nothing changed hands.  Any thread; O(nchan), one short lock. */
 apr_status_t comet_hub_adopt(comet_hub_t *hub, const comet_hub_spec_t *spec,
                              comet_hub_sub_t **handle);
 
@@ -205,13 +226,18 @@ typedef struct comet_hub_stats_t {
     apr_uint32_t subscribers;     /* now                                  */
     apr_uint32_t detached;        /* now: of them, on a socket of ours    */
     apr_uint32_t tls;             /* now: of those, with a TLS session    */
-    apr_uint32_t by_transport[3]; /* now: sse, longpoll, stream           */
+    apr_uint32_t by_transport[4]; /* now: sse, longpoll, stream,
+                                     websocket                            */
     apr_uint64_t adopted;         /* since start                          */
     apr_uint64_t deliveries;      /* messages written to subscribers      */
     apr_uint64_t wakeups;         /* slot wakeups handled                 */
     apr_uint64_t dropped_slow;    /* ended for passing max_pending        */
     apr_uint64_t catchup_reads;   /* reads of a subscriber's own (behind)  */
     apr_uint64_t closed_by_client;
+    apr_uint64_t ws_published;    /* WebSocket client messages published  */
+    apr_uint64_t ws_refused;      /* closed for policy (1003, 1008)       */
+    apr_uint64_t ws_errors;       /* closed for protocol (1002/1007/1009) */
+    apr_uint64_t ws_timeouts;     /* ended: silent since our last ping    */
 } comet_hub_stats_t;
 
 /* A snapshot of the counters.  Any thread (values are read one by one,

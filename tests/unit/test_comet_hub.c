@@ -19,6 +19,7 @@
 #include "tls_util.h"
 #include "comet_hub.h"
 #include "comet_tls.h"
+#include "comet_ws.h"
 
 typedef struct fixture_t {
     comet_store_t *st;
@@ -82,6 +83,8 @@ static void hub_start_with(apr_size_t max_pending, apr_uint32_t max_subs,
     cfg.max_subscribers = max_subs;
     cfg.on_end = record_end;
     ended_tag = ended_calls = 0;
+    /* What WebSocket clients publish through the hub wakes it too. */
+    cfg.wake = wake;
     ck_assert_int_eq(comet_hub_create(&fx.hub, &cfg, comet_test_pool),
                      APR_SUCCESS);
     ck_assert_int_eq(pthread_create(&fx.thread, NULL, hub_thread, fx.hub), 0);
@@ -1542,6 +1545,482 @@ START_TEST(tls_bytes_that_wait_are_kept_in_order_and_a_stuck_client_dropped)
 }
 END_TEST
 
+/* ---- WebSocket ------------------------------------------------------------------ */
+
+/* A client's view of a WebSocket: the bytes read so far, and the next
+ * server frame taken from them. */
+typedef struct wsc_t {
+    int        fd;
+    char       buf[256 * 1024];
+    size_t     len, off;
+} wsc_t;
+
+static const unsigned char wsc_mask[4] = { 0x12, 0x34, 0x56, 0x78 };
+
+static wsc_t *ws_adopt(const char *const *ids, apr_size_t n,
+                       const comet_hub_ws_spec_t *ws, apr_time_t interval)
+{
+    comet_chanref_t refs[8];
+    apr_uint64_t seqs[8];
+    comet_hub_spec_t spec;
+    wsc_t *c = calloc(1, sizeof(*c));
+    int sv[2];
+
+    ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    for (apr_size_t i = 0; i < n; i++) {
+        comet_msgid_t newest;
+
+        ck_assert_int_eq(comet_store_subscribe(fx.st, fx.slot, ids[i],
+                                               strlen(ids[i]),
+                                               comet_now_mono(), &refs[i],
+                                               &newest), APR_SUCCESS);
+        seqs[i] = newest.seq;
+    }
+    memset(&spec, 0, sizeof(spec));
+    spec.fd = sv[0];
+    spec.transport = COMET_T_WS;
+    spec.nchan = n;
+    spec.refs = refs;
+    spec.ids = ids;
+    spec.seqs = seqs;
+    spec.interval = interval;
+    spec.ws = ws;
+    ck_assert_int_eq(comet_hub_adopt(fx.hub, &spec, NULL), APR_SUCCESS);
+    c->fd = sv[1];
+    return c;
+}
+
+static void ws_spec(comet_hub_ws_spec_t *ws, int publish, const char *from)
+{
+    memset(ws, 0, sizeof(*ws));
+    ws->publish = publish;
+    ws->max_message = 64 * 1024;
+    ws->from = from;
+    ws->from_len = from ? strlen(from) : 0;
+}
+
+/* Send one client frame (masked). */
+static void wsc_send(wsc_t *c, int opcode, int fin, const char *data,
+                     size_t len)
+{
+    char mem[70000];
+    comet_buf_t b;
+
+    comet_buf_wrap(&b, mem, sizeof(mem));
+    ck_assert_int_eq(comet_ws_frame_client(&b, opcode, fin, 0, wsc_mask,
+                                           data, len), APR_SUCCESS);
+    ck_assert(write(c->fd, b.data, b.len) == (ssize_t)b.len);
+}
+
+/* The next server frame within ms: 1 and its opcode and payload (valid
+ * until the next call); 0 on timeout, -1 at EOF. */
+static int wsc_next(wsc_t *c, int *op, const char **data, size_t *len,
+                    int ms)
+{
+    long long end = (long long)(comet_now_mono() / 1000) + ms;
+
+    for (;;) {
+        size_t have = c->len - c->off, hl = 2, pl;
+        const unsigned char *h = (const unsigned char *)c->buf + c->off;
+
+        if (have >= 2) {
+            ck_assert_msg(!(h[1] & 0x80), "a server frame is never masked");
+            pl = h[1] & 0x7f;
+            if (pl == 126) {
+                hl = 4;
+                pl = have >= 4 ? ((size_t)h[2] << 8 | h[3]) : 0;
+            }
+            else if (pl == 127) {
+                hl = 10;
+                pl = 0;
+                for (int i = 2; have >= 10 && i < 10; i++) {
+                    pl = pl << 8 | h[i];
+                }
+            }
+            if (have >= hl && have >= hl + pl) {
+                ck_assert_msg(h[0] & 0x80, "server frames are whole");
+                *op = h[0] & 0x0f;
+                *data = (const char *)h + hl;
+                *len = pl;
+                c->off += hl + pl;
+                return 1;
+            }
+        }
+        {
+            struct pollfd p = { c->fd, POLLIN, 0 };
+            long long left = end - comet_now_mono() / 1000;
+            ssize_t n;
+
+            if (left <= 0 || poll(&p, 1, (int)left) <= 0) {
+                return 0;
+            }
+            if (c->off && c->off == c->len) {
+                c->off = c->len = 0;
+            }
+            n = read(c->fd, c->buf + c->len, sizeof(c->buf) - c->len);
+            if (n <= 0) {
+                return -1;
+            }
+            c->len += (size_t)n;
+        }
+    }
+}
+
+/* The next text frame, skipping keepalives ("{}" and pings) and pongs;
+ * its text in out (NUL-terminated). */
+static int wsc_text(wsc_t *c, char *out, size_t max, int ms)
+{
+    int op;
+    const char *d;
+    size_t n;
+
+    while (wsc_next(c, &op, &d, &n, ms) == 1) {
+        if (op == COMET_WS_OP_PING || op == COMET_WS_OP_PONG
+            || (op == COMET_WS_OP_TEXT && n == 2 && !memcmp(d, "{}", 2))) {
+            continue;
+        }
+        ck_assert_int_eq(op, COMET_WS_OP_TEXT);
+        ck_assert_uint_lt(n, max);
+        memcpy(out, d, n);
+        out[n] = '\0';
+        return 1;
+    }
+    return 0;
+}
+
+/* The server's close frame (skipping anything else): its code. */
+static int wsc_close_code(wsc_t *c, char *reason, size_t max, int ms)
+{
+    int op;
+    const char *d;
+    size_t n;
+
+    while (wsc_next(c, &op, &d, &n, ms) == 1) {
+        if (op != COMET_WS_OP_CLOSE) {
+            continue;
+        }
+        ck_assert_uint_ge(n, 2);
+        if (reason) {
+            size_t r = n - 2 < max - 1 ? n - 2 : max - 1;
+
+            memcpy(reason, d + 2, r);
+            reason[r] = '\0';
+        }
+        return ((unsigned char)d[0] << 8) | (unsigned char)d[1];
+    }
+    return -1;
+}
+
+static int wsc_eof(wsc_t *c, int ms)
+{
+    int op;
+    const char *d;
+    size_t n;
+    int r;
+
+    while ((r = wsc_next(c, &op, &d, &n, ms)) == 1) {
+    }
+    return r == -1;
+}
+
+static void wsc_free(wsc_t *c)
+{
+    close(c->fd);
+    free(c);
+}
+
+static int stored_count(const char *chan)
+{
+    comet_channel_stats_t cs;
+
+    if (comet_store_channel_stats(fx.st, chan, strlen(chan), &cs)
+        != APR_SUCCESS) {
+        return 0;
+    }
+    return (int)cs.messages;
+}
+
+START_TEST(websocket_gets_each_message_as_a_text_frame_and_answers_pings)
+{
+    const char *ids[] = { "wsroom" };
+    comet_hub_ws_spec_t ws;
+    wsc_t *c;
+    char text[4096], want[256];
+    int op;
+    const char *d;
+    size_t n;
+    apr_uint64_t seq;
+
+    ws_spec(&ws, 0, NULL);
+    c = ws_adopt(ids, 1, &ws, 0);
+    ck_assert(wait_hub_count(1));
+    seq = publish("wsroom", "hello", "typing");
+    ck_assert(wsc_text(c, text, sizeof(text), 2000));
+    snprintf(want, sizeof(want), "{\"channel\":\"wsroom\",\"id\":\"%08x:%"
+             APR_UINT64_T_FMT "\",\"event\":\"typing\",\"time\":",
+             comet_store_epoch(fx.st), seq);
+    ck_assert_msg(!strncmp(text, want, strlen(want)), "got %s", text);
+    ck_assert_msg(strstr(text, ",\"data\":\"hello\"}"), "got %s", text);
+    /* A ping, even between the fragments of a message, gets its pong. */
+    wsc_send(c, COMET_WS_OP_PING, 1, "p1", 2);
+    ck_assert_int_eq(wsc_next(c, &op, &d, &n, 2000), 1);
+    ck_assert_int_eq(op, COMET_WS_OP_PONG);
+    ck_assert_uint_eq(n, 2);
+    ck_assert(!memcmp(d, "p1", 2));
+    ck_assert_uint_eq(store_subscribers("wsroom"), 1);
+    wsc_free(c);
+    ck_assert(wait_hub_count(0));
+    ck_assert(wait_count("wsroom", 0));
+}
+END_TEST
+
+START_TEST(websocket_client_publishes_with_its_identity_when_allowed)
+{
+    const char *ids[] = { "chat" };
+    comet_hub_ws_spec_t ws;
+    wsc_t *c;
+    char text[4096];
+    comet_read_t rd;
+    comet_hub_stats_t hs;
+
+    ws_spec(&ws, 1, "alice");
+    c = ws_adopt(ids, 1, &ws, 0);
+    ck_assert(wait_hub_count(1));
+    /* Fragmented, with a ping in between. */
+    wsc_send(c, COMET_WS_OP_TEXT, 0, "hel", 3);
+    wsc_send(c, COMET_WS_OP_PING, 1, "", 0);
+    wsc_send(c, COMET_WS_OP_CONT, 1, "lo", 2);
+    /* The sender is a subscriber too: it gets its own message back. */
+    ck_assert(wsc_text(c, text, sizeof(text), 2000));
+    ck_assert_msg(strstr(text, "\"from\":\"alice\"")
+                  && strstr(text, "\"data\":\"hello\""), "got %s", text);
+    ck_assert_int_eq(comet_store_read_by_id(fx.st, "chat", 4,
+                                            (comet_msgid_t){ 0, 0 }, 0, 0,
+                                            comet_now_mono(),
+                                            comet_test_pool, &rd),
+                     APR_SUCCESS);
+    ck_assert_int_eq(rd.msgs->nelts, 1);
+    ck_assert_str_eq(APR_ARRAY_IDX(rd.msgs, 0, comet_msg_t).from, "alice");
+    comet_hub_stats(fx.hub, &hs);
+    ck_assert_uint_eq(hs.ws_published, 1);
+    /* A binary message is refused with 1003. */
+    wsc_send(c, COMET_WS_OP_BINARY, 1, "\x01", 1);
+    ck_assert_int_eq(wsc_close_code(c, NULL, 0, 2000), 1003);
+    wsc_free(c);
+}
+END_TEST
+
+START_TEST(websocket_publishing_off_closes_1008_and_stores_nothing)
+{
+    const char *ids[] = { "quiet" };
+    comet_hub_ws_spec_t ws;
+    wsc_t *c;
+    char reason[128];
+
+    ws_spec(&ws, 0, NULL);
+    c = ws_adopt(ids, 1, &ws, 0);
+    ck_assert(wait_hub_count(1));
+    wsc_send(c, COMET_WS_OP_TEXT, 1, "spam", 4);
+    ck_assert_int_eq(wsc_close_code(c, reason, sizeof(reason), 2000), 1008);
+    ck_assert_str_eq(reason, "publishing is not allowed here");
+    /* We closed first: our side is shut, and the TCP connection ends as
+     * soon as the client answers with its close. */
+    wsc_send(c, COMET_WS_OP_CLOSE, 1, "\x03\xf0", 2);
+    ck_assert(wsc_eof(c, 2000));
+    ck_assert_int_eq(stored_count("quiet"), 0);
+    ck_assert(wait_hub_count(0));
+    wsc_free(c);
+}
+END_TEST
+
+START_TEST(websocket_with_several_channels_publishes_an_envelope)
+{
+    const char *ids[] = { "a1", "b1" };
+    comet_hub_ws_spec_t ws;
+    wsc_t *c;
+    char text[4096];
+    static const char env[] =
+        "{\"channel\":\"b1\",\"event\":\"move\",\"data\":{\"x\":1}}";
+
+    ws_spec(&ws, 1, "bob");
+    c = ws_adopt(ids, 2, &ws, 0);
+    ck_assert(wait_hub_count(1));
+    wsc_send(c, COMET_WS_OP_TEXT, 1, env, sizeof(env) - 1);
+    ck_assert(wsc_text(c, text, sizeof(text), 2000));
+    ck_assert_msg(strstr(text, "\"channel\":\"b1\"")
+                  && strstr(text, "\"event\":\"move\"")
+                  && strstr(text, "\"from\":\"bob\"")
+                  && strstr(text, "\"data\":\"{\\\"x\\\":1}\""),
+                  "got %s", text);
+    /* Not JSON, or a channel it does not listen to: an error frame, and
+     * the connection stays. */
+    wsc_send(c, COMET_WS_OP_TEXT, 1, "hi", 2);
+    ck_assert(wsc_text(c, text, sizeof(text), 2000));
+    ck_assert_str_eq(text, "{\"error\":\"not a message envelope: not a "
+                     "JSON object\"}");
+    wsc_send(c, COMET_WS_OP_TEXT, 1, "{\"channel\":\"c1\",\"data\":\"x\"}",
+             27);
+    ck_assert(wsc_text(c, text, sizeof(text), 2000));
+    ck_assert_str_eq(text, "{\"error\":\"not a channel of this "
+                     "subscription\"}");
+    ck_assert_int_eq(stored_count("a1") + stored_count("b1"), 1);
+    wsc_free(c);
+}
+END_TEST
+
+START_TEST(websocket_close_codes_for_the_client_and_for_broken_frames)
+{
+    const char *ids[] = { "codes" };
+    comet_hub_ws_spec_t ws;
+    wsc_t *c;
+    char reason[128];
+    comet_hub_stats_t hs;
+
+    ws_spec(&ws, 1, NULL);
+    /* The client closes: its code comes back, then the connection ends. */
+    c = ws_adopt(ids, 1, &ws, 0);
+    wsc_send(c, COMET_WS_OP_CLOSE, 1, "\x0f\xa0" "bye", 5);
+    ck_assert_int_eq(wsc_close_code(c, NULL, 0, 2000), 4000);
+    ck_assert(wsc_eof(c, 2000));
+    wsc_free(c);
+    /* No code: 1000. */
+    c = ws_adopt(ids, 1, &ws, 0);
+    wsc_send(c, COMET_WS_OP_CLOSE, 1, "", 0);
+    ck_assert_int_eq(wsc_close_code(c, NULL, 0, 2000), 1000);
+    wsc_free(c);
+    /* Unmasked: 1002. */
+    c = ws_adopt(ids, 1, &ws, 0);
+    ck_assert(write(c->fd, "\x81\x02hi", 4) == 4);
+    ck_assert_int_eq(wsc_close_code(c, reason, sizeof(reason), 2000), 1002);
+    ck_assert(wsc_eof(c, 8000));
+    wsc_free(c);
+    /* Invalid UTF-8: 1007. */
+    c = ws_adopt(ids, 1, &ws, 0);
+    wsc_send(c, COMET_WS_OP_TEXT, 1, "\xc0\x80", 2);
+    ck_assert_int_eq(wsc_close_code(c, NULL, 0, 2000), 1007);
+    wsc_free(c);
+    /* Too big: 1009, before the payload is read. */
+    ws.max_message = 10;
+    c = ws_adopt(ids, 1, &ws, 0);
+    wsc_send(c, COMET_WS_OP_TEXT, 1, "01234567890", 11);
+    ck_assert_int_eq(wsc_close_code(c, NULL, 0, 2000), 1009);
+    wsc_free(c);
+    ck_assert(wait_hub_count(0));
+    comet_hub_stats(fx.hub, &hs);
+    ck_assert_uint_eq(hs.ws_errors, 3);
+    ck_assert_int_eq(stored_count("codes"), 0);
+}
+END_TEST
+
+START_TEST(websocket_publishing_is_rate_limited)
+{
+    const char *ids[] = { "rate" };
+    comet_hub_ws_spec_t ws;
+    wsc_t *c;
+
+    ws_spec(&ws, 1, NULL);
+    ws.rate = 1;
+    ws.burst = 3;
+    c = ws_adopt(ids, 1, &ws, 0);
+    for (int i = 0; i < 4; i++) {
+        wsc_send(c, COMET_WS_OP_TEXT, 1, "x", 1);
+    }
+    ck_assert_int_eq(wsc_close_code(c, NULL, 0, 2000), 1008);
+    ck_assert_int_eq(stored_count("rate"), 3);
+    wsc_free(c);
+}
+END_TEST
+
+START_TEST(websocket_pings_and_drops_a_client_that_never_answers)
+{
+    const char *ids[] = { "ping" };
+    comet_hub_ws_spec_t ws;
+    wsc_t *alive, *dead;
+    int op;
+    const char *d;
+    size_t n;
+    comet_hub_stats_t hs;
+
+    ws_spec(&ws, 0, NULL);
+    alive = ws_adopt(ids, 1, &ws, apr_time_from_msec(200));
+    dead = ws_adopt(ids, 1, &ws, apr_time_from_msec(200));
+    ck_assert(wait_hub_count(2));
+    /* The live one answers each ping. */
+    for (int pings = 0; pings < 4;) {
+        ck_assert_int_eq(wsc_next(alive, &op, &d, &n, 2000), 1);
+        if (op == COMET_WS_OP_PING) {
+            wsc_send(alive, COMET_WS_OP_PONG, 1, d, n);
+            pings++;
+        }
+        else {
+            ck_assert_int_eq(op, COMET_WS_OP_TEXT);
+            ck_assert(n == 2 && !memcmp(d, "{}", 2));
+        }
+    }
+    /* The silent one lost its connection, without a close frame. */
+    ck_assert(wsc_eof(dead, 2000));
+    ck_assert(wait_hub_count(1));
+    comet_hub_stats(fx.hub, &hs);
+    ck_assert_uint_eq(hs.ws_timeouts, 1);
+    wsc_free(alive);
+    wsc_free(dead);
+}
+END_TEST
+
+START_TEST(websocket_ends_1001_at_stop_and_1000_on_a_deleted_channel)
+{
+    const char *ids[] = { "gone" };
+    comet_hub_ws_spec_t ws;
+    wsc_t *c1, *c2;
+    char text[4096];
+    apr_uint32_t receivers;
+
+    ws_spec(&ws, 0, NULL);
+    c1 = ws_adopt(ids, 1, &ws, 0);
+    ck_assert(wait_hub_count(1));
+    ck_assert_int_eq(comet_store_delete(fx.st, "gone", 4, wake, NULL,
+                                        &receivers), APR_SUCCESS);
+    ck_assert(wsc_text(c1, text, sizeof(text), 2000));
+    ck_assert_str_eq(text, "{\"deleted\":true,\"channel\":\"gone\"}");
+    ck_assert_int_eq(wsc_close_code(c1, NULL, 0, 2000), 1000);
+    wsc_free(c1);
+    ck_assert(wait_hub_count(0));
+
+    ids[0] = "stay";
+    c2 = ws_adopt(ids, 1, &ws, 0);
+    ck_assert(wait_hub_count(1));
+    hub_join();
+    ck_assert_int_eq(wsc_close_code(c2, NULL, 0, 2000), 1001);
+    ck_assert(wsc_eof(c2, 2000));
+    wsc_free(c2);
+}
+END_TEST
+
+START_TEST(websocket_bytes_read_with_the_handshake_come_first)
+{
+    const char *ids[] = { "early" };
+    comet_hub_ws_spec_t ws;
+    wsc_t *c;
+    char mem[256], text[4096];
+    comet_buf_t b;
+
+    comet_buf_wrap(&b, mem, sizeof(mem));
+    comet_ws_frame_client(&b, COMET_WS_OP_TEXT, 1, 0, wsc_mask, "first", 5);
+    /* Half of the next frame: the rest comes over the socket. */
+    comet_ws_frame_client(&b, COMET_WS_OP_TEXT, 1, 0, wsc_mask, "second", 6);
+    ws_spec(&ws, 1, "early-bird");
+    ws.preread = mem;
+    ws.preread_len = b.len - 4;
+    c = ws_adopt(ids, 1, &ws, 0);
+    ck_assert(write(c->fd, mem + b.len - 4, 4) == 4);
+    ck_assert(wsc_text(c, text, sizeof(text), 2000));
+    ck_assert_msg(strstr(text, "\"data\":\"first\""), "got %s", text);
+    ck_assert(wsc_text(c, text, sizeof(text), 2000));
+    ck_assert_msg(strstr(text, "\"data\":\"second\""), "got %s", text);
+    wsc_free(c);
+}
+END_TEST
+
 Suite *test_comet_hub_suite(void)
 {
     Suite *s = suite_create("comet_hub");
@@ -1579,6 +2058,18 @@ Suite *test_comet_hub_suite(void)
     tcase_add_test(tc, a_reader_keeping_up_survives_big_frames);
     tcase_add_test(tc, a_sink_gets_a_backlog_part_by_part);
     tcase_add_test(tc, a_long_poll_behind_catches_up_poll_by_poll);
+    tcase_add_test(tc,
+                   websocket_gets_each_message_as_a_text_frame_and_answers_pings);
+    tcase_add_test(tc, websocket_client_publishes_with_its_identity_when_allowed);
+    tcase_add_test(tc, websocket_publishing_off_closes_1008_and_stores_nothing);
+    tcase_add_test(tc, websocket_with_several_channels_publishes_an_envelope);
+    tcase_add_test(tc,
+                   websocket_close_codes_for_the_client_and_for_broken_frames);
+    tcase_add_test(tc, websocket_publishing_is_rate_limited);
+    tcase_add_test(tc, websocket_pings_and_drops_a_client_that_never_answers);
+    tcase_add_test(tc,
+                   websocket_ends_1001_at_stop_and_1000_on_a_deleted_channel);
+    tcase_add_test(tc, websocket_bytes_read_with_the_handshake_come_first);
     suite_add_tcase(s, tc);
     return s;
 }

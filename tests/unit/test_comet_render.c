@@ -130,7 +130,7 @@ START_TEST(websocket_frames_hold_the_stream_objects_one_text_frame_each)
     m->from_len = 3;
     /* Never chunked, whatever the caller says. */
     ck_assert_int_eq(comet_render_stream(b, COMET_T_WS, 1, EPOCH, ids, seqs,
-                                         1, 0, rd, comet_test_pool),
+                                         1, 0, rd, 0, NULL, comet_test_pool),
                      APR_SUCCESS);
     ck_assert_uint_eq(b->len, sizeof(want) - 1);
     ck_assert(memcmp(b->data, want, b->len) == 0);
