@@ -27,6 +27,8 @@
 #include "comet_parse.h"
 #include "comet_pubsrv.h"
 
+APLOG_USE_MODULE(comet);
+
 /* Server-wide settings.  Only the main server's record counts: there is
  * one store and one publish socket for the whole httpd. */
 typedef struct comet_srv_conf_t {
@@ -73,6 +75,8 @@ typedef struct comet_srv_conf_t {
 #define COMET_DEFAULT_NEW_PER_CLIENT  1024
 #define COMET_DEFAULT_TLS_DETACH      1
 #define COMET_DEFAULT_HTTP2           COMET_H2_DOWNGRADE
+#define COMET_DEFAULT_PUBLISH_RATE    10
+#define COMET_DEFAULT_PUBLISH_BURST   20
 
 /* ---- value parsers ------------------------------------------------------ */
 
@@ -527,6 +531,58 @@ static const char *set_http2(cmd_parms *cmd, void *mconfig, const char *arg)
 
 #define COMET_DIR_CONF (RSRC_CONF | ACCESS_CONF)
 
+static const char *set_client_publish(cmd_parms *cmd, void *mconfig,
+                                      int on)
+{
+    const char *err = location_only(cmd);
+
+    if (!err) {
+        ((comet_dir_conf_t *)mconfig)->client_publish = on ? 1 : 0;
+    }
+    return err;
+}
+
+static const char *set_client_identity(cmd_parms *cmd, void *mconfig,
+                                       const char *arg)
+{
+    comet_dir_conf_t *dc = mconfig;
+    const char *err = location_only(cmd);
+
+    if (err) {
+        return err;
+    }
+    if (!strcasecmp(arg, "none")) {
+        dc->client_identity = NULL;
+        dc->client_identity_set = 1;
+        return NULL;
+    }
+    dc->client_identity = ap_expr_parse_cmd(cmd, arg,
+                                            AP_EXPR_FLAG_STRING_RESULT,
+                                            &err, NULL);
+    if (err) {
+        return apr_psprintf(cmd->pool, "%s: cannot parse expression '%s': %s",
+                            cmd->cmd->name, arg, err);
+    }
+    dc->client_identity_set = 1;
+    return NULL;
+}
+
+static const char *set_publish_rate(cmd_parms *cmd, void *mconfig,
+                                    const char *rate, const char *burst)
+{
+    comet_dir_conf_t *dc = mconfig;
+    apr_int64_t r, b;
+    const char *err = location_only(cmd);
+
+    if (err || (err = parse_number(cmd, rate, 1, 100000, &r))
+        || (burst && (err = parse_number(cmd, burst, 1, 1000000, &b)))) {
+        return err;
+    }
+    dc->publish_rate = r;
+    dc->publish_burst = burst ? b : 2 * r;
+    return NULL;
+}
+
 const command_rec comet_cmds[] = {
     AP_INIT_TAKE1("CometSharedMemorySize", set_shm_size, NULL, RSRC_CONF,
                   "Size of the shared memory holding channels and messages "
@@ -600,6 +656,15 @@ const command_rec comet_cmds[] = {
                   "Subscriptions over HTTP/2: downgrade (the client retries "
                   "over HTTP/1.1), hold (a worker thread each, bounded) or "
                   "refuse (503) (default downgrade)"),
+    AP_INIT_FLAG("CometClientPublish", set_client_publish, NULL, COMET_DIR_CONF,
+                 "Whether WebSocket clients may publish to their channels "
+                 "(default off)"),
+    AP_INIT_TAKE1("CometClientIdentity", set_client_identity, NULL, COMET_DIR_CONF,
+                  "Expression giving the identity stored with what a client "
+                  "publishes, e.g. \"%{REMOTE_USER}\" (default none)"),
+    AP_INIT_TAKE12("CometClientPublishRate", set_publish_rate, NULL, COMET_DIR_CONF,
+                   "Messages per second one WebSocket client may publish, "
+                   "and the burst (default 10 20)"),
     { NULL }
 };
 
@@ -639,6 +704,9 @@ void *comet_create_dir_conf(apr_pool_t *p, char *dir)
     dc->max_channels = -1;
     dc->existing_only = -1;
     dc->tls_detach = -1;
+    dc->client_publish = -1;
+    dc->publish_rate = -1;
+    dc->publish_burst = -1;
     return dc;
 }
 
@@ -666,6 +734,16 @@ void *comet_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
     dc->tls_detach = add->tls_detach != -1 ? add->tls_detach
                                            : base->tls_detach;
     dc->http2 = add->http2 ? add->http2 : base->http2;
+    dc->client_publish = add->client_publish != -1 ? add->client_publish
+                                                   : base->client_publish;
+    dc->client_identity_set = add->client_identity_set
+                              || base->client_identity_set;
+    dc->client_identity = add->client_identity_set ? add->client_identity
+                                                   : base->client_identity;
+    dc->publish_rate = add->publish_rate != -1 ? add->publish_rate
+                                               : base->publish_rate;
+    dc->publish_burst = add->publish_rate != -1 ? add->publish_burst
+                                                : base->publish_burst;
     return dc;
 }
 
@@ -709,6 +787,47 @@ int comet_dir_tls_detach(const comet_dir_conf_t *dc)
 int comet_dir_http2(const comet_dir_conf_t *dc)
 {
     return dc->http2 ? dc->http2 : COMET_DEFAULT_HTTP2;
+}
+
+int comet_dir_client_publish(const comet_dir_conf_t *dc)
+{
+    return dc->client_publish == 1;
+}
+
+void comet_dir_publish_rate(const comet_dir_conf_t *dc, apr_uint32_t *rate,
+                            apr_uint32_t *burst)
+{
+    *rate = dc->publish_rate == -1 ? COMET_DEFAULT_PUBLISH_RATE
+                                   : (apr_uint32_t)dc->publish_rate;
+    *burst = dc->publish_rate == -1 ? COMET_DEFAULT_PUBLISH_BURST
+                                    : (apr_uint32_t)dc->publish_burst;
+}
+
+apr_status_t comet_config_identity(request_rec *r,
+                                   const comet_dir_conf_t *dc,
+                                   const char **from)
+{
+    const char *err = NULL, *v;
+
+    *from = NULL;
+    if (!dc->client_identity) {
+        return APR_SUCCESS;
+    }
+    v = ap_expr_str_exec(r, dc->client_identity, &err);
+    if (err) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, COMET_LOGNO(0901)
+                      "CometClientIdentity: %s", err);
+        return APR_EGENERAL;
+    }
+    if (v && strlen(v) > COMET_STORE_FROM_MAX) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, COMET_LOGNO(0902)
+                      "CometClientIdentity gave %" APR_SIZE_T_FMT " bytes, "
+                      "more than the %d an identity may have",
+                      strlen(v), COMET_STORE_FROM_MAX);
+        return APR_EGENERAL;
+    }
+    *from = v && *v ? v : NULL;
+    return APR_SUCCESS;
 }
 
 static const comet_srv_conf_t *srv_get(const server_rec *s)

@@ -30,6 +30,12 @@ typedef struct comet_dir_conf_t {
                                           unset                          */
     int           tls_detach;          /* CometTLSDetach; -1 unset       */
     int           http2;               /* CometHTTP2 (COMET_H2_*); 0 unset */
+    int           client_publish;      /* CometClientPublish; -1 unset   */
+    ap_expr_info_t *client_identity;   /* CometClientIdentity; NULL none */
+    int           client_identity_set;
+    apr_int64_t   publish_rate;        /* CometClientPublishRate, per
+                                          second; -1 unset               */
+    apr_int64_t   publish_burst;       /* ... and the burst; -1 unset    */
 } comet_dir_conf_t;
 
 /* CometHTTP2: what a subscription on an HTTP/2 stream gets. */
@@ -61,6 +67,18 @@ int comet_dir_tls_detach(const comet_dir_conf_t *dc);
 int comet_dir_http2(const comet_dir_conf_t *dc);
 /* The name of a COMET_H2_* value, as CometHTTP2 takes it. */
 const char *comet_config_http2_name(int policy);
+int comet_dir_client_publish(const comet_dir_conf_t *dc);
+/* Publishes per second a WebSocket client may make, and the burst. */
+void comet_dir_publish_rate(const comet_dir_conf_t *dc, apr_uint32_t *rate,
+                            apr_uint32_t *burst);
+
+/* The sender identity of r (CometClientIdentity), NULL when the location
+ * has none or it comes out empty.  APR_SUCCESS; APR_EGENERAL when the
+ * expression failed or gave more than COMET_STORE_FROM_MAX bytes (logged
+ * here).  Request thread. */
+apr_status_t comet_config_identity(request_rec *r,
+                                   const comet_dir_conf_t *dc,
+                                   const char **from);
 
 /* Server-wide values in effect (defaults applied), the way mod_http2's
  * h2_config_sgeti gives them: only the main server's record counts (a

@@ -208,6 +208,15 @@ static int publish(request_rec *r, const char *channel)
         msg.event = event;
         msg.event_len = strlen(event);
     }
+    /* Who publishes, as the server knows it (a browser's POST): stored
+     * with the message, never taken from the request itself. */
+    if (comet_config_identity(r, comet_config_dir(r), &msg.from)
+        != APR_SUCCESS) {
+        return error_reply(r, HTTP_INTERNAL_SERVER_ERROR,
+                           "no identity for the publisher "
+                           "(CometClientIdentity)");
+    }
+    msg.from_len = msg.from ? strlen(msg.from) : 0;
     rv = comet_store_publish(comet_proc_store(), &msg, comet_now_mono(),
                              comet_wake_slot, NULL, &res);
     switch (rv) {

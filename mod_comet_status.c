@@ -50,7 +50,7 @@ APLOG_USE_MODULE(comet);
 typedef struct status_slot_t {
     apr_int32_t  pid;               /* 0: no process                     */
     apr_uint32_t connections;       /* subscribers held by the hub       */
-    apr_uint32_t by_transport[3];   /* sse, long-poll, stream            */
+    apr_uint32_t by_transport[4];   /* sse, long-poll, stream, websocket */
     apr_uint32_t detached;          /* of them, on a socket of the hub's */
     apr_uint32_t tls;               /* ... with a TLS session taken over */
     apr_uint32_t pub_clients;       /* publish socket connections        */
@@ -61,6 +61,7 @@ typedef struct status_slot_t {
     apr_uint64_t pub_commands;
     apr_uint64_t pub_publishes;
     apr_uint64_t pub_refused;
+    apr_uint64_t ws_published;      /* by WebSocket clients              */
 } status_slot_t;
 
 typedef struct status_shm_t {
@@ -96,11 +97,12 @@ int comet_status_post_config(apr_pool_t *pconf, server_rec *s)
     apr_pool_userdata_get((void **)&shm, STATUS_KEY, pp);
     if (shm) {
         status = apr_shm_baseaddr_get(shm);
-        if (status->nslots == n) {
+        if (status->nslots == n && apr_shm_size_get(shm) == size) {
             return OK;
         }
         /* The store kept its slot count; so must we.  Cannot happen
-         * unless the store was made anew: start counting again. */
+         * unless the store was made anew (or a module with other records
+         * came in with a graceful restart): start counting again. */
         status = NULL;
     }
     rv = apr_shm_create(&shm, size, NULL, pp);
@@ -167,9 +169,10 @@ static void write_slot(status_slot_t *sl, comet_hub_t *hub)
     STORE(sl->connections, hs.subscribers);
     STORE(sl->detached, hs.detached);
     STORE(sl->tls, hs.tls);
-    for (i = 0; i < 3; i++) {
+    for (i = 0; i < 4; i++) {
         STORE(sl->by_transport[i], hs.by_transport[i]);
     }
+    STORE(sl->ws_published, hs.ws_published);
     STORE(sl->pub_clients, ps.clients);
 
     STORE(sl->adopted, hs.adopted);
@@ -413,7 +416,8 @@ int comet_status_hook(request_rec *r, int flags)
     if (!brief && !(flags & AP_STATUS_NOTABLE)) {
         ap_rputs("<table border=\"0\"><tr><th>PID</th><th>Slot</th>"
                  "<th>Subscribers</th><th>Connections</th><th>SSE</th>"
-                 "<th>Long-poll</th><th>Stream</th><th>Deliveries</th>"
+                 "<th>Long-poll</th><th>Stream</th><th>WebSocket</th>"
+                 "<th>Client publishes</th><th>Deliveries</th>"
                  "<th>Dropped (slow)</th><th>Socket clients</th>"
                  "<th>Suspended</th><th>Held</th></tr>\n", r);
     }
@@ -429,14 +433,16 @@ int comet_status_hook(request_rec *r, int flags)
         if (brief) {
             ap_rprintf(r, "CometProcess%u: pid=%d slot=%u subscribers=%"
                        APR_UINT64_T_FMT " connections=%u detached=%u tls=%u "
-                       "sse=%u longpoll=%u stream=%u deliveries=%"
-                       APR_UINT64_T_FMT
+                       "sse=%u longpoll=%u stream=%u websocket=%u "
+                       "client_publishes=%" APR_UINT64_T_FMT
+                       " deliveries=%" APR_UINT64_T_FMT
                        " dropped_slow=%" APR_UINT64_T_FMT
                        " socket_clients=%u suspended=%u held=%u "
                        "mpm_connections=%u mpm_suspended=%u\n", n, (int)pid,
                        i, subs, LOAD(sl->connections), LOAD(sl->detached),
                        LOAD(sl->tls), LOAD(sl->by_transport[0]),
                        LOAD(sl->by_transport[1]), LOAD(sl->by_transport[2]),
+                       LOAD(sl->by_transport[3]), LOAD(sl->ws_published),
                        LOAD(sl->deliveries), LOAD(sl->dropped_slow),
                        LOAD(sl->pub_clients), LOAD(sl->live.suspended),
                        LOAD(sl->live.held), LOAD(sl->live.mpm_conns),
@@ -445,11 +451,13 @@ int comet_status_hook(request_rec *r, int flags)
         else if (!(flags & AP_STATUS_NOTABLE)) {
             ap_rprintf(r, "<tr><td>%d</td><td>%u</td><td>%" APR_UINT64_T_FMT
                        "</td><td>%u</td><td>%u</td><td>%u</td><td>%u</td>"
+                       "<td>%u</td><td>%" APR_UINT64_T_FMT "</td>"
                        "<td>%" APR_UINT64_T_FMT "</td><td>%" APR_UINT64_T_FMT
                        "</td><td>%u</td><td>%u</td><td>%u</td></tr>\n",
                        (int)pid, i, subs,
                        LOAD(sl->connections), LOAD(sl->by_transport[0]),
                        LOAD(sl->by_transport[1]), LOAD(sl->by_transport[2]),
+                       LOAD(sl->by_transport[3]), LOAD(sl->ws_published),
                        LOAD(sl->deliveries), LOAD(sl->dropped_slow),
                        LOAD(sl->pub_clients), LOAD(sl->live.suspended),
                        LOAD(sl->live.held));

@@ -70,6 +70,7 @@
 #include "mod_comet_susp.h"
 #include "mod_comet_status.h"
 #include "mod_comet_takeover.h"
+#include "mod_comet_ws.h"
 #include "event_bridge.h"
 #include "comet_frame.h"
 #include "comet_render.h"
@@ -705,6 +706,23 @@ static int park_held(sub_req_t *sr, comet_hub_t *hub)
     return OK;
 }
 
+/* ---- WebSocket subscribers (see mod_comet_ws.c) ------------------------------------ */
+
+static int park_websocket(sub_req_t *sr, comet_hub_t *hub)
+{
+    comet_hub_spec_t spec;
+    int rc, adopted;
+
+    /* What is due (a backlog, the missed signal) is the hub's to send, as
+     * for a detached stream. */
+    fill_spec(sr, &spec);
+    rc = comet_ws_park(sr->r, sr->dc, hub, &spec, &adopted);
+    if (adopted) {
+        handed_to_hub(sr);
+    }
+    return rc;
+}
+
 /* 503: this process has no room for another subscriber now. */
 static int refuse_busy(request_rec *r, const char *why)
 {
@@ -765,10 +783,25 @@ int comet_subscriber_handler(request_rec *r)
     if (r->method_number != M_GET) {
         return HTTP_METHOD_NOT_ALLOWED;
     }
+    if (comet_ws_wanted(r)) {
+        /* Refused before the upgrade with an HTTP status; once it is
+         * good, every refusal is a close frame (mod_comet_ws.h). */
+        if ((rc = comet_ws_check(r, dc)) != OK) {
+            return comet_error_response(r, rc);
+        }
+        sr->transport = COMET_T_WS;
+    }
     if ((rc = comet_request_channels(r, dc, comet_dir_max_channels(dc),
                                      &sr->ids, &sr->nchan)) != OK
-        || (rc = comet_request_transport(r, dc, &sr->args,
-                                          &sr->transport)) != OK) {
+        || (sr->transport != COMET_T_WS
+            && (rc = comet_request_transport(r, dc, &sr->args,
+                                             &sr->transport)) != OK)) {
+        goto refused;
+    }
+    if (sr->transport == COMET_T_WS && !comet_ws_wanted(r)) {
+        sr->transport = 0;
+        rc = comet_refuse(r, HTTP_BAD_REQUEST, "the websocket transport "
+                          "needs a WebSocket handshake (Upgrade: websocket)");
         goto refused;
     }
     sr->refs = apr_pcalloc(r->pool, sizeof(*sr->refs) * (apr_size_t)sr->nchan);
@@ -800,6 +833,9 @@ int comet_subscriber_handler(request_rec *r)
         if (any && !more && (rc = answer_poll_now(sr, reads)) != DECLINED) {
             return rc;
         }
+    }
+    if (sr->transport == COMET_T_WS) {
+        return park_websocket(sr, hub);
     }
 
     /* A parked subscriber's connection ends with its stream.  Said in the
@@ -873,5 +909,8 @@ int comet_subscriber_handler(request_rec *r)
     return rc;
 
 refused:
+    if (sr->transport == COMET_T_WS) {
+        return comet_ws_refuse(r, rc);
+    }
     return comet_error_response(r, rc);
 }
