@@ -6,8 +6,11 @@
  * live messages, and after the server ends its stream (graceful restart)
  * it reconnects by itself with Last-Event-ID and loses nothing; over TLS
  * on a host that speaks HTTP/2, each CometHTTP2 policy does what README
- * says.  The page reports every event it sees by publishing it to a
- * second channel, which the test reads back. */
+ * says.  With WebSocket: it subscribes to two channels, publishes in the
+ * envelope and gets its message back with the identity the server gave
+ * it, and sees the close code of a graceful restart (1001).  The page
+ * reports every event it sees by publishing it to a second channel,
+ * which the test reads back. */
 
 #include <fcntl.h>
 #include <signal.h>
@@ -29,6 +32,27 @@ static const char page[] =
     "es.onopen = () => report('open');\n"
     "es.onmessage = (e) => report('got ' + e.data + ' id=' + e.lastEventId);\n"
     "es.addEventListener('typing', (e) => report('typed ' + e.data));\n"
+    "</script>\n";
+
+static const char ws_page[] =
+    "<!doctype html><meta charset=utf-8><title>comet ws</title>\n"
+    "<script>\n"
+    "function report(text) {\n"
+    "  fetch('/pub/browser-ack', {method: 'POST', body: text});\n"
+    "}\n"
+    "const ws = new WebSocket('ws://' + location.host + '/wsb/bws,bws2');\n"
+    "ws.onopen = () => {\n"
+    "  report('open');\n"
+    "  ws.send(JSON.stringify({channel: 'bws2', event: 'chat',\n"
+    "                          data: 'from-page'}));\n"
+    "};\n"
+    "ws.onmessage = (e) => {\n"
+    "  const o = JSON.parse(e.data);\n"
+    "  if (o.channel) {\n"
+    "    report('got ' + o.channel + ' ' + o.data + ' from=' + o.from);\n"
+    "  }\n"
+    "};\n"
+    "ws.onclose = (e) => report('closed ' + e.code + ' ' + e.reason);\n"
     "</script>\n";
 
 /* Chromium on url (the test's certificate is self-signed). */
@@ -321,6 +345,50 @@ START_TEST(chromium_eventsource_over_h2_enabled_tls_under_each_policy)
 }
 END_TEST
 
+START_TEST(a_browser_websocket_listens_publishes_and_sees_1001_at_restart)
+{
+    it_server_t srv;
+    it_opts_t o;
+    char path[400], seen[65536];
+    FILE *f;
+    pid_t browser;
+
+    memset(&o, 0, sizeof(o));
+    o.extra = "<Location /sub/browser-ack>\n  CometSubscriberTimeout 1\n"
+              "</Location>\n"
+              "<Location /wsb/>\n  SetHandler comet-subscriber\n"
+              "  CometClientPublish on\n"
+              "  CometClientIdentity \"page@%{REMOTE_ADDR}\"\n"
+              "</Location>\n";
+    ck_assert_int_eq(it_server_start(&srv, &o), 0);
+    snprintf(path, sizeof(path), "%s/htdocs/ws.html", srv.dir);
+    f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(ws_page, f);
+    fclose(f);
+
+    snprintf(path, sizeof(path), "http://127.0.0.1:%d/ws.html", srv.port);
+    browser = start_browser(&srv, path);
+    ck_assert_int_gt(browser, 0);
+    ck_assert_msg(wait_ack(srv.port, "\"data\":\"open\"", 30000, seen,
+                           sizeof(seen)),
+                  "the page never reported its WebSocket open: %s", seen);
+    /* Its own message, back with the identity the server gave it. */
+    ck_assert_msg(wait_ack(srv.port, "got bws2 from-page from=page@127.0.0.1",
+                           10000, seen, sizeof(seen)),
+                  "the page saw: %s", seen);
+    ck_assert_int_eq(it_publish(srv.port, "bws", "hello-ws", NULL, NULL, 0),
+                     201);
+    ck_assert_msg(wait_ack(srv.port, "got bws hello-ws from=undefined", 10000,
+                           seen, sizeof(seen)), "the page saw: %s", seen);
+    ck_assert_int_eq(it_server_graceful(&srv), 0);
+    ck_assert_msg(wait_ack(srv.port, "closed 1001 server going away", 20000,
+                           seen, sizeof(seen)), "the page saw: %s", seen);
+    stop_browser(browser);
+    it_server_stop(&srv);
+}
+END_TEST
+
 Suite *test_browser_suite(void)
 {
     Suite *s = suite_create("browser");
@@ -330,6 +398,8 @@ Suite *test_browser_suite(void)
     tcase_add_test(tc, a_browser_receives_live_messages_and_resumes_after_a_restart);
     tcase_add_loop_test(tc,
         chromium_eventsource_over_h2_enabled_tls_under_each_policy, 0, 3);
+    tcase_add_test(tc,
+                   a_browser_websocket_listens_publishes_and_sees_1001_at_restart);
     suite_add_tcase(s, tc);
     return s;
 }
