@@ -3,8 +3,8 @@
  */
 
 /* WebSocket subscribers against the real apache2 (event MPM, two
- * children): the npm `ws` client (tests/ws/client.mjs) for frames, pings,
- * every close code, resume and the envelope; a graceful restart closes
+ * children): the npm `ws` client (tests/browser/ws_client.mjs) for
+ * frames, pings, every close code, resume and the envelope; a graceful restart closes
  * with 1001 (with mod_reqtimeout loaded, which must not cut an idle
  * WebSocket); a WebSocket client on one child publishes and SSE
  * subscribers on the other receive it with its identity; 5,000 idle
@@ -26,7 +26,7 @@
 #include "harness.h"
 #include "comet_ws.h"
 
-/* Locations of the suite's server (see tests/ws/client.mjs). */
+/* Locations of the suite's server (see tests/browser/ws_client.mjs). */
 static const char ws_conf[] =
     "LoadModule auth_basic_module @MODULES@/mod_auth_basic.so\n"
     "LoadModule authn_core_module @MODULES@/mod_authn_core.so\n"
@@ -79,14 +79,14 @@ static void stop(void)
 
 /* ---- the npm ws client -------------------------------------------------------- */
 
-/* Run a scenario of tests/ws/client.mjs to its end; its output in out.
- * 0 when it passed. */
+/* Run a scenario of tests/browser/ws_client.mjs to its end; its output in
+ * out.  0 when it passed. */
 static int node_run(const char *scenario, const char *args, char *out,
                     size_t outlen)
 {
     char cmd[1024];
 
-    snprintf(cmd, sizeof(cmd), "node tests/ws/client.mjs %s %d %s",
+    snprintf(cmd, sizeof(cmd), "node tests/browser/ws_client.mjs %s %d %s",
              scenario, srv.port, args ? args : "");
     return it_run(cmd, out, outlen, 90000);
 }
@@ -113,8 +113,8 @@ static void node_start(node_t *n, const char *scenario, const char *arg)
             dup2(fd, 2);
             close(fd);
         }
-        execlp("node", "node", "tests/ws/client.mjs", scenario, port, arg,
-               (char *)NULL);
+        execlp("node", "node", "tests/browser/ws_client.mjs", scenario, port,
+               arg, (char *)NULL);
         _exit(127);
     }
     ck_assert_int_gt(n->pid, 0);

@@ -3,7 +3,7 @@
 //
 // WebSocket scenarios run by the integration suite
 // (tests/integration/test_websocket.c) with the npm `ws` client against the
-// real apache2.  Usage: node client.mjs <scenario> <port> [args...]
+// real apache2.  Usage: node ws_client.mjs <scenario> <port> [args...]
 //
 // Each scenario prints what it saw, one line per step, and exits 0 when
 // everything was as it must be; any surprise prints "FAIL: ..." and exits
