@@ -228,20 +228,20 @@ scenarios.size = async () => {
 };
 
 // A message published from page A shows in page B and in A, for each
-// transport forced and for auto (which skips WebSocket: this server does
-// not offer it); and the file works when imported as an ES module.
+// transport forced and for auto (which takes WebSocket, which the server
+// offers); and the file works when imported as an ES module.
 scenarios.exchange = async () => {
     const srv = await startServer();
     const ctx = await (await launch()).newContext();
 
-    for (const t of ["eventsource", "longpoll", "auto"]) {
+    for (const t of ["websocket", "eventsource", "longpoll", "auto"]) {
         const A = await newPage(ctx, `${srv.base}/t.html`), B = await newPage(ctx, `${srv.base}/t.html`);
         const ch = `x-${t}`, text = `hello over ${t}`, t0 = Date.now();
 
         await A.evaluate(([c, o]) => window.start([c], o), [ch, { transport: t }]);
         await B.evaluate(([c, o]) => window.start([c], o), [ch, { transport: t }]);
-        await live(A, t === "auto" ? "eventsource" : t);
-        await live(B, t === "auto" ? "eventsource" : t);
+        await live(A, t === "auto" ? "websocket" : t);
+        await live(B, t === "auto" ? "websocket" : t);
         const up = Date.now() - t0, t1 = Date.now();
 
         await A.evaluate(([c, x]) => window.sub.publish(c, x), [ch, text]);
@@ -253,7 +253,7 @@ scenarios.exchange = async () => {
         const states = await B.evaluate(() => window.states);
 
         if (t === "auto") {
-            check(states[0] === "connecting websocket" && states.includes("live eventsource"),
+            check(states[0] === "connecting websocket" && states.includes("live websocket"),
                   `auto went ${states.join(", ")}`);
         }
         say(`${t}: both pages live in ${up} ms (${states.join(" -> ")}); ` +
@@ -278,13 +278,13 @@ scenarios.exchange = async () => {
 scenarios.restart = async () => {
     const srv = await startServer();
     const ctx = await (await launch()).newContext();
-    const kinds = ["eventsource", "longpoll", "auto"], pages = {};
+    const kinds = ["websocket", "eventsource", "longpoll", "auto"], pages = {};
 
     for (const t of kinds) {
         pages[t] = await newPage(ctx, `${srv.base}/t.html`);
         await pages[t].evaluate(([c, o]) => window.start([c], o),
                                 [`r-${t}`, { transport: t, retryMin: 800, retryMax: 3000 }]);
-        await live(pages[t], t === "auto" ? "eventsource" : t);
+        await live(pages[t], t === "auto" ? "websocket" : t);
         await publish(srv, `r-${t}`, "before");
         await shows(pages[t], "before");
     }
@@ -325,7 +325,7 @@ scenarios.badid = async () => {
     const srv = await startServer();
     const ctx = await (await launch()).newContext();
 
-    for (const t of ["eventsource", "longpoll"]) {
+    for (const t of ["websocket", "eventsource", "longpoll"]) {
         for (const id of ["garbage", "1234:5,6"]) {
             const P = await newPage(ctx, `${srv.base}/t.html`);
 
@@ -533,7 +533,7 @@ scenarios.demo = async () => {
     await has(bob, xss);
     check(await bob.evaluate(() => window.pwned === undefined
         && !document.querySelector("#log img, #log script, #log i, #log b")), "markup in a message was rendered");
-    check(await bob.textContent("#conn") === "live \u00b7 eventsource", `bob's state: ${await bob.textContent("#conn")}`);
+    check(await bob.textContent("#conn") === "live \u00b7 websocket", `bob's state: ${await bob.textContent("#conn")}`);
     await waitIn(bob, "an unread mark on #dev", () => document.querySelector('[data-room="dev"] .badge').textContent === "1");
 
     const carol = await join("Carol");
