@@ -1,10 +1,10 @@
 /*
  * cometbench -- load generator for Comet / server-push servers.
  *
- * Opens N subscriber connections (EventSource, long-poll or a newline-
- * delimited JSON stream) spread over C channels, publishes messages over
- * HTTP POST or the Redis protocol on a Unix socket, and measures what every
- * subscriber receives.  Each payload carries its own per-channel sequence
+ * Opens N subscriber connections (EventSource, long-poll, a newline-
+ * delimited JSON stream or a WebSocket) spread over C channels, publishes
+ * messages over HTTP POST, the Redis protocol on a Unix socket or client
+ * WebSockets, and measures what every subscriber receives.  Each payload carries its own per-channel sequence
  * number and send time:
  *
  *     "<seq> <send_time_ns> xxxxxxxx..."      (padded with 'x' to --size)
@@ -67,6 +67,7 @@
 #define ETAG_MAX        64              /* Etag value (Nchan long-poll) */
 #define CONNECT_TRIES   3               /* initial connect attempts per subscriber */
 #define SAMPLE_EVERY_NS (250 * NS_PER_MS)
+#define WS_PUB_WINDOW   8192            /* unsent bytes of a WebSocket publisher */
 
 /* ------------------------------------------------------------------ */
 /* Time                                                                */
@@ -158,9 +159,9 @@ static double hist_mean(const hist_t *h)
 /* Options                                                             */
 /* ------------------------------------------------------------------ */
 
-enum { T_SSE, T_LONGPOLL, T_STREAM };
+enum { T_SSE, T_LONGPOLL, T_STREAM, T_WS };
 enum { D_NCHAN, D_COMET };
-enum { PUB_NONE, PUB_HTTP, PUB_RESP };
+enum { PUB_NONE, PUB_HTTP, PUB_RESP, PUB_WS };
 
 #define MAX_WATCH 16
 
@@ -664,6 +665,15 @@ static int parse_head(conn_t *c, const char *h, size_t n)
     }
     rs->close = (uint8_t)(close_ || (http10 && !keepalive));
     rs->remain = 0;
+    if (rs->status == 101 && ((c->kind == CK_SUB && opt.transport == T_WS)
+                              || (c->kind == CK_PUB
+                                  && opt.pub_mode == PUB_WS))) {
+        /* Upgraded: frames until the connection ends. */
+        rs->phase = RP_BODY;
+        rs->mode = BM_CLOSE;
+        rs->close = 1;
+        return 0;
+    }
     if (rs->status >= 100 && rs->status < 200) {
         rs->phase = RP_HEAD;            /* interim response: read the next head */
         return 0;
@@ -1259,6 +1269,102 @@ static int stream_consume(conn_t *c, uint64_t now)
 }
 
 /* ------------------------------------------------------------------ */
+/* WebSocket (RFC 6455), client side                                   */
+/* ------------------------------------------------------------------ */
+
+static const char ws_upgrade[] =
+    "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    "Sec-WebSocket-Version: 13\r\n";
+
+/* One client frame, FIN set, masked with the key 0 (masking is required;
+ * the key's value is not the server's business). */
+static void ws_frame(conn_t *c, int opcode, const char *p, size_t n)
+{
+    unsigned char h[14];
+    size_t hl = 2;
+    h[0] = (unsigned char)(0x80 | opcode);
+    if (n < 126) {
+        h[1] = (unsigned char)(0x80 | n);
+    } else if (n < 65536) {
+        h[1] = 0x80 | 126;
+        h[2] = (unsigned char)(n >> 8);
+        h[3] = (unsigned char)n;
+        hl = 4;
+    } else {
+        h[1] = 0x80 | 127;
+        for (int i = 0; i < 8; i++)
+            h[2 + i] = (unsigned char)((uint64_t)n >> (56 - 8 * i));
+        hl = 10;
+    }
+    memset(h + hl, 0, 4);
+    wbuf_append(c, (const char *)h, hl + 4);
+    if (n)
+        wbuf_append(c, p, n);
+}
+
+/* Take the whole server frames in c->buf: messages go to deliver (Nchan:
+ * the payload is the message) or json_message (mod_comet: the stream's
+ * object; "{}" keepalives too), pings get their pong.  A close frame ends
+ * the response.  Returns -1 on a frame no server may send. */
+static int ws_consume(conn_t *c, uint64_t now, int deliver_it)
+{
+    const unsigned char *b = (const unsigned char *)c->buf;
+    size_t len = c->len, pos = 0;
+    int pong = 0;
+    while (len - pos >= 2) {
+        const unsigned char *h = b + pos;
+        size_t hl = 2, pl = h[1] & 0x7f;
+        if (h[1] & 0x80)
+            return -1;
+        if (pl == 126) {
+            if (len - pos < 4)
+                break;
+            pl = (size_t)h[2] << 8 | h[3];
+            hl = 4;
+        } else if (pl == 127) {
+            if (len - pos < 10)
+                break;
+            pl = 0;
+            for (int i = 2; i < 10; i++)
+                pl = pl << 8 | h[i];
+            hl = 10;
+        }
+        if (len - pos < hl + pl)
+            break;
+        const char *d = (const char *)h + hl;
+        switch (h[0] & 0x0f) {
+        case 0x1:
+            if (!deliver_it)
+                break;
+            if (opt.dialect == D_NCHAN)
+                deliver(c, d, pl, now);
+            else if (!json_message(c, d, d + pl, 1, now))
+                st.bad++;
+            break;
+        case 0x9:
+            ws_frame(c, 0xA, d, pl);
+            pong = 1;
+            break;
+        case 0x8:
+            c->rs.phase = RP_DONE;
+            c->rs.close = 1;
+            pos += hl + pl;
+            goto out;
+        default:
+            break;
+        }
+        pos += hl + pl;
+    }
+out:
+    memmove(c->buf, c->buf + pos, len - pos);
+    c->len = (uint32_t)(len - pos);
+    if (pong && conn_flush(c) < 0)
+        return -1;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
 /* Subscribers                                                         */
 /* ------------------------------------------------------------------ */
 
@@ -1288,6 +1394,8 @@ static int sub_request(conn_t *c)
         n += snprintf(req + n, sizeof req - (size_t)n,
                       "If-Modified-Since: %s\r\nIf-None-Match: %s\r\n",
                       c->lm, c->etag);
+    if (opt.transport == T_WS)
+        n += snprintf(req + n, sizeof req - (size_t)n, "%s", ws_upgrade);
     if (opt.headers_len && (size_t)n + opt.headers_len < sizeof req - 3) {
         memcpy(req + n, opt.headers, opt.headers_len);
         n += (int)opt.headers_len;
@@ -1401,7 +1509,8 @@ static int sub_on_head(conn_t *c, uint64_t now)
 {
     if (opt.transport == T_LONGPOLL)
         return 0;
-    if (c->rs.status >= 200 && c->rs.status < 300) {
+    if ((c->rs.status >= 200 && c->rs.status < 300)
+        || (opt.transport == T_WS && c->rs.status == 101)) {
         sub_mark_ready(c, now);
         return 0;
     }
@@ -1481,7 +1590,13 @@ static void sub_input(conn_t *c, const char *p, size_t n, uint64_t now)
             }
             p += u;
             n -= (size_t)u;
-            if (opt.transport != T_LONGPOLL)
+            if (opt.transport == T_WS) {
+                if (ws_consume(c, now, 1) < 0) {
+                    st.sub_errors++;
+                    sub_broken(c, now);
+                    return;
+                }
+            } else if (opt.transport != T_LONGPOLL)
                 stream_consume(c, now);
             if (u == 0 && n > 0 && c->len >= (size_t)opt.max_buf) {
                 st.oversize++;
@@ -1498,7 +1613,9 @@ static void sub_input(conn_t *c, const char *p, size_t n, uint64_t now)
 static void sub_eof(conn_t *c, uint64_t now)
 {
     if (c->rs.phase == RP_BODY && c->rs.mode == BM_CLOSE) {
-        if (opt.transport != T_LONGPOLL)
+        if (opt.transport == T_WS)
+            ws_consume(c, now, 1);
+        else if (opt.transport != T_LONGPOLL)
             stream_consume(c, now);
         c->rs.phase = RP_DONE;
         c->rs.close = 1;
@@ -1521,6 +1638,60 @@ static void sub_eof(conn_t *c, uint64_t now)
 /* ------------------------------------------------------------------ */
 
 static void pub_start(conn_t *c, uint64_t now);
+static void pub_ack(conn_t *c, int ok, uint64_t now);
+
+/* The upgrade request of a WebSocket publisher, to its channel's
+ * --pub-url. */
+static int pub_ws_request(conn_t *c)
+{
+    char chan[96], path[1024], req[2048];
+    chan_name(chan, sizeof chan, c->chan);
+    if (fill_template(path, sizeof path, opt.pub_url, chan) < 0)
+        return -1;
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s\r\n%s",
+                     path, opt.hosthdr, ws_upgrade);
+    if (opt.headers_len && (size_t)n + opt.headers_len < sizeof req - 3) {
+        memcpy(req + n, opt.headers, opt.headers_len);
+        n += (int)opt.headers_len;
+    }
+    memcpy(req + n, "\r\n", 2);
+    n += 2;
+    resp_reset(c);
+    c->ready = 0;
+    wbuf_append(c, req, (size_t)n);
+    return conn_flush(c);
+}
+
+/* A WebSocket publisher's input: the 101, then frames (pings answered;
+ * what mod_comet echoes and Nchan answers is dropped). */
+static int ws_pub_input(conn_t *c, const char *p, size_t n, uint64_t now)
+{
+    while (n > 0) {
+        if (c->rs.phase == RP_HEAD) {
+            long u = head_feed(c, p, n);
+            if (u < 0)
+                return -1;
+            p += u;
+            n -= (size_t)u;
+            if (c->rs.phase == RP_HEAD)
+                continue;
+            if (c->rs.status != 101)
+                return -1;
+            c->ready = 1;
+            continue;
+        }
+        long u = body_feed(c, p, n, 0);
+        if (u < 0)
+            return -1;
+        p += u;
+        n -= (size_t)u;
+        if (ws_consume(c, now, 0) < 0 || c->rs.phase == RP_DONE)
+            return -1;
+        if (u == 0 && n > 0)
+            return -1;
+    }
+    return 0;
+}
 
 /* Format one message for channel ch into the publisher's write buffer. */
 static void pub_format(conn_t *c, uint32_t ch, uint64_t seq, uint64_t t)
@@ -1530,7 +1701,28 @@ static void pub_format(conn_t *c, uint32_t ch, uint64_t seq, uint64_t t)
     size_t plen = (size_t)hl > (size_t)opt.size ? (size_t)hl : (size_t)opt.size;
     chan_name(chan, sizeof chan, ch);
     int n;
-    if (opt.pub_mode == PUB_HTTP) {
+    if (opt.pub_mode == PUB_WS) {
+        /* One text frame: its header, then the payload below. */
+        unsigned char h[14];
+        size_t hl = 2;
+        h[0] = 0x81;
+        if (plen < 126) {
+            h[1] = (unsigned char)(0x80 | plen);
+        } else if (plen < 65536) {
+            h[1] = 0x80 | 126;
+            h[2] = (unsigned char)(plen >> 8);
+            h[3] = (unsigned char)plen;
+            hl = 4;
+        } else {
+            h[1] = 0x80 | 127;
+            for (int i = 0; i < 8; i++)
+                h[2 + i] = (unsigned char)((uint64_t)plen >> (56 - 8 * i));
+            hl = 10;
+        }
+        memset(h + hl, 0, 4);
+        memcpy(head, h, hl + 4);
+        n = (int)(hl + 4);
+    } else if (opt.pub_mode == PUB_HTTP) {
         fill_template(path, sizeof path, opt.pub_url, chan);
         n = snprintf(head, sizeof head,
                      "POST %s HTTP/1.1\r\nHost: %s\r\n"
@@ -1569,6 +1761,9 @@ static void pub_send(conn_t *c, uint32_t ch)
     c->inflight_n++;
     st.sent++;
     st.pub_sent_last = t;
+    /* A WebSocket publish has no answer: taken when written. */
+    if (opt.pub_mode == PUB_WS)
+        pub_ack(c, 1, t);
 }
 
 /* After a reconnect: send again, in order, the requests the broken
@@ -1652,6 +1847,10 @@ static void pub_start(conn_t *c, uint64_t now)
         retry_at(c, now + 100 * NS_PER_MS);
     } else if (rc == 1) {
         st.pubs_open++;
+        if (opt.pub_mode == PUB_WS && pub_ws_request(c) < 0) {
+            pub_broken(c, now);
+            return;
+        }
         if (c->resend_n) {
             pub_resend(c);
             if (conn_flush(c) < 0)
@@ -1821,7 +2020,11 @@ static void pub_pump(uint64_t now)
         }
         uint32_t ch = (uint32_t)(st.sent % (uint64_t)opt.channels);
         conn_t *pc = &pubs[ch % (uint32_t)opt.pub_conns];
-        if (pc->state != CS_OPEN || pc->inflight_n >= (uint32_t)opt.pipeline)
+        /* A WebSocket publisher gets no answers: its window is what it
+         * has not written yet. */
+        if (pc->state != CS_OPEN || pc->inflight_n >= (uint32_t)opt.pipeline
+            || (opt.pub_mode == PUB_WS
+                && (!pc->ready || pc->wlen - pc->woff >= WS_PUB_WINDOW)))
             break;
         pub_send(pc, ch);
     }
@@ -2017,6 +2220,10 @@ static void on_event(conn_t *c, uint32_t ev, uint64_t now)
             sub_connected(c, now);
         } else {
             st.pubs_open++;
+            if (opt.pub_mode == PUB_WS && pub_ws_request(c) < 0) {
+                pub_broken(c, now);
+                return;
+            }
             if (c->resend_n) {
                 pub_resend(c);
                 if (conn_flush(c) < 0)
@@ -2083,6 +2290,7 @@ static void on_event(conn_t *c, uint32_t ev, uint64_t now)
     int rc = -1;
     if (r > 0)
         rc = opt.pub_mode == PUB_RESP ? resp_input(c, rbuf, (size_t)r, now)
+             : opt.pub_mode == PUB_WS ? ws_pub_input(c, rbuf, (size_t)r, now)
                                       : http_pub_input(c, rbuf, (size_t)r, now);
     if (rc < 0)
         pub_broken(c, now);
@@ -2099,7 +2307,7 @@ static double us(uint64_t ns)
 
 static void report(uint64_t now)
 {
-    static const char *tnames[] = { "sse", "longpoll", "stream" };
+    static const char *tnames[] = { "sse", "longpoll", "stream", "ws" };
     uint64_t loss = 0, dups = 0, reorders = 0;
     for (long i = 0; i < opt.subs; i++) {
         conn_t *c = &subs[i];
@@ -2239,7 +2447,7 @@ static void usage(FILE *f)
 "  --subs N             subscriber connections (default 0)\n"
 "  --channels C         channels; subscriber i uses channel i %% C (default 1)\n"
 "  --prefix P           channel name prefix (default: unique per run)\n"
-"  --transport T        sse | longpoll | stream (default sse)\n"
+"  --transport T        sse | longpoll | stream | ws (default sse)\n"
 "  --sub-url TMPL       subscriber path, %s = channel (default /sub/%s)\n"
 "  --accept VALUE       Accept header (default by transport; \"\" for none)\n"
 "  --header 'N: V'      extra subscriber request header (repeatable)\n"
@@ -2250,8 +2458,10 @@ static void usage(FILE *f)
 "  --tls-version 2|3    TLS 1.2 or 1.3 only (default: either)\n"
 "  --sub-port N         the subscribers' port (default --port)\n"
 "publishers\n"
-"  --pub http|resp|none how to publish (default none)\n"
-"  --pub-url TMPL       POST path, %s = channel (default /pub/%s)\n"
+"  --pub http|resp|ws|none  how to publish (default none); ws: each\n"
+"                       publisher is a WebSocket to --pub-url of channel\n"
+"                       i %% C that sends text frames (taken when written)\n"
+"  --pub-url TMPL       POST or WebSocket path, %s = channel (default /pub/%s)\n"
 "  --socket PATH        Unix socket for --pub resp\n"
 "  --pub-conns K        publisher connections (default 1)\n"
 "  --pipeline D         unanswered requests per connection (default 1)\n"
@@ -2426,7 +2636,7 @@ static void parse_args(int argc, char **argv)
         case O_PUB_URL: opt.pub_url = optarg; break;
         case O_SOCKET: opt.socket_path = optarg; break;
         case O_PUB_CONNS:
-            opt.pub_conns = (int)num_arg("pub-conns", optarg, 1, 1024);
+            opt.pub_conns = (int)num_arg("pub-conns", optarg, 1, 100000);
             break;
         case O_PIPELINE:
             opt.pipeline = (int)num_arg("pipeline", optarg, 1, 4096);
@@ -2477,23 +2687,29 @@ static void parse_args(int argc, char **argv)
         opt.transport = T_LONGPOLL;
     else if (strcmp(transport, "stream") == 0)
         opt.transport = T_STREAM;
+    else if (strcmp(transport, "ws") == 0 || strcmp(transport, "websocket") == 0)
+        opt.transport = T_WS;
     else
-        die("--transport must be sse, longpoll or stream");
+        die("--transport must be sse, longpoll, stream or ws");
     if (strcmp(pub, "none") == 0)
         opt.pub_mode = PUB_NONE;
     else if (strcmp(pub, "http") == 0)
         opt.pub_mode = PUB_HTTP;
     else if (strcmp(pub, "resp") == 0)
         opt.pub_mode = PUB_RESP;
+    else if (strcmp(pub, "ws") == 0)
+        opt.pub_mode = PUB_WS;
     else
-        die("--pub must be http, resp or none");
+        die("--pub must be http, resp, ws or none");
     if (!accept_set)
         opt.accept = opt.transport == T_SSE ? "text/event-stream"
                      : opt.transport == T_STREAM ? "application/x-ndjson"
+                     : opt.transport == T_WS ? NULL
                      : opt.dialect == D_COMET ? "application/json" : NULL;
     if (!template_ok(opt.sub_url) || !template_ok(opt.pub_url))
         die("URL templates must start with '/', contain no spaces and only %%s");
-    if ((opt.subs > 0 || opt.pub_mode == PUB_HTTP) && opt.port == 0)
+    if ((opt.subs > 0 || opt.pub_mode == PUB_HTTP || opt.pub_mode == PUB_WS)
+        && opt.port == 0)
         die("--port is required");
     if (opt.pub_mode == PUB_RESP) {
         struct sockaddr_un sun;
@@ -2503,7 +2719,9 @@ static void parse_args(int argc, char **argv)
             die("--socket path too long");
     }
     if (opt.pub_mode == PUB_NONE && (opt.messages > 0 || opt.duration > 0))
-        die("--messages/--duration need --pub http or --pub resp");
+        die("--messages/--duration need --pub http, resp or ws");
+    if (opt.pub_mode == PUB_WS && opt.channels != opt.pub_conns)
+        die("--pub ws: one WebSocket per channel (--pub-conns = --channels)");
     if (!opt.prefix) {
         snprintf(opt.prefix_buf, sizeof opt.prefix_buf, "b%ldx", (long)getpid());
         opt.prefix = opt.prefix_buf;
@@ -2574,6 +2792,7 @@ int main(int argc, char **argv)
         pubs[i].fd = -1;
         pubs[i].kind = CK_PUB;
         pubs[i].idx = (uint32_t)i;
+        pubs[i].chan = (uint32_t)(i % opt.channels);
         pubs[i].inflight = xmalloc(sizeof *pubs[i].inflight * (size_t)opt.pipeline);
         pubs[i].inflight_seq = xmalloc(sizeof *pubs[i].inflight_seq * (size_t)opt.pipeline);
         pubs[i].inflight_t = xmalloc(sizeof *pubs[i].inflight_t * (size_t)opt.pipeline);

@@ -15,7 +15,7 @@
 # NCHAN_TLS_PORT (default 18482), COMET_TLS_PORT (default 18483),
 # SERVERS (default "comet nchan"; a server that cannot start is skipped),
 # SCENARIOS (default: all; e.g. "sc_idle_one sc_fanout_socket"),
-# COMET_MODULE (default .libs/mod_comet.so of this tree).
+# COMET_MODULE (default .libs/mod_comet.so of this tree), REPS (full: 3).
 #
 # Exit status: 0 when every mod_comet run produced a result with no lost
 # delivery, no unanswered publish and no crashed child; 1 otherwise (the
@@ -56,7 +56,7 @@ chmod 644 "$work/key.pem" "$work/cert.pem"
 # ---- sizes ------------------------------------------------------------------
 
 if [ "$mode" = full ]; then
-    REPS=3 WARMUP=0.5
+    REPS=${REPS:-3} WARMUP=0.5
     IDLE_SUBS=10000 HOLD=3
     FAN_SUBS=5000 FAN_MSGS=200 FAN_RATE=50
     THR_CHANNELS=100 THR_PER_CHANNEL=10 THR_SECONDS=10
@@ -65,6 +65,7 @@ if [ "$mode" = full ]; then
     THREQ_RATE=2000 THREQ_SECONDS=5
     PUB_SECONDS=5
     TLS_SUSP_SUBS=1000
+    WS_PUBS=1000 WS_PUB_RATE=20000
     TIMEOUT=180
 else
     REPS=1 WARMUP=0.2
@@ -76,6 +77,7 @@ else
     THREQ_RATE=1000 THREQ_SECONDS=1
     PUB_SECONDS=1
     TLS_SUSP_SUBS=200
+    WS_PUBS=100 WS_PUB_RATE=5000
     TIMEOUT=60
 fi
 
@@ -501,7 +503,33 @@ sc_tls_suspended() {
     COMET_EXTRA=
 }
 
-SCENARIOS=${SCENARIOS:-"sc_idle_channels sc_idle_one sc_fanout sc_fanout_eq sc_fanout_socket sc_throughput sc_throughput_eq sc_longpoll sc_pub_http sc_pub_socket sc_tls_idle sc_tls_fanout sc_tls_fanout_eq sc_tls_suspended"}
+# WebSocket: idle memory, fan-out (as fast as both go, and at the same
+# rate), and WS_PUBS client WebSockets publishing WS_PUB_RATE messages/s
+# in all, each to its own channel with one WebSocket subscriber (mod_comet:
+# /wspub/, a subscriber location with client publishing on; Nchan: its
+# publisher location).  As fast as they can send, both servers evict from
+# their 100-message buffers faster than one subscriber per channel reads.
+sc_ws_idle() {
+    run "$1" ws-idle "$2" --transport ws --subs "$IDLE_SUBS" --channels "$IDLE_SUBS" \
+        --hold "$HOLD" --concurrency 200
+}
+sc_ws_fanout() {
+    run "$1" ws-fanout "$2" --transport ws --subs "$FAN_SUBS" --channels 1 \
+        --messages "$FAN_MSGS" --rate "$FAN_RATE" --size 100 --settle 10
+}
+sc_ws_fanout_eq() {
+    run "$1" ws-fanout-eq "$2" --transport ws --subs "$FAN_SUBS" --channels 1 \
+        --messages "$FANEQ_MSGS" --rate "$FANEQ_RATE" --size 100 --settle 10
+}
+sc_ws_publish() {
+    pub_url=/pub/%s
+    [ "$1" = comet ] && pub_url=/wspub/%s
+    run "$1" ws-publish "$2" --transport ws --subs "$WS_PUBS" --channels "$WS_PUBS" \
+        --pub ws --pub-url "$pub_url" --pub-conns "$WS_PUBS" \
+        --duration "$PUB_SECONDS" --rate "$WS_PUB_RATE" --size 100 --settle 10
+}
+
+SCENARIOS=${SCENARIOS:-"sc_idle_channels sc_idle_one sc_fanout sc_fanout_eq sc_fanout_socket sc_throughput sc_throughput_eq sc_longpoll sc_pub_http sc_pub_socket sc_tls_idle sc_tls_fanout sc_tls_fanout_eq sc_tls_suspended sc_ws_idle sc_ws_fanout sc_ws_fanout_eq sc_ws_publish"}
 
 # Nchan: installed when missing (as root); without it the table shows n/a.
 case " $SERVERS " in
@@ -655,6 +683,25 @@ END {
     row("tls-fanout-eq", "loss", "HTTPS fan-out, same rate: lost")
     row("pub-http", "pub_per_s", "publish, HTTP POST, no subs: publishes/s")
     row("pub-socket", "pub_per_s", "publish, Unix socket, no subs: publishes/s")
+    row("ws-idle", "connect_s", "WebSocket idle: connect all (s)")
+    row("ws-idle", "mem_per_sub_b", "WebSocket idle: server RSS per sub (B)")
+    row("ws-idle", "pss_per_sub_b", "WebSocket idle: server PSS per sub (B)")
+    row("ws-fanout", "deliv_per_s", "WebSocket fan-out: deliveries/s")
+    row("ws-fanout", "p50_us", "WebSocket fan-out: latency p50 (us)")
+    row("ws-fanout", "p99_us", "WebSocket fan-out: latency p99 (us)")
+    row("ws-fanout", "loss", "WebSocket fan-out: lost deliveries")
+    row("ws-fanout", "srv_cpu_s", "WebSocket fan-out: server CPU (s)")
+    row("ws-fanout-eq", "deliv_per_s", "WebSocket fan-out, same rate: deliveries/s")
+    row("ws-fanout-eq", "p50_us", "WebSocket fan-out, same rate: p50 (us)")
+    row("ws-fanout-eq", "p99_us", "WebSocket fan-out, same rate: p99 (us)")
+    row("ws-fanout-eq", "loss", "WebSocket fan-out, same rate: lost")
+    row("ws-fanout-eq", "srv_cpu_s", "WebSocket fan-out, same rate: server CPU (s)")
+    row("ws-publish", "pub_per_s", "WebSocket clients publish: messages/s")
+    row("ws-publish", "deliv_per_s", "WebSocket clients publish: deliveries/s")
+    row("ws-publish", "p50_us", "WebSocket clients publish: p50 (us)")
+    row("ws-publish", "p99_us", "WebSocket clients publish: p99 (us)")
+    row("ws-publish", "loss", "WebSocket clients publish: lost")
+    row("ws-publish", "srv_cpu_s", "WebSocket clients publish: server CPU (s)")
     total("loss", "all runs: lost deliveries (sum)")
     total("pub_lost", "all runs: unanswered publishes (sum)")
     total("pub_retries", "all runs: publishes sent again (sum) (1)")
