@@ -42,8 +42,8 @@
  *
  * A message is a chain of blocks.  Its first block holds the header
  * (next_msg, index of its last block, lengths, seq, times, checksum,
- * magic) and the first 16 bytes of "event type, sender, then data"; each further
- * block holds 60 bytes.  A 100-byte message thus takes 3 blocks, 192
+ * magic) and the first 16 bytes of "event type, sender, then data"; each
+ * further block holds 60 bytes.  A 100-byte message thus takes 3 blocks, 192
  * bytes; freeing any chain is O(1) (splice first..last onto the free list).
  *
  * LOCKING

@@ -253,8 +253,8 @@ int comet_ws_park(request_rec *r, const comet_dir_conf_t *dc,
                                 : WS_LISTEN_ONLY_MAX;
     if (ws.publish && comet_config_identity(r, dc, &from) != APR_SUCCESS) {
         return comet_ws_refuse(r, comet_refuse(r, HTTP_INTERNAL_SERVER_ERROR,
-                                               "no identity for the "
-                                               "client (CometClientIdentity)"));
+                               "no identity for the client "
+                               "(CometClientIdentity)"));
     }
     ws.from = from;
     ws.from_len = from ? strlen(from) : 0;
