@@ -727,12 +727,9 @@ static int hub_io_recv(comet_hub_sub_t *s, char *buf, apr_size_t cap,
 
     *write_first = 0;
     *got = 0;
-    if (s->ssl && buf) {
-        /* Not yet: a WebSocket is never adopted with a TLS session. */
-        return -1;
-    }
     if (s->ssl) {
-        switch (comet_tls_read(s->ssl, NULL)) {
+        switch (buf ? comet_tls_recv(s->ssl, buf, cap, got)
+                    : comet_tls_read(s->ssl, NULL)) {
         case APR_SUCCESS:
             return 1;
         case APR_EAGAIN:

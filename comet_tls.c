@@ -145,6 +145,31 @@ apr_status_t comet_tls_read(SSL *ssl, apr_size_t *stray)
     return APR_SUCCESS;
 }
 
+apr_status_t comet_tls_recv(SSL *ssl, char *buf, apr_size_t cap,
+                            apr_size_t *got)
+{
+    size_t n = 0;
+    int rc;
+
+    *got = 0;
+    ERR_clear_error();
+    rc = SSL_read_ex(ssl, buf, cap, &n);
+    if (rc > 0) {
+        *got = n;
+        return APR_SUCCESS;
+    }
+    switch (SSL_get_error(ssl, rc)) {
+    case SSL_ERROR_WANT_READ:
+        ERR_clear_error();
+        return APR_SUCCESS;
+    case SSL_ERROR_WANT_WRITE:
+        ERR_clear_error();
+        return APR_EAGAIN;
+    default:
+        return tls_failed(ssl, rc);
+    }
+}
+
 apr_status_t comet_tls_shutdown(SSL *ssl)
 {
     int rc;

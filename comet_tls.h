@@ -9,9 +9,9 @@
  * code (mod_ssl): the handshake, the request, the response head.  Then it
  * is taken over: comet_tls_detach cuts every tie to its first user and
  * moves it onto the hub's own descriptor of the socket; from then on the
- * hub writes the stream's bytes with non-blocking writes, reads only to
- * notice the client's close_notify, EOF or key updates, and ends the
- * stream with close_notify.  Nothing else may touch the session after the
+ * hub writes the stream's bytes with non-blocking writes, reads to notice
+ * the client's close_notify, EOF or key updates (and, for a WebSocket,
+ * the client's frames), and ends the stream with close_notify.  Nothing else may touch the session after the
  * detach.
  *
  * Sessions are OpenSSL's (struct ssl_st is OpenSSL's SSL; callers that
@@ -75,6 +75,20 @@ apr_status_t comet_tls_write(struct ssl_st *ssl, const char *data,
  *   other        failed: close without comet_tls_shutdown */
 #define COMET_TLS_READ_MAX (256 * 1024)
 apr_status_t comet_tls_read(struct ssl_st *ssl, apr_size_t *stray);
+
+/* Read up to cap bytes of what the client sent into buf, without waiting
+ * (a WebSocket's frames).  One record's plaintext at most a call: when
+ * comet_tls_has_pending says more is inside the session, call again
+ * before waiting for the socket.  Processes close_notify, EOF and key
+ * updates as comet_tls_read does.
+ *   APR_SUCCESS  *got bytes in buf (0: nothing now)
+ *   APR_EAGAIN   the session must write first: call again when the
+ *                socket is writable (*got is 0)
+ *   APR_EOF      the client ended the session: answer with
+ *                comet_tls_shutdown
+ *   other        failed: close without comet_tls_shutdown */
+apr_status_t comet_tls_recv(struct ssl_st *ssl, char *buf, apr_size_t cap,
+                            apr_size_t *got);
 
 /* Send close_notify without waiting.  APR_SUCCESS: sent (the caller then
  * closes the socket; the client's close_notify is not awaited);

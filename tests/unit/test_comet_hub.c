@@ -1353,7 +1353,8 @@ static SSL_CTX *tls_sctx, *tls_cctx;
 /* Subscribe and hand the server's end of a finished handshake to the hub,
  * its session detached onto a dup of the socket (as the glue does); the
  * hub owns the server side afterwards. */
-static void adopt_tls(tls_util_pair_t *tp, const char *id, int version)
+static void adopt_tls_as(tls_util_pair_t *tp, const char *id, int version,
+                         const comet_hub_ws_spec_t *ws)
 {
     comet_chanref_t ref;
     comet_msgid_t newest;
@@ -1383,14 +1384,20 @@ static void adopt_tls(tls_util_pair_t *tp, const char *id, int version)
     memset(&spec, 0, sizeof(spec));
     spec.fd = fd;
     spec.ssl = tp->server;
-    spec.transport = COMET_T_SSE;
-    spec.chunked = 1;
+    spec.transport = ws ? COMET_T_WS : COMET_T_SSE;
+    spec.chunked = !ws;
+    spec.ws = ws;
     spec.nchan = 1;
     spec.refs = &ref;
     spec.ids = ids;
     spec.seqs = &seq;
     ck_assert_int_eq(comet_hub_adopt(fx.hub, &spec, NULL), APR_SUCCESS);
     tp->server = NULL;
+}
+
+static void adopt_tls(tls_util_pair_t *tp, const char *id, int version)
+{
+    adopt_tls_as(tp, id, version, NULL);
 }
 
 static void tls_done(tls_util_pair_t *tp)
@@ -2021,6 +2028,47 @@ START_TEST(websocket_bytes_read_with_the_handshake_come_first)
 }
 END_TEST
 
+/* A WebSocket over a TLS session the hub carries on: the client's frames
+ * are read through the session (a text message split over two records),
+ * published with the sender's identity and echoed; at stop, the close
+ * frame 1001, then close_notify. */
+START_TEST(websocket_over_tls_reads_frames_publishes_and_closes_1001)
+{
+    static const unsigned char mask[4] = { 7, 1, 8, 3 };
+    comet_hub_ws_spec_t ws;
+    comet_hub_stats_t hs;
+    tls_util_pair_t tp;
+    char mem[256], buf[8192];
+    comet_buf_t b;
+    size_t len = 0;
+
+    ws_spec(&ws, 1, "carol");
+    adopt_tls_as(&tp, "wss", _i ? 3 : 2, &ws);
+    ck_assert(wait_hub_count(1));
+    comet_hub_stats(fx.hub, &hs);
+    ck_assert_uint_eq(hs.tls, 1);
+    ck_assert_uint_eq(hs.by_transport[3], 1);
+    comet_buf_wrap(&b, mem, sizeof(mem));
+    comet_ws_frame_client(&b, COMET_WS_OP_TEXT, 1, 0, mask, "over tls", 8);
+    ck_assert_int_eq(SSL_write(tp.client, b.data, 5), 5);
+    ck_assert_int_eq(SSL_write(tp.client, b.data + 5, (int)b.len - 5),
+                     (int)b.len - 5);
+    ck_assert_msg(tls_read_until(&tp, buf, sizeof(buf), &len,
+                                 "\"from\":\"carol\""), "got %s", buf);
+    ck_assert_msg(strstr(buf, "\"data\":\"over tls\""), "got %s", buf);
+    ck_assert_int_eq(stored_count("wss"), 1);
+    hub_join();
+    ck_assert_msg(tls_read_until(&tp, buf, sizeof(buf), &len,
+                                 "\x03\xe9server going away"),
+                  "got %s", buf);
+    len = 0;
+    ck_assert_int_eq(tls_util_client_read(&tp, buf, 1, &len, 2000),
+                     SSL_ERROR_ZERO_RETURN);
+    ck_assert_uint_eq(store_subscribers("wss"), 0);
+    tls_done(&tp);
+}
+END_TEST
+
 Suite *test_comet_hub_suite(void)
 {
     Suite *s = suite_create("comet_hub");
@@ -2070,6 +2118,8 @@ Suite *test_comet_hub_suite(void)
     tcase_add_test(tc,
                    websocket_ends_1001_at_stop_and_1000_on_a_deleted_channel);
     tcase_add_test(tc, websocket_bytes_read_with_the_handshake_come_first);
+    tcase_add_loop_test(tc,
+        websocket_over_tls_reads_frames_publishes_and_closes_1001, 0, 2);
     suite_add_tcase(s, tc);
     return s;
 }

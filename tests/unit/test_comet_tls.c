@@ -412,6 +412,40 @@ START_TEST(bytes_inside_the_session_are_reported_as_pending)
 }
 END_TEST
 
+/* A WebSocket's frames: the client's bytes come out in order, one record
+ * at most a call (the rest stays pending inside the session), nothing
+ * when nothing waits, and close_notify reads as the end. */
+START_TEST(recv_gives_the_clients_bytes_record_by_record_then_the_end)
+{
+    char buf[64];
+    apr_size_t got = 0, have = 0;
+
+    setup_version(_i ? 3 : 2);
+    take_over();
+    ck_assert_int_eq(comet_tls_recv(tp.server, buf, sizeof(buf), &got),
+                     APR_SUCCESS);
+    ck_assert_uint_eq(got, 0);
+    ck_assert_int_eq(SSL_write(tp.client, "first", 5), 5);
+    ck_assert_int_eq(SSL_write(tp.client, "second", 6), 6);
+    for (int i = 0; i < 100 && have < 11; i++) {
+        ck_assert(tls_util_wait(tp.sfd, SSL_ERROR_WANT_READ, 5000));
+        do {
+            ck_assert_int_eq(comet_tls_recv(tp.server, buf + have,
+                                            sizeof(buf) - have, &got),
+                             APR_SUCCESS);
+            ck_assert_uint_le(got, 6);
+            have += got;
+        } while (got || comet_tls_has_pending(tp.server));
+    }
+    ck_assert_uint_eq(have, 11);
+    ck_assert(!memcmp(buf, "firstsecond", 11));
+    ck_assert_int_ge(SSL_shutdown(tp.client), 0);
+    ck_assert(tls_util_wait(tp.sfd, SSL_ERROR_WANT_READ, 5000));
+    ck_assert_int_eq(comet_tls_recv(tp.server, buf, sizeof(buf), &got),
+                     APR_EOF);
+}
+END_TEST
+
 Suite *test_comet_tls_suite(void)
 {
     Suite *s = suite_create("comet_tls");
@@ -433,6 +467,8 @@ Suite *test_comet_tls_suite(void)
     tcase_add_test(tc, renegotiation_is_refused_after_the_detach);
     tcase_add_loop_test(tc, close_notify_follows_every_byte_written, 0, 2);
     tcase_add_test(tc, bytes_inside_the_session_are_reported_as_pending);
+    tcase_add_loop_test(tc,
+        recv_gives_the_clients_bytes_record_by_record_then_the_end, 0, 2);
     suite_add_tcase(s, tc);
     return s;
 }
