@@ -71,6 +71,7 @@
 #include "mod_comet_quota.h"
 #include "mod_comet_takeover.h"
 #include "comet_tls.h"
+#include "comet_ws.h"
 
 APLOG_USE_MODULE(comet);
 
@@ -144,7 +145,19 @@ static apr_status_t takeover_cleanup(void *data)
         }
         /* The hub is stopping (or full): end the stream here, as the hub
          * would, without waiting. */
-        if (t->spec.chunked && t->spec.transport != COMET_T_LONGPOLL) {
+        if (t->spec.transport == COMET_T_WS) {
+            static const char busy[] = "server busy";
+            char mem[64];
+            comet_buf_t b;
+            apr_size_t n;
+
+            comet_buf_wrap(&b, mem, sizeof(mem));
+            if (comet_ws_close_frame(&b, 4503, busy, sizeof(busy) - 1)
+                == APR_SUCCESS) {
+                comet_tls_write(t->ssl, b.data, b.len, &n);
+            }
+        }
+        else if (t->spec.chunked && t->spec.transport != COMET_T_LONGPOLL) {
             apr_size_t n;
 
             comet_tls_write(t->ssl, "0\r\n\r\n", 5, &n);
@@ -300,6 +313,18 @@ apr_status_t comet_takeover_start(request_rec *r, comet_hub_t *hub,
     t->spec.refs = refs;
     t->spec.seqs = seqs;
     t->spec.ids = ids;
+    if (spec->ws) {
+        /* A WebSocket's settings, for the hub; what its client sent is in
+         * the socket or the session, nothing was read past the head. */
+        comet_hub_ws_spec_t *ws = apr_pmemdup(c->pool, spec->ws,
+                                              sizeof(*ws));
+
+        ws->from = ws->from_len ? apr_pmemdup(c->pool, ws->from,
+                                              ws->from_len) : NULL;
+        ws->preread = NULL;
+        ws->preread_len = 0;
+        t->spec.ws = ws;
+    }
     t->spec.fd = -1;
     t->spec.ssl = NULL;
     t->hub = hub;

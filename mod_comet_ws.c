@@ -6,13 +6,17 @@
  * mod_comet_ws.c -- WebSocket subscribers: the opening handshake, and the
  * hand-over to the hub (see mod_comet_ws.h).
  *
- * The 101 goes straight to the socket: httpd's output filters would make
- * an HTTP response body of it (chunking).  Then the connection is
- * detached as a plain HTTP/1.1 stream is (mod_comet_sub.c): the hub gets
- * a dup() of the socket, httpd is told the connection is gone (c->aborted)
- * and logs the request, frees its pools and closes its own descriptor
- * without shutting the socket down.  No worker thread, no MPM slot, no
- * mod_reqtimeout: httpd no longer knows the connection.
+ * The 101 goes below httpd's request filters, which would make an HTTP
+ * response body of it (chunking): straight to the socket, or over TLS
+ * through the connection's filters (mod_ssl), flushed.  Then the
+ * connection is detached as an HTTP/1.1 stream is (mod_comet_sub.c).
+ * Plain: the hub gets a dup() of the socket, httpd is told the connection
+ * is gone (c->aborted) and logs the request, frees its pools and closes
+ * its own descriptor without shutting the socket down.  TLS: the hub
+ * takes mod_ssl's session over (mod_comet_takeover.c), and ends the
+ * WebSocket with a close frame and close_notify of its own.  No worker
+ * thread, no MPM slot, no mod_reqtimeout: httpd no longer knows the
+ * connection.
  *
  * Threads: request thread only.
  */
@@ -35,6 +39,7 @@
 #include "mod_comet.h"
 #include "mod_comet_config.h"
 #include "mod_comet_req.h"
+#include "mod_comet_takeover.h"
 #include "mod_comet_ws.h"
 #include "comet_render.h"
 #include "comet_ws.h"
@@ -119,20 +124,42 @@ int comet_ws_check(request_rec *r, const comet_dir_conf_t *dc)
         return comet_refuse(r, HTTP_FORBIDDEN, "origin not allowed "
                             "(CometAllowOrigin)");
     }
-    if (ap_ssl_conn_is_ssl(r->connection) || r->connection->master) {
+    if (r->connection->master) {
         return comet_refuse(r, HTTP_NOT_IMPLEMENTED, "WebSocket is served "
-                            "over plain HTTP/1.1 only (ws://, or TLS ended "
-                            "in front of this server)");
+                            "over HTTP/1.1 only, not over HTTP/2");
+    }
+    /* Before the 101: the session is taken over only when nothing of the
+     * client's waits (a client sends no frame before the 101). */
+    if (ap_ssl_conn_is_ssl(r->connection)
+        && (why = comet_takeover_refusal(r)) != NULL) {
+        return comet_refuse(r, HTTP_NOT_IMPLEMENTED,
+                            apr_psprintf(r->pool, "WebSocket over TLS needs "
+                                         "the hub to take the TLS session "
+                                         "over, which it cannot here (%s)",
+                                         why));
     }
     return OK;
 }
 
-/* Write all of data on the connection's socket (blocking, within the
- * socket's timeout, as the head of any response is). */
+/* Write all of data on the connection (blocking, within the socket's
+ * timeout, as the head of any response is): straight to the socket, or
+ * over TLS through the connection's filters, flushed. */
 static apr_status_t send_raw(conn_rec *c, const char *data, apr_size_t len)
 {
     apr_socket_t *sock = ap_get_conn_socket(c);
 
+    if (ap_ssl_conn_is_ssl(c)) {
+        apr_bucket_brigade *bb = apr_brigade_create(c->pool,
+                                                    c->bucket_alloc);
+        apr_status_t rv;
+
+        APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_transient_create(
+                                        data, len, c->bucket_alloc));
+        APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_flush_create(c->bucket_alloc));
+        rv = ap_pass_brigade(c->output_filters, bb);
+        apr_brigade_destroy(bb);
+        return rv == APR_SUCCESS && c->aborted ? APR_ECONNABORTED : rv;
+    }
     while (len) {
         apr_size_t n = len;
         apr_status_t rv = apr_socket_send(sock, data, &n);
@@ -146,23 +173,42 @@ static apr_status_t send_raw(conn_rec *c, const char *data, apr_size_t len)
     return APR_SUCCESS;
 }
 
-/* The 101, into out. */
-static apr_status_t upgrade_head(request_rec *r, comet_buf_t *out)
+/* The 101, into out.  A client may offer the subprotocols "comet.publish"
+ * and "comet": the answer names the first it offered of those this
+ * connection has, "comet.publish" only where it may publish, so that it
+ * knows whether its messages go over the WebSocket (comet.js's publish).
+ * Other offers get no subprotocol. */
+static apr_status_t upgrade_head(request_rec *r, comet_buf_t *out,
+                                 int publish)
 {
+    static const char *const protocols[] = { "comet.publish", "comet" };
     char accept[COMET_WS_ACCEPT_LEN + 1];
+    const char *proto;
+    apr_size_t len = 0;
 
     comet_ws_accept_key(apr_table_get(r->headers_in, "Sec-WebSocket-Key"),
                         accept);
-    return comet_ws_handshake_response(out, accept, NULL, 0);
+    proto = comet_ws_pick_protocol(apr_table_get(r->headers_in,
+                                                 "Sec-WebSocket-Protocol"),
+                                   protocols + !publish, 2 - !publish, &len);
+    return comet_ws_handshake_response(out, accept, proto, len);
 }
 
 /* httpd is done with the connection: it logs the request and closes its
- * descriptor only (see mod_comet_sub.c, park_detached). */
+ * descriptor only (see mod_comet_sub.c, park_detached).  Over TLS it ends
+ * the connection itself, sending nothing more for r (no response head, no
+ * last chunk); mod_ssl's close_notify is its own (or, once the session is
+ * taken over, the hub's). */
 static void let_go(request_rec *r)
 {
     r->status = HTTP_SWITCHING_PROTOCOLS;
     r->connection->keepalive = AP_CONN_CLOSE;
-    r->connection->aborted = 1;
+    if (ap_ssl_conn_is_ssl(r->connection)) {
+        r->eos_sent = 1;
+    }
+    else {
+        r->connection->aborted = 1;
+    }
 }
 
 /* 101, then close with 4000 + status and reason. */
@@ -171,12 +217,24 @@ static void close_after_upgrade(request_rec *r, int status, const char *why)
     comet_buf_t *b;
 
     if (comet_buf_create(&b, r->pool, 512, 4096) == APR_SUCCESS
-        && upgrade_head(r, b) == APR_SUCCESS
+        && upgrade_head(r, b, 0) == APR_SUCCESS
         && comet_ws_close_frame(b, 4000 + status, why,
                                 why ? strlen(why) : 0) == APR_SUCCESS) {
         send_raw(r->connection, b->data, b->len);
     }
     let_go(r);
+}
+
+/* A close frame with code and reason, after the 101. */
+static void close_frame(request_rec *r, int code, const char *why)
+{
+    char mem[COMET_WS_CONTROL_MAX + COMET_WS_SERVER_HEADER_MAX];
+    comet_buf_t b;
+
+    comet_buf_wrap(&b, mem, sizeof(mem));
+    if (comet_ws_close_frame(&b, code, why, strlen(why)) == APR_SUCCESS) {
+        send_raw(r->connection, b.data, b.len);
+    }
 }
 
 int comet_ws_refuse(request_rec *r, int status)
@@ -260,11 +318,34 @@ int comet_ws_park(request_rec *r, const comet_dir_conf_t *dc,
     ws.from_len = from ? strlen(from) : 0;
 
     if (comet_buf_create(&head, r->pool, 256, 256) != APR_SUCCESS
-        || upgrade_head(r, head) != APR_SUCCESS) {
+        || upgrade_head(r, head, ws.publish) != APR_SUCCESS) {
         return HTTP_INTERNAL_SERVER_ERROR;
     }
     /* The head goes out before the hub may write. */
     if (send_raw(c, head->data, head->len) != APR_SUCCESS) {
+        let_go(r);
+        return OK;
+    }
+    spec->transport = COMET_T_WS;
+    spec->chunked = 0;
+    spec->ws = &ws;
+    if (ap_ssl_conn_is_ssl(c)) {
+        /* Nothing more is read through mod_ssl (it would take the hub's
+         * records): what the client sends waits in the socket, or in the
+         * session, which the hub reads first. */
+        rv = comet_takeover_start(r, hub, spec);
+        if (rv != APR_SUCCESS) {
+            COMET_SUB_LOG(r, APLOG_INFO, rv, 1004, spec->ids[0], "cannot "
+                          "take the TLS session over; closing the "
+                          "WebSocket");
+            close_frame(r, 4000 + HTTP_SERVICE_UNAVAILABLE, "server busy");
+            let_go(r);
+            return OK;
+        }
+        *adopted = 1;
+        COMET_SUB_LOG(r, APLOG_DEBUG, 0, 1003, spec->ids[0],
+                      "WebSocket parked (detached, TLS)%s", ws.publish
+                      ? ", may publish" : "");
         let_go(r);
         return OK;
     }
@@ -278,24 +359,13 @@ int comet_ws_park(request_rec *r, const comet_dir_conf_t *dc,
         return OK;
     }
     spec->fd = fd;
-    spec->transport = COMET_T_WS;
-    spec->chunked = 0;
-    spec->ws = &ws;
     rv = comet_hub_adopt(hub, spec, NULL);
     if (rv != APR_SUCCESS) {
-        static const char why[] = "server busy";
-        char mem[64];
-        comet_buf_t b;
-
         /* Upgraded already: the refusal is a close frame (4503). */
         close(fd);
         COMET_SUB_LOG(r, APLOG_INFO, rv, 1002, spec->ids[0], "the hub is "
                       "full or stopping; closing the WebSocket");
-        comet_buf_wrap(&b, mem, sizeof(mem));
-        if (comet_ws_close_frame(&b, 4000 + HTTP_SERVICE_UNAVAILABLE, why,
-                                 sizeof(why) - 1) == APR_SUCCESS) {
-            send_raw(c, b.data, b.len);
-        }
+        close_frame(r, 4000 + HTTP_SERVICE_UNAVAILABLE, "server busy");
         let_go(r);
         return OK;
     }

@@ -12,7 +12,8 @@
  * Refusals.  Before the upgrade, with an HTTP status: a handshake that is
  * not one (400, 426), WebSocket not in CometTransports (406), an Origin
  * CometAllowOrigin does not allow (403), a connection the hub cannot take
- * over (501: TLS, HTTP/2).  After a good handshake, the refusals of any
+ * over (501: HTTP/2, or a TLS session that cannot be taken over, see
+ * mod_comet_takeover.h).  After a good handshake, the refusals of any
  * subscriber (a bad channel or id, 503 when busy) are a 101 followed by a
  * close frame with code 4000 + the HTTP status and the reason: a browser
  * sees neither an HTTP status nor a reason otherwise.
@@ -43,7 +44,9 @@ int comet_ws_refuse(request_rec *r, int status);
 /* Upgrade: the 101 written on the socket, the bytes the client sent past
  * its handshake collected, and the connection handed to the hub with spec
  * (transport COMET_T_WS; ws settings are filled in here), which sends
- * what is due from the positions on.  On success httpd is told the
+ * what is due from the positions on.  Over TLS the hub takes the session
+ * over (comet_takeover_start) and adopts it when httpd lets go of the
+ * connection.  On success httpd is told the
  * connection is gone (as for a detached subscriber) and the hub owns the
  * subscriptions.  Returns what the handler returns; *adopted says whether
  * the hub took it. */

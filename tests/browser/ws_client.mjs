@@ -9,10 +9,20 @@
 // everything was as it must be; any surprise prints "FAIL: ..." and exits
 // 1.  The suite's httpd.conf has /sub/ (listen only), /wspub/ (clients
 // publish; identity from Basic auth) and /pub/ (HTTP publisher).
+//
+// With COMET_WS_TLS=<tls port>:<certificate file> in the environment the
+// WebSockets are wss:// on that port, trusting that certificate alone
+// (the test's, made for 127.0.0.1 with no subject alternative name, so
+// the chain is checked and the name is not); publishing stays on HTTP.
+import fs from "node:fs";
 import WebSocket from "ws";
 
 const [scenario, port, ...args] = process.argv.slice(2);
-const base = `ws://127.0.0.1:${port}`;
+const [tlsPort, tlsCert] = (process.env.COMET_WS_TLS || "").split(":");
+const base = tlsPort ? `wss://127.0.0.1:${tlsPort}`
+                     : `ws://127.0.0.1:${port}`;
+const tlsOpts = tlsPort ? { ca: fs.readFileSync(tlsCert),
+                            checkServerIdentity: () => undefined } : {};
 const http = `http://127.0.0.1:${port}`;
 
 function fail(why) {
@@ -29,7 +39,7 @@ function check(cond, why) {
 // A WebSocket with a queue of what it received: next() gives the next
 // text message (parsed JSON; keepalives "{}" skipped), closed() the close.
 function open(path, opts = {}) {
-    const ws = new WebSocket(base + path, opts);
+    const ws = new WebSocket(base + path, { ...tlsOpts, ...opts });
     const queue = [], waiters = [];
     let closeInfo = null, closeWaiters = [];
 
@@ -255,6 +265,15 @@ const scenarios = {
         console.log("open");
         const c = await ws.closed(60000);
         console.log(c ? "close " + c.code + " " + c.reason : "no close");
+    },
+
+    // A handshake refused before the upgrade: args[1] is the status.
+    async refused() {
+        const ws = open(args[0]);
+        let why = "";
+        await ws.opened().catch((e) => { why = e.message; });
+        check(why === "HTTP " + args[1], "refused with: " + why);
+        console.log("refused: " + why);
     },
 
     // Publish one message as alice and wait for its echo.

@@ -6,11 +6,11 @@
  * live messages, and after the server ends its stream (graceful restart)
  * it reconnects by itself with Last-Event-ID and loses nothing; over TLS
  * on a host that speaks HTTP/2, each CometHTTP2 policy does what README
- * says.  With WebSocket: it subscribes to two channels, publishes in the
- * envelope and gets its message back with the identity the server gave
- * it, and sees the close code of a graceful restart (1001).  The page
- * reports every event it sees by publishing it to a second channel,
- * which the test reads back. */
+ * says.  With WebSocket (ws:// and wss://): it subscribes to two
+ * channels, publishes in the envelope and gets its message back with the
+ * identity the server gave it, and sees the close code of a graceful
+ * restart (1001).  The page reports every event it sees by publishing it
+ * to a second channel, which the test reads back. */
 
 #include <fcntl.h>
 #include <signal.h>
@@ -40,7 +40,9 @@ static const char ws_page[] =
     "function report(text) {\n"
     "  fetch('/pub/browser-ack', {method: 'POST', body: text});\n"
     "}\n"
-    "const ws = new WebSocket('ws://' + location.host + '/wsb/bws,bws2');\n"
+    "const ws = new WebSocket((location.protocol === 'https:' ? 'wss://'\n"
+    "                                                  : 'ws://')\n"
+    "                         + location.host + '/wsb/bws,bws2');\n"
     "ws.onopen = () => {\n"
     "  report('open');\n"
     "  ws.send(JSON.stringify({channel: 'bws2', event: 'chat',\n"
@@ -354,6 +356,9 @@ START_TEST(a_browser_websocket_listens_publishes_and_sees_1001_at_restart)
     pid_t browser;
 
     memset(&o, 0, sizeof(o));
+    /* 1: the page and its WebSocket over TLS (wss://, the session taken
+     * over by the hub). */
+    o.tls = _i;
     o.extra = "<Location /sub/browser-ack>\n  CometSubscriberTimeout 1\n"
               "</Location>\n"
               "<Location /wsb/>\n  SetHandler comet-subscriber\n"
@@ -367,7 +372,14 @@ START_TEST(a_browser_websocket_listens_publishes_and_sees_1001_at_restart)
     fputs(ws_page, f);
     fclose(f);
 
-    snprintf(path, sizeof(path), "http://127.0.0.1:%d/ws.html", srv.port);
+    if (_i) {
+        snprintf(path, sizeof(path), "https://127.0.0.1:%d/ws.html",
+                 srv.tls_port);
+    }
+    else {
+        snprintf(path, sizeof(path), "http://127.0.0.1:%d/ws.html",
+                 srv.port);
+    }
     browser = start_browser(&srv, path);
     ck_assert_int_gt(browser, 0);
     ck_assert_msg(wait_ack(srv.port, "\"data\":\"open\"", 30000, seen,
@@ -398,8 +410,8 @@ Suite *test_browser_suite(void)
     tcase_add_test(tc, a_browser_receives_live_messages_and_resumes_after_a_restart);
     tcase_add_loop_test(tc,
         chromium_eventsource_over_h2_enabled_tls_under_each_policy, 0, 3);
-    tcase_add_test(tc,
-                   a_browser_websocket_listens_publishes_and_sees_1001_at_restart);
+    tcase_add_loop_test(tc,
+        a_browser_websocket_listens_publishes_and_sees_1001_at_restart, 0, 2);
     suite_add_tcase(s, tc);
     return s;
 }

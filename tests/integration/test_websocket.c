@@ -10,7 +10,10 @@
  * subscribers on the other receive it with its identity; 5,000 idle
  * WebSockets on 2 x 25 threads all receive while the site answers; 20,000
  * connect/close cycles leave nothing behind.  The last two use a minimal
- * client of our own (raw frames through comet_ws). */
+ * client of our own (raw frames through comet_ws).  Over TLS (wss://, the
+ * test's certificate): the same scenarios, the session taken over by the
+ * hub (counted as detached TLS), 1001 at a graceful restart, and 501
+ * before the upgrade where the session cannot be taken over. */
 
 #include <fcntl.h>
 #include <poll.h>
@@ -58,23 +61,42 @@ static const char ws_conf[] =
     "</Location>\n";
 
 static it_server_t srv;
+static int use_tls;             /* the ws client speaks wss:// (srv's TLS) */
 
-static void start(void)
+static void start_as(int tls)
 {
     it_opts_t o;
-    char cmd[600], out[1024];
+    char cmd[600], out[1024], *conf = malloc(sizeof(ws_conf) + 256);
 
     memset(&o, 0, sizeof(o));
-    o.extra = ws_conf;
+    snprintf(conf, sizeof(ws_conf) + 256, "%s%s", ws_conf,
+             tls ? "<Location /sub/notakeover>\n"
+                   "    CometTLSDetach off\n"
+                   "</Location>\n" : "");
+    o.extra = conf;
+    o.tls = tls;
+    use_tls = tls;
     ck_assert_int_eq(it_server_start(&srv, &o), 0);
+    free(conf);
     snprintf(cmd, sizeof(cmd), "htpasswd -bc '%s/htpasswd' alice wonderland",
              srv.dir);
     ck_assert_int_eq(it_run(cmd, out, sizeof(out), 10000), 0);
 }
 
+static void start(void)
+{
+    start_as(0);
+}
+
+static void start_tls(void)
+{
+    start_as(1);
+}
+
 static void stop(void)
 {
     it_server_stop(&srv);
+    use_tls = 0;
 }
 
 /* ---- the npm ws client -------------------------------------------------------- */
@@ -84,10 +106,14 @@ static void stop(void)
 static int node_run(const char *scenario, const char *args, char *out,
                     size_t outlen)
 {
-    char cmd[1024];
+    char cmd[1400], env[600] = "";
 
-    snprintf(cmd, sizeof(cmd), "node tests/browser/ws_client.mjs %s %d %s",
-             scenario, srv.port, args ? args : "");
+    if (use_tls) {
+        snprintf(env, sizeof(env), "COMET_WS_TLS=%d:%s/cert.pem ",
+                 srv.tls_port, srv.dir);
+    }
+    snprintf(cmd, sizeof(cmd), "%snode tests/browser/ws_client.mjs %s %d %s",
+             env, scenario, srv.port, args ? args : "");
     return it_run(cmd, out, outlen, 90000);
 }
 
@@ -108,6 +134,13 @@ static void node_start(node_t *n, const char *scenario, const char *arg)
     if (n->pid == 0) {
         int fd = open(n->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 
+        if (use_tls) {
+            char env[600];
+
+            snprintf(env, sizeof(env), "%d:%s/cert.pem", srv.tls_port,
+                     srv.dir);
+            setenv("COMET_WS_TLS", env, 1);
+        }
         if (fd >= 0) {
             dup2(fd, 1);
             dup2(fd, 2);
@@ -282,6 +315,85 @@ START_TEST(a_graceful_restart_closes_websockets_with_1001)
 }
 END_TEST
 
+/* ---- over TLS ----------------------------------------------------------------- */
+
+typedef struct status_is_t {
+    int port;
+    const char *key;
+    long want;
+} status_is_t;
+
+static int status_is(void *baton)
+{
+    status_is_t *w = baton;
+
+    return it_status_value(w->port, w->key) == w->want;
+}
+
+/* The fixture's scenarios run again over wss:// (start_tls). */
+START_TEST(wss_client_gets_messages_and_resumes)
+{
+    char out[16384];
+
+    ck_assert_msg(node_run("messages", NULL, out, sizeof(out)) == 0,
+                  "%s", out);
+    ck_assert_msg(strstr(out, "resumed while-away") && strstr(out, "PASS"),
+                  "%s", out);
+}
+END_TEST
+
+START_TEST(wss_client_sees_fragments_pings_and_every_close_code)
+{
+    char out[16384];
+
+    ck_assert_msg(node_run("protocol", NULL, out, sizeof(out)) == 0,
+                  "%s", out);
+    ck_assert_msg(strstr(out, "PASS"), "%s", out);
+}
+END_TEST
+
+START_TEST(wss_client_publishes_an_envelope_with_its_identity)
+{
+    char out[16384];
+
+    ck_assert_msg(node_run("envelope", NULL, out, sizeof(out)) == 0,
+                  "%s", out);
+    ck_assert_msg(strstr(out, "PASS"), "%s", out);
+}
+END_TEST
+
+START_TEST(wss_where_the_session_cannot_be_taken_over_is_refused_with_501)
+{
+    char out[16384];
+
+    ck_assert_msg(node_run("refused", "/sub/notakeover 501", out,
+                           sizeof(out)) == 0, "%s", out);
+    ck_assert_int_eq(it_subscribers(srv.port, "notakeover"), 0);
+}
+END_TEST
+
+START_TEST(a_wss_socket_is_detached_tls_and_closed_with_1001_at_restart)
+{
+    node_t n;
+    char out[4096];
+    status_is_t w = { srv.port, "CometDetachedTLS", 1 };
+
+    node_start(&n, "wait_close", "/sub/wssrestart");
+    ck_assert_msg(node_wait(&n, "open", 20000), "never opened");
+    ck_assert(it_wait_subscribers(srv.port, "wssrestart", 1));
+    /* The hub carries the session: detached, neither suspended nor held. */
+    ck_assert_msg(it_wait_for(status_is, &w, 10000), "detached TLS %ld",
+                  it_status_value(srv.port, "CometDetachedTLS"));
+    ck_assert_int_eq(it_status_value(srv.port, "CometSuspended"), 0);
+    ck_assert_int_eq(it_publish(srv.port, "wssrestart", "before", NULL, NULL,
+                                0), 201);
+    ck_assert_int_eq(it_server_graceful(&srv), 0);
+    ck_assert_msg(node_wait(&n, "close", 20000), "no close seen");
+    ck_assert_int_eq(node_finish(&n, out, sizeof(out)), 0);
+    ck_assert_msg(strstr(out, "close 1001 server going away"), "%s", out);
+}
+END_TEST
+
 /* ---- many clients of our own ------------------------------------------------- */
 
 static const char handshake[] =
@@ -440,6 +552,7 @@ Suite *test_websocket_suite(void)
 {
     Suite *s = suite_create("websocket");
     TCase *tc = tcase_create("ws-client");
+    TCase *tls = tcase_create("wss-client");
     TCase *own = tcase_create("own-server");
 
     tcase_add_unchecked_fixture(tc, start, stop);
@@ -455,6 +568,18 @@ Suite *test_websocket_suite(void)
     /* Last: the restart ends the fixture server's generation. */
     tcase_add_test(tc, a_graceful_restart_closes_websockets_with_1001);
     suite_add_tcase(s, tc);
+
+    tcase_add_unchecked_fixture(tls, start_tls, stop);
+    tcase_set_timeout(tls, 120);
+    tcase_add_test(tls, wss_client_gets_messages_and_resumes);
+    tcase_add_test(tls, wss_client_sees_fragments_pings_and_every_close_code);
+    tcase_add_test(tls, wss_client_publishes_an_envelope_with_its_identity);
+    tcase_add_test(tls,
+        wss_where_the_session_cannot_be_taken_over_is_refused_with_501);
+    /* Last: the restart ends the fixture server's generation. */
+    tcase_add_test(tls,
+        a_wss_socket_is_detached_tls_and_closed_with_1001_at_restart);
+    suite_add_tcase(s, tls);
 
     tcase_set_timeout(own, 300);
     tcase_add_test(own,
