@@ -174,13 +174,35 @@
      * frame without a channel (e.g. {}) is a keepalive: the browser does
      * not show ping frames, and the idle bound needs bytes.  The request
      * names its transport, so a server without WebSocket refuses the
-     * upgrade at once (400) instead of answering as a long-poll. */
+     * upgrade at once (400) instead of answering as a long-poll.  The
+     * server answers the subprotocol "comet.publish" where the client may
+     * publish (CometClientPublish): then x.publish sends over the socket,
+     * the text alone on a connection of one channel, else the envelope
+     * {channel, event, data}.  It gives null when it cannot (an event on
+     * one channel, a channel not subscribed here): POST then. */
     T.websocket = {
         ok: function () { return !!G.WebSocket; },
-        open: function (L) {
-            var ws = new WebSocket(L.url("websocket").replace(/^http/, "ws"));
+        open: function (L, o, chs) {
+            var ws = new WebSocket(L.url("websocket").replace(/^http/, "ws"),
+                                   ["comet.publish", "comet"]),
+                x = { close: function () { ws.onclose = null; ws.close(); } };
 
-            ws.onopen = function () { L.up(); };
+            ws.onopen = function () {
+                if (ws.protocol == "comet.publish") {
+                    x.publish = function (ch, data, event) {
+                        var one = chs.length == 1;
+
+                        if (chs.indexOf(ch) < 0 || (one && event)) {
+                            return null;
+                        }
+                        ws.send(one ? data : JSON.stringify({
+                            channel: ch, event: event || undefined, data: data
+                        }));
+                        return Promise.resolve({ sent: "websocket" });
+                    };
+                }
+                L.up();
+            };
             ws.onmessage = function (e) {
                 var o = JSON.parse(e.data);
 
@@ -197,10 +219,11 @@
             };
             /* 4000 + an HTTP status: the server refused (4400 bad id). */
             ws.onclose = function (e) {
+                x.publish = null;
                 L.end(e.code >= 4000 ? { status: e.code - 4000 }
                       : e.code == 1000 ? undefined : { net: 1 });
             };
-            return { close: function () { ws.onclose = null; ws.close(); } };
+            return x;
         }
     };
 
@@ -594,14 +617,16 @@
 
         /* Over the connection when its transport can publish (a
          * WebSocket that the server lets publish: t.publish returns a
-         * Promise), else POST publishUrl + channel.  data that is not a
-         * string is sent as JSON. */
+         * Promise of {sent: "websocket"}, or null), else POST
+         * publishUrl + channel (a Promise of the server's answer).  data
+         * that is not a string is sent as JSON. */
         publish: function (ch, data, event) {
-            var o = this.o, h = {}, c = this.g && this.g.c, t = c && c.cur;
+            var o = this.o, h = {}, c = this.g && this.g.c, t = c && c.cur, p;
 
             data = typeof data == "string" ? data : JSON.stringify(data);
-            if (t && t.at && t.x.publish) {
-                return t.x.publish(ch, data, event);
+            p = t && t.at && t.x.publish && t.x.publish(ch, data, event);
+            if (p) {
+                return p;
             }
             if (!o.publishUrl) {
                 return Promise.reject(new Error("comet: no publishUrl"));

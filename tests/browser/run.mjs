@@ -87,13 +87,14 @@ const TEST_PAGE = `<!doctype html><meta charset=utf-8><title>comet.js test</titl
 <script src="/comet/comet.js"></script>
 <script>
 window.log = []; window.states = []; window.missed = [];
-window.start = function (chs, opts) {
-    var sub = window.sub = Comet.subscribe("/events/", chs, function (m) { log.push(m); },
+window.start = function (chs, opts, where) {
+    var sub = window.sub = Comet.subscribe(where || "/events/", chs, function (m) { log.push(m); },
         Object.assign({ publishUrl: "/publish/" }, opts));
     sub.on("state", function (s) { states.push(s.state + " " + s.transport); });
     sub.on("missed", function (x) { missed.push(x); });
 };
 window.count = function (text) { return log.filter(function (m) { return m.data === text; }).length; };
+window.sent = function (text) { return log.filter(function (m) { return m.data === text; })[0]; };
 </script>`;
 
 // The same client imported from an ES module.
@@ -268,6 +269,80 @@ scenarios.exchange = async () => {
     await publish(srv, "module", "to the module");
     await waitIn(M, "the module page's message", () => window.log.includes("to the module"));
     say("imported as an ES module: live and receiving");
+};
+
+// sub.publish over a WebSocket: where the location lets clients publish
+// (the server answers the subprotocol comet.publish) the message goes over
+// the socket and carries the identity the server gives it; an event type
+// on a one-channel connection, a location where clients only listen, and
+// a connection that is not a WebSocket go by POST to publishUrl (whose
+// messages carry no identity here).  A POST to /nowhere/ would fail: the
+// first publish cannot have gone that way.
+scenarios.wspublish = async () => {
+    const srv = await startServer(`
+<Location /talk/>
+    SetHandler comet-subscriber
+    CometClientPublish on
+    CometClientIdentity "guest@%{REMOTE_ADDR}"
+</Location>`);
+    const ctx = await (await launch()).newContext();
+    const page = async (chs, where, opts) => {
+        const P = await newPage(ctx, `${srv.base}/t.html`);
+
+        await P.evaluate(([c, w, o]) => window.start(c, o, w), [chs, where, opts]);
+        await live(P, opts.transport);
+        return P;
+    };
+    const from = async (P, text) => {
+        await shows(P, text);
+        return (await P.evaluate((x) => window.sent(x), text)).from;
+    };
+    const ws = { transport: "websocket" };
+
+    // One channel: the text alone over the socket.
+    let A = await page(["solo"], "/talk/", { transport: "websocket", publishUrl: "/nowhere/" });
+    let B = await page(["solo"], "/talk/", ws);
+    const r = await A.evaluate(() => window.sub.publish("solo", "over the socket"));
+
+    check(r && r.sent === "websocket", `publish answered ${JSON.stringify(r)}`);
+    check(await from(B, "over the socket") === "guest@127.0.0.1", "no identity: not sent over the socket");
+    check(await from(A, "over the socket") === "guest@127.0.0.1", "A's own message");
+    say("one channel: sent over the WebSocket, seen with the server's identity");
+    await A.close();
+    // An event type on one channel: POST.
+    A = await page(["solo"], "/talk/", ws);
+    await A.evaluate(() => window.sub.publish("solo", "typed", "chat"));
+    check(await from(B, "typed") === undefined, "an event on one channel went over the socket");
+    await A.close();
+    await B.close();
+    // Two channels: the envelope, with its event type.
+    A = await page(["c1", "c2"], "/talk/", { transport: "websocket", publishUrl: "/nowhere/" });
+    B = await page(["c2"], "/talk/", ws);
+    await A.evaluate(() => window.sub.publish("c2", { move: "e2e4" }, "move"));
+    await shows(B, '{"move":"e2e4"}');
+    const m = await B.evaluate((x) => window.sent(x), '{"move":"e2e4"}');
+
+    check(m.from === "guest@127.0.0.1" && m.event === "move" && m.channel === "c2",
+          `envelope: ${JSON.stringify(m)}`);
+    say("two channels: the envelope over the WebSocket, event type kept");
+    await A.close();
+    await B.close();
+    // Where clients only listen, and over EventSource: POST.
+    for (const [where, t] of [["/events/", "websocket"], ["/talk/", "eventsource"]]) {
+        A = await page(["quiet"], where, { transport: t });
+        B = await page(["quiet"], where, { transport: t });
+        const text = `posted ${t} at ${where}`;
+        const a = await A.evaluate((x) => window.sub.publish("quiet", x), text);
+
+        check(a && a.id, `the POST's answer: ${JSON.stringify(a)}`);
+        check(await from(B, text) === undefined, `${text}: carries an identity`);
+        await A.close();
+        await B.close();
+    }
+    const st = await status(srv);
+    say(`listen-only location and EventSource: POST; server-status ${
+        Object.keys(st).filter((k) => /^CometProcess/.test(k)).map((k) =>
+            (/client_publishes=\d+/.exec(st[k]) || [""])[0]).join(" ")}`);
 };
 
 // The server is stopped and started again (a new store, a new epoch) while

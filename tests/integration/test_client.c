@@ -151,6 +151,7 @@ SCENARIO(badid)
 SCENARIO(proxy)
 SCENARIO(share)
 SCENARIO(demo)
+SCENARIO(wspublish)
 
 /* One case per scenario, so that CK_RUN_CASE=<scenario> runs one. */
 #define ADD_SCENARIO(s, name)                                               \
@@ -173,6 +174,7 @@ Suite *test_client_suite(void)
     ADD_SCENARIO(s, badid);
     ADD_SCENARIO(s, proxy);
     ADD_SCENARIO(s, share);
+    ADD_SCENARIO(s, wspublish);
     ADD_SCENARIO(s, demo);
     return s;
 }
