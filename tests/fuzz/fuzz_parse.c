@@ -143,6 +143,9 @@ static int model_transport_name(const char *s)
     if (!strcasecmp(s, "longpoll") || !strcasecmp(s, "long-poll")) {
         return COMET_T_LONGPOLL;
     }
+    if (!strcasecmp(s, "websocket") || !strcasecmp(s, "ws")) {
+        return COMET_T_WS;
+    }
     return strcasecmp(s, "stream") ? 0 : COMET_T_STREAM;
 }
 
