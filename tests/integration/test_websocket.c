@@ -250,6 +250,12 @@ static int served_by(const char *needle)
     return pid;
 }
 
+/* The client-publishing path end to end: node_run("say", "<location>
+ * <text>") publishes from a WebSocket as alice and returns once its echo
+ * came back; served_by() names the child that served a request.  Any
+ * other listener (a SUBSCRIBE on srv.socket_path, say) can be opened next
+ * to the SSE subscribers below and expect the same message with from =
+ * alice. */
 START_TEST(a_websocket_on_one_child_reaches_sse_on_the_other_with_its_sender)
 {
     enum { N = 24 };
