@@ -343,7 +343,7 @@ int comet_ws_park(request_rec *r, const comet_dir_conf_t *dc,
             return OK;
         }
         *adopted = 1;
-        COMET_SUB_LOG(r, APLOG_DEBUG, 0, 1003, spec->ids[0],
+        COMET_SUB_LOG(r, APLOG_DEBUG, 0, 1005, spec->ids[0],
                       "WebSocket parked (detached, TLS)%s", ws.publish
                       ? ", may publish" : "");
         let_go(r);
