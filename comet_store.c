@@ -16,10 +16,12 @@
  *                | header: magic, version, layout signature, size,  |
  *                |   geometry (offsets and counts of the regions),  |
  *                |   limits, robust mutex, journal word, allocator  |
- *                |   heads, sequence counter, statistics            |
+ *                |   heads, sequence counter, statistics, the set   |
+ *                |   of slots that watch every channel              |
  *   slots_off    +--------------------------------------------------+
  *                | process slot x max_procs: pid, woken mark, drain |
- *                |   generation, wakeup ring of 4096 chanrefs       |
+ *                |   generation, pattern count, wakeup ring of 4096 |
+ *                |   chanrefs                                       |
  *   buckets_off  +--------------------------------------------------+
  *                | hash buckets x nbuckets: index of first record   |
  *   chans_off    +--------------------------------------------------+
@@ -69,7 +71,9 @@
  *            their blocks, seq fields, slot pids;
  *   derived: hash chains, the free lists of blocks and of records, tails,
  *            every count (messages, bytes, subscribers per channel, per
- *            slot and in total), the woken marks.
+ *            slot and in total), the woken marks, the set of watching
+ *            slots (rebuilt from each slot's pattern count, which is
+ *            primary).
  *
  * The repair trusts only primary state, validates it structurally (range,
  * no block used twice, chain length exactly as the lengths say, magic,
@@ -134,7 +138,7 @@
 /* ------------------------------------------------------------------ */
 
 #define STORE_MAGIC         APR_UINT64_C(0x31544d4f4354454d) /* "METCOMT1" */
-#define STORE_VERSION       3
+#define STORE_VERSION       4
 #define STORE_NIL           0xffffffffu
 #define STORE_BLK_SIZE      64
 #define STORE_BLK_DATA      (STORE_BLK_SIZE - 4)
@@ -151,6 +155,8 @@
                                            comet_store_channels           */
 #define STORE_WALK_BYTES    (16 * 1024) /* id bytes copied per lock hold  */
 #define STORE_REKICK        APR_USEC_PER_SEC  /* woken this long: kick again */
+#define STORE_WATCH_DEDUP   16          /* queue entries a watching slot's
+                                           new entry is compared with    */
 #define STORE_TIME_MAX      APR_INT64_C(0x7fffffffffffffff)
 
 #define CHAN_FREE           0
@@ -248,7 +254,8 @@ typedef struct store_slot_t {
     apr_uint32_t overflow;
     apr_uint32_t qhead;
     apr_uint32_t qlen;
-    apr_uint32_t pad;
+    apr_uint32_t patterns;      /* > 0: queue every channel published to
+                                   (comet_store_proc_watch)            */
     apr_uint64_t dgen;          /* drain generation */
     apr_uint64_t subscribers;
     apr_int64_t  woken_at;      /* mono: when woken went to 1 */
@@ -297,6 +304,10 @@ typedef struct store_hdr_t {
     apr_uint64_t subscribers;
     apr_uint64_t published;
     apr_uint64_t recoveries;
+    /* slots whose patterns are not 0 (derived from the slots) */
+    apr_uint32_t watching;
+    apr_uint32_t pad1;
+    apr_uint64_t watch_bits[COMET_STORE_MAX_PROCS / 64];
 } store_hdr_t;
 
 /* Layout signature: a segment formatted by a build whose records differ
@@ -1484,6 +1495,75 @@ static void chan_notify(comet_store_t *st, apr_uint32_t idx, store_wake_t *w,
     }
 }
 
+/* Queue the channel on every slot that watches every channel (its owner
+ * listens to patterns), unless it is among the last few channels queued
+ * there since the slot's last drain: a burst to one channel (or a few)
+ * costs one entry, not one per publish.  A longer run of distinct
+ * channels may queue one twice, which costs a duplicate; a full queue
+ * sets the overflow mark, as for subscribers. */
+static void chan_watch_notify(comet_store_t *st, apr_uint32_t idx,
+                              store_wake_t *w, apr_time_t now)
+{
+    store_hdr_t *h = st->hdr;
+    store_chan_t *ch = CH(st, idx);
+    apr_uint32_t i, words = (st->max_procs + 63) / 64;
+
+    for (i = 0; i < words; i++) {
+        apr_uint64_t bits = h->watch_bits[i];
+
+        while (bits) {
+            apr_uint32_t s = i * 64 + (apr_uint32_t)__builtin_ctzll(bits);
+            store_slot_t *sl = &st->slots[s];
+            apr_uint32_t k, look;
+            int queued = 0;
+
+            bits &= bits - 1;
+            if (s >= st->max_procs || !sl->patterns || !sl->pid) {
+                continue;
+            }
+            look = sl->qlen < STORE_WATCH_DEDUP ? sl->qlen
+                                                : STORE_WATCH_DEDUP;
+            for (k = 1; k <= look && !queued; k++) {
+                comet_chanref_t *q = &sl->queue[(sl->qhead + sl->qlen - k)
+                                                % COMET_STORE_QUEUE_LEN];
+
+                queued = q->index == idx && q->gen == ch->gen;
+            }
+            if (!queued) {
+                if (sl->qlen < COMET_STORE_QUEUE_LEN) {
+                    comet_chanref_t *q = &sl->queue[(sl->qhead + sl->qlen)
+                                                    % COMET_STORE_QUEUE_LEN];
+
+                    q->index = idx;
+                    q->gen = ch->gen;
+                    STORE_ORDER();
+                    sl->qlen++;
+                }
+                else {
+                    sl->overflow = 1;
+                }
+            }
+            wake_mark(sl, w, s, now);
+        }
+    }
+}
+
+/* Set the derived watch set from a slot's pattern count. */
+static void watch_set(store_hdr_t *h, apr_uint32_t slot, int on)
+{
+    apr_uint64_t bit = APR_UINT64_C(1) << (slot % 64);
+    int was = (h->watch_bits[slot / 64] & bit) != 0;
+
+    if (on && !was) {
+        h->watch_bits[slot / 64] |= bit;
+        h->watching++;
+    }
+    else if (!on && was) {
+        h->watch_bits[slot / 64] &= ~bit;
+        h->watching--;
+    }
+}
+
 /* A kick can be lost: the publisher that set a slot's woken mark may die
  * before it kicks (inside the lock: the repair clears the marks and asks
  * for this pass; just after the lock: nobody knows).  So after a repair
@@ -1606,6 +1686,8 @@ static void slot_clear(comet_store_t *st, apr_uint32_t slot)
     sl->qhead = sl->qlen = 0;
     sl->overflow = 0;
     sl->woken = 0;
+    sl->patterns = 0;
+    watch_set(st->hdr, slot, 0);
     sl->dgen++;
 }
 
@@ -1620,6 +1702,12 @@ static int pid_alive(apr_int32_t pid)
 apr_status_t comet_store_proc_attach(comet_store_t *st, apr_int32_t pid,
                                      apr_uint32_t *slot)
 {
+    return comet_store_proc_attach_ex(st, pid, 0, slot);
+}
+
+apr_status_t comet_store_proc_attach_ex(comet_store_t *st, apr_int32_t pid,
+                                        int flags, apr_uint32_t *slot)
+{
     apr_uint32_t s, found = STORE_NIL;
     apr_status_t rv;
 
@@ -1630,11 +1718,22 @@ apr_status_t comet_store_proc_attach(comet_store_t *st, apr_int32_t pid,
         return rv;
     }
     op_begin(st, STORE_OP_SLOT);
-    /* A slot already naming pid belonged to an earlier process with the
-     * same pid, which is gone since the caller has it now. */
-    for (s = 0; s < st->max_procs && found == STORE_NIL; s++) {
-        if (st->slots[s].pid == pid) {
-            found = s;
+    if (!(flags & COMET_STORE_SLOT_EXTRA)) {
+        /* Slots already naming pid belonged to an earlier process with
+         * the same pid, which is gone since the caller has it now: the
+         * first is taken over, the others (its extra slots) freed. */
+        for (s = 0; s < st->max_procs; s++) {
+            if (st->slots[s].pid != pid) {
+                continue;
+            }
+            slot_clear(st, s);
+            if (found == STORE_NIL) {
+                found = s;
+            }
+            else {
+                STORE_ORDER();
+                st->slots[s].pid = 0;
+            }
         }
     }
     for (s = 0; s < st->max_procs && found == STORE_NIL; s++) {
@@ -1643,7 +1742,7 @@ apr_status_t comet_store_proc_attach(comet_store_t *st, apr_int32_t pid,
         }
     }
     for (s = 0; s < st->max_procs && found == STORE_NIL; s++) {
-        if (!pid_alive(st->slots[s].pid)) {
+        if (st->slots[s].pid != pid && !pid_alive(st->slots[s].pid)) {
             comet_log(COMET_LOG_INFO, APR_SUCCESS,
                       "store: slot %u of dead process %d taken over", s,
                       (int)st->slots[s].pid);
@@ -1731,6 +1830,55 @@ apr_size_t comet_store_proc_drain(comet_store_t *st, apr_uint32_t slot,
         sl->woken = 0;
     }
     op_end(st);
+    store_unlock(st);
+    return n;
+}
+
+apr_status_t comet_store_proc_watch(comet_store_t *st, apr_uint32_t slot,
+                                    apr_uint32_t patterns,
+                                    apr_uint64_t *seq)
+{
+    store_slot_t *sl;
+    apr_status_t rv;
+
+    if (slot >= st->max_procs) {
+        return APR_EINVAL;
+    }
+    if ((rv = store_lock(st)) != APR_SUCCESS) {
+        return rv;
+    }
+    sl = &st->slots[slot];
+    if (!sl->pid) {
+        store_unlock(st);
+        return COMET_ENOSLOT;
+    }
+    op_begin(st, STORE_OP_SLOT);
+    sl->patterns = patterns;
+    STORE_ORDER();
+    watch_set(st->hdr, slot, patterns != 0);
+    if (seq) {
+        *seq = st->hdr->seq;
+    }
+    op_end(st);
+    store_unlock(st);
+    return APR_SUCCESS;
+}
+
+apr_uint64_t comet_store_patterns(comet_store_t *st)
+{
+    apr_uint64_t n = 0;
+    apr_uint32_t s;
+
+    if (store_lock(st) != APR_SUCCESS) {
+        return 0;
+    }
+    if (st->hdr->watching) {
+        for (s = 0; s < st->max_procs; s++) {
+            if (st->slots[s].pid) {
+                n += st->slots[s].patterns;
+            }
+        }
+    }
     store_unlock(st);
     return n;
 }
@@ -2031,6 +2179,9 @@ apr_status_t comet_store_publish(comet_store_t *st,
     }
 
     chan_notify(st, idx, &w, now);
+    if (h->watching) {
+        chan_watch_notify(st, idx, &w, now);
+    }
     kick_pending(st, &w, now, 0);
     if (res) {
         res->id.epoch = st->epoch;
@@ -2405,6 +2556,84 @@ apr_array_header_t *comet_store_channels(comet_store_t *st,
     return arr;
 }
 
+apr_status_t comet_store_chan_id(comet_store_t *st, const comet_chanref_t *ref,
+                                apr_pool_t *p, const char **id,
+                                apr_size_t *len)
+{
+    store_chan_t *ch;
+    char *copy;
+    apr_status_t rv;
+
+    if ((rv = store_lock(st)) != APR_SUCCESS) {
+        return rv;
+    }
+    if (!ref_valid(st, ref)
+        || CH(st, ref->index)->id_len > st->hdr->max_channel_id) {
+        store_unlock(st);
+        return COMET_ENOCHAN;
+    }
+    ch = CH(st, ref->index);
+    copy = apr_palloc(p, (apr_size_t)ch->id_len + 1);
+    chan_id_copy(st, ch, copy);
+    *len = ch->id_len;
+    store_unlock(st);
+    *id = copy;
+    return APR_SUCCESS;
+}
+
+apr_array_header_t *comet_store_published_since(comet_store_t *st,
+                                                apr_uint64_t after,
+                                                comet_store_match_fn *match,
+                                                void *baton, apr_pool_t *p)
+{
+    apr_array_header_t *arr = apr_array_make(p, 8,
+                                             sizeof(comet_store_chan_t));
+    apr_size_t id_max = st->hdr->max_channel_id;
+    char *buf = apr_palloc(p, STORE_WALK_BYTES + id_max + 1);
+    comet_chanref_t refs[STORE_WALK_RECORDS];
+    apr_uint32_t next = 0;
+
+    /* The walk of comet_store_channels: slices under the lock, matching
+     * with it released. */
+    while (next < st->channels_max) {
+        apr_uint32_t end = next + STORE_WALK_RECORDS, n = 0, k;
+        apr_size_t used = 0, len;
+
+        if (store_lock(st) != APR_SUCCESS) {
+            break;
+        }
+        for (; next < end && next < st->channels_max
+               && used < STORE_WALK_BYTES; next++) {
+            store_chan_t *ch = CH(st, next);
+
+            if (ch->state != CHAN_LIVE || ch->last_seq <= after
+                || ch->id_len > id_max) {
+                continue;
+            }
+            chan_id_copy(st, ch, buf + used);
+            refs[n].index = next;
+            refs[n].gen = ch->gen;
+            n++;
+            used += ch->id_len + 1;
+        }
+        store_unlock(st);
+        for (k = 0, used = 0; k < n; k++, used += len + 1) {
+            const char *id = buf + used;
+            comet_store_chan_t *c;
+
+            len = strlen(id);
+            if (match && !match(baton, id, len)) {
+                continue;
+            }
+            c = apr_array_push(arr);
+            c->ref = refs[k];
+            c->id = apr_pstrmemdup(p, id, len);
+            c->len = len;
+        }
+    }
+    return arr;
+}
+
 apr_uint32_t comet_store_maintain(comet_store_t *st, apr_time_t now,
                                   comet_wake_fn *wake, void *baton)
 {
@@ -2696,7 +2925,7 @@ static int store_scan(comet_store_t *st, int fix, char *why, apr_size_t len)
 {
     store_hdr_t *h = st->hdr;
     store_scan_t sc;
-    apr_uint32_t i, in_use = 0, live = 0, nfree, b, steps;
+    apr_uint32_t i, in_use = 0, live = 0, nfree, b, steps, watching = 0;
     apr_uint64_t messages = 0, subscribers = 0, maxseq = h->seq;
 
     sc.st = st;
@@ -2840,6 +3069,14 @@ static int store_scan(comet_store_t *st, int fix, char *why, apr_size_t len)
             }
             sl->woken = 0;
             sl->subscribers = st->slot_sums[i];
+            if (!sl->pid) {
+                sl->patterns = 0;
+            }
+        }
+        h->watching = 0;
+        memset(h->watch_bits, 0, sizeof(h->watch_bits));
+        for (i = 0; i < st->max_procs; i++) {
+            watch_set(h, i, st->slots[i].patterns != 0);
         }
         h->kick_all = 1;
         h->messages = messages;
@@ -2920,6 +3157,18 @@ static int store_scan(comet_store_t *st, int fix, char *why, apr_size_t len)
             || sl->qlen > COMET_STORE_QUEUE_LEN) {
             scan_bad(&sc, "slot %u: counts or queue damaged", i);
         }
+        else if (((h->watch_bits[i / 64] >> (i % 64)) & 1)
+                 != (sl->patterns != 0)) {
+            scan_bad(&sc, "slot %u: watch set disagrees with its %u "
+                     "patterns", i, sl->patterns);
+        }
+        else if (sl->patterns) {
+            watching++;
+        }
+    }
+    if (!sc.bad && watching != h->watching) {
+        scan_bad(&sc, "%u watching slots counted, %u found", h->watching,
+                 watching);
     }
     if (!sc.bad && (h->messages != messages
                     || h->subscribers != subscribers)) {

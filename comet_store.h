@@ -142,14 +142,49 @@ void comet_store_set_limits(comet_store_t *st,
 apr_status_t comet_store_proc_attach(comet_store_t *st, apr_int32_t pid,
                                      apr_uint32_t *slot);
 
+/* Flags of comet_store_proc_attach_ex. */
+#define COMET_STORE_SLOT_EXTRA   0x01   /* one more slot for a process that
+                                           holds one already (a second
+                                           thread that drains wakeups of
+                                           its own): slots naming pid are
+                                           left alone                     */
+
+/* comet_store_proc_attach with flags.  Without COMET_STORE_SLOT_EXTRA
+ * every slot naming pid is taken as an earlier process's (the first is
+ * taken over, the others freed).  Any thread (the glue: a child's
+ * start-up code). */
+apr_status_t comet_store_proc_attach_ex(comet_store_t *st, apr_int32_t pid,
+                                        int flags, apr_uint32_t *slot);
+
 /* Give the slot back: its subscriber counts go to zero everywhere.  Any
- * thread, once the slot's hub thread no longer runs. */
+ * thread, once the thread that drains the slot no longer runs. */
 void comet_store_proc_detach(comet_store_t *st, apr_uint32_t slot);
 
 /* Clear the slots whose process no longer exists (kill(pid, 0) says
  * ESRCH).  Cheap enough to call once a second.  Returns how many.  Any
  * thread (the glue: each hub thread, once a second). */
 apr_uint32_t comet_store_proc_reap(comet_store_t *st);
+
+/* Watch every channel: while patterns is not 0, every publish queues its
+ * channel on the slot's wakeup queue (and kicks the slot) whether the slot
+ * has subscribers on it or not, so that its owner can match the channel
+ * against patterns.  patterns is the number of distinct patterns the
+ * owner listens to (comet_store_patterns sums them); 0 ends the watch.
+ * *seq (may be NULL) receives the newest seq at that instant: every
+ * message with a greater seq is queued.  A publish compares the channel
+ * with the last few the slot has queued since its drain, so that a burst
+ * to one channel takes one entry; more distinct channels than the queue
+ * holds between two drains set the overflow mark (then see
+ * comet_store_published_since).  Cost to every publish while any slot
+ * watches: one step per watching slot.  COMET_ENOSLOT when the slot is
+ * not attached.  The slot's owner (in the module: the publish thread). */
+apr_status_t comet_store_proc_watch(comet_store_t *st, apr_uint32_t slot,
+                                    apr_uint32_t patterns,
+                                    apr_uint64_t *seq);
+
+/* Patterns watched for, summed over the attached slots (PUBSUB NUMPAT;
+ * a pattern listened to in two processes counts twice).  Any thread. */
+apr_uint64_t comet_store_patterns(comet_store_t *st);
 
 /* ---- channels and subscribers ------------------------------------------- */
 
@@ -313,7 +348,8 @@ apr_status_t comet_store_read_by_id(comet_store_t *st, const char *channel,
  * drain: then the caller must look at all its channels.  When it returns
  * max, more may be queued and the mark stays set: call again.  A channel
  * is queued at most once between two drains.  Caller: the one thread that
- * owns the slot (in the module: the hub thread of the slot's process). */
+ * owns the slot (in the module: the hub thread for a process's slot, the
+ * publish thread for its extra slot). */
 apr_size_t comet_store_proc_drain(comet_store_t *st, apr_uint32_t slot,
                                   comet_chanref_t *refs, apr_size_t max,
                                   int *overflow);
@@ -376,6 +412,34 @@ apr_uint64_t comet_store_proc_subscribers(comet_store_t *st,
 apr_array_header_t *comet_store_channels(comet_store_t *st,
                                          const char *pattern,
                                          apr_size_t max, apr_pool_t *p);
+
+/* The id of the channel ref names, copied into p (NUL-terminated):
+ * COMET_ENOCHAN when ref names no channel any more (a stale ref is
+ * harmless: records carry a generation).  Any thread. */
+apr_status_t comet_store_chan_id(comet_store_t *st, const comet_chanref_t *ref,
+                                 apr_pool_t *p, const char **id,
+                                 apr_size_t *len);
+
+/* A channel found by comet_store_published_since. */
+typedef struct comet_store_chan_t {
+    comet_chanref_t ref;
+    const char     *id;           /* NUL-terminated, in the caller's pool */
+    apr_size_t      len;
+} comet_store_chan_t;
+
+/* Keep a channel (non-zero) or not; called with no lock held. */
+typedef int comet_store_match_fn(void *baton, const char *id,
+                                 apr_size_t len);
+
+/* Live channels whose newest message has a seq greater than after and
+ * that match (all when match is NULL), copied into p, in table order: for
+ * a watching slot whose queue overflowed (comet_store_proc_watch).  The
+ * walk of comet_store_channels: slices under the lock, match called with
+ * it released.  O(table) on the calling thread.  Any thread. */
+apr_array_header_t *comet_store_published_since(comet_store_t *st,
+                                                apr_uint64_t after,
+                                                comet_store_match_fn *match,
+                                                void *baton, apr_pool_t *p);
 
 /* ---- housekeeping ------------------------------------------------------- */
 

@@ -1446,6 +1446,173 @@ START_TEST(wakeup_queue_overflow_is_reported_once)
 }
 END_TEST
 
+START_TEST(an_extra_slot_shares_the_pid_and_goes_with_its_process)
+{
+    comet_store_t *st = store_util_make(MB, 0, 0, 0, 4);
+    comet_chanref_t ref;
+    comet_msgid_t newest;
+    comet_publish_result_t res;
+    apr_uint32_t a, x, again, y;
+    pid_t gone = dead_pid();
+
+    ck_assert_int_eq(comet_store_proc_attach(st, getpid(), &a), APR_SUCCESS);
+    ck_assert_int_eq(comet_store_proc_attach_ex(st, getpid(),
+                                                COMET_STORE_SLOT_EXTRA, &x),
+                     APR_SUCCESS);
+    ck_assert_uint_ne(a, x);
+    /* Subscribers of both slots are receivers of one channel. */
+    ck_assert_int_eq(comet_store_subscribe(st, a, "c", 1, 1, &ref, &newest),
+                     APR_SUCCESS);
+    ck_assert_int_eq(comet_store_subscribe(st, x, "c", 1, 1, &ref, &newest),
+                     APR_SUCCESS);
+    ck_assert_int_eq(store_util_pub(st, "c", "m", 1, 1, &res), APR_SUCCESS);
+    ck_assert_uint_eq(res.receivers, 2);
+
+    /* A new process with the pid of a dead one that held two slots takes
+     * the first over and frees the other. */
+    ck_assert_int_eq(comet_store_proc_attach(st, gone, &y), APR_SUCCESS);
+    ck_assert_int_eq(comet_store_proc_attach_ex(st, gone,
+                                                COMET_STORE_SLOT_EXTRA, &y),
+                     APR_SUCCESS);
+    ck_assert_int_eq(comet_store_subscribe(st, y, "c", 1, 1, &ref, &newest),
+                     APR_SUCCESS);
+    ck_assert_int_eq(comet_store_proc_attach(st, gone, &again), APR_SUCCESS);
+    ck_assert_int_eq(store_util_pub(st, "c", "m", 1, 1, &res), APR_SUCCESS);
+    ck_assert_uint_eq(res.receivers, 2);
+    /* Both its slots are free again (one is its again): two attach. */
+    ck_assert_int_eq(comet_store_proc_attach(st, getppid(), &y),
+                     APR_SUCCESS);
+    ck_assert_uint_ne(y, again);
+
+    /* Reaping a dead process clears all its slots. */
+    comet_store_proc_detach(st, again);
+    comet_store_proc_detach(st, y);
+    ck_assert_int_eq(comet_store_proc_attach(st, gone, &y), APR_SUCCESS);
+    ck_assert_int_eq(comet_store_proc_attach_ex(st, gone,
+                                                COMET_STORE_SLOT_EXTRA,
+                                                &again), APR_SUCCESS);
+    ck_assert_int_eq(comet_store_proc_watch(st, again, 2, NULL), APR_SUCCESS);
+    ck_assert_uint_eq(comet_store_patterns(st), 2);
+    ck_assert_uint_eq(comet_store_proc_reap(st), 2);
+    ck_assert_uint_eq(comet_store_patterns(st), 0);
+    store_util_check(st);
+}
+END_TEST
+
+START_TEST(a_watching_slot_is_queued_every_channel_once_per_burst)
+{
+    comet_store_t *st = store_util_make(8 * MB, 0, 0, 0, 4);
+    comet_chanref_t ref, *got;
+    comet_msgid_t newest;
+    comet_publish_result_t res;
+    apr_array_header_t *since;
+    apr_uint32_t w, other;
+    apr_uint64_t seq;
+    const char *id;
+    apr_size_t n, len;
+    char name[32];
+    int overflow, i;
+
+    got = malloc(sizeof(*got) * (COMET_STORE_QUEUE_LEN + 10));
+    ck_assert_int_eq(comet_store_proc_attach(st, getpid(), &other),
+                     APR_SUCCESS);
+    ck_assert_int_eq(comet_store_proc_attach_ex(st, getpid(),
+                                                COMET_STORE_SLOT_EXTRA, &w),
+                     APR_SUCCESS);
+    pub(st, "before", "x", 1);
+    /* Not watching: nothing queued, nobody woken. */
+    memset(wake_count, 0, sizeof(wake_count));
+    pub(st, "quiet", "x", 1);
+    ck_assert_int_eq(wake_count[w], 0);
+
+    ck_assert_int_eq(comet_store_proc_watch(st, w, 3, &seq), APR_SUCCESS);
+    ck_assert_uint_eq(seq, comet_store_last_seq(st));
+    ck_assert_uint_eq(comet_store_patterns(st), 3);
+    ck_assert_int_eq(comet_store_proc_watch(st, 9, 1, NULL), APR_EINVAL);
+    for (i = 0; i < 50; i++) {
+        ck_assert_int_eq(comet_store_publish(st, &(comet_publish_t){
+                             i % 2 ? "a" : "b", 1, "x", 1, NULL, 0, NULL, 0 }, 1,
+                             count_wake, NULL, &res), APR_SUCCESS);
+        /* Watching is not subscribing: nobody receives it. */
+        ck_assert_uint_eq(res.receivers, 0);
+    }
+    ck_assert_int_eq(wake_count[w], 1);
+    ck_assert_int_eq(wake_count[other], 0);
+    n = comet_store_proc_drain(st, w, got, 8, &overflow);
+    ck_assert_uint_eq(n, 2);
+    ck_assert(!overflow);
+    ck_assert_int_eq(comet_store_chan_id(st, &got[0], comet_test_pool, &id,
+                                         &len), APR_SUCCESS);
+    ck_assert_str_eq(id, "b");
+    ck_assert_uint_eq(len, 1);
+
+    /* A subscribed channel is queued once for both reasons. */
+    ck_assert_int_eq(comet_store_subscribe(st, w, "s", 1, 1, &ref, &newest),
+                     APR_SUCCESS);
+    pub(st, "s", "x", 1);
+    ck_assert_uint_eq(comet_store_proc_drain(st, w, got, 8, &overflow), 1);
+    ck_assert_uint_eq(got[0].index, ref.index);
+
+    /* More distinct channels than the queue: overflow, and the walk finds
+     * what was published since. */
+    seq = comet_store_last_seq(st);
+    for (i = 0; i < COMET_STORE_QUEUE_LEN + 5; i++) {
+        snprintf(name, sizeof(name), "ch%d", i);
+        pub(st, name, "x", 1);
+    }
+    n = comet_store_proc_drain(st, w, got, COMET_STORE_QUEUE_LEN + 10,
+                               &overflow);
+    ck_assert_uint_eq(n, COMET_STORE_QUEUE_LEN);
+    ck_assert(overflow);
+    since = comet_store_published_since(st, seq, NULL, NULL,
+                                        comet_test_pool);
+    ck_assert_int_eq(since->nelts, COMET_STORE_QUEUE_LEN + 5);
+    since = comet_store_published_since(st, 0, NULL, NULL, comet_test_pool);
+    ck_assert_int_eq(since->nelts, COMET_STORE_QUEUE_LEN + 5 + 5);
+
+    /* Watch off: publishes are no longer queued there. */
+    ck_assert_int_eq(comet_store_proc_watch(st, w, 0, NULL), APR_SUCCESS);
+    ck_assert_uint_eq(comet_store_patterns(st), 0);
+    pub(st, "a", "y", 1);
+    ck_assert_uint_eq(comet_store_proc_drain(st, w, got, 8, &overflow), 0);
+    store_util_check(st);
+
+    /* A stale ref names nothing. */
+    ref.gen++;
+    ck_assert_int_eq(comet_store_chan_id(st, &ref, comet_test_pool, &id,
+                                         &len), COMET_ENOCHAN);
+    free(got);
+}
+END_TEST
+
+static int match_even(void *baton, const char *id, apr_size_t len)
+{
+    (void)baton;
+    return (id[len - 1] - '0') % 2 == 0;
+}
+
+START_TEST(published_since_keeps_what_the_match_keeps)
+{
+    comet_store_t *st = store_util_make(MB, 0, 0, 0, 2);
+    apr_array_header_t *since;
+    apr_uint64_t seq;
+    int i;
+
+    pub(st, "old0", "x", 1);
+    seq = comet_store_last_seq(st);
+    for (i = 0; i < 6; i++) {
+        char name[8];
+
+        snprintf(name, sizeof(name), "new%d", i);
+        pub(st, name, "x", 1);
+    }
+    since = comet_store_published_since(st, seq, match_even, NULL,
+                                        comet_test_pool);
+    ck_assert_int_eq(since->nelts, 3);
+    ck_assert_str_eq(APR_ARRAY_IDX(since, 0, comet_store_chan_t).id, "new0");
+}
+END_TEST
+
 /* ---- the verifier can fail ---------------------------------------------- */
 
 START_TEST(check_finds_a_damaged_message)
@@ -1535,6 +1702,11 @@ Suite *test_comet_store_suite(void)
     tcase_add_test(procs,
                    maintain_kicks_again_a_slot_woken_but_not_drained_for_a_second);
     tcase_add_test(procs, wakeup_queue_overflow_is_reported_once);
+    tcase_add_test(procs,
+                   an_extra_slot_shares_the_pid_and_goes_with_its_process);
+    tcase_add_test(procs,
+                   a_watching_slot_is_queued_every_channel_once_per_burst);
+    tcase_add_test(procs, published_since_keeps_what_the_match_keeps);
     suite_add_tcase(s, procs);
     return s;
 }
