@@ -130,7 +130,12 @@ typedef struct pub_command_t {
     const char *name;
     int         arity;     /* as Redis counts: n exactly, -n at least n */
     pub_cmd_fn *fn;
+    int         flags;
 } pub_command_t;
+
+/* Allowed in RESP2's subscribed mode (Redis: the (P)SUBSCRIBE family,
+ * PING, QUIT, RESET; RESP3 allows everything). */
+#define PUBCMD_SUBSCRIBED 0x01
 
 
 static void publish(comet_pubconn_t *c, const comet_resp_cmd_t *cmd,
@@ -287,8 +292,9 @@ static void cmd_pubsub(comet_pubconn_t *c, const comet_resp_cmd_t *cmd)
             reply_arity(c, "pubsub|numpat");
             return;
         }
-        /* Subscribers name channels, never patterns. */
-        reply_int(c, 0);
+        /* Patterns of the publish socket's subscribers, every process's
+         * (HTTP subscribers name channels, never patterns). */
+        reply_int(c, (apr_int64_t)comet_store_patterns(srv->cfg.store));
     }
     else if (arg_is(cmd, 1, "HELP")) {
         static const char *const help[] = {
@@ -297,7 +303,8 @@ static void cmd_pubsub(comet_pubconn_t *c, const comet_resp_cmd_t *cmd)
             "    Return the channels with at least one subscriber that "
             "match the glob pattern (all when none).",
             "NUMPAT",
-            "    Return 0: subscribers name channels, never patterns.",
+            "    Return the number of patterns subscribed to (each "
+            "process counts its own).",
             "NUMSUB [<channel> ...]",
             "    Return the number of subscribers of each channel.",
         };
@@ -316,6 +323,13 @@ static void cmd_ping(comet_pubconn_t *c, const comet_resp_cmd_t *cmd)
 {
     if (cmd->argc > 2) {
         reply_arity(c, "ping");
+    }
+    else if (COMET_PUBCONN_SUBSCRIBED(c) && c->proto == COMET_RESP2) {
+        /* Subscribed, RESP2: replies are pushes, so is the pong. */
+        put(c, comet_resp_array(c->out, 2));
+        put(c, comet_resp_bulk(c->out, "pong", 4));
+        put(c, comet_resp_bulk(c->out, cmd->argc == 2 ? cmd->argv[1] : "",
+                               cmd->argc == 2 ? cmd->argv_len[1] : 0));
     }
     else if (cmd->argc == 2) {
         put(c, comet_resp_bulk(c->out, cmd->argv[1], cmd->argv_len[1]));
@@ -338,6 +352,7 @@ static void cmd_quit(comet_pubconn_t *c, const comet_resp_cmd_t *cmd)
 
 static void cmd_reset(comet_pubconn_t *c, const comet_resp_cmd_t *cmd)
 {
+    comet_pubsub_reset(c);
     c->proto = COMET_RESP2;
     c->name[0] = '\0';
     put(c, comet_resp_simple(c->out, "RESET", 5));
@@ -352,10 +367,10 @@ static void cmd_auth(comet_pubconn_t *c, const comet_resp_cmd_t *cmd)
     comet_pubcmd_reply_err(c, "%s", refuse_auth);
 }
 
-static void cmd_subscribe(comet_pubconn_t *c, const comet_resp_cmd_t *cmd)
+static void cmd_ssubscribe(comet_pubconn_t *c, const comet_resp_cmd_t *cmd)
 {
-    comet_pubcmd_reply_err(c, "ERR this socket only publishes: subscribe "
-                           "over HTTP (EventSource, long-poll or stream)");
+    comet_pubcmd_reply_err(c, "ERR sharded pub/sub is not supported: use "
+                           "SUBSCRIBE");
 }
 
 static int set_name(comet_pubconn_t *c, const char *name, apr_size_t len)
@@ -443,9 +458,11 @@ static void cmd_hello(comet_pubconn_t *c, const comet_resp_cmd_t *cmd)
 static const char *conn_line(comet_pubconn_t *c, apr_pool_t *p)
 {
     return apr_psprintf(p, "id=%" APR_UINT64_T_FMT " addr=unix fd=%d "
-                        "name=%s age=%" APR_TIME_T_FMT " resp=%d\n", c->id,
+                        "name=%s age=%" APR_TIME_T_FMT " sub=%u psub=%u "
+                        "omem=%" APR_SIZE_T_FMT " resp=%d\n", c->id,
                         c->fd, c->name,
-                        apr_time_sec(comet_now_mono() - c->since), c->proto);
+                        apr_time_sec(comet_now_mono() - c->since), c->nchans,
+                        c->npats, c->out->len, c->proto);
 }
 
 static void cmd_client(comet_pubconn_t *c, const comet_resp_cmd_t *cmd)
@@ -574,6 +591,7 @@ static void cmd_info(comet_pubconn_t *c, const comet_resp_cmd_t *cmd)
         "\r\n"
         "# Clients\r\n"
         "connected_clients:%u\r\n"
+        "pubsub_clients:%u\r\n"
         "\r\n"
         "# Stats\r\n"
         "total_connections_received:%" APR_UINT64_T_FMT "\r\n"
@@ -581,6 +599,10 @@ static void cmd_info(comet_pubconn_t *c, const comet_resp_cmd_t *cmd)
         "total_commands_processed:%" APR_UINT64_T_FMT "\r\n"
         "total_publishes:%" APR_UINT64_T_FMT "\r\n"
         "total_error_replies:%" APR_UINT64_T_FMT "\r\n"
+        "pubsub_channels:%u\r\n"
+        "pubsub_patterns:%u\r\n"
+        "total_pushes:%" APR_UINT64_T_FMT "\r\n"
+        "pubsub_dropped_slow:%" APR_UINT64_T_FMT "\r\n"
         "\r\n"
         "# Store\r\n"
         "channels:%u\r\n"
@@ -592,7 +614,8 @@ static void cmd_info(comet_pubconn_t *c, const comet_resp_cmd_t *cmd)
         "published:%" APR_UINT64_T_FMT "\r\n",
         srv->cfg.version ? srv->cfg.version : "", (long)getpid(),
         apr_time_sec(comet_now_mono() - srv->started), ps.clients,
-        ps.accepted, ps.refused, ps.commands, ps.publishes, ps.errors,
+        ps.subscribers, ps.accepted, ps.refused, ps.commands, ps.publishes,
+        ps.errors, ps.channels, ps.patterns, ps.pushes, ps.dropped_slow,
         ss.channels,
         ss.channels_max, ss.messages, ss.bytes_used, ss.bytes_free,
         ss.subscribers, ss.published);
@@ -603,25 +626,32 @@ static void cmd_info(comet_pubconn_t *c, const comet_resp_cmd_t *cmd)
 /* Looked up by a linear scan: with a couple of dozen names that costs
  * less than hashing one.  PUBLISH comes first: it is the one that counts. */
 static const pub_command_t commands[] = {
-    { "PUBLISH",       3,  cmd_publish },
-    { "COMET.PUBLISH", 4,  cmd_comet_publish },
-    { "PING",          -1, cmd_ping },
-    { "PUBSUB",        -2, cmd_pubsub },
-    { "ECHO",          2,  cmd_echo },
-    { "COMET.INFO",    2,  cmd_comet_info },
-    { "COMET.DELETE",  2,  cmd_comet_delete },
-    { "HELLO",         -1, cmd_hello },
-    { "CLIENT",        -2, cmd_client },
-    { "COMMAND",       -1, cmd_command },
-    { "SELECT",        2,  cmd_select },
-    { "INFO",          -1, cmd_info },
-    { "CONFIG",        -2, cmd_config },
-    { "QUIT",          -1, cmd_quit },
-    { "RESET",         1,  cmd_reset },
-    { "AUTH",          -2, cmd_auth },
-    { "SUBSCRIBE",     -2, cmd_subscribe },
-    { "PSUBSCRIBE",    -2, cmd_subscribe },
-    { "SSUBSCRIBE",    -2, cmd_subscribe },
+    { "PUBLISH",         3,  cmd_publish,       0 },
+    { "COMET.PUBLISH",   4,  cmd_comet_publish, 0 },
+    { "PING",            -1, cmd_ping,          PUBCMD_SUBSCRIBED },
+    { "SUBSCRIBE",       -2, comet_pubsub_cmd_subscribe, PUBCMD_SUBSCRIBED },
+    { "UNSUBSCRIBE",     -1, comet_pubsub_cmd_unsubscribe,
+      PUBCMD_SUBSCRIBED },
+    { "PSUBSCRIBE",      -2, comet_pubsub_cmd_psubscribe, PUBCMD_SUBSCRIBED },
+    { "PUNSUBSCRIBE",    -1, comet_pubsub_cmd_punsubscribe,
+      PUBCMD_SUBSCRIBED },
+    { "COMET.SUBSCRIBE", -2, comet_pubsub_cmd_comet_subscribe,
+      PUBCMD_SUBSCRIBED },
+    { "PUBSUB",          -2, cmd_pubsub,        0 },
+    { "ECHO",            2,  cmd_echo,          0 },
+    { "COMET.INFO",      2,  cmd_comet_info,    0 },
+    { "COMET.DELETE",    2,  cmd_comet_delete,  0 },
+    { "HELLO",           -1, cmd_hello,         0 },
+    { "CLIENT",          -2, cmd_client,        0 },
+    { "COMMAND",         -1, cmd_command,       0 },
+    { "SELECT",          2,  cmd_select,        0 },
+    { "INFO",            -1, cmd_info,          0 },
+    { "CONFIG",          -2, cmd_config,        0 },
+    { "QUIT",            -1, cmd_quit,          PUBCMD_SUBSCRIBED },
+    { "RESET",           1,  cmd_reset,         PUBCMD_SUBSCRIBED },
+    { "AUTH",            -2, cmd_auth,          0 },
+    { "SSUBSCRIBE",      -2, cmd_ssubscribe,    PUBCMD_SUBSCRIBED },
+    { "SUNSUBSCRIBE",    -1, cmd_ssubscribe,    PUBCMD_SUBSCRIBED },
 };
 
 static apr_size_t command_count(void)
@@ -714,6 +744,19 @@ void comet_pubcmd_execute(comet_pubconn_t *c, const comet_resp_cmd_t *cmd)
     else if ((pc->arity > 0 && argc != pc->arity)
              || (pc->arity < 0 && argc < -pc->arity)) {
         reply_arity(c, pc->name);
+    }
+    else if (COMET_PUBCONN_SUBSCRIBED(c) && c->proto == COMET_RESP2
+             && !(pc->flags & PUBCMD_SUBSCRIBED)) {
+        char lower[32];
+        apr_size_t i;
+
+        for (i = 0; pc->name[i] && i < sizeof(lower) - 1; i++) {
+            lower[i] = (char)apr_tolower(pc->name[i]);
+        }
+        lower[i] = '\0';
+        comet_pubcmd_reply_err(c, "ERR Can't execute '%s': only (P|S)"
+                               "SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / "
+                               "RESET are allowed in this context", lower);
     }
     else {
         pc->fn(c, cmd);

@@ -50,6 +50,7 @@
 #include <linux/sockios.h>
 
 #include <apr_allocator.h>
+#include <apr_hash.h>
 
 #include "comet_pubsrv_private.h"
 
@@ -323,7 +324,8 @@ static apr_time_t conn_deadline(comet_pubconn_t *c)
     if (c->in_len) {
         return c->cmd_start + srv->cfg.command_timeout;
     }
-    if (srv->cfg.idle_timeout > 0) {
+    /* As in Redis, a subscriber is not idle: it waits for messages. */
+    if (srv->cfg.idle_timeout > 0 && !COMET_PUBCONN_SUBSCRIBED(c)) {
         return c->active + srv->cfg.idle_timeout;
     }
     return 0;
@@ -544,6 +546,17 @@ static void conn_service(comet_pubconn_t *c, char *fresh, apr_size_t len)
             conn_close(c);
             return;
         }
+        if (c->lagging && !c->closing && !c->dropped
+            && c->out->len < srv->cfg.max_output) {
+            /* Subscriptions reading their backlog take turns with the
+             * socket: a slice while it has room. */
+            apr_size_t before = c->out->len;
+
+            comet_pubsub_catch_up(c);
+            if (c->out->len > before || c->broken) {
+                continue;
+            }
+        }
         if (!blocked || c->out->len >= srv->cfg.max_output) {
             break;
         }
@@ -573,6 +586,17 @@ static void conn_service(comet_pubconn_t *c, char *fresh, apr_size_t len)
     }
     if (set_interest(c) < 0) {
         conn_close(c);
+    }
+}
+
+void comet_pubsrv_conn_kick(comet_pubconn_t *c)
+{
+    if (c->dropped) {
+        conn_close(c);
+        return;
+    }
+    if (!c->lingering) {
+        conn_service(c, NULL, 0);
     }
 }
 
@@ -773,6 +797,7 @@ static apr_status_t conn_cleanup(void *data)
     comet_pubconn_t *c = data;
     comet_pubsrv_t *srv = c->srv;
 
+    comet_pubsub_conn_end(c);
     if (c->watched) {
         comet_loop_io_remove(srv->loop, &c->io);
     }
@@ -829,6 +854,7 @@ static apr_status_t conn_open(comet_pubsrv_t *srv, int fd, int refused)
     c->id = ++srv->next_id;
     c->since = c->active = c->progress = comet_now_mono();
     c->refused = refused;
+    c->sub_names = apr_hash_make(p);
     comet_timer_init(&c->timer, conn_timer, c);
     c->next = srv->conns;
     if (c->next) {
@@ -1021,9 +1047,9 @@ apr_size_t comet_pubsrv_command_max(apr_size_t max_message)
 apr_size_t comet_pubsrv_timers(apr_uint32_t max_clients)
 {
     /* One per client, one per refused connection being closed, the
-     * listener's two. */
+     * listener's two, the subscribers' flush. */
     return (max_clients ? max_clients : PUBSRV_DEFAULT_CLIENTS)
-           + COMET_PUBSRV_REFUSING_MAX + 2;
+           + COMET_PUBSRV_REFUSING_MAX + 3;
 }
 
 apr_status_t comet_pubsrv_create(comet_pubsrv_t **out, comet_loop_t *loop,
@@ -1089,6 +1115,9 @@ apr_status_t comet_pubsrv_create(comet_pubsrv_t **out, comet_loop_t *loop,
     comet_timer_init(&srv->recheck, listener_recheck, srv);
     apr_pool_cleanup_register(pool, srv, srv_cleanup,
                               apr_pool_cleanup_null);
+    if ((rv = comet_pubsub_init(srv)) != APR_SUCCESS) {
+        return rv;
+    }
     if (srv->cfg.peers && !peer_claim(srv)) {
         comet_log(COMET_LOG_WARNING, 0, "publish socket: no record left for "
                   "process %ld among the %u of the socket's processes: "
@@ -1136,4 +1165,11 @@ void comet_pubsrv_stats(comet_pubsrv_t *srv, comet_pubsrv_stats_t *out)
     out->timeouts = __atomic_load_n(&srv->st.timeouts, __ATOMIC_RELAXED);
     out->refused = __atomic_load_n(&srv->st.refused, __ATOMIC_RELAXED);
     out->input_bytes = __atomic_load_n(&srv->in_total, __ATOMIC_RELAXED);
+    out->subscribers = __atomic_load_n(&srv->st.subscribers,
+                                       __ATOMIC_RELAXED);
+    out->channels = __atomic_load_n(&srv->st.channels, __ATOMIC_RELAXED);
+    out->patterns = __atomic_load_n(&srv->st.patterns, __ATOMIC_RELAXED);
+    out->pushes = __atomic_load_n(&srv->st.pushes, __ATOMIC_RELAXED);
+    out->dropped_slow = __atomic_load_n(&srv->st.dropped_slow,
+                                        __ATOMIC_RELAXED);
 }

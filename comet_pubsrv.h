@@ -102,6 +102,9 @@
  * after a best-effort error line. */
 #define COMET_PUBSRV_REFUSING_MAX 64
 
+/* Channels and patterns one connection may subscribe to. */
+#define COMET_PUBSRV_MAX_SUBS     65536
+
 typedef struct comet_pubsrv_t comet_pubsrv_t;
 
 /* The processes serving one listening socket: one record each, in memory
@@ -150,6 +153,14 @@ typedef struct comet_pubsrv_config_t {
     comet_pubsrv_peers_t *peers;   /* shared with the other processes
                                       on listen_fd, or NULL             */
     const char    *version;        /* shown by HELLO and INFO; may be NULL */
+    /* Subscribers (SUBSCRIBE, PSUBSCRIBE, COMET.SUBSCRIBE): a process slot
+     * of the store that this server alone drains, and its wakeup fd (not
+     * owned; 0 or -1: no subscribers here, the commands are refused). */
+    int            wake_fd;
+    apr_uint32_t   slot;
+    apr_size_t     max_pending;    /* unsent bytes of a subscribed
+                                      connection past which it is dropped;
+                                      0: 1 MiB                          */
 } comet_pubsrv_config_t;
 
 /* A server on loop, in p.  Watches cfg->listen_fd (when >= 0) at once.
@@ -183,6 +194,12 @@ typedef struct comet_pubsrv_stats_t {
                                       (in every process)                   */
     apr_size_t   input_bytes;      /* held now for unfinished commands (at
                                       most max_input)                      */
+    apr_uint32_t subscribers;      /* connections in subscribed mode now   */
+    apr_uint32_t channels;         /* channels they subscribe to, now      */
+    apr_uint32_t patterns;         /* distinct patterns, now               */
+    apr_uint64_t pushes;           /* messages pushed to subscribers       */
+    apr_uint64_t dropped_slow;     /* subscribers dropped for passing
+                                      max_pending (also in dropped)        */
 } comet_pubsrv_stats_t;
 
 /* A snapshot of the counters (each read on its own).  Any thread. */

@@ -3,10 +3,11 @@
  */
 
 /*
- * comet_pubsrv_private.h -- what the two halves of the publish socket's
+ * comet_pubsrv_private.h -- what the three parts of the publish socket's
  * server share, and nobody else: comet_pubsrv.c (connections: listener,
- * accept, read, flush, bounds, timers) and comet_pubcmd.c (the commands and
- * their replies).  Other files use comet_pubsrv.h.
+ * accept, read, flush, bounds, timers), comet_pubcmd.c (the commands and
+ * their replies) and comet_pubsub.c (subscribed connections: channels,
+ * patterns, the slot's wakeups, pushes).  Other files use comet_pubsrv.h.
  *
  * Threads: everything here runs on the server's loop thread (the publish
  * thread in the module), which alone touches these records; only the
@@ -14,6 +15,8 @@
  */
 #ifndef COMET_PUBSRV_PRIVATE_H
 #define COMET_PUBSRV_PRIVATE_H
+
+#include <apr_hash.h>
 
 #include "comet_buf.h"
 #include "comet_pubsrv.h"
@@ -27,6 +30,23 @@
 
 /* One client connection, in a pool of its own. */
 typedef struct comet_pubconn_t comet_pubconn_t;
+
+/* comet_pubsub.c's records: a channel the server listens to, a pattern,
+ * and one connection's subscription to either. */
+typedef struct comet_pubsub_chan_t comet_pubsub_chan_t;
+typedef struct comet_pubsub_pat_t comet_pubsub_pat_t;
+typedef struct comet_pubsub_sub_t comet_pubsub_sub_t;
+
+/* The pushes of one batch in one shape, with where each message starts,
+ * so that a subscriber that joined in the middle gets the tail. */
+typedef struct comet_pubsub_shape_t {
+    comet_buf_t *buf;
+    apr_size_t  *off;                 /* [messages + 1]                  */
+    int          done;                /* formatted for this batch        */
+} comet_pubsub_shape_t;
+
+/* Shapes: RESP2 and RESP3 of "message", "comet.message", "pmessage". */
+#define COMET_PUBSUB_SHAPES      6
 
 /* At most one log line per interval for a kind of event that a client
  * can cause at will; the lines in between are counted and the next line
@@ -61,6 +81,27 @@ struct comet_pubsrv_t {
     apr_time_t            started;    /* comet_now_mono()                */
     comet_pubsrv_ratelog_t log_refused, log_input, log_timer;
     comet_pubsrv_stats_t  st;         /* atomics: read by any thread     */
+
+    /* Subscribers (comet_pubsub.c). */
+    comet_loop_io_t       wake_io;    /* the slot's eventfd              */
+    int                   wake_watched;
+    apr_hash_t           *chans;      /* channel id -> comet_pubsub_chan_t */
+    apr_hash_t           *by_index;   /* store record index -> the same  */
+    apr_hash_t           *pats;       /* pattern -> comet_pubsub_pat_t   */
+    comet_pubsub_chan_t  *chan_list;  /* the same records, to walk       */
+    comet_pubsub_pat_t   *pat_list;
+    apr_uint32_t          npats;      /* distinct patterns               */
+    apr_uint32_t          nchans;     /* channels with subscriptions     */
+    int                   draining;   /* pushes are flushed after it     */
+    comet_timer_t         push_timer; /* flushes pushes made elsewhere   */
+    apr_uint64_t          drained;    /* the store's last seq before the
+                                         last drain: an overflow's walk
+                                         starts there                    */
+    apr_pool_t           *batch;      /* one batch's reads; cleared      */
+    comet_pubsub_shape_t  shape[COMET_PUBSUB_SHAPES];
+    comet_pubconn_t      *pushed;     /* connections given pushes during
+                                         a drain, flushed after it       */
+    comet_pubsrv_ratelog_t log_slow;
 };
 
 struct comet_pubconn_t {
@@ -93,7 +134,22 @@ struct comet_pubconn_t {
                                          many                            */
     int                  broken;      /* a reply could not be written     */
     char                 name[COMET_PUBSRV_NAME_MAX];
+
+    /* Subscribed mode (comet_pubsub.c). */
+    comet_pubsub_sub_t  *subs;        /* channels and patterns            */
+    apr_hash_t          *sub_names;   /* kind + name -> comet_pubsub_sub_t */
+    apr_uint32_t         nchans;      /* channels subscribed              */
+    apr_uint32_t         npats;       /* patterns subscribed              */
+    apr_uint32_t         lagging;     /* subscriptions reading their own
+                                         way up to the shared position   */
+    comet_pubconn_t     *push_prev, *push_next;
+    int                  pushed;      /* in srv->pushed                   */
+    int                  dropped;     /* past max_pending: closed after
+                                         the drain                       */
 };
+
+/* In subscribed mode: a channel or a pattern subscribed. */
+#define COMET_PUBCONN_SUBSCRIBED(c) ((c)->nchans + (c)->npats > 0)
 
 /* Count in the server's statistics (read by any thread). */
 #define COMET_PUBSRV_STAT_ADD(srv, field, n) \
@@ -113,5 +169,40 @@ void comet_pubcmd_reply_err(comet_pubconn_t *c, const char *fmt, ...)
 /* The error reply for a store or size refusal (COMET_EBADCHAN,
  * COMET_ETOOBIG, COMET_EFULL, COMET_EPROTO, or any other status). */
 void comet_pubcmd_reply_store_error(comet_pubconn_t *c, apr_status_t rv);
+
+/* Output was queued on c outside of its commands (pushes): send what the
+ * socket takes, and close c when it must be (dropped, a broken socket).
+ * comet_pubsub.c, after a drain. */
+void comet_pubsrv_conn_kick(comet_pubconn_t *c);
+
+/* ---- comet_pubsub.c ------------------------------------------------------ */
+
+/* Set up the server's subscriber side (watch the slot's eventfd when the
+ * configuration gives one).  comet_pubsrv_create. */
+apr_status_t comet_pubsub_init(comet_pubsrv_t *srv);
+
+/* Give back what the connection holds: its subscriptions in the store and
+ * among the server's channels and patterns.  Its pool's cleanup. */
+void comet_pubsub_conn_end(comet_pubconn_t *c);
+
+/* Serve the connection's lagging subscriptions (COMET.SUBSCRIBE FROM an
+ * older id) while its unsent output stays under max_output.  After its
+ * output drained. */
+void comet_pubsub_catch_up(comet_pubconn_t *c);
+
+/* RESET: leave every subscription, without a reply for each. */
+void comet_pubsub_reset(comet_pubconn_t *c);
+
+/* The commands (see comet_pubsrv.h). */
+void comet_pubsub_cmd_subscribe(comet_pubconn_t *c,
+                                const comet_resp_cmd_t *cmd);
+void comet_pubsub_cmd_unsubscribe(comet_pubconn_t *c,
+                                  const comet_resp_cmd_t *cmd);
+void comet_pubsub_cmd_psubscribe(comet_pubconn_t *c,
+                                 const comet_resp_cmd_t *cmd);
+void comet_pubsub_cmd_punsubscribe(comet_pubconn_t *c,
+                                   const comet_resp_cmd_t *cmd);
+void comet_pubsub_cmd_comet_subscribe(comet_pubconn_t *c,
+                                      const comet_resp_cmd_t *cmd);
 
 #endif /* COMET_PUBSRV_PRIVATE_H */

@@ -88,6 +88,8 @@ static struct {
     apr_uint32_t   nslots;
     apr_uint32_t   slot;           /* this child's slot ...              */
     int            in_child;       /* ... while it holds it              */
+    apr_uint32_t   pub_slot;       /* its publish thread's slot ...      */
+    int            pub_in_child;   /* ... while it holds it              */
 } proc;
 
 comet_store_t *comet_proc_store(void)
@@ -103,6 +105,16 @@ int comet_proc_slot(apr_uint32_t *slot)
     if (slot) {
         *slot = proc.slot;
     }
+    return 1;
+}
+
+int comet_proc_pub_slot(apr_uint32_t *slot, int *wake_fd)
+{
+    if (!proc.store || !proc.pub_in_child) {
+        return 0;
+    }
+    *slot = proc.pub_slot;
+    *wake_fd = proc.wake_fds[proc.pub_slot];
     return 1;
 }
 
@@ -342,12 +354,13 @@ static int comet_post_config(apr_pool_t *pconf, apr_pool_t *plog,
     }
     install_core_log(s);
 
-    /* One slot per process httpd may run at once; the doubling leaves room
-     * for children of an old generation still finishing after a graceful
-     * restart while the new generation starts. */
+    /* Two slots per process httpd may run at once (the hub's, and the
+     * publish thread's for the socket's subscribers); the doubling leaves
+     * room for children of an old generation still finishing after a
+     * graceful restart while the new generation starts. */
     ap_mpm_query(AP_MPMQ_HARD_LIMIT_DAEMONS, &limit);
-    comet_config_store(s, &cfg, (apr_uint32_t)(limit > 0 ? limit : 16)
-                                * 2 + 2);
+    comet_config_store(s, &cfg, ((apr_uint32_t)(limit > 0 ? limit : 16)
+                                 * 2 + 2) * 2);
 
     apr_pool_userdata_get((void **)&ps, COMET_PERSIST_KEY, s->process->pool);
     if (ps && strcmp(ps->version, COMET_MODULE_VERSION)) {
@@ -457,6 +470,19 @@ static void comet_child_init(apr_pool_t *pchild, server_rec *s)
         return;
     }
     proc.in_child = 1;
+    /* The publish thread drains a slot of its own, so that the socket's
+     * subscribers are counted and woken like any others. */
+    rv = comet_store_proc_attach_ex(proc.store, (apr_int32_t)getpid(),
+                                    COMET_STORE_SLOT_EXTRA, &proc.pub_slot);
+    if (rv == APR_SUCCESS) {
+        proc.pub_in_child = 1;
+    }
+    else {
+        comet_log_serror(APLOG_WARNING, rv, s, COMET_LOGNO(0012) "child %"
+                         APR_PID_T_FMT " has no second process slot in the "
+                         "channel store: its publish socket connections "
+                         "cannot SUBSCRIBE", getpid());
+    }
     /* Registered first so that it runs last: the threads (stopped in a
      * pre-cleanup) are gone before the slot goes. */
     apr_pool_cleanup_register(pchild, NULL, child_slot_exit,
@@ -499,6 +525,10 @@ static apr_status_t child_threads_exit(void *hub)
 
 static apr_status_t child_slot_exit(void *data)
 {
+    if (proc.store && proc.pub_in_child) {
+        comet_store_proc_detach(proc.store, proc.pub_slot);
+        proc.pub_in_child = 0;
+    }
     if (proc.store && proc.in_child) {
         comet_store_proc_detach(proc.store, proc.slot);
         proc.in_child = 0;

@@ -20,7 +20,7 @@
 /* Shown by HELLO/INFO, and kept with the store across graceful restarts:
  * a release that changes the store's layout or its handle must change it,
  * so that a graceful restart into it starts a new store. */
-#define COMET_MODULE_VERSION     "0.2.0"
+#define COMET_MODULE_VERSION     "0.2.1"
 
 extern module AP_MODULE_DECLARE_DATA comet_module;
 
@@ -36,6 +36,11 @@ comet_store_t *comet_proc_store(void);
  * holds one: from child_init until the child pool's cleanup.  0 in the
  * parent, and in a child that got no slot. */
 int comet_proc_slot(apr_uint32_t *slot);
+
+/* 1, and the second slot of this child, the publish thread's (for the
+ * publish socket's subscribers), with its wakeup eventfd, while the child
+ * holds one; else 0. */
+int comet_proc_pub_slot(apr_uint32_t *slot, int *wake_fd);
 
 /* How many process slots the store has (one wakeup eventfd each). */
 apr_uint32_t comet_proc_nslots(void);

@@ -253,6 +253,11 @@ void comet_pubsock_child_init(apr_pool_t *p, server_rec *s,
     cfg.peers = pubsock->peers;
     cfg.wake = comet_wake_slot;
     cfg.version = COMET_MODULE_VERSION;
+    /* Subscribers of the socket: bounded as HTTP subscribers are. */
+    cfg.max_pending = comet_config_max_pending(s);
+    if (!comet_proc_pub_slot(&cfg.slot, &cfg.wake_fd)) {
+        cfg.wake_fd = -1;
+    }
     rv = comet_pubsrv_create(&pubsrv, loop, &cfg, p);
     if (rv != APR_SUCCESS) {
         pubsrv = NULL;

@@ -21,6 +21,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <sys/eventfd.h>
+
 #include "store_util.h"
 #include "comet_loop.h"
 #include "comet_pubsrv.h"
@@ -40,13 +42,21 @@ typedef struct fixture_t {
     char            dir[64];
     char            path[128];
     apr_uint32_t    woken;      /* bit per slot the store asked to wake */
+    int             sub_fd;     /* the server's slot's eventfd, or 0     */
+    apr_uint32_t    sub_slot;   /* the server's slot                    */
 } fixture_t;
 
 static fixture_t fx;
 
 static APR_INLINE void wake_cb(void *baton, apr_uint32_t slot)
 {
+    apr_uint64_t one = 1;
+
     __atomic_or_fetch(&fx.woken, 1u << slot, __ATOMIC_SEQ_CST);
+    if (fx.sub_fd > 0 && slot == fx.sub_slot
+        && write(fx.sub_fd, &one, sizeof(one)) < 0) {
+        /* saturated: woken anyway */
+    }
 }
 
 static APR_INLINE void *loop_main(void *arg)
@@ -69,6 +79,9 @@ typedef struct opts_t {
                                           the same socket, sharing a table
                                           of peers with the first; 0: none */
     int                 adopt_fd;      /* served before the loop starts */
+    int                 subscribers;   /* the server gets a slot of its own
+                                          and its eventfd: SUBSCRIBE works */
+    apr_size_t          max_pending;
 } opts_t;
 
 static APR_INLINE void start(const opts_t *o)
@@ -110,6 +123,18 @@ static APR_INLINE void start(const opts_t *o)
         cfg.max_input = o->max_input;
         cfg.command_timeout = o->command_timeout;
         cfg.idle_timeout = o->idle_timeout;
+        cfg.max_pending = o->max_pending;
+    }
+    if (o && o->subscribers) {
+        ck_assert_int_eq(comet_store_proc_attach_ex(fx.st,
+                                                    (apr_int32_t)getpid(),
+                                                    COMET_STORE_SLOT_EXTRA,
+                                                    &fx.sub_slot),
+                         APR_SUCCESS);
+        fx.sub_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        ck_assert_int_gt(fx.sub_fd, 0);
+        cfg.wake_fd = fx.sub_fd;
+        cfg.slot = fx.sub_slot;
     }
     if (o && o->second) {
         fx.peers = comet_pubsrv_peers_format(
@@ -149,6 +174,9 @@ static APR_INLINE void teardown(void)
     }
     /* Destroying the pool closes the server's connections. */
     comet_test_pool_teardown();
+    if (fx.sub_fd > 0) {
+        close(fx.sub_fd);
+    }
     if (fx.lfd2 > 0) {
         close(fx.lfd2);
     }

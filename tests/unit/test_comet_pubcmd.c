@@ -193,7 +193,7 @@ START_TEST(hello_switches_to_resp3_and_the_connect_chatter_is_answered)
              "PING\r\nPING hi\r\nECHO there\r\n");
     expect(fd, "+OK\r\n+OK\r\n-ERR wrong number of arguments for "
            "'client|setname' command\r\n+OK\r\n-ERR DB index is out of "
-           "range\r\n*0\r\n:19\r\n+PONG\r\n$2\r\nhi\r\n$5\r\nthere\r\n");
+           "range\r\n*0\r\n:23\r\n+PONG\r\n$2\r\nhi\r\n$5\r\nthere\r\n");
     send_str(fd, "AUTH secret\r\n");
     read_line(fd, line, sizeof(line));
     ck_assert_msg(strstr(line, "CometPublishSocketMode"), "%s", line);
@@ -236,9 +236,11 @@ START_TEST(refusals_use_redis_wording_and_keep_the_connection)
     send_str(fd, "COMET.PUBLISH c \"bad type\" x\r\n");
     expect(fd, "-ERR invalid event type (1 to 64 printable bytes other than "
            "space)\r\n");
+    /* A server without a slot of its own cannot take subscribers. */
     send_str(fd, "SUBSCRIBE c\r\n");
-    expect(fd, "-ERR this socket only publishes: subscribe over HTTP "
-           "(EventSource, long-poll or stream)\r\n");
+    expect(fd, "-ERR subscribing is not available in this process (no "
+           "process slot of the store left for it): subscribe over "
+           "HTTP\r\n");
 
     /* The largest message passes; one byte more is refused, and the
      * connection goes on. */
