@@ -54,6 +54,7 @@ typedef struct status_slot_t {
     apr_uint32_t detached;          /* of them, on a socket of the hub's */
     apr_uint32_t tls;               /* ... with a TLS session taken over */
     apr_uint32_t pub_clients;       /* publish socket connections        */
+    apr_uint32_t pub_subscribers;   /* of them, in subscribed mode       */
     comet_live_t live;              /* kept live (comet_status_live)     */
     apr_uint64_t adopted;
     apr_uint64_t deliveries;
@@ -62,10 +63,13 @@ typedef struct status_slot_t {
     apr_uint64_t pub_publishes;
     apr_uint64_t pub_refused;
     apr_uint64_t ws_published;      /* by WebSocket clients              */
+    apr_uint64_t pub_pushes;
+    apr_uint64_t pub_dropped_slow;
 } status_slot_t;
 
 typedef struct status_shm_t {
     apr_uint32_t  nslots;
+    apr_uint32_t  slot_size;        /* sizeof(status_slot_t) of its maker */
     /* Sums of the processes that have ended since the server started. */
     apr_uint64_t  retired_adopted;
     apr_uint64_t  retired_deliveries;
@@ -73,6 +77,8 @@ typedef struct status_shm_t {
     apr_uint64_t  retired_pub_commands;
     apr_uint64_t  retired_pub_publishes;
     apr_uint64_t  retired_pub_refused;
+    apr_uint64_t  retired_pub_pushes;
+    apr_uint64_t  retired_pub_dropped_slow;
     status_slot_t slot[1];          /* [nslots] */
 } status_shm_t;
 
@@ -97,12 +103,14 @@ int comet_status_post_config(apr_pool_t *pconf, server_rec *s)
     apr_pool_userdata_get((void **)&shm, STATUS_KEY, pp);
     if (shm) {
         status = apr_shm_baseaddr_get(shm);
-        if (status->nslots == n && apr_shm_size_get(shm) == size) {
+        if (status->nslots == n && apr_shm_size_get(shm) == size
+            && status->slot_size == sizeof(status_slot_t)) {
             return OK;
         }
         /* The store kept its slot count; so must we.  Cannot happen
-         * unless the store was made anew (or a module with other records
-         * came in with a graceful restart): start counting again. */
+         * unless the store was made anew (or another version of the
+         * module, with other records, made the segment): start counting
+         * again. */
         status = NULL;
     }
     rv = apr_shm_create(&shm, size, NULL, pp);
@@ -116,6 +124,7 @@ int comet_status_post_config(apr_pool_t *pconf, server_rec *s)
     status = apr_shm_baseaddr_get(shm);
     memset(status, 0, size);
     status->nslots = n;
+    status->slot_size = sizeof(status_slot_t);
     apr_pool_userdata_set(shm, STATUS_KEY, NULL, pp);
     return OK;
 }
@@ -136,6 +145,8 @@ static void retire(status_slot_t *sl, apr_int32_t pid)
     ADD(status->retired_pub_commands, LOAD(sl->pub_commands));
     ADD(status->retired_pub_publishes, LOAD(sl->pub_publishes));
     ADD(status->retired_pub_refused, LOAD(sl->pub_refused));
+    ADD(status->retired_pub_pushes, LOAD(sl->pub_pushes));
+    ADD(status->retired_pub_dropped_slow, LOAD(sl->pub_dropped_slow));
 }
 
 /* This process's record; NULL when there is no segment or the process
@@ -174,6 +185,7 @@ static void write_slot(status_slot_t *sl, comet_hub_t *hub)
     }
     STORE(sl->ws_published, hs.ws_published);
     STORE(sl->pub_clients, ps.clients);
+    STORE(sl->pub_subscribers, ps.subscribers);
 
     STORE(sl->adopted, hs.adopted);
     STORE(sl->deliveries, hs.deliveries);
@@ -181,6 +193,8 @@ static void write_slot(status_slot_t *sl, comet_hub_t *hub)
     STORE(sl->pub_commands, ps.commands);
     STORE(sl->pub_publishes, ps.publishes);
     STORE(sl->pub_refused, ps.refused);
+    STORE(sl->pub_pushes, ps.pushes);
+    STORE(sl->pub_dropped_slow, ps.dropped_slow);
 }
 
 void comet_status_tick(comet_hub_t *hub, void *baton)
@@ -222,8 +236,9 @@ void comet_status_child_init(void)
 
 typedef struct status_sums_t {
     apr_uint64_t adopted, deliveries, dropped_slow, pub_commands,
-                 pub_publishes, pub_refused;
-    apr_uint32_t pub_clients, connections, processes, detached, tls;
+                 pub_publishes, pub_refused, pub_pushes, pub_dropped_slow;
+    apr_uint32_t pub_clients, pub_subscribers, connections, processes,
+                 detached, tls;
     apr_uint32_t suspended, held, mpm_conns, mpm_suspended, gate_waits;
     apr_uint32_t sb_conns, sb_suspended, sb_lingering;
 } status_sums_t;
@@ -268,6 +283,8 @@ static void sum_slots(status_sums_t *sum)
     sum->pub_commands = LOAD(status->retired_pub_commands);
     sum->pub_publishes = LOAD(status->retired_pub_publishes);
     sum->pub_refused = LOAD(status->retired_pub_refused);
+    sum->pub_pushes = LOAD(status->retired_pub_pushes);
+    sum->pub_dropped_slow = LOAD(status->retired_pub_dropped_slow);
     for (i = 0; i < status->nslots; i++) {
         status_slot_t *sl = &status->slot[i];
         process_score *ps;
@@ -283,7 +300,10 @@ static void sum_slots(status_sums_t *sum)
         sum->pub_commands += LOAD(sl->pub_commands);
         sum->pub_publishes += LOAD(sl->pub_publishes);
         sum->pub_refused += LOAD(sl->pub_refused);
+        sum->pub_pushes += LOAD(sl->pub_pushes);
+        sum->pub_dropped_slow += LOAD(sl->pub_dropped_slow);
         sum->pub_clients += LOAD(sl->pub_clients);
+        sum->pub_subscribers += LOAD(sl->pub_subscribers);
         sum->connections += LOAD(sl->connections);
         sum->detached += LOAD(sl->detached);
         sum->tls += LOAD(sl->tls);
@@ -340,6 +360,9 @@ int comet_status_hook(request_rec *r, int flags)
                    "CometSocketClients: %u\n"
                    "CometSocketPublishes: %" APR_UINT64_T_FMT "\n"
                    "CometSocketRefused: %" APR_UINT64_T_FMT "\n"
+                   "CometSocketSubscribers: %u\n"
+                   "CometSocketPushes: %" APR_UINT64_T_FMT "\n"
+                   "CometSocketDroppedSlow: %" APR_UINT64_T_FMT "\n"
                    "CometProcesses: %u\n"
                    "CometSuspended: %u\n"
                    "CometHeld: %u\n"
@@ -354,7 +377,8 @@ int comet_status_hook(request_rec *r, int flags)
                    ss.bytes_used, ss.bytes_free, ss.subscribers,
                    sum.connections, sum.detached, sum.tls, ss.published,
                    sum.deliveries, sum.dropped_slow, sum.pub_clients,
-                   sum.pub_publishes, sum.pub_refused, sum.processes,
+                   sum.pub_publishes, sum.pub_refused, sum.pub_subscribers,
+                   sum.pub_pushes, sum.pub_dropped_slow, sum.processes,
                    sum.suspended, sum.held, sum.mpm_conns,
                    sum.mpm_suspended, sum.gate_waits, sum.sb_conns,
                    sum.sb_suspended, sum.sb_lingering, ss.recoveries);
@@ -403,9 +427,14 @@ int comet_status_hook(request_rec *r, int flags)
             ap_rprintf(r, "<dt>Publish socket %s: %u clients, %"
                        APR_UINT64_T_FMT " publishes since start, %"
                        APR_UINT64_T_FMT " connections refused (every "
-                       "child full)</dt>\n",
+                       "child full)</dt>\n"
+                       "<dt>Publish socket subscribers: %u; messages "
+                       "pushed since start: %" APR_UINT64_T_FMT "; slow "
+                       "ones dropped: %" APR_UINT64_T_FMT "</dt>\n",
                        ap_escape_html(r->pool, sock), sum.pub_clients,
-                       sum.pub_publishes, sum.pub_refused);
+                       sum.pub_publishes, sum.pub_refused,
+                       sum.pub_subscribers, sum.pub_pushes,
+                       sum.pub_dropped_slow);
         }
         ap_rputs("</dl>\n", r);
     }
@@ -437,14 +466,16 @@ int comet_status_hook(request_rec *r, int flags)
                        "client_publishes=%" APR_UINT64_T_FMT
                        " deliveries=%" APR_UINT64_T_FMT
                        " dropped_slow=%" APR_UINT64_T_FMT
-                       " socket_clients=%u suspended=%u held=%u "
+                       " socket_clients=%u socket_subscribers=%u "
+                       "suspended=%u held=%u "
                        "mpm_connections=%u mpm_suspended=%u\n", n, (int)pid,
                        i, subs, LOAD(sl->connections), LOAD(sl->detached),
                        LOAD(sl->tls), LOAD(sl->by_transport[0]),
                        LOAD(sl->by_transport[1]), LOAD(sl->by_transport[2]),
                        LOAD(sl->by_transport[3]), LOAD(sl->ws_published),
                        LOAD(sl->deliveries), LOAD(sl->dropped_slow),
-                       LOAD(sl->pub_clients), LOAD(sl->live.suspended),
+                       LOAD(sl->pub_clients), LOAD(sl->pub_subscribers),
+                       LOAD(sl->live.suspended),
                        LOAD(sl->live.held), LOAD(sl->live.mpm_conns),
                        LOAD(sl->live.mpm_suspended));
         }
