@@ -5,13 +5,19 @@
 /*
  * comet_pubsrv.h -- the publish socket's server: the Redis protocol (RESP)
  * spoken on a comet_loop, so that redis-cli, redis-benchmark and the Redis
- * client libraries can publish to the store.
+ * client libraries can publish to the store, and listen to it.
  *
  * Commands (names are case-insensitive):
  *   PUBLISH <channel> <message>        :<subscribers that received it>
  *   PUBSUB NUMSUB [channel ...]        channel, count pairs
  *   PUBSUB CHANNELS [pattern]          channels with subscribers (glob)
- *   PUBSUB NUMPAT                      :0 (nobody subscribes by pattern)
+ *   PUBSUB NUMPAT                      patterns listened to (the store's
+ *                                      sum over processes)
+ *   SUBSCRIBE / UNSUBSCRIBE / PSUBSCRIBE / PUNSUBSCRIBE  as Redis: pushes
+ *                                      (RESP2 arrays, RESP3 push types),
+ *                                      Redis' subscribed-mode rules
+ *                                      (comet_pubsub.c, with the server's
+ *                                      own store slot: cfg.slot/wake_fd)
  *   PING [msg]  ECHO <msg>  QUIT  RESET
  *   HELLO [2|3 [AUTH u p] [SETNAME n]] server map; RESP2 and RESP3
  *   COMMAND [COUNT|DOCS|LIST|INFO ...] enough for client libraries
@@ -25,6 +31,10 @@
  *                                      published last_id last_publish
  *                                      (null when there is no such channel)
  *   COMET.DELETE <channel>             :<subscribers told>, null when none
+ *   COMET.SUBSCRIBE <channel> [FROM <id>]  comet.message pushes with id,
+ *                                      event and sender; a backlog after
+ *                                      <id> first, comet.missed when part
+ *                                      of it is gone
  *
  * Errors are "-ERR <text>" (Redis wording where Redis has one).  Malformed
  * framing is answered "-ERR Protocol error: ..." and that connection is
@@ -55,7 +65,11 @@
  *   - a command begun must be complete within command_timeout (a half-sent
  *     bulk), or the connection is told so and closed;
  *   - a connection that completes no command for idle_timeout is closed
- *     (when idle_timeout is not 0).
+ *     (when idle_timeout is not 0), unless it is subscribed;
+ *   - a subscribed connection whose unsent output would pass max_pending
+ *     is closed (counted in dropped_slow); its backlog (COMET.SUBSCRIBE
+ *     FROM) is read a slice at a time while its output is under
+ *     max_output, and so never passes it.
  * Every connection has one timer for all of these: the loop must have
  * room for comet_pubsrv_timers(max_clients) timers, and a timer that
  * cannot be armed closes its connection (logged, counted in dropped).

@@ -245,7 +245,8 @@ static void push_bytes(comet_pubconn_t *c, const char *data, apr_size_t len,
 {
     comet_pubsrv_t *srv = c->srv;
 
-    if (c->dropped || !len) {
+    /* After QUIT (or an error that ends it) nothing more is sent. */
+    if (c->dropped || c->closing || !len) {
         return;
     }
     if (c->out->len && c->out->len + len > srv->cfg.max_pending) {
