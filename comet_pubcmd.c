@@ -603,6 +603,7 @@ static void cmd_info(comet_pubconn_t *c, const comet_resp_cmd_t *cmd)
         "pubsub_patterns:%u\r\n"
         "total_pushes:%" APR_UINT64_T_FMT "\r\n"
         "pubsub_dropped_slow:%" APR_UINT64_T_FMT "\r\n"
+        "pubsub_missed:%" APR_UINT64_T_FMT "\r\n"
         "\r\n"
         "# Store\r\n"
         "channels:%u\r\n"
@@ -616,6 +617,7 @@ static void cmd_info(comet_pubconn_t *c, const comet_resp_cmd_t *cmd)
         apr_time_sec(comet_now_mono() - srv->started), ps.clients,
         ps.subscribers, ps.accepted, ps.refused, ps.commands, ps.publishes,
         ps.errors, ps.channels, ps.patterns, ps.pushes, ps.dropped_slow,
+        ps.missed,
         ss.channels,
         ss.channels_max, ss.messages, ss.bytes_used, ss.bytes_free,
         ss.subscribers, ss.published);

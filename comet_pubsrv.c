@@ -457,6 +457,12 @@ static apr_size_t conn_run(comet_pubconn_t *c, char *data, apr_size_t len,
         if (rv == APR_SUCCESS) {
             comet_pubcmd_execute(c, &cmd);
             ran = 1;
+            /* A long pipeline must not keep this process's subscribers
+             * from reading: a channel's buffer may be short. */
+            if (++srv->since_poll >= COMET_PUBSRV_POLL_EVERY) {
+                srv->since_poll = 0;
+                comet_pubsub_poll(srv);
+            }
             continue;
         }
         if (rv == APR_INCOMPLETE) {
@@ -1172,4 +1178,5 @@ void comet_pubsrv_stats(comet_pubsrv_t *srv, comet_pubsrv_stats_t *out)
     out->pushes = __atomic_load_n(&srv->st.pushes, __ATOMIC_RELAXED);
     out->dropped_slow = __atomic_load_n(&srv->st.dropped_slow,
                                         __ATOMIC_RELAXED);
+    out->missed = __atomic_load_n(&srv->st.missed, __ATOMIC_RELAXED);
 }

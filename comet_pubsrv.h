@@ -214,6 +214,10 @@ typedef struct comet_pubsrv_stats_t {
     apr_uint64_t pushes;           /* messages pushed to subscribers       */
     apr_uint64_t dropped_slow;     /* subscribers dropped for passing
                                       max_pending (also in dropped)        */
+    apr_uint64_t missed;           /* subscribers closed because messages
+                                      of their channel left its buffer
+                                      before this process read them (also
+                                      in dropped)                          */
 } comet_pubsrv_stats_t;
 
 /* A snapshot of the counters (each read on its own).  Any thread. */

@@ -25,6 +25,8 @@
 /* A reply may pass max_output by this much (PUBSUB CHANNELS of a large
  * table); a longer one is refused. */
 #define COMET_PUBSRV_REPLY_MAX   (64 * 1024 * 1024)
+/* Commands run between two looks at the subscribers' wakeups. */
+#define COMET_PUBSRV_POLL_EVERY  16
 /* Bytes of a client's name (CLIENT SETNAME), with its NUL. */
 #define COMET_PUBSRV_NAME_MAX    128
 
@@ -101,7 +103,8 @@ struct comet_pubsrv_t {
     comet_pubsub_shape_t  shape[COMET_PUBSUB_SHAPES];
     comet_pubconn_t      *pushed;     /* connections given pushes during
                                          a drain, flushed after it       */
-    comet_pubsrv_ratelog_t log_slow;
+    comet_pubsrv_ratelog_t log_slow, log_missed;
+    apr_uint32_t          since_poll; /* commands since the last look    */
 };
 
 struct comet_pubconn_t {
@@ -184,6 +187,12 @@ apr_status_t comet_pubsub_init(comet_pubsrv_t *srv);
 /* Give back what the connection holds: its subscriptions in the store and
  * among the server's channels and patterns.  Its pool's cleanup. */
 void comet_pubsub_conn_end(comet_pubconn_t *c);
+
+/* Between commands: when the slot has a wakeup pending, read what it
+ * brings into the subscribers' output now (flushed on the next turn of
+ * the loop), so that publishers of this process cannot keep the
+ * channels' buffers from being read.  One read() of the eventfd. */
+void comet_pubsub_poll(comet_pubsrv_t *srv);
 
 /* Serve the connection's lagging subscriptions (COMET.SUBSCRIBE FROM an
  * older id) while its unsent output stays under max_output.  After its

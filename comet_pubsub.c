@@ -89,6 +89,10 @@ struct comet_pubsub_chan_t {
     comet_pubsub_sub_t  *subs;            /* by name                    */
     apr_uint32_t         nsubs;           /* and its store subscriptions */
     int                  stored;          /* nsubs are held in the store */
+    int                  rebound;         /* on a record since the last
+                                             read: its first read's
+                                             "missed" only says that the
+                                             record is new              */
     apr_size_t           len;
     char                 id[1];
 };
@@ -761,7 +765,73 @@ static int chan_deleted(comet_pubsrv_t *srv, comet_pubsub_chan_t *chan,
     index_set(srv, chan, &ref);
     /* Ids grow across records: the new record's messages are all newer
      * than the position. */
+    chan->rebound = 1;
     return 1;
+}
+
+/* Messages of a channel gone from its buffer before this process read
+ * them (the publishers outran this process's reading by more than the
+ * buffer holds). */
+static void missed_log(comet_pubsrv_t *srv, const comet_pubsub_chan_t *chan,
+                       apr_uint32_t closed)
+{
+    apr_time_t now = comet_now_mono();
+    comet_store_config_t cfg;
+    char more[80] = "";
+
+    if (now < srv->log_missed.next) {
+        srv->log_missed.skipped++;
+        return;
+    }
+    comet_store_get_config(srv->cfg.store, &cfg);
+    if (srv->log_missed.skipped) {
+        apr_snprintf(more, sizeof(more), " (and %" APR_UINT64_T_FMT " more "
+                     "times in the last %d s)", srv->log_missed.skipped,
+                     (int)apr_time_sec(PUBSUB_LOG_INTERVAL));
+    }
+    comet_log(COMET_LOG_WARNING, 0, "publish socket: channel=%.128s: "
+              "messages left the channel's buffer (CometMessageBufferLength "
+              "%u) before this process read them for its subscribers: %u "
+              "of them closed%s", chan->id, cfg.buffer_length, closed, more);
+    srv->log_missed.skipped = 0;
+    srv->log_missed.next = now + PUBSUB_LOG_INTERVAL;
+}
+
+static void missed_drop(comet_pubsrv_t *srv, comet_pubsub_chan_t *chan)
+{
+    comet_msgid_t at = msgid(srv, chan->seq);
+    comet_pubsub_sub_t *sub;
+    comet_pubsub_pat_t *pat;
+    apr_uint32_t closed = 0;
+
+    for (sub = chan->subs; sub; sub = sub->tnext) {
+        if (sub->lagging || sub->conn->dropped) {
+            continue;
+        }
+        if (sub->ids) {
+            push_signal(sub->conn, "comet.missed", chan, &at);
+        }
+        else {
+            sub->conn->dropped = 1;
+            mark_pushed(sub->conn);
+            closed++;
+        }
+    }
+    for (pat = srv->pat_list; pat; pat = pat->next) {
+        if (!comet_glob_match(pat->pat, pat->len, chan->id, chan->len)) {
+            continue;
+        }
+        for (sub = pat->subs; sub; sub = sub->tnext) {
+            if (!sub->conn->dropped) {
+                sub->conn->dropped = 1;
+                mark_pushed(sub->conn);
+                closed++;
+            }
+        }
+    }
+    COMET_PUBSRV_STAT_ADD(srv, missed, closed);
+    COMET_PUBSRV_STAT_ADD(srv, dropped, closed);
+    missed_log(srv, chan, closed);
 }
 
 static void chan_deliver(comet_pubsrv_t *srv, comet_pubsub_chan_t *chan)
@@ -771,7 +841,6 @@ static void chan_deliver(comet_pubsrv_t *srv, comet_pubsub_chan_t *chan)
 
     for (;;) {
         comet_read_t rd;
-        comet_pubsub_sub_t *sub;
         apr_status_t rv;
 
         rv = comet_store_read(st, &chan->ref, msgid(srv, chan->seq),
@@ -792,17 +861,15 @@ static void chan_deliver(comet_pubsrv_t *srv, comet_pubsub_chan_t *chan)
             }
             return;
         }
-        if (rd.missed) {
-            comet_msgid_t at = msgid(srv, chan->seq);
-
-            /* This process fell behind the channel's buffer (or the
-             * channel came back after it was reclaimed). */
-            for (sub = chan->subs; sub; sub = sub->tnext) {
-                if (sub->ids && !sub->lagging && sub->pos <= chan->seq) {
-                    push_signal(sub->conn, "comet.missed", chan, &at);
-                }
-            }
+        if (rd.missed && !chan->rebound) {
+            /* This process fell behind the channel's buffer: messages
+             * went before it read them.  COMET.SUBSCRIBE is told; a Redis
+             * subscriber has no way to be, so it is closed rather than
+             * left to miss messages without knowing (as Redis closes a
+             * subscriber it cannot give every message to). */
+            missed_drop(srv, chan);
         }
+        chan->rebound = 0;
         if (rd.msgs->nelts) {
             batch_hand_out(srv, chan, rd.msgs);
             chan->seq = APR_ARRAY_IDX(rd.msgs, rd.msgs->nelts - 1,
@@ -851,6 +918,9 @@ static void ref_deliver(comet_pubsrv_t *srv, const comet_chanref_t *ref)
     else if (pats_match(srv, id, len, &start)) {
         chan = chan_new(srv, id, len, ref, start);
     }
+    if (chan) {
+        chan->rebound = 1;
+    }
     apr_pool_clear(srv->scratch);
     if (chan) {
         chan_deliver(srv, chan);
@@ -892,7 +962,10 @@ static void overflow_deliver(comet_pubsrv_t *srv)
     apr_pool_destroy(p);
 }
 
-static void pubsub_drain(comet_pubsrv_t *srv)
+/* Take what the slot's queue holds.  flush: send the pushes now (from the
+ * loop); else on the next turn (from inside a connection's commands,
+ * where flushing could re-enter that connection). */
+static void pubsub_drain(comet_pubsrv_t *srv, int flush)
 {
     comet_chanref_t refs[PUBSUB_DRAIN_BATCH];
     apr_uint64_t before = comet_store_last_seq(srv->cfg.store);
@@ -913,7 +986,25 @@ static void pubsub_drain(comet_pubsrv_t *srv)
     /* Whatever a later overflow hides was published after this. */
     srv->drained = before;
     srv->draining = 0;
-    pushed_flush(srv);
+    if (flush) {
+        pushed_flush(srv);
+    }
+    else if (srv->pushed && !comet_timer_armed(&srv->push_timer)
+             && comet_timer_arm_in(srv->loop, &srv->push_timer, 0)
+                != APR_SUCCESS) {
+        /* Cannot happen (the loop has room for it); flushed with the
+         * next drain otherwise. */
+    }
+}
+
+void comet_pubsub_poll(comet_pubsrv_t *srv)
+{
+    apr_uint64_t v;
+
+    if (srv->cfg.wake_fd > 0 && !srv->draining
+        && read(srv->cfg.wake_fd, &v, sizeof(v)) == sizeof(v)) {
+        pubsub_drain(srv, 0);
+    }
 }
 
 static void pushed_flush(comet_pubsrv_t *srv)
@@ -948,7 +1039,7 @@ static void wake_io(comet_loop_t *loop, int fd, int events, void *baton)
                   "publish socket: cannot read the wakeup fd of slot %u",
                   baton ? ((comet_pubsrv_t *)baton)->cfg.slot : 0);
     }
-    pubsub_drain(baton);
+    pubsub_drain(baton, 1);
 }
 
 /* ---- lagging subscriptions ----------------------------------------------- */

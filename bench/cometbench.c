@@ -2,10 +2,11 @@
  * cometbench -- load generator for Comet / server-push servers.
  *
  * Opens N subscriber connections (EventSource, long-poll, a newline-
- * delimited JSON stream or a WebSocket) spread over C channels, publishes
- * messages over HTTP POST, the Redis protocol on a Unix socket or client
- * WebSockets, and measures what every subscriber receives.  Each payload carries its own per-channel sequence
- * number and send time:
+ * delimited JSON stream, a WebSocket, or SUBSCRIBE on the Redis protocol's
+ * Unix socket) spread over C channels, publishes messages over HTTP POST,
+ * the Redis protocol on a Unix socket or client WebSockets, and measures
+ * what every subscriber receives.  Each payload carries its own per-channel
+ * sequence number and send time:
  *
  *     "<seq> <send_time_ns> xxxxxxxx..."      (padded with 'x' to --size)
  *
@@ -159,7 +160,7 @@ static double hist_mean(const hist_t *h)
 /* Options                                                             */
 /* ------------------------------------------------------------------ */
 
-enum { T_SSE, T_LONGPOLL, T_STREAM, T_WS };
+enum { T_SSE, T_LONGPOLL, T_STREAM, T_WS, T_RESP };
 enum { D_NCHAN, D_COMET };
 enum { PUB_NONE, PUB_HTTP, PUB_RESP, PUB_WS };
 
@@ -534,7 +535,8 @@ static int conn_flush(conn_t *c)
 /* Start a non-blocking connect.  1: connected, 0: in progress, -1: failed. */
 static int conn_connect(conn_t *c)
 {
-    int unix_sock = c->kind == CK_PUB && opt.pub_mode == PUB_RESP;
+    int unix_sock = (c->kind == CK_PUB && opt.pub_mode == PUB_RESP)
+                    || (c->kind == CK_SUB && opt.transport == T_RESP);
     int fam = unix_sock ? AF_UNIX : opt.addr.ss_family;
     int fd = socket(fam, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
@@ -1268,6 +1270,84 @@ static int stream_consume(conn_t *c, uint64_t now)
     return 0;
 }
 
+static void sub_mark_ready(conn_t *c, uint64_t now);
+
+/* One "$<len>\r\n<bytes>\r\n" at p: its bytes and the position after it;
+ * NULL when incomplete, (char *)-1 when malformed. */
+static const char *resp_bulk(const char *p, const char *e, const char **d,
+                             size_t *n)
+{
+    size_t len = 0;
+    const char *q = p + 1;
+    if (p >= e)
+        return NULL;
+    if (*p != '$')
+        return (const char *)-1;
+    while (q < e && isdigit((unsigned char)*q) && q - p < 20)
+        len = len * 10 + (size_t)(*q++ - '0');
+    if (q + 2 > e)
+        return NULL;
+    if (q == p + 1 || q[0] != '\r' || q[1] != '\n')
+        return (const char *)-1;
+    q += 2;
+    if ((size_t)(e - q) < len + 2)
+        return NULL;
+    if (q[len] != '\r' || q[len + 1] != '\n')
+        return (const char *)-1;
+    *d = q;
+    *n = len;
+    return q + len + 2;
+}
+
+/* --transport resp: the pushes in c->buf ("subscribe" marks the
+ * subscription, "message" carries a payload).  -1 on a protocol error. */
+static int resp_consume(conn_t *c, uint64_t now)
+{
+    const char *b = c->buf, *p = b, *e = b + c->len;
+    while (p < e) {
+        const char *q = p, *d[3];
+        size_t n[3];
+        int i;
+        if (*q != '*' && *q != '>')
+            return -1;
+        if (e - q < 4)
+            break;
+        if (q[1] != '3' || q[2] != '\r' || q[3] != '\n')
+            return -1;
+        q += 4;
+        for (i = 0; i < 2; i++) {
+            q = resp_bulk(q, e, &d[i], &n[i]);
+            if (!q)
+                goto incomplete;
+            if (q == (const char *)-1)
+                return -1;
+        }
+        if (n[0] == 9 && !memcmp(d[0], "subscribe", 9)) {
+            const char *nl = memchr(q, '\n', (size_t)(e - q));
+            if (!nl)
+                goto incomplete;
+            q = nl + 1;
+            sub_mark_ready(c, now);
+        } else if (n[0] == 7 && !memcmp(d[0], "message", 7)) {
+            q = resp_bulk(q, e, &d[2], &n[2]);
+            if (!q)
+                goto incomplete;
+            if (q == (const char *)-1)
+                return -1;
+            deliver(c, d[2], n[2], now);
+        } else {
+            return -1;
+        }
+        p = q;
+    }
+incomplete:
+    if (p > b) {
+        memmove(c->buf, p, (size_t)(e - p));
+        c->len = (uint32_t)(e - p);
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------ */
 /* WebSocket (RFC 6455), client side                                   */
 /* ------------------------------------------------------------------ */
@@ -1374,6 +1454,14 @@ static int sub_request(conn_t *c)
 {
     char chan[96], path[1024], esc[3 * ID_MAX + 1], req[4096];
     chan_name(chan, sizeof chan, c->chan);
+    if (opt.transport == T_RESP) {
+        /* A Redis subscriber of the publish socket: no resume (a lost
+         * connection subscribes again, as client libraries do). */
+        int n = snprintf(req, sizeof req, "*2\r\n$9\r\nSUBSCRIBE\r\n"
+                         "$%zu\r\n%s\r\n", strlen(chan), chan);
+        wbuf_append(c, req, (size_t)n);
+        return conn_flush(c);
+    }
     int pl = fill_template(path, sizeof path, opt.sub_url, chan);
     if (pl < 0)
         return -1;
@@ -1565,6 +1653,20 @@ static int sub_on_done(conn_t *c, uint64_t now)
 
 static void sub_input(conn_t *c, const char *p, size_t n, uint64_t now)
 {
+    if (opt.transport == T_RESP) {
+        if (buf_reserve(c, (size_t)c->len + n) < 0) {
+            st.oversize++;
+            sub_broken(c, now);
+            return;
+        }
+        memcpy(c->buf + c->len, p, n);
+        c->len += (uint32_t)n;
+        if (resp_consume(c, now) < 0) {
+            st.sub_errors++;
+            sub_broken(c, now);
+        }
+        return;
+    }
     while (n > 0 || c->rs.phase == RP_DONE) {
         if (c->rs.phase == RP_HEAD) {
             long u = head_feed(c, p, n);
@@ -1612,6 +1714,11 @@ static void sub_input(conn_t *c, const char *p, size_t n, uint64_t now)
 
 static void sub_eof(conn_t *c, uint64_t now)
 {
+    if (opt.transport == T_RESP) {
+        c->len = 0;
+        sub_broken(c, now);
+        return;
+    }
     if (c->rs.phase == RP_BODY && c->rs.mode == BM_CLOSE) {
         if (opt.transport == T_WS)
             ws_consume(c, now, 1);
@@ -2307,7 +2414,7 @@ static double us(uint64_t ns)
 
 static void report(uint64_t now)
 {
-    static const char *tnames[] = { "sse", "longpoll", "stream", "ws" };
+    static const char *tnames[] = { "sse", "longpoll", "stream", "ws", "resp" };
     uint64_t loss = 0, dups = 0, reorders = 0;
     for (long i = 0; i < opt.subs; i++) {
         conn_t *c = &subs[i];
@@ -2447,7 +2554,8 @@ static void usage(FILE *f)
 "  --subs N             subscriber connections (default 0)\n"
 "  --channels C         channels; subscriber i uses channel i %% C (default 1)\n"
 "  --prefix P           channel name prefix (default: unique per run)\n"
-"  --transport T        sse | longpoll | stream | ws (default sse)\n"
+"  --transport T        sse | longpoll | stream | ws | resp (SUBSCRIBE on\n"
+"                       --socket; default sse)\n"
 "  --sub-url TMPL       subscriber path, %s = channel (default /sub/%s)\n"
 "  --accept VALUE       Accept header (default by transport; \"\" for none)\n"
 "  --header 'N: V'      extra subscriber request header (repeatable)\n"
@@ -2689,8 +2797,10 @@ static void parse_args(int argc, char **argv)
         opt.transport = T_STREAM;
     else if (strcmp(transport, "ws") == 0 || strcmp(transport, "websocket") == 0)
         opt.transport = T_WS;
+    else if (strcmp(transport, "resp") == 0)
+        opt.transport = T_RESP;
     else
-        die("--transport must be sse, longpoll, stream or ws");
+        die("--transport must be sse, longpoll, stream, ws or resp");
     if (strcmp(pub, "none") == 0)
         opt.pub_mode = PUB_NONE;
     else if (strcmp(pub, "http") == 0)
@@ -2711,10 +2821,10 @@ static void parse_args(int argc, char **argv)
     if ((opt.subs > 0 || opt.pub_mode == PUB_HTTP || opt.pub_mode == PUB_WS)
         && opt.port == 0)
         die("--port is required");
-    if (opt.pub_mode == PUB_RESP) {
+    if (opt.pub_mode == PUB_RESP || opt.transport == T_RESP) {
         struct sockaddr_un sun;
         if (!opt.socket_path || !*opt.socket_path)
-            die("--pub resp needs --socket PATH");
+            die("--pub resp and --transport resp need --socket PATH");
         if (strlen(opt.socket_path) >= sizeof sun.sun_path)
             die("--socket path too long");
     }

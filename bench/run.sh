@@ -469,6 +469,25 @@ sc_pub_socket() {
         --rate 0 --pub-conns 4 --pipeline 8 --size 100 $opts
 }
 
+# An application listening on the publish socket (SUBSCRIBE, one
+# connection) under the burst of sc_pub_socket: the messages per second it
+# receives.  mod_comet only: Nchan has no Redis-protocol subscriber.  The
+# channel keeps 10,000 messages: a burst of 100,000+ messages/s into one
+# channel passes the default 100 in under a millisecond, which a thread
+# descheduled on a loaded machine can miss (the subscriber is then closed,
+# never left to miss messages without knowing).
+sc_socket_sub() {
+    [ "$1" = comet ] || return 0
+    pubsock_opts "$1"
+    [ -n "$opts" ] || return 0
+    COMET_EXTRA="CometMessageBufferLength 10000"
+    # shellcheck disable=SC2086
+    run "$1" socket-sub "$2" --transport resp --subs 1 --channels 1 \
+        --duration "$PUB_SECONDS" --rate 0 --pub-conns 4 --pipeline 8 \
+        --size 100 --settle 10 $opts
+    COMET_EXTRA=
+}
+
 # HTTPS subscribers (the same certificate on both sides; publishers on
 # plain HTTP): idle memory and connect time at IDLE_SUBS, and fan-out as
 # above.  Both servers run at the MPM's (and nginx's) defaults here, so the
@@ -529,7 +548,7 @@ sc_ws_publish() {
         --duration "$PUB_SECONDS" --rate "$WS_PUB_RATE" --size 100 --settle 10
 }
 
-SCENARIOS=${SCENARIOS:-"sc_idle_channels sc_idle_one sc_fanout sc_fanout_eq sc_fanout_socket sc_throughput sc_throughput_eq sc_longpoll sc_pub_http sc_pub_socket sc_tls_idle sc_tls_fanout sc_tls_fanout_eq sc_tls_suspended sc_ws_idle sc_ws_fanout sc_ws_fanout_eq sc_ws_publish"}
+SCENARIOS=${SCENARIOS:-"sc_idle_channels sc_idle_one sc_fanout sc_fanout_eq sc_fanout_socket sc_throughput sc_throughput_eq sc_longpoll sc_pub_http sc_pub_socket sc_socket_sub sc_tls_idle sc_tls_fanout sc_tls_fanout_eq sc_tls_suspended sc_ws_idle sc_ws_fanout sc_ws_fanout_eq sc_ws_publish"}
 
 # Nchan: installed when missing (as root); without it the table shows n/a.
 case " $SERVERS " in
@@ -683,6 +702,9 @@ END {
     row("tls-fanout-eq", "loss", "HTTPS fan-out, same rate: lost")
     row("pub-http", "pub_per_s", "publish, HTTP POST, no subs: publishes/s")
     row("pub-socket", "pub_per_s", "publish, Unix socket, no subs: publishes/s")
+    row("socket-sub", "deliv_per_s", "socket SUBSCRIBEr under a burst: msgs/s")
+    row("socket-sub", "p99_us", "socket SUBSCRIBEr under a burst: p99 (us)")
+    row("socket-sub", "loss", "socket SUBSCRIBEr under a burst: lost")
     row("ws-idle", "connect_s", "WebSocket idle: connect all (s)")
     row("ws-idle", "mem_per_sub_b", "WebSocket idle: server RSS per sub (B)")
     row("ws-idle", "pss_per_sub_b", "WebSocket idle: server PSS per sub (B)")

@@ -680,6 +680,61 @@ START_TEST(a_deleted_channel_is_told_and_its_subscribers_stay)
 }
 END_TEST
 
+static int one_missed(void)
+{
+    comet_pubsrv_stats_t s;
+
+    comet_pubsrv_stats(fx.srv, &s);
+    return s.missed == 2;
+}
+
+START_TEST(a_process_outrun_by_its_channel_closes_its_redis_subscribers)
+{
+    opts_t o = sub_opts();
+    comet_publish_t m;
+    comet_msgid_t at;
+    int plain, pat, ids, i;
+
+    start(&o);
+    plain = client();
+    pat = client();
+    ids = client();
+    send_str(plain, "SUBSCRIBE m\r\n");
+    expect(plain, sub_reply("subscribe", "m", 1));
+    send_str(pat, "PSUBSCRIBE m*\r\n");
+    expect(pat, sub_reply("psubscribe", "m*", 1));
+    send_str(ids, "COMET.SUBSCRIBE m\r\n");
+    expect(ids, sub_reply("subscribe", "m", 1));
+    /* 150 messages while the process reads nothing (no wakeup), then one
+     * wakeup: 50 left the buffer of 100 before they were read. */
+    memset(&m, 0, sizeof(m));
+    m.channel = "m";
+    m.channel_len = 1;
+    m.data = "x";
+    m.data_len = 1;
+    for (i = 0; i < 150; i++) {
+        ck_assert_int_eq(comet_store_publish(fx.st, &m, comet_now_mono(),
+                                             NULL, NULL, NULL),
+                         APR_SUCCESS);
+    }
+    wake_cb(NULL, fx.sub_slot);
+    /* Redis' subscribers cannot be told: closed, never left to miss
+     * messages without knowing.  COMET.SUBSCRIBE is told, and goes on. */
+    expect_closed(plain);
+    expect_closed(pat);
+    at.epoch = comet_store_epoch(fx.st);
+    at.seq = 0;
+    expect(ids, push('*', 3, "comet.missed", "m", id_str(at)));
+    for (i = 0; i < 100; i++) {
+        read_until(ids, "$1\r\nx\r\n");
+    }
+    ck_assert(wait_until(one_missed));
+    close(plain);
+    close(pat);
+    close(ids);
+}
+END_TEST
+
 Suite *test_comet_pubsub_suite(void)
 {
     Suite *s = suite_create("comet_pubsub");
@@ -722,6 +777,8 @@ Suite *test_comet_pubsub_suite(void)
     tcase_add_test(ids,
                    a_long_backlog_is_read_a_slice_at_a_time_without_a_drop);
     tcase_add_test(ids, a_deleted_channel_is_told_and_its_subscribers_stay);
+    tcase_add_test(ids,
+                   a_process_outrun_by_its_channel_closes_its_redis_subscribers);
     suite_add_tcase(s, ids);
     return s;
 }
