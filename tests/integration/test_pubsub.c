@@ -29,7 +29,9 @@ static void start(void)
     it_opts_t o;
 
     memset(&o, 0, sizeof(o));
-    o.extra = "CometMaxPendingBytes 256K\n";
+    /* A small bound, so that a silent subscriber passes it soon; messages
+     * of at most 32K, so that their largest frame is within it. */
+    o.extra = "CometMaxMessageSize 32K\nCometMaxPendingBytes 256K\n";
     ck_assert_int_eq(it_server_start(&srv, &o), 0);
 }
 
