@@ -626,7 +626,11 @@ scenarios.snippets = async () => {
     const srv = await startServer();
     const readme = fs.readFileSync(path.join(TOP, "README.md"), "utf8");
     const part = readme.slice(readme.indexOf("### From an application"));
-    const blocks = [...part.slice(0, part.indexOf("\n## ")).matchAll(/```(\w+)\n([\s\S]*?)```/g)];
+    // Up to the next heading: "Applications listen" after it subscribes,
+    // which would not end.
+    const next = part.slice(1).search(/\n##+ /);
+    const end = next < 0 ? part.length : next + 1;
+    const blocks = [...part.slice(0, end).matchAll(/```(\w+)\n([\s\S]*?)```/g)];
     const run = (file, args, opts) => new Promise((resolve, reject) => {
         execFile(file, args, { timeout: 20000, ...opts }, (err, out, errout) =>
             err ? reject(new Error(`${file}: ${err.message} ${errout}`)) : resolve(out));

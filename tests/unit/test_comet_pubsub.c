@@ -496,6 +496,44 @@ static int one_client_left(void)
     return s.clients == 1 && s.timeouts >= 1;
 }
 
+START_TEST(subscribed_connections_list_channels_and_hold_a_client_place)
+{
+    opts_t o = sub_opts();
+    int r3, r2, extra;
+
+    o.max_clients = 2;
+    start(&o);
+    r3 = client();
+    send_str(r3, "HELLO 3\r\nPING\r\n");
+    read_until(r3, "+PONG\r\n");
+    send_str(r3, "SUBSCRIBE news\r\n");
+    expect(r3, ">3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n");
+    r2 = client();
+    send_str(r2, "SUBSCRIBE nets\r\n");
+    expect(r2, sub_reply("subscribe", "nets", 1));
+    /* RESP3: PUBSUB CHANNELS (the store's sliced walk) runs between the
+     * pushes, and finds the subscriptions of both connections. */
+    send_str(r3, "PUBSUB CHANNELS news\r\nPUBSUB CHANNELS nets\r\n");
+    expect(r3, "*1\r\n$4\r\nnews\r\n*1\r\n$4\r\nnets\r\n");
+    /* RESP2 in subscribed mode refuses it, as Redis does. */
+    send_str(r2, "PUBSUB CHANNELS\r\n");
+    expect(r2, "-ERR Can't execute 'pubsub': only (P|S)SUBSCRIBE / "
+           "(P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this "
+           "context\r\n");
+    /* A subscriber holds its place among the clients: a third is told. */
+    extra = client();
+    send_str(extra, "PING\r\n");
+    expect(extra, "-ERR max number of clients reached\r\n");
+    expect_closed(extra);
+    close(extra);
+    /* And still gets what is published. */
+    store_pub("nets", "n1", NULL);
+    expect(r2, push('*', 3, "message", "nets", "n1"));
+    close(r3);
+    close(r2);
+}
+END_TEST
+
 START_TEST(the_idle_timeout_spares_subscribers)
 {
     opts_t o = sub_opts();
@@ -767,6 +805,8 @@ Suite *test_comet_pubsub_suite(void)
     tcase_add_test(bounds,
                    a_subscriber_that_does_not_read_is_dropped_and_publishers_go_on);
     tcase_add_test(bounds, the_idle_timeout_spares_subscribers);
+    tcase_add_test(bounds,
+                   subscribed_connections_list_channels_and_hold_a_client_place);
     suite_add_tcase(s, bounds);
 
     tcase_add_checked_fixture(ids, setup, teardown);
