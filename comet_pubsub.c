@@ -303,8 +303,9 @@ static apr_status_t shape_write(comet_buf_t *out, int shape,
             && (rv = comet_resp_bulk(out, id, idlen)) == APR_SUCCESS
             && (rv = comet_resp_bulk(out, m->event ? m->event : "",
                                      m->event_len)) == APR_SUCCESS) {
-            /* The sender's identity, once the store keeps one. */
-            rv = comet_resp_bulk(out, "", 0);
+            /* The sender's identity as the server established it (a
+             * WebSocket client's or an HTTP publisher's); "" when none. */
+            rv = comet_resp_bulk(out, m->from ? m->from : "", m->from_len);
         }
         break;
     default:

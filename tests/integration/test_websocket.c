@@ -7,7 +7,8 @@
  * frames, pings, every close code, resume and the envelope; a graceful restart closes
  * with 1001 (with mod_reqtimeout loaded, which must not cut an idle
  * WebSocket); a WebSocket client on one child publishes and SSE
- * subscribers on the other receive it with its identity; 5,000 idle
+ * subscribers on the other, and python3-redis subscribers on the publish
+ * socket, receive it with its identity; 5,000 idle
  * WebSockets on 2 x 25 threads all receive while the site answers; 20,000
  * connect/close cycles leave nothing behind.  The last two use a minimal
  * client of our own (raw frames through comet_ws).  Over TLS (wss://, the
@@ -256,10 +257,54 @@ static int served_by(const char *needle)
  * other listener (a SUBSCRIBE on srv.socket_path, say) can be opened next
  * to the SSE subscribers below and expect the same message with from =
  * alice. */
+/* Applications listening on the publish socket with python3-redis: a
+ * Redis subscriber of channel and one of COMET.SUBSCRIBE, each on its own
+ * connection, until each has want messages; then what each got, one line
+ * a message (the latter with the sender, its sixth element). */
+static void py_listen_start(node_t *n, const char *channel, int want)
+{
+    char script[2048], log[400];
+
+    snprintf(log, sizeof(log), "%s/py-listen.log", srv.dir);
+    snprintf(n->log, sizeof(n->log), "%s", log);
+    snprintf(script, sizeof(script),
+             "import redis, sys, time\n"
+             "r = redis.Redis(unix_socket_path=\"%s\")\n"
+             "plain = r.pubsub()\n"
+             "plain.subscribe(\"%s\")\n"
+             "ids = r.pubsub()\n"
+             "ids.execute_command(\"COMET.SUBSCRIBE\", \"%s\")\n"
+             "print(\"ready\", flush=True)\n"
+             "pl, il = [], []\n"
+             "end = time.time() + 30\n"
+             "while (len(pl) < %d or len(il) < %d) and time.time() < end:\n"
+             "    m = plain.get_message(timeout=0.1)\n"
+             "    if m and m[\"type\"] == \"message\": pl.append(m)\n"
+             "    x = ids.parse_response(block=False, timeout=0.1)\n"
+             "    if x and x[0] == b\"comet.message\": il.append(x)\n"
+             "for m in pl: print(\"message\", m[\"channel\"], m[\"data\"])\n"
+             "for x in il: print(x[0], x[1], x[2], \"from\", x[5])\n",
+             srv.socket_path, channel, channel, want, want);
+    n->pid = fork();
+    if (n->pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+        execl("/usr/bin/python3", "python3", "-c", script, (char *)NULL);
+        _exit(127);
+    }
+    ck_assert_int_gt(n->pid, 0);
+}
+
 START_TEST(a_websocket_on_one_child_reaches_sse_on_the_other_with_its_sender)
 {
     enum { N = 24 };
     it_sub_t s[N];
+    node_t py;
     char out[16384], path[64];
     int ws_pid, other = 0;
 
@@ -268,7 +313,12 @@ START_TEST(a_websocket_on_one_child_reaches_sse_on_the_other_with_its_sender)
         ck_assert_int_eq(it_sub_open(&s[i], srv.port, path,
                                      "Accept: text/event-stream\r\n"), 0);
     }
-    ck_assert(it_wait_subscribers(srv.port, "ident", N));
+    /* And two applications on the publish socket (they count among the
+     * channel's subscribers). */
+    py_listen_start(&py, "ident", 2);
+    ck_assert_msg(node_wait(&py, "ready", 20000), "python3-redis did not "
+                  "subscribe");
+    ck_assert(it_wait_subscribers(srv.port, "ident", N + 2));
     ck_assert_msg(node_run("say", "/wspub/ident hi-from-alice", out,
                            sizeof(out)) == 0, "%s", out);
     ws_pid = served_by("GET /wspub/ident ");
@@ -300,6 +350,15 @@ START_TEST(a_websocket_on_one_child_reaches_sse_on_the_other_with_its_sender)
                   == 1);
         it_sub_close(&s[i]);
     }
+    /* The socket's subscribers heard both; COMET.SUBSCRIBE with the
+     * sender the server established, a Redis message without it. */
+    ck_assert_int_eq(node_finish(&py, out, sizeof(out)), 0);
+    ck_assert_str_eq(out, "ready\n"
+                     "message b'ident' b'hi-from-alice'\n"
+                     "message b'ident' b'by-post'\n"
+                     "b'comet.message' b'ident' b'hi-from-alice' from "
+                     "b'alice'\n"
+                     "b'comet.message' b'ident' b'by-post' from b'alice'\n");
 }
 END_TEST
 

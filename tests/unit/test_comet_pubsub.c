@@ -116,6 +116,25 @@ static comet_msgid_t store_pub(const char *ch, const char *data,
     return res.id;
 }
 
+/* The same with the sender's identity (a WebSocket client's, say). */
+static comet_msgid_t store_pub_from(const char *ch, const char *data,
+                                    const char *from)
+{
+    comet_publish_result_t res;
+    comet_publish_t m;
+
+    memset(&m, 0, sizeof(m));
+    m.channel = ch;
+    m.channel_len = strlen(ch);
+    m.data = data;
+    m.data_len = strlen(data);
+    m.from = from;
+    m.from_len = strlen(from);
+    ck_assert_int_eq(comet_store_publish(fx.st, &m, comet_now_mono(),
+                                         wake_cb, NULL, &res), APR_SUCCESS);
+    return res.id;
+}
+
 static const char *id_str(comet_msgid_t id)
 {
     static char buf[4][COMET_MSGID_MAXLEN];
@@ -557,6 +576,36 @@ END_TEST
 
 /* ---- COMET.SUBSCRIBE ------------------------------------------------------ */
 
+START_TEST(comet_subscribe_shows_the_sender_and_subscribe_does_not)
+{
+    opts_t o = sub_opts();
+    comet_msgid_t before, first, live;
+    int ids, plain;
+
+    start(&o);
+    before = store_pub("talk", "earlier", NULL);
+    first = store_pub_from("talk", "hello", "alice");
+    ids = client();
+    plain = client();
+    send_str(plain, "SUBSCRIBE talk\r\n");
+    expect(plain, sub_reply("subscribe", "talk", 1));
+    send_str(ids, "COMET.SUBSCRIBE talk FROM ");
+    send_str(ids, id_str(before));
+    send_str(ids, "\r\n");
+    expect(ids, sub_reply("subscribe", "talk", 1));
+    /* From the backlog, then live: the sender last. */
+    expect(ids, push('*', 6, "comet.message", "talk", "hello", id_str(first),
+                     "", "alice"));
+    live = store_pub_from("talk", "again", "bob");
+    expect(ids, push('*', 6, "comet.message", "talk", "again", id_str(live),
+                     "", "bob"));
+    /* A Redis message has no place for it. */
+    expect(plain, push('*', 3, "message", "talk", "again"));
+    close(ids);
+    close(plain);
+}
+END_TEST
+
 START_TEST(comet_subscribe_pushes_ids_events_and_resumes_exactly_once)
 {
     opts_t o = sub_opts();
@@ -817,6 +866,7 @@ Suite *test_comet_pubsub_suite(void)
     tcase_add_test(ids,
                    a_long_backlog_is_read_a_slice_at_a_time_without_a_drop);
     tcase_add_test(ids, a_deleted_channel_is_told_and_its_subscribers_stay);
+    tcase_add_test(ids, comet_subscribe_shows_the_sender_and_subscribe_does_not);
     tcase_add_test(ids,
                    a_process_outrun_by_its_channel_closes_its_redis_subscribers);
     suite_add_tcase(s, ids);
