@@ -548,7 +548,28 @@ sc_ws_publish() {
         --duration "$PUB_SECONDS" --rate "$WS_PUB_RATE" --size 100 --settle 10
 }
 
-SCENARIOS=${SCENARIOS:-"sc_idle_channels sc_idle_one sc_fanout sc_fanout_eq sc_fanout_socket sc_throughput sc_throughput_eq sc_longpoll sc_pub_http sc_pub_socket sc_socket_sub sc_tls_idle sc_tls_fanout sc_tls_fanout_eq sc_tls_suspended sc_ws_idle sc_ws_fanout sc_ws_fanout_eq sc_ws_publish"}
+# The same client publishing, heard by the application: mod_comet's
+# listeners are SUBSCRIBE connections on its publish socket (one per
+# channel, as the WebSocket subscribers above); Nchan has none, so its
+# column is its WebSocket subscribers' (the ws-publish run again).
+sc_ws_publish_socket() {
+    if [ "$1" = comet ]; then
+        pubsock_opts "$1"
+        [ -n "$opts" ] || return 0
+        run "$1" ws-publish-socket "$2" --transport resp \
+            --socket "${opts##*--socket }" --subs "$WS_PUBS" \
+            --channels "$WS_PUBS" --pub ws --pub-url /wspub/%s \
+            --pub-conns "$WS_PUBS" --duration "$PUB_SECONDS" \
+            --rate "$WS_PUB_RATE" --size 100 --settle 10
+    else
+        run "$1" ws-publish-socket "$2" --transport ws --subs "$WS_PUBS" \
+            --channels "$WS_PUBS" --pub ws --pub-url /pub/%s \
+            --pub-conns "$WS_PUBS" --duration "$PUB_SECONDS" \
+            --rate "$WS_PUB_RATE" --size 100 --settle 10
+    fi
+}
+
+SCENARIOS=${SCENARIOS:-"sc_idle_channels sc_idle_one sc_fanout sc_fanout_eq sc_fanout_socket sc_throughput sc_throughput_eq sc_longpoll sc_pub_http sc_pub_socket sc_socket_sub sc_tls_idle sc_tls_fanout sc_tls_fanout_eq sc_tls_suspended sc_ws_idle sc_ws_fanout sc_ws_fanout_eq sc_ws_publish sc_ws_publish_socket"}
 
 # Nchan: installed when missing (as root); without it the table shows n/a.
 case " $SERVERS " in
@@ -724,6 +745,11 @@ END {
     row("ws-publish", "p99_us", "WebSocket clients publish: p99 (us)")
     row("ws-publish", "loss", "WebSocket clients publish: lost")
     row("ws-publish", "srv_cpu_s", "WebSocket clients publish: server CPU (s)")
+    row("ws-publish-socket", "pub_per_s", "WS clients publish, socket subs (3): msgs/s")
+    row("ws-publish-socket", "deliv_per_s", "WS clients publish, socket subs: deliv/s")
+    row("ws-publish-socket", "p50_us", "WS clients publish, socket subs: p50 (us)")
+    row("ws-publish-socket", "p99_us", "WS clients publish, socket subs: p99 (us)")
+    row("ws-publish-socket", "loss", "WS clients publish, socket subs: lost")
     total("loss", "all runs: lost deliveries (sum)")
     total("pub_lost", "all runs: unanswered publishes (sum)")
     total("pub_retries", "all runs: publishes sent again (sum) (1)")
@@ -732,6 +758,8 @@ END {
     print "    as the next request went out; sent again on a new connection."
     print "(2) busy CPU of the machine during the runs minus the server'"'"'s and"
     print "    cometbench'"'"'s own: other processes, which distort the figures."
+    print "(3) mod_comet: SUBSCRIBE connections on the publish socket hear what"
+    print "    the WebSocket clients publish; Nchan has none: its WebSocket subscribers."
 }' "$results" | tee "$out/table.txt"
 echo "raw results: $results" >&2
 echo "after: load average $(cat /proc/loadavg)" >> "$out/load.txt"
