@@ -71,6 +71,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 #ifdef __GLIBC__
 #include <malloc.h>
@@ -189,6 +190,8 @@ struct comet_hub_sub_t {
     unsigned short   nchan;
     unsigned short   cu;            /* the member to catch up next       */
     apr_uint32_t     tag;           /* for cfg.on_end                    */
+    apr_uint32_t     head_len;      /* a long-poll's held-back head      */
+    char            *head;          /* (after m[], in the same block)    */
     hub_member_t     m[];
     /* A WebSocket's hub_ws_t follows m[nchan] in the same allocation. */
 };
@@ -712,6 +715,32 @@ static apr_ssize_t hub_io_send(comet_hub_sub_t *s, const char *data,
     return n;
 }
 
+/* hub_io_send of a then b in one send, so that the client wakes once.
+ * Plain sockets only (a long-poll's held-back head is never a TLS one's).
+ */
+static apr_ssize_t hub_io_send2(comet_hub_sub_t *s, const char *a,
+                                apr_size_t alen, const char *b,
+                                apr_size_t blen)
+{
+    struct iovec iov[2];
+    struct msghdr mh;
+    ssize_t n;
+
+    memset(&mh, 0, sizeof(mh));
+    iov[0].iov_base = (void *)a;
+    iov[0].iov_len = alen;
+    iov[1].iov_base = (void *)b;
+    iov[1].iov_len = blen;
+    mh.msg_iov = iov;
+    mh.msg_iovlen = blen ? 2 : 1;
+    n = sendmsg(s->io.fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0) {
+        return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR
+               ? 0 : -1;
+    }
+    return n;
+}
+
 /* The socket is readable.  buf NULL: what comes is dropped (an HTTP
  * subscriber has nothing to say after its request; bounded by its
  * arrival); else up to cap bytes of it go to buf, *got says how many (0:
@@ -931,6 +960,35 @@ static int sub_close(comet_hub_t *hub, comet_hub_sub_t *s)
     return 0;
 }
 
+/* A long-poll's first bytes after its held-back head, in one send (the
+ * client wakes once).  Advances *data and *len past what left; what the
+ * socket did not take is queued, the head first.  APR_EOF: the client is
+ * gone; another error: no memory. */
+static apr_status_t sub_write_head(comet_hub_t *hub, comet_hub_sub_t *s,
+                                   const char **data, apr_size_t *len)
+{
+    apr_size_t head_len = s->head_len;
+    apr_ssize_t n;
+
+    s->head_len = 0;
+    n = hub_io_send2(s, s->head, head_len, *data, *len);
+    if (n < 0) {
+        stat_add(&hub->closed_by_client, 1);
+        return APR_EOF;
+    }
+    if ((apr_size_t)n < head_len) {
+        if (out_append(hub, s, s->head + n, head_len - (apr_size_t)n)
+            != APR_SUCCESS) {
+            return APR_ENOMEM;
+        }
+        sub_want_write(hub, s, 1);
+        return APR_SUCCESS;
+    }
+    *data += (apr_size_t)n - head_len;
+    *len -= (apr_size_t)n - head_len;
+    return APR_SUCCESS;
+}
+
 /* The one way bytes reach a subscriber.  last: the stream ends after
  * them.  A subscriber that holds more than max_pending unsent bytes before
  * the write is dropped (it reconnects and resumes from its last id), so a
@@ -968,6 +1026,10 @@ static int sub_write(comet_hub_t *hub, comet_hub_sub_t *s, const char *data,
             return 0;
         }
         return 1;
+    }
+    if (s->head_len && sub_write_head(hub, s, &data, &len) != APR_SUCCESS) {
+        sub_free(hub, s);
+        return 0;
     }
     if (!s->out_head && len) {
         apr_ssize_t n = hub_io_send(s, data, len);
@@ -2540,6 +2602,9 @@ apr_status_t comet_hub_adopt(comet_hub_t *hub, const comet_hub_spec_t *spec,
 
     if (!spec->nchan || spec->nchan > 1024
         || (spec->fd < 0 && !spec->sink)
+        || (spec->head_len && (spec->fd < 0 || spec->ssl || !spec->head
+                               || spec->transport != COMET_T_LONGPOLL
+                               || spec->head_len > COMET_HUB_HEAD_MAX))
         || spec->start < COMET_HUB_START_EXACT
         || spec->start > COMET_HUB_START_LOST) {
         return APR_EINVAL;
@@ -2560,7 +2625,9 @@ apr_status_t comet_hub_adopt(comet_hub_t *hub, const comet_hub_spec_t *spec,
     for (apr_size_t i = 0; i < spec->nchan; i++) {
         idbytes += strlen(spec->ids[i]) + 1;
     }
-    s = calloc(1, sizeof(*s) + spec->nchan * sizeof(hub_member_t) + wsbytes);
+    /* wsbytes and head_len never both: a head is a long-poll's. */
+    s = calloc(1, sizeof(*s) + spec->nchan * sizeof(hub_member_t) + wsbytes
+                  + spec->head_len);
     h = malloc(sizeof(*h) + spec->nchan * (sizeof(comet_chanref_t)
                                            + sizeof(char *)
                                            + sizeof(apr_size_t)) + idbytes
@@ -2581,6 +2648,11 @@ apr_status_t comet_hub_adopt(comet_hub_t *hub, const comet_hub_spec_t *spec,
     s->flags = (spec->nchan > 1 ? SUB_MULTI : 0)
                | (spec->chunked ? SUB_CHUNKED : 0);
     s->deadline = spec->interval;     /* the period, until linked */
+    if (spec->head_len) {
+        s->head = (char *)&s->m[spec->nchan];
+        s->head_len = (apr_uint32_t)spec->head_len;
+        memcpy(s->head, spec->head, spec->head_len);
+    }
     h->sub = s;
     h->next = NULL;
     h->refs = (comet_chanref_t *)(h + 1);

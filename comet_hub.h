@@ -164,7 +164,16 @@ typedef struct comet_hub_spec_t {
                                      to wait                              */
     apr_uint32_t  tag;            /* the adopter's, for on_end; 0: none   */
     const comet_hub_ws_spec_t *ws;/* COMET_T_WS only                      */
+    /* A long-poll on a plain socket (fd, no ssl) may leave its response
+     * head to the hub (head_len <= COMET_HUB_HEAD_MAX): it goes out with
+     * the answer, in the same send, so that the client wakes once per
+     * poll.  NULL: the head has been sent. */
+    const char   *head;
+    apr_size_t    head_len;
 } comet_hub_spec_t;
+
+/* The largest head a long-poll may leave to the hub. */
+#define COMET_HUB_HEAD_MAX 8192
 
 /* Create a hub in p (which must outlive it).  Caller: the hub thread, or
  * the code that starts it (a child's start-up code), before it starts. */
@@ -178,8 +187,8 @@ apr_status_t comet_hub_run(comet_hub_t *hub);
 /* Ask the hub to stop.  Any thread; returns at once. */
 void comet_hub_stop(comet_hub_t *hub);
 
-/* Hand a subscriber over (copied: the spec's arrays may go after the
- * call).  On success the hub owns fd (sets it non-blocking), its TLS
+/* Hand a subscriber over (copied: the spec's arrays and head may go after
+ * the call).  On success the hub owns fd (sets it non-blocking), its TLS
  * session and the store subscriptions, and *handle names the subscriber
  * for comet_hub_cancel until the sink's close callback has run.  On
  * failure (APR_EAGAIN: the hub has max_subscribers, or is stopping;

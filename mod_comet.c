@@ -667,6 +667,7 @@ static void comet_register_hooks(apr_pool_t *p)
     ap_hook_suspend_connection(comet_susp_suspend_connection, NULL, NULL,
                                APR_HOOK_REALLY_LAST);
     comet_susp_register_filter();
+    comet_sub_register_filter();
 
     /* TLS subscribers detached (mod_comet_takeover.c): the SSL of every
      * TLS connection from mod_ssl, and the filter below it. */

@@ -14,4 +14,8 @@
  * (detached, suspended or held).  Request thread. */
 int comet_subscriber_handler(request_rec *r);
 
+/* Register the filter that holds a long-poll's response head back for the
+ * hub.  At hook registration. */
+void comet_sub_register_filter(void);
+
 #endif /* MOD_COMET_SUB_H */

@@ -889,6 +889,33 @@ int it_sub_open(it_sub_t *s, int port, const char *path, const char *hdrs)
     return 0;
 }
 
+int it_sub_send(it_sub_t *s, int port, const char *path, const char *hdrs)
+{
+    memset(s, 0, sizeof(*s));
+    s->buf = malloc(IT_SUB_BUFSZ);
+    s->fd = it_connect(port);
+    if (!s->buf || s->fd < 0
+        || it_sendf(s->fd, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s\r\n",
+                    path, hdrs ? hdrs : "") != 0) {
+        return -1;
+    }
+    if (s->buf) {
+        s->buf[0] = '\0';
+    }
+    return 0;
+}
+
+int it_sub_head(it_sub_t *s, int timeout_ms)
+{
+    int rc = it_read_until(s->fd, s->buf, IT_SUB_BUFSZ, &s->len, 0,
+                           "\r\n\r\n", timeout_ms);
+
+    if (rc == 1) {
+        s->body = (size_t)(strstr(s->buf, "\r\n\r\n") - s->buf) + 4;
+    }
+    return rc;
+}
+
 int it_sub_wait(it_sub_t *s, const char *needle, int timeout_ms)
 {
     return it_read_until(s->fd, s->buf, IT_SUB_BUFSZ, &s->len, s->body,
@@ -992,6 +1019,29 @@ long it_status_value(int port, const char *key)
     }
     free(res);
     return v;
+}
+
+typedef struct status_want_t {
+    int port;
+    const char *key;
+    long want;
+} status_want_t;
+
+static int status_is(void *baton)
+{
+    status_want_t *w = baton;
+
+    return it_status_value(w->port, w->key) == w->want;
+}
+
+int it_wait_status(int port, const char *key, long want)
+{
+    status_want_t w;
+
+    w.port = port;
+    w.key = key;
+    w.want = want;
+    return it_wait_for(status_is, &w, 10000);
 }
 
 int it_log_count(const it_server_t *srv, const char *needle)

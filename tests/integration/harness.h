@@ -159,6 +159,13 @@ typedef struct it_sub_t {
  * for the response head.  0, or -1 (s is closed by it_sub_close). */
 int it_sub_open(it_sub_t *s, int port, const char *path, const char *hdrs);
 
+/* GET path without waiting for the response head (a parked long-poll's
+ * head comes with its answer): s->body is 0 until it_sub_head.  0 or -1. */
+int it_sub_send(it_sub_t *s, int port, const char *path, const char *hdrs);
+
+/* Read until the response head is in (s->body set): 1, else 0/-1. */
+int it_sub_head(it_sub_t *s, int timeout_ms);
+
 /* Read until needle shows up in the body: 1 found, else 0/-1. */
 int it_sub_wait(it_sub_t *s, const char *needle, int timeout_ms);
 
@@ -261,6 +268,8 @@ int it_run(const char *cmd, char *out, size_t outlen, int timeout_ms);
 
 /* A number from GET /server-status?auto ("Key: N"), or -1. */
 long it_status_value(int port, const char *key);
+/* Wait (bounded: 10 s) until it_status_value(port, key) is want: 1, else 0. */
+int it_wait_status(int port, const char *key, long want);
 
 /* Occurrences of needle in the server's error log. */
 int it_log_count(const it_server_t *srv, const char *needle);

@@ -416,7 +416,7 @@ START_TEST(pubsub_channels_on_a_full_store_leaves_publishes_running)
     pattern[0] = '*';
     memset(pattern + 1, 'a', 400);
     strcpy(pattern + 401, "b");
-    ck_assert_int_eq(it_sub_open(&s, srv.port, "/sub/lat", NULL), 0);
+    ck_assert_int_eq(it_sub_send(&s, srv.port, "/sub/lat", NULL), 0);
     fd = it_connect_unix(srv.socket_path);
     ck_assert_int_ge(fd, 0);
     t0 = it_now_ms();
