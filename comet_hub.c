@@ -100,6 +100,12 @@
 #define HUB_NOTE_BATCH      256
 #define HUB_DRAIN_BATCH     1024
 #define HUB_LINGER          apr_time_from_sec(5)
+/* A lingering close reads what the client still sends for this long. */
+#define HUB_DRAIN           apr_time_from_sec(2)
+/* A kept connection's next request head must fit in this many bytes to be
+ * recognised as whole; a longer one is handed over as it is (httpd
+ * answers it, 431 or 400). */
+#define HUB_HEAD_PEEK       8192
 #define HUB_MAINTAIN_EVERY  apr_time_from_sec(1)
 #define HUB_DEFAULT_PENDING (1024 * 1024)
 #define HUB_DEFAULT_BATCH   (256 * 1024)
@@ -138,6 +144,11 @@
 #define SUB_BEHIND    0x80   /* some member catches up                     */
 #define SUB_DRAINED   0x100  /* WebSocket: our close is out, reading until
                                 the client's (or the linger timer)         */
+#define SUB_KEEP      0x200  /* long-poll: keep the connection after it    */
+#define SUB_INPUT     0x400  /* SUB_KEEP: the client sent bytes (unread)   */
+#define SUB_KEPT      0x800  /* kept: waits for the next request           */
+#define SUB_DRAIN     0x1000 /* long-poll's lingering close: drops input
+                                until EOF (never a WebSocket)              */
 
 /* sub->noted, under hub->mu: what other threads asked for. */
 #define NOTE_CANCEL   0x1
@@ -191,6 +202,8 @@ struct comet_hub_sub_t {
     unsigned short   cu;            /* the member to catch up next       */
     apr_uint32_t     tag;           /* for cfg.on_end                    */
     apr_uint32_t     head_len;      /* a long-poll's held-back head      */
+    apr_uint32_t     served;        /* SUB_KEEP, SUB_KEPT: requests
+                                       answered on the connection        */
     char            *head;          /* (after m[], in the same block)    */
     hub_member_t     m[];
     /* A WebSocket's hub_ws_t follows m[nchan] in the same allocation. */
@@ -242,6 +255,9 @@ typedef struct hub_ws_t {
 #define TQ_KEEPALIVE 1
 #define TQ_TIMEOUT   2
 #define TQ_LINGER    3
+#define TQ_KEPT      4   /* kept, idle: cfg.keep_timeout                  */
+#define TQ_HEAD      5   /* kept, part of a head came: cfg.head_timeout    */
+#define TQ_DRAIN     6   /* lingering close: HUB_DRAIN                     */
 
 struct hub_tq_t {
     hub_tq_t        *next;
@@ -305,9 +321,11 @@ struct comet_hub_t {
     volatile apr_uint32_t count;
     volatile apr_uint32_t by_transport[4];
     volatile apr_uint32_t detached, tls;
+    volatile apr_uint32_t kept;     /* kept and draining connections      */
     volatile apr_uint64_t adopted, deliveries, wakeups, dropped_slow,
                           closed_by_client, catchup_reads, ws_published,
-                          ws_refused, ws_errors, ws_timeouts;
+                          ws_refused, ws_errors, ws_timeouts, kept_total,
+                          handed_back;
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -806,7 +824,8 @@ static void sub_close_fd(comet_hub_t *hub, comet_hub_sub_t *s)
 
 /* ---- ending subscribers ------------------------------------------------- */
 
-static void sub_free(comet_hub_t *hub, comet_hub_sub_t *s)
+/* The subscriber's store subscriptions and channel memberships go. */
+static void sub_release(comet_hub_t *hub, comet_hub_sub_t *s)
 {
     apr_time_t now = comet_now_mono();
 
@@ -835,6 +854,19 @@ static void sub_free(comet_hub_t *hub, comet_hub_sub_t *s)
         hub->cfg.on_end(hub->cfg.on_end_baton, s->tag);
         s->tag = 0;
     }
+}
+
+static void sub_free(comet_hub_t *hub, comet_hub_sub_t *s)
+{
+    if (s->flags & (SUB_KEPT | SUB_DRAIN)) {
+        /* No longer a subscriber: a connection only. */
+        tq_remove(s);
+        sub_close_fd(hub, s);
+        apr_atomic_dec32(&hub->kept);
+        free(s);
+        return;
+    }
+    sub_release(hub, s);
     tq_remove(s);
     ready_remove(hub, s);
     if (s->io.fd >= 0) {
@@ -896,6 +928,7 @@ static const hub_ops_t *ops_of(const comet_hub_sub_t *s);
 
 static void sub_io(comet_loop_t *loop, int fd, int events, void *baton);
 static int sub_refill(comet_hub_t *hub, comet_hub_sub_t *s);
+static void kept_io(comet_hub_t *hub, comet_hub_sub_t *s, int events);
 
 /* What s holds unsent, as its sink says now (a socket's count is exact).
  * notify: ask the sink to call comet_hub_room once it is all gone. */
@@ -933,20 +966,38 @@ static void sub_behind(comet_hub_t *hub, comet_hub_sub_t *s)
     }
 }
 
+/* What the socket is watched for: input, unless the client of a
+ * connection to keep has sent its next request (left unread for httpd:
+ * watching it would report it again and again), and room while bytes
+ * wait. */
+static int sub_interest(const comet_hub_sub_t *s)
+{
+    return (s->flags & SUB_INPUT ? 0 : COMET_LOOP_READ)
+           | (s->flags & SUB_WANTWRITE ? COMET_LOOP_WRITE : 0);
+}
+
 static void sub_want_write(comet_hub_t *hub, comet_hub_sub_t *s, int on)
 {
     if (!!(s->flags & SUB_WANTWRITE) != !!on) {
         s->flags ^= SUB_WANTWRITE;
-        comet_loop_io_modify(hub->loop, &s->io, COMET_LOOP_READ
-                             | (on ? COMET_LOOP_WRITE : 0));
+        comet_loop_io_modify(hub->loop, &s->io, sub_interest(s));
     }
 }
+
+static void sub_keep(comet_hub_t *hub, comet_hub_sub_t *s);
 
 /* The stream's bytes are all out and it ends: close, once a TLS session
  * has sent its close_notify (bounded by the linger timer).  Returns 1
  * when the subscriber still exists afterwards. */
 static int sub_close(comet_hub_t *hub, comet_hub_sub_t *s)
 {
+    if ((s->flags & SUB_KEEP) && !hub->loop_done && hub->cfg.handback
+        && (!hub->cfg.max_kept
+            || apr_atomic_read32(&hub->kept) < hub->cfg.max_kept)) {
+        /* The subscriber ends; its record becomes the connection's. */
+        sub_keep(hub, s);
+        return 0;
+    }
     if (!hub_io_shutdown(s)) {
         if (!s->tq || s->tq->kind != TQ_LINGER) {
             tq_remove(s);
@@ -1142,6 +1193,29 @@ static void sub_io(comet_loop_t *loop, int fd, int events, void *baton)
     comet_hub_sub_t *s = baton;
     comet_hub_t *hub = s->hub;
     int write_first = 0, ending = s->flags & SUB_ENDING;
+
+    if (s->flags & (SUB_KEPT | SUB_DRAIN)) {
+        kept_io(hub, s, events);
+        return;
+    }
+    if ((s->flags & SUB_KEEP) && (events & COMET_LOOP_READ)) {
+        /* What the client of a connection to keep sends is its next
+         * request: httpd's to read, once the answer is out. */
+        char b;
+        ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK
+                       && errno != EINTR)) {
+            stat_add(&hub->closed_by_client, 1);
+            sub_free(hub, s);
+            return;
+        }
+        if (n > 0) {
+            s->flags |= SUB_INPUT;
+            comet_loop_io_modify(hub->loop, &s->io, sub_interest(s));
+        }
+        events &= ~COMET_LOOP_READ;
+    }
 
     /* A TLS session that had to write before reading on reads again once
      * it could (a WRITE with nothing queued and no end to send). */
@@ -1773,7 +1847,8 @@ static void tq_fire(comet_loop_t *loop, comet_timer_t *timer, void *baton)
 
     while ((s = q->head) && s->deadline <= now) {
         tq_remove(s);
-        if (q->kind == TQ_LINGER) {
+        if (q->kind == TQ_LINGER || q->kind == TQ_KEPT
+            || q->kind == TQ_HEAD || q->kind == TQ_DRAIN) {
             sub_free(hub, s);
         }
         else if (q->kind == TQ_TIMEOUT) {
@@ -2250,12 +2325,204 @@ static const hub_ops_t *ops_of(const comet_hub_sub_t *s)
 
 /* Give a handed-over subscriber its channels, its socket watcher and
  * timer, and then what it is due (from its positions on: a backlog too). */
+/* ---- kept connections ----------------------------------------------------
+ *
+ * A plain HTTP/1.1 long-poll whose head allowed keep-alive (SUB_KEEP) is
+ * not closed after its answer: once the answer has left, its record stays
+ * as a connection (SUB_KEPT) that waits for the client's next request,
+ * without its subscriptions, bounded by cfg.max_kept and timed by
+ * cfg.keep_timeout.  Its input is only peeked at, never read: once a
+ * whole request head waits (or HUB_HEAD_PEEK bytes of one), the socket
+ * goes to cfg.handback, so that httpd reads and serves the request as any
+ * other.  A head that stays partial is timed by cfg.head_timeout.  The
+ * same records serve a lingering close (SUB_DRAIN): input read and
+ * dropped until EOF, at most HUB_DRAIN. */
+
+static void kept_push(comet_hub_t *hub, comet_hub_sub_t *s, int kind,
+                      apr_time_t interval)
+{
+    tq_remove(s);
+    tq_push(tq_get(hub, kind, interval), s, comet_now_mono() + interval);
+}
+
+/* Whether b[0, n) holds the end of a request head. */
+static int head_complete(const char *b, apr_size_t n)
+{
+    const char *p = b, *end = b + n;
+
+    while ((p = memchr(p, '\n', (apr_size_t)(end - p))) != NULL) {
+        p++;
+        if (p < end && *p == '\n') {
+            return 1;
+        }
+        if (p + 1 < end && p[0] == '\r' && p[1] == '\n') {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The answer of a connection to keep has left: the subscriber ends, the
+ * connection stays. */
+static void sub_keep(comet_hub_t *hub, comet_hub_sub_t *s)
+{
+    sub_release(hub, s);
+    ready_remove(hub, s);
+    out_release(hub, s);
+    apr_atomic_dec32(&hub->detached);
+    apr_atomic_dec32(&hub->count);
+    apr_atomic_dec32(&hub->by_transport[tindex(s->transport)]);
+    apr_atomic_inc32(&hub->kept);
+    stat_add(&hub->kept_total, 1);
+    s->flags = (s->flags & (SUB_WATCHED | SUB_LINKED)) | SUB_KEPT;
+    if (comet_loop_io_modify(hub->loop, &s->io,
+                             COMET_LOOP_READ | COMET_LOOP_EDGE)
+        != APR_SUCCESS) {
+        sub_free(hub, s);
+        return;
+    }
+    kept_push(hub, s, TQ_KEPT, hub->cfg.keep_timeout);
+    /* A request that came meanwhile raises no new edge. */
+    kept_io(hub, s, COMET_LOOP_READ);
+}
+
+static void kept_io(comet_hub_t *hub, comet_hub_sub_t *s, int events)
+{
+    char buf[HUB_HEAD_PEEK];
+    ssize_t n;
+    int fd;
+
+    if (s->flags & SUB_DRAIN) {
+        for (;;) {
+            n = recv(s->io.fd, buf, sizeof(buf), MSG_DONTWAIT);
+            if (n > 0) {
+                continue;
+            }
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)
+                && !(events & (COMET_LOOP_HUP | COMET_LOOP_ERROR))) {
+                return;
+            }
+            if (n < 0 && errno == EINTR) {
+                continue;
+            }
+            sub_free(hub, s);
+            return;
+        }
+    }
+    n = recv(s->io.fd, buf, sizeof(buf), MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+        && !(events & (COMET_LOOP_HUP | COMET_LOOP_ERROR))) {
+        return;
+    }
+    if (n <= 0) {
+        sub_free(hub, s);
+        return;
+    }
+    if ((apr_size_t)n < sizeof(buf) && !head_complete(buf, (apr_size_t)n)) {
+        if (events & (COMET_LOOP_HUP | COMET_LOOP_ERROR)) {
+            sub_free(hub, s);
+        }
+        else if (!s->tq || s->tq->kind != TQ_HEAD) {
+            kept_push(hub, s, TQ_HEAD, hub->cfg.head_timeout);
+        }
+        return;     /* the rest raises the next edge */
+    }
+    fd = s->io.fd;
+    comet_loop_io_remove(hub->loop, &s->io);
+    s->flags &= ~SUB_WATCHED;
+    s->io.fd = -1;
+    n = (ssize_t)s->served;
+    sub_free(hub, s);
+    stat_add(&hub->handed_back, 1);
+    if (hub->cfg.handback(hub->cfg.handback_baton, fd, (apr_uint32_t)n)
+        != APR_SUCCESS) {
+        close(fd);
+    }
+}
+
+/* A connection from comet_hub_keep, on the hub thread. */
+static void link_kept(comet_hub_t *hub, comet_hub_sub_t *s)
+{
+    s->flags |= SUB_LINKED;
+    if (hub->loop_done
+        || comet_loop_io_add(hub->loop, &s->io, s->io.fd, COMET_LOOP_READ
+                             | COMET_LOOP_EDGE, sub_io, s) != APR_SUCCESS) {
+        sub_free(hub, s);
+        return;
+    }
+    s->flags |= SUB_WATCHED;
+    if (s->flags & SUB_DRAIN) {
+        kept_push(hub, s, TQ_DRAIN, HUB_DRAIN);
+        kept_io(hub, s, COMET_LOOP_READ);
+        return;
+    }
+    kept_push(hub, s, TQ_KEPT, hub->cfg.keep_timeout);
+    kept_io(hub, s, COMET_LOOP_READ);
+}
+
+static void kept_close_all(comet_hub_t *hub)
+{
+    for (hub_tq_t *q = hub->tqs; q; q = q->next) {
+        if (q->kind == TQ_KEPT || q->kind == TQ_HEAD || q->kind == TQ_DRAIN) {
+            while (q->head) {
+                sub_free(hub, q->head);
+            }
+        }
+    }
+}
+
+apr_status_t comet_hub_keep(comet_hub_t *hub, int fd, apr_uint32_t served,
+                            int drain)
+{
+    comet_hub_sub_t *s = calloc(1, sizeof(*s));
+    hub_handoff_t *h = malloc(sizeof(*h));
+
+    if (!s || !h) {
+        free(s);
+        free(h);
+        return APR_ENOMEM;
+    }
+    s->hub = hub;
+    s->io.fd = fd;
+    s->transport = COMET_T_LONGPOLL;
+    s->served = served;
+    s->flags = drain ? SUB_DRAIN : SUB_KEPT;
+    memset(h, 0, sizeof(*h));
+    h->sub = s;
+    apr_thread_mutex_lock(hub->mu);
+    if (hub->stopping || (!drain && !hub->cfg.handback)
+        || (hub->cfg.max_kept && hub->kept >= hub->cfg.max_kept)) {
+        apr_thread_mutex_unlock(hub->mu);
+        free(s);
+        free(h);
+        return APR_EAGAIN;
+    }
+    apr_atomic_inc32(&hub->kept);
+    if (hub->handoff_tail) {
+        hub->handoff_tail->next = h;
+    }
+    else {
+        hub->handoff = h;
+    }
+    hub->handoff_tail = h;
+    apr_thread_mutex_unlock(hub->mu);
+    if (!drain) {
+        stat_add(&hub->kept_total, 1);
+    }
+    comet_loop_wake(hub->loop);
+    return APR_SUCCESS;
+}
+
 static void link_sub(comet_hub_t *hub, hub_handoff_t *h)
 {
     comet_hub_sub_t *s = h->sub;
     apr_time_t interval = s->deadline;
     unsigned i;
 
+    if (s->flags & (SUB_KEPT | SUB_DRAIN)) {
+        link_kept(hub, s);
+        return;
+    }
     s->deadline = 0;
     s->flags |= SUB_LINKED;
     for (i = 0; i < s->nchan; i++) {
@@ -2287,7 +2554,9 @@ static void link_sub(comet_hub_t *hub, hub_handoff_t *h)
         int fd = s->io.fd, fl = fcntl(fd, F_GETFL);
 
         fcntl(fd, F_SETFL, fl | O_NONBLOCK);
-        if (hub->cfg.sndbuf > 0) {
+        /* (Not for a connection to keep: a long-poll queues one answer,
+         * and the cap would stay for every later response on it.) */
+        if (hub->cfg.sndbuf > 0 && !(s->flags & SUB_KEEP)) {
             setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &hub->cfg.sndbuf,
                        sizeof(hub->cfg.sndbuf));
         }
@@ -2499,6 +2768,8 @@ apr_status_t comet_hub_run(comet_hub_t *hub)
             }
         }
     }
+    /* Kept connections close: no request comes to them any more. */
+    kept_close_all(hub);
     if (hub->cfg.wake_fd >= 0) {
         comet_loop_io_remove(hub->loop, &hub->wake_io);
     }
@@ -2581,6 +2852,9 @@ void comet_hub_stats(comet_hub_t *hub, comet_hub_stats_t *out)
     out->ws_refused = __atomic_load_n(&hub->ws_refused, __ATOMIC_RELAXED);
     out->ws_errors = __atomic_load_n(&hub->ws_errors, __ATOMIC_RELAXED);
     out->ws_timeouts = __atomic_load_n(&hub->ws_timeouts, __ATOMIC_RELAXED);
+    out->kept = apr_atomic_read32(&hub->kept);
+    out->kept_total = __atomic_load_n(&hub->kept_total, __ATOMIC_RELAXED);
+    out->handed_back = __atomic_load_n(&hub->handed_back, __ATOMIC_RELAXED);
 }
 
 struct comet_loop_t *comet_hub_loop(comet_hub_t *hub)
@@ -2646,7 +2920,10 @@ apr_status_t comet_hub_adopt(comet_hub_t *hub, const comet_hub_spec_t *spec,
     s->nchan = (unsigned short)spec->nchan;
     s->tag = spec->tag;
     s->flags = (spec->nchan > 1 ? SUB_MULTI : 0)
-               | (spec->chunked ? SUB_CHUNKED : 0);
+               | (spec->chunked ? SUB_CHUNKED : 0)
+               | (spec->keep && spec->fd >= 0 && !spec->ssl && spec->chunked
+                  && spec->transport == COMET_T_LONGPOLL ? SUB_KEEP : 0);
+    s->served = spec->keep;
     s->deadline = spec->interval;     /* the period, until linked */
     if (spec->head_len) {
         s->head = (char *)&s->m[spec->nchan];

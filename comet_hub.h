@@ -90,6 +90,18 @@ typedef struct comet_hub_config_t {
      * the code that counted them may uncount them).  May be NULL. */
     void         (*on_end)(void *baton, apr_uint32_t tag);
     void          *on_end_baton;
+    /* Kept connections (see comet_hub_keep): a kept connection's next
+     * request head has come whole; fd (blocking mode unchanged: non-
+     * blocking) is the callee's on APR_SUCCESS, else the hub closes it.
+     * served: requests answered on the connection so far.  Called on the
+     * hub thread; must not block.  NULL: no connection is kept. */
+    apr_status_t (*handback)(void *baton, int fd, apr_uint32_t served);
+    void          *handback_baton;
+    apr_uint32_t   max_kept;      /* kept (and draining) connections per
+                                     process; 0: no limit                 */
+    apr_time_t     keep_timeout;  /* a kept connection's idle time        */
+    apr_time_t     head_timeout;  /* from a next request's first byte to
+                                     its whole head                       */
 } comet_hub_config_t;
 
 /* Code that writes a sink subscriber's bytes.
@@ -170,6 +182,11 @@ typedef struct comet_hub_spec_t {
      * poll.  NULL: the head has been sent. */
     const char   *head;
     apr_size_t    head_len;
+    /* A long-poll on a plain socket whose head allowed keep-alive, with
+     * chunked framing: after its answer the connection is kept (see
+     * comet_hub_keep) when cfg.handback is set; the value is the requests
+     * answered on the connection, this one included.  0: closed. */
+    apr_uint32_t  keep;
 } comet_hub_spec_t;
 
 /* The largest head a long-poll may leave to the hub. */
@@ -196,6 +213,19 @@ void comet_hub_stop(comet_hub_t *hub);
  * nothing changed hands.  Any thread; O(nchan), one short lock. */
 apr_status_t comet_hub_adopt(comet_hub_t *hub, const comet_hub_spec_t *spec,
                              comet_hub_sub_t **handle);
+
+/* Take a connection whose last response has left whole, to wait for its
+ * next request (the client's keep-alive): idle for at most
+ * cfg.keep_timeout, its next request head is handed to cfg.handback once
+ * whole.  served: requests answered on it so far.  With drain, the
+ * connection is closing instead (the caller has shut its sending side
+ * down): what the client still sends is read and dropped until it closes,
+ * at most 2 s, so that it reads the whole response rather than a reset.
+ * APR_SUCCESS: the hub owns fd.  APR_EAGAIN (max_kept reached, the hub
+ * stopping, or no handback to keep for): fd is still the caller's.  Any
+ * thread; one short lock. */
+apr_status_t comet_hub_keep(comet_hub_t *hub, int fd, apr_uint32_t served,
+                            int drain);
 
 /* End a sink subscriber (its client left): the hub releases it and calls
  * its close callback soon.  Any thread, until close has been called. */
@@ -247,6 +277,9 @@ typedef struct comet_hub_stats_t {
     apr_uint64_t ws_refused;      /* closed for policy (1003, 1008)       */
     apr_uint64_t ws_errors;       /* closed for protocol (1002/1007/1009) */
     apr_uint64_t ws_timeouts;     /* ended: silent since our last ping    */
+    apr_uint32_t kept;            /* now: kept and draining connections  */
+    apr_uint64_t kept_total;      /* connections kept after an answer     */
+    apr_uint64_t handed_back;     /* next requests handed to httpd        */
 } comet_hub_stats_t;
 
 /* A snapshot of the counters.  Any thread (values are read one by one,

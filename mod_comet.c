@@ -70,6 +70,7 @@
 #include "mod_comet_quota.h"
 #include "mod_comet_takeover.h"
 #include "event_bridge.h"
+#include "mod_comet_keep.h"
 
 #define COMET_SUBSCRIBER_HANDLER "comet-subscriber"
 #define COMET_PUBLISHER_HANDLER  "comet-publisher"
@@ -490,6 +491,7 @@ static void comet_child_init(apr_pool_t *pchild, server_rec *s)
 
     raise_fd_limit();
     hub_config(&cfg, s);
+    comet_keep_child_init(pchild, s, &cfg);
     if (comet_bridge_create(pchild, s, &cfg, &hub, &pub_loop, &pub_pool)
         != APR_SUCCESS) {
         return;

@@ -492,6 +492,12 @@ static const char *set_existing_only(cmd_parms *cmd, void *mconfig, int on)
     return err;
 }
 
+static const char *set_lp_keepalive(cmd_parms *cmd, void *mconfig, int on)
+{
+    ((comet_dir_conf_t *)mconfig)->lp_keepalive = on;
+    return NULL;
+}
+
 static const char *set_tls_detach(cmd_parms *cmd, void *mconfig, int on)
 {
     const char *err = location_only(cmd);
@@ -648,6 +654,10 @@ const command_rec comet_cmds[] = {
     AP_INIT_FLAG("CometSubscribeExistingOnly", set_existing_only, NULL,
                  COMET_DIR_CONF, "Refuse (404) subscriptions to channels "
                  "nobody has published to (default off)"),
+    AP_INIT_FLAG("CometLongPollKeepAlive", set_lp_keepalive, NULL,
+                 COMET_DIR_CONF, "Keep a plain HTTP/1.1 long-poll's "
+                 "connection after its answer, for the client's next "
+                 "request, as KeepAlive allows (default on)"),
     AP_INIT_FLAG("CometTLSDetach", set_tls_detach, NULL, COMET_DIR_CONF,
                  "Take over mod_ssl's TLS session so that TLS subscribers "
                  "are detached like plain ones; off: suspend them "
@@ -707,6 +717,7 @@ void *comet_create_dir_conf(apr_pool_t *p, char *dir)
     dc->client_publish = -1;
     dc->publish_rate = -1;
     dc->publish_burst = -1;
+    dc->lp_keepalive = -1;
     return dc;
 }
 
@@ -744,6 +755,8 @@ void *comet_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
                                                : base->publish_rate;
     dc->publish_burst = add->publish_rate != -1 ? add->publish_burst
                                                 : base->publish_burst;
+    dc->lp_keepalive = add->lp_keepalive != -1 ? add->lp_keepalive
+                                               : base->lp_keepalive;
     return dc;
 }
 
@@ -777,6 +790,11 @@ int comet_dir_max_channels(const comet_dir_conf_t *dc)
 int comet_dir_existing_only(const comet_dir_conf_t *dc)
 {
     return dc->existing_only == 1;
+}
+
+int comet_dir_longpoll_keepalive(const comet_dir_conf_t *dc)
+{
+    return dc->lp_keepalive != 0;
 }
 
 int comet_dir_tls_detach(const comet_dir_conf_t *dc)

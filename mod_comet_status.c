@@ -55,6 +55,7 @@ typedef struct status_slot_t {
     apr_uint32_t tls;               /* ... with a TLS session taken over */
     apr_uint32_t pub_clients;       /* publish socket connections        */
     apr_uint32_t pub_subscribers;   /* of them, in subscribed mode       */
+    apr_uint32_t kept;              /* long-poll connections kept idle   */
     comet_live_t live;              /* kept live (comet_status_live)     */
     apr_uint64_t adopted;
     apr_uint64_t deliveries;
@@ -65,6 +66,8 @@ typedef struct status_slot_t {
     apr_uint64_t ws_published;      /* by WebSocket clients              */
     apr_uint64_t pub_pushes;
     apr_uint64_t pub_dropped_slow;
+    apr_uint64_t kept_total;        /* connections kept after an answer  */
+    apr_uint64_t handed_back;       /* next requests served on them      */
 } status_slot_t;
 
 typedef struct status_shm_t {
@@ -186,6 +189,9 @@ static void write_slot(status_slot_t *sl, comet_hub_t *hub)
     STORE(sl->ws_published, hs.ws_published);
     STORE(sl->pub_clients, ps.clients);
     STORE(sl->pub_subscribers, ps.subscribers);
+    STORE(sl->kept, hs.kept);
+    STORE(sl->kept_total, hs.kept_total);
+    STORE(sl->handed_back, hs.handed_back);
 
     STORE(sl->adopted, hs.adopted);
     STORE(sl->deliveries, hs.deliveries);
@@ -238,7 +244,8 @@ typedef struct status_sums_t {
     apr_uint64_t adopted, deliveries, dropped_slow, pub_commands,
                  pub_publishes, pub_refused, pub_pushes, pub_dropped_slow;
     apr_uint32_t pub_clients, pub_subscribers, connections, processes,
-                 detached, tls;
+                 detached, tls, kept;
+    apr_uint64_t kept_total, handed_back;
     apr_uint32_t suspended, held, mpm_conns, mpm_suspended, gate_waits;
     apr_uint32_t sb_conns, sb_suspended, sb_lingering;
 } status_sums_t;
@@ -307,6 +314,9 @@ static void sum_slots(status_sums_t *sum)
         sum->connections += LOAD(sl->connections);
         sum->detached += LOAD(sl->detached);
         sum->tls += LOAD(sl->tls);
+        sum->kept += LOAD(sl->kept);
+        sum->kept_total += LOAD(sl->kept_total);
+        sum->handed_back += LOAD(sl->handed_back);
         sum->suspended += LOAD(sl->live.suspended);
         sum->held += LOAD(sl->live.held);
         sum->mpm_conns += LOAD(sl->live.mpm_conns);
@@ -372,7 +382,10 @@ int comet_status_hook(request_rec *r, int flags)
                    "CometScoreboardConnections: %u\n"
                    "CometScoreboardSuspended: %u\n"
                    "CometScoreboardLingering: %u\n"
-                   "CometStoreRecoveries: %" APR_UINT64_T_FMT "\n",
+                   "CometStoreRecoveries: %" APR_UINT64_T_FMT "\n"
+                   "CometKept: %u\n"
+                   "CometKeptTotal: %" APR_UINT64_T_FMT "\n"
+                   "CometKeptRequests: %" APR_UINT64_T_FMT "\n",
                    ss.channels, ss.channels_max, ss.messages, cfg.size,
                    ss.bytes_used, ss.bytes_free, ss.subscribers,
                    sum.connections, sum.detached, sum.tls, ss.published,
@@ -381,7 +394,8 @@ int comet_status_hook(request_rec *r, int flags)
                    sum.pub_pushes, sum.pub_dropped_slow, sum.processes,
                    sum.suspended, sum.held, sum.mpm_conns,
                    sum.mpm_suspended, sum.gate_waits, sum.sb_conns,
-                   sum.sb_suspended, sum.sb_lingering, ss.recoveries);
+                   sum.sb_suspended, sum.sb_lingering, ss.recoveries,
+                   sum.kept, sum.kept_total, sum.handed_back);
 #ifdef COMET_FAULT_INJECTION
         /* Test builds only: every invariant of the store, checked under
          * its lock (O(segment)). */
@@ -417,12 +431,17 @@ int comet_status_hook(request_rec *r, int flags)
                    "<dt>Event MPM connections: %u, of which %u suspended"
                    "</dt>\n"
                    "<dt>Store repairs (a process died holding the store's "
-                   "lock): %" APR_UINT64_T_FMT "</dt>\n",
+                   "lock): %" APR_UINT64_T_FMT "</dt>\n"
+                   "<dt>Long-poll connections kept idle for the next "
+                   "request (not the MPM's): %u; kept after an answer: %"
+                   APR_UINT64_T_FMT ", next requests served on them: %"
+                   APR_UINT64_T_FMT "</dt>\n",
                    ss.channels, ss.channels_max, ss.messages, cfg.size,
                    ss.bytes_used, ss.bytes_free, ss.subscribers,
                    sum.connections, ss.published, sum.deliveries,
                    sum.dropped_slow, sum.detached, sum.tls, sum.suspended,
-                   sum.held, sum.mpm_conns, sum.mpm_suspended, ss.recoveries);
+                   sum.held, sum.mpm_conns, sum.mpm_suspended, ss.recoveries,
+                   sum.kept, sum.kept_total, sum.handed_back);
         if (sock) {
             ap_rprintf(r, "<dt>Publish socket %s: %u clients, %"
                        APR_UINT64_T_FMT " publishes since start, %"

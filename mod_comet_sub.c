@@ -72,6 +72,7 @@
 #include "mod_comet_takeover.h"
 #include "mod_comet_ws.h"
 #include "event_bridge.h"
+#include "mod_comet_keep.h"
 #include "comet_frame.h"
 #include "comet_render.h"
 
@@ -549,6 +550,17 @@ static void release_head(request_rec *r, const head_capture_t *hc)
     apr_brigade_cleanup(bb);
 }
 
+/* Whether a detached long-poll's connection may outlive its answer. */
+static int keep_longpoll(const sub_req_t *sr)
+{
+    request_rec *r = sr->r;
+
+    return sr->transport == COMET_T_LONGPOLL && comet_keep_enabled()
+           && comet_dir_longpoll_keepalive(sr->dc)
+           && !ap_ssl_conn_is_ssl(r->connection)
+           && r->proto_num >= HTTP_VERSION(1, 1);
+}
+
 static void fill_spec(sub_req_t *sr, comet_hub_spec_t *spec)
 {
     memset(spec, 0, sizeof(*spec));
@@ -600,6 +612,13 @@ static int park_detached(sub_req_t *sr, comet_hub_t *hub,
     /* httpd chose the framing when it sent the head: chunked for HTTP/1.1
      * unless something ruled it out, else the body ends at close. */
     spec.chunked = r->chunked;
+    /* The head allowed keep-alive (keep_longpoll below): the hub keeps
+     * the connection after the answer; c->keepalives counts the requests
+     * for MaxKeepAliveRequests. */
+    if (sr->transport == COMET_T_LONGPOLL && c->keepalive == AP_CONN_KEEPALIVE
+        && r->chunked && c->keepalives > 0) {
+        spec.keep = (apr_uint32_t)c->keepalives;
+    }
     if (hc && !hc->passed) {
         spec.head = hc->data;
         spec.head_len = hc->len;
@@ -952,10 +971,15 @@ int comet_subscriber_handler(request_rec *r)
         return park_websocket(sr, hub);
     }
 
-    /* A parked subscriber's connection ends with its stream.  Said in the
-     * header rather than by c->keepalive, which would also make httpd
-     * drop the chunked coding that lets a client see a clean end. */
-    apr_table_setn(r->headers_out, "Connection", "close");
+    /* A parked subscriber's connection ends with its stream, but a
+     * detached plain long-poll's may be kept for the next request (as
+     * KeepAlive and the client allow).  Said in the header rather than by
+     * c->keepalive, which would also make httpd drop the chunked coding
+     * that lets a client see a clean end. */
+    detach = can_detach(sr);
+    if (!(detach && keep_longpoll(sr))) {
+        apr_table_setn(r->headers_out, "Connection", "close");
+    }
     stream_headers(sr);
     /* The head and SSE's retry line; everything else is the hub's. */
     if (comet_buf_create(&buf, r->pool, 64, 64) != APR_SUCCESS) {
@@ -964,7 +988,6 @@ int comet_subscriber_handler(request_rec *r)
     if (sr->transport == COMET_T_SSE) {
         comet_frame_sse_retry(buf, 3000);
     }
-    detach = can_detach(sr);
     suspend = !detach && comet_susp_possible(r);
     if (suspend && !comet_susp_reserve(r)) {
         rc = refuse_busy(r, "too many suspended subscribers in this "

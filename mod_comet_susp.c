@@ -89,6 +89,7 @@
 
 #include "mod_comet.h"
 #include "mod_comet_susp.h"
+#include "mod_comet_keep.h"
 #include "mod_comet_status.h"
 #include "comet_loop.h"
 
@@ -945,6 +946,7 @@ int comet_susp_possible(request_rec *r)
     /* The request's filters must lead to the connection's, so that the
      * non-blocking filter added there is on the request's way out. */
     return !r->connection->master && r->connection->cs && susp_g_epochs
+           && !comet_keep_is_kept(r->connection)
            && r->output_filters != r->connection->output_filters
            && ap_mpm_query(AP_MPMQ_IS_ASYNC, &async) == APR_SUCCESS && async
            && susp_my_worker(&p, &t);

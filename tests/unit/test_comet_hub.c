@@ -32,6 +32,19 @@ typedef struct fixture_t {
 
 static fixture_t fx;
 
+/* Kept connections: what hub_start_with gives the next hub (0: none). */
+static apr_time_t fx_keep_timeout;
+static volatile int handed_fd = -1;
+static volatile apr_uint32_t handed_served;
+
+static apr_status_t handback(void *baton, int fd, apr_uint32_t served)
+{
+    (void)baton;
+    handed_served = served;
+    __atomic_store_n(&handed_fd, fd, __ATOMIC_SEQ_CST);
+    return APR_SUCCESS;
+}
+
 /* What on_end was told (hub thread; read by the test after a wait). */
 static volatile apr_uint32_t ended_tag, ended_calls;
 
@@ -82,6 +95,13 @@ static void hub_start_with(apr_size_t max_pending, apr_uint32_t max_subs,
     cfg.max_batch = max_batch;
     cfg.max_subscribers = max_subs;
     cfg.on_end = record_end;
+    if (fx_keep_timeout) {
+        cfg.handback = handback;
+        cfg.keep_timeout = fx_keep_timeout;
+        cfg.head_timeout = fx_keep_timeout;
+        cfg.max_kept = 4;
+    }
+    handed_fd = -1;
     ended_tag = ended_calls = 0;
     /* What WebSocket clients publish through the hub wakes it too. */
     cfg.wake = wake;
@@ -2069,6 +2089,131 @@ START_TEST(websocket_over_tls_reads_frames_publishes_and_closes_1001)
 }
 END_TEST
 
+/* ---- kept connections ------------------------------------------------------- */
+
+static int hub_kept(apr_uint32_t want, apr_uint64_t handed)
+{
+    for (int i = 0; i < 400; i++) {
+        comet_hub_stats_t st;
+
+        comet_hub_stats(fx.hub, &st);
+        if (st.kept == want && st.handed_back == handed) {
+            return 1;
+        }
+        usleep(5000);
+    }
+    return 0;
+}
+
+/* A long-poll to keep, with its head held back. */
+static int adopt_keep(const char *chan)
+{
+    static const char head[] = "HTTP/1.1 200 OK\r\nTransfer-Encoding: "
+                               "chunked\r\n\r\n";
+    comet_chanref_t ref;
+    comet_msgid_t newest;
+    apr_uint64_t seq;
+    comet_hub_spec_t spec;
+    const char *ids[] = { chan };
+    int sv[2];
+
+    ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    ck_assert_int_eq(comet_store_subscribe(fx.st, fx.slot, chan, strlen(chan),
+                                           comet_now_mono(), &ref, &newest),
+                     APR_SUCCESS);
+    seq = newest.seq;
+    memset(&spec, 0, sizeof(spec));
+    spec.fd = sv[0];
+    spec.transport = COMET_T_LONGPOLL;
+    spec.chunked = 1;
+    spec.nchan = 1;
+    spec.refs = &ref;
+    spec.ids = ids;
+    spec.seqs = &seq;
+    spec.interval = apr_time_from_sec(30);
+    spec.head = head;
+    spec.head_len = sizeof(head) - 1;
+    spec.keep = 1;
+    ck_assert_int_eq(comet_hub_adopt(fx.hub, &spec, NULL), APR_SUCCESS);
+    return sv[1];
+}
+
+START_TEST(a_kept_long_poll_connection_hands_its_next_request_back)
+{
+    static const char req[] = "GET /x HTTP/1.1\r\nHost: y\r\n\r\n";
+    char buf[4096], got[64];
+    size_t len = 0;
+    int fd;
+
+    fx_keep_timeout = apr_time_from_sec(30);
+    hub_restart_with(1024 * 1024, 0, 0, 0);
+    fd = adopt_keep("kp");
+    ck_assert(wait_hub_count(1));
+    /* The head waits for the answer. */
+    ck_assert_int_eq(recv(fd, buf, sizeof(buf), MSG_DONTWAIT), -1);
+    publish("kp", "one", NULL);
+    ck_assert(read_until(fd, buf, sizeof(buf), &len, "\r\n0\r\n\r\n",
+                         2000));
+    ck_assert_msg(!strncmp(buf, "HTTP/1.1 200 OK\r\n", 17), "%s", buf);
+    ck_assert_ptr_nonnull(strstr(buf, "\"data\":\"one\""));
+    /* Kept: the subscriber is gone, the connection stays. */
+    ck_assert(hub_kept(1, 0));
+    ck_assert(wait_count("kp", 0));
+    ck_assert(wait_hub_count(0));
+    /* A head that comes in parts is handed back once whole, unread. */
+    ck_assert(write(fd, req, 10) == 10);
+    ck_assert(write(fd, req + 10, sizeof(req) - 11) ==
+              (ssize_t)sizeof(req) - 11);
+    ck_assert(hub_kept(0, 1));
+    ck_assert_int_ge(handed_fd, 0);
+    ck_assert_int_eq(handed_served, 1);
+    ck_assert_int_eq(recv(handed_fd, got, sizeof(got), MSG_DONTWAIT),
+                     (ssize_t)sizeof(req) - 1);
+    close(handed_fd);
+    close(fd);
+    fx_keep_timeout = 0;
+}
+END_TEST
+
+START_TEST(kept_connections_close_when_idle_and_when_the_hub_stops)
+{
+    char buf[4096];
+    size_t len = 0;
+    int fd, fd2;
+
+    fx_keep_timeout = apr_time_from_msec(200);
+    hub_restart_with(1024 * 1024, 0, 0, 0);
+    fd = adopt_keep("ki");
+    ck_assert(wait_hub_count(1));
+    publish("ki", "one", NULL);
+    ck_assert(read_eof(fd, buf, sizeof(buf), &len, 5000));
+    ck_assert_ptr_nonnull(strstr(buf, "\"data\":\"one\""));
+    ck_assert(hub_kept(0, 0));
+    close(fd);
+
+    /* Kept, or given back by the caller; then the hub stops: closed. */
+    fd = adopt_keep("ks");
+    ck_assert(wait_hub_count(1));
+    {
+        int sv[2];
+
+        ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+        ck_assert_int_eq(comet_hub_keep(fx.hub, sv[0], 3, 0), APR_SUCCESS);
+        fd2 = sv[1];
+    }
+    hub_join();
+    len = 0;
+    ck_assert(read_eof(fd, buf, sizeof(buf), &len, 2000));
+    ck_assert_ptr_nonnull(strstr(buf, "\"messages\":[]"));
+    len = 0;
+    ck_assert(read_eof(fd2, buf, sizeof(buf), &len, 2000));
+    ck_assert_int_eq(len, 0);
+    close(fd);
+    close(fd2);
+    fx_keep_timeout = 0;
+}
+END_TEST
+
 Suite *test_comet_hub_suite(void)
 {
     Suite *s = suite_create("comet_hub");
@@ -2083,6 +2228,10 @@ Suite *test_comet_hub_suite(void)
     tcase_add_test(tc,
                    the_adopters_tag_comes_back_once_when_the_subscriber_ends);
     tcase_add_test(tc, long_poll_answers_once_and_ends_the_response);
+    tcase_add_test(tc,
+                   a_kept_long_poll_connection_hands_its_next_request_back);
+    tcase_add_test(tc,
+                   kept_connections_close_when_idle_and_when_the_hub_stops);
     tcase_add_test(tc, long_poll_times_out_with_no_messages_and_the_same_id);
     tcase_add_test(tc, keepalives_flow_on_idle_streams);
     tcase_add_test(tc, messages_published_before_adoption_are_caught_up);
