@@ -149,6 +149,8 @@
 #define SUB_KEPT      0x800  /* kept: waits for the next request           */
 #define SUB_DRAIN     0x1000 /* long-poll's lingering close: drops input
                                 until EOF (never a WebSocket)              */
+#define SUB_POLLWAIT  0x2000 /* long-poll: news came, waiting for more     */
+#define SUB_ANSWER    0x4000 /* long-poll: the wait is over: answer        */
 
 /* sub->noted, under hub->mu: what other threads asked for. */
 #define NOTE_CANCEL   0x1
@@ -204,6 +206,7 @@ struct comet_hub_sub_t {
     apr_uint32_t     head_len;      /* a long-poll's held-back head      */
     apr_uint32_t     served;        /* SUB_KEEP, SUB_KEPT: requests
                                        answered on the connection        */
+    apr_uint32_t     linger_ms;     /* long-poll: wait for more news     */
     char            *head;          /* (after m[], in the same block)    */
     hub_member_t     m[];
     /* A WebSocket's hub_ws_t follows m[nchan] in the same allocation. */
@@ -258,6 +261,7 @@ typedef struct hub_ws_t {
 #define TQ_KEPT      4   /* kept, idle: cfg.keep_timeout                  */
 #define TQ_HEAD      5   /* kept, part of a head came: cfg.head_timeout    */
 #define TQ_DRAIN     6   /* lingering close: HUB_DRAIN                     */
+#define TQ_POLLWAIT  7   /* long-poll with news, lingering: its linger_ms  */
 
 struct hub_tq_t {
     hub_tq_t        *next;
@@ -1416,6 +1420,19 @@ static void batch_build(comet_hub_t *hub, hub_batch_t *b, int transport,
     b->offs[i] = b->buf->len;
 }
 
+/* News reached a long-poll with a linger: wait a little for more, so that
+ * a burst leaves in one answer (tq_fire answers at the end). */
+static void poll_linger(comet_hub_t *hub, comet_hub_sub_t *s)
+{
+    if (!(s->flags & SUB_POLLWAIT)) {
+        apr_time_t t = apr_time_from_msec(s->linger_ms);
+
+        s->flags |= SUB_POLLWAIT;
+        tq_remove(s);
+        tq_push(tq_get(hub, TQ_POLLWAIT, t), s, comet_now_mono() + t);
+    }
+}
+
 /* Hand one round of channel c (rd: the messages of the round) to member
  * m.  Returns 1 when the subscriber still exists afterwards. */
 static int deliver_member(comet_hub_t *hub, hub_chan_t *c, hub_member_t *m,
@@ -1455,6 +1472,12 @@ static int deliver_member(comet_hub_t *hub, hub_chan_t *c, hub_member_t *m,
     if (s->transport == COMET_T_LONGPOLL) {
         const comet_read_t *reads[1024];
 
+        if (s->linger_ms && !(s->flags & SUB_ANSWER)) {
+            /* The member's own read gets all at the linger's end. */
+            m->flags |= M_CATCHUP;
+            poll_linger(hub, s);
+            return 1;
+        }
         for (unsigned i = 0; i < s->nchan; i++) {
             reads[i] = &s->m[i] == m ? rd : NULL;
         }
@@ -1750,13 +1773,15 @@ static int member_catch_up(comet_hub_t *hub, comet_hub_sub_t *s,
 static int poll_refill(comet_hub_t *hub, comet_hub_sub_t *s)
 {
     const comet_read_t *reads[1024];
-    int missed = 0, due = 0, alive = 1;
+    unsigned char fresh[1024];
+    int missed = 0, due = 0, alive = 1, news = 0, deleted = 0;
 
     for (unsigned i = 0; i < s->nchan; i++) {
         hub_member_t *m = &s->m[i];
         comet_read_t *rd;
 
         reads[i] = NULL;
+        fresh[i] = (unsigned char)(m->flags & M_FRESH);
         if (!(m->flags & M_CATCHUP)) {
             continue;
         }
@@ -1771,9 +1796,23 @@ static int poll_refill(comet_hub_t *hub, comet_hub_sub_t *s)
         }
         reads[i] = rd;
         missed |= rd->missed;
+        news |= rd->msgs->nelts > 0;
+        deleted |= rd->deleted;
         due |= rd->msgs->nelts || rd->missed || rd->deleted;
     }
     s->flags &= ~SUB_BEHIND;
+    if (news && !deleted && !missed && s->linger_ms
+        && !(s->flags & SUB_ANSWER)) {
+        /* Read again, with what comes meanwhile, at the linger's end (as
+         * the first read, if this one was). */
+        for (unsigned i = 0; i < s->nchan; i++) {
+            if (reads[i] && reads[i]->msgs->nelts) {
+                s->m[i].flags |= M_CATCHUP | fresh[i];
+            }
+        }
+        poll_linger(hub, s);
+        due = 0;
+    }
     if (due) {
         alive = poll_answer(hub, s, reads, missed);
     }
@@ -1853,6 +1892,14 @@ static void tq_fire(comet_loop_t *loop, comet_timer_t *timer, void *baton)
         }
         else if (q->kind == TQ_TIMEOUT) {
             sub_end(hub, s);
+        }
+        else if (q->kind == TQ_POLLWAIT) {
+            /* The linger is over: all that came, in one answer. */
+            s->flags |= SUB_ANSWER | SUB_BEHIND;
+            if (sub_refill(hub, s) && !(s->flags & SUB_ENDING)) {
+                /* What came is gone (expired): the empty answer. */
+                sub_end(hub, s);
+            }
         }
         else {
             tq_push(q, s, now + q->interval);
@@ -2924,6 +2971,7 @@ apr_status_t comet_hub_adopt(comet_hub_t *hub, const comet_hub_spec_t *spec,
                | (spec->keep && spec->fd >= 0 && !spec->ssl && spec->chunked
                   && spec->transport == COMET_T_LONGPOLL ? SUB_KEEP : 0);
     s->served = spec->keep;
+    s->linger_ms = spec->transport == COMET_T_LONGPOLL ? spec->linger_ms : 0;
     s->deadline = spec->interval;     /* the period, until linked */
     if (spec->head_len) {
         s->head = (char *)&s->m[spec->nchan];

@@ -187,6 +187,10 @@ typedef struct comet_hub_spec_t {
      * comet_hub_keep) when cfg.handback is set; the value is the requests
      * answered on the connection, this one included.  0: closed. */
     apr_uint32_t  keep;
+    /* Long-poll: once news has come, wait this many ms for more before
+     * answering, so that a burst leaves in one answer.  0: answer at
+     * once. */
+    apr_uint32_t  linger_ms;
 } comet_hub_spec_t;
 
 /* The largest head a long-poll may leave to the hub. */

@@ -492,6 +492,21 @@ static const char *set_existing_only(cmd_parms *cmd, void *mconfig, int on)
     return err;
 }
 
+static const char *set_lp_linger(cmd_parms *cmd, void *mconfig,
+                                 const char *arg)
+{
+    char *end;
+    long v = strtol(arg, &end, 10);
+
+    if (end == arg || *end || v < 0 || v > 10000) {
+        return apr_psprintf(cmd->pool, "%s: '%s' is not a number of "
+                            "milliseconds from 0 to 10000", cmd->cmd->name,
+                            arg);
+    }
+    ((comet_dir_conf_t *)mconfig)->lp_linger = v;
+    return NULL;
+}
+
 static const char *set_lp_keepalive(cmd_parms *cmd, void *mconfig, int on)
 {
     ((comet_dir_conf_t *)mconfig)->lp_keepalive = on;
@@ -654,6 +669,10 @@ const command_rec comet_cmds[] = {
     AP_INIT_FLAG("CometSubscribeExistingOnly", set_existing_only, NULL,
                  COMET_DIR_CONF, "Refuse (404) subscriptions to channels "
                  "nobody has published to (default off)"),
+    AP_INIT_TAKE1("CometLongPollLinger", set_lp_linger, NULL, COMET_DIR_CONF,
+                  "Milliseconds a long-poll with news waits for more before "
+                  "answering, so that a burst leaves in one answer (default "
+                  "0: at once)"),
     AP_INIT_FLAG("CometLongPollKeepAlive", set_lp_keepalive, NULL,
                  COMET_DIR_CONF, "Keep a plain HTTP/1.1 long-poll's "
                  "connection after its answer, for the client's next "
@@ -718,6 +737,7 @@ void *comet_create_dir_conf(apr_pool_t *p, char *dir)
     dc->publish_rate = -1;
     dc->publish_burst = -1;
     dc->lp_keepalive = -1;
+    dc->lp_linger = -1;
     return dc;
 }
 
@@ -757,6 +777,7 @@ void *comet_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
                                                 : base->publish_burst;
     dc->lp_keepalive = add->lp_keepalive != -1 ? add->lp_keepalive
                                                : base->lp_keepalive;
+    dc->lp_linger = add->lp_linger != -1 ? add->lp_linger : base->lp_linger;
     return dc;
 }
 
@@ -790,6 +811,11 @@ int comet_dir_max_channels(const comet_dir_conf_t *dc)
 int comet_dir_existing_only(const comet_dir_conf_t *dc)
 {
     return dc->existing_only == 1;
+}
+
+apr_uint32_t comet_dir_longpoll_linger(const comet_dir_conf_t *dc)
+{
+    return dc->lp_linger > 0 ? (apr_uint32_t)dc->lp_linger : 0;
 }
 
 int comet_dir_longpoll_keepalive(const comet_dir_conf_t *dc)

@@ -30,6 +30,7 @@ typedef struct comet_dir_conf_t {
                                           unset                          */
     int           tls_detach;          /* CometTLSDetach; -1 unset       */
     int           lp_keepalive;        /* CometLongPollKeepAlive; -1     */
+    long          lp_linger;           /* CometLongPollLinger ms; -1     */
     int           http2;               /* CometHTTP2 (COMET_H2_*); 0 unset */
     int           client_publish;      /* CometClientPublish; -1 unset   */
     ap_expr_info_t *client_identity;   /* CometClientIdentity; NULL none */
@@ -66,6 +67,7 @@ int comet_dir_max_channels(const comet_dir_conf_t *dc);
 int comet_dir_existing_only(const comet_dir_conf_t *dc);
 int comet_dir_tls_detach(const comet_dir_conf_t *dc);
 int comet_dir_longpoll_keepalive(const comet_dir_conf_t *dc);
+apr_uint32_t comet_dir_longpoll_linger(const comet_dir_conf_t *dc);
 int comet_dir_http2(const comet_dir_conf_t *dc);
 /* The name of a COMET_H2_* value, as CometHTTP2 takes it. */
 const char *comet_config_http2_name(int policy);

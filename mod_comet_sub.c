@@ -575,6 +575,8 @@ static void fill_spec(sub_req_t *sr, comet_hub_spec_t *spec)
                      ? comet_dir_subscriber_timeout(sr->dc)
                      : comet_dir_keepalive(sr->dc);
     spec->tag = sr->quota_tag;
+    spec->linger_ms = sr->transport == COMET_T_LONGPOLL
+                      ? comet_dir_longpoll_linger(sr->dc) : 0;
 }
 
 static int park_detached(sub_req_t *sr, comet_hub_t *hub,

@@ -28,7 +28,9 @@ static void start(void)
     memset(&o, 0, sizeof(o));
     o.extra =
         "<Location /lp3/>\n  SetHandler comet-subscriber\n"
-        "  CometSubscriberTimeout 3\n</Location>\n";
+        "  CometSubscriberTimeout 3\n</Location>\n"
+        "<Location /linger/>\n  SetHandler comet-subscriber\n"
+        "  CometLongPollLinger 2000\n</Location>\n";
     ck_assert_int_eq(it_server_start(&srv, &o), 0);
 }
 
@@ -116,6 +118,57 @@ START_TEST(streams_and_immediate_answers_send_their_head_at_once)
     ck_assert_int_eq(res->status, 200);
     ck_assert_ptr_nonnull(strstr(res->body, "\"data\":\"kept\""));
     free(res);
+}
+END_TEST
+
+/* ---- CometLongPollLinger ------------------------------------------------------ */
+
+START_TEST(a_lingering_long_poll_answers_a_burst_in_one_answer)
+{
+    it_sub_t s;
+    it_rpub_t pub;
+    it_response_t *res = malloc(sizeof(*res));
+    struct pollfd p;
+    const char *b1, *b2, *b3;
+
+    ck_assert_int_eq(it_sub_send(&s, srv.port, "/linger/burst", NULL), 0);
+    ck_assert(it_wait_subscribers(srv.port, "burst", 1));
+    it_rpub_init(&pub, srv.socket_path);
+    ck_assert_int_eq(it_rpub_publish(&pub, "burst", "b1", 2, 10000), 1);
+    /* The first message does not answer: the poll lingers (2 s). */
+    p.fd = s.fd;
+    p.events = POLLIN;
+    ck_assert_int_eq(poll(&p, 1, 300), 0);
+    ck_assert_int_ge(it_rpub_publish(&pub, "burst", "b2", 2, 10000), 0);
+    ck_assert_int_ge(it_rpub_publish(&pub, "burst", "b3", 2, 10000), 0);
+    it_rpub_close(&pub);
+    ck_assert_int_eq(it_read_until(s.fd, s.buf, IT_SUB_BUFSZ, &s.len, 0,
+                                   "\r\n0\r\n\r\n", 10000), 1);
+    ck_assert_int_eq(it_parse_response(s.buf, s.len, res), 0);
+    ck_assert_int_eq(res->status, 200);
+    b1 = strstr(res->body, "\"data\":\"b1\"");
+    b2 = strstr(res->body, "\"data\":\"b2\"");
+    b3 = strstr(res->body, "\"data\":\"b3\"");
+    ck_assert_msg(b1 && b2 && b3 && b1 < b2 && b2 < b3, "got %s", res->body);
+    it_sub_close(&s);
+    free(res);
+}
+END_TEST
+
+START_TEST(a_bad_linger_is_refused_naming_the_directive)
+{
+    char out[8192];
+    it_opts_t o;
+
+    memset(&o, 0, sizeof(o));
+    o.extra = "<Location /x/>\n  SetHandler comet-subscriber\n"
+              "  CometLongPollLinger soon\n</Location>\n";
+    ck_assert_int_ne(it_server_try(&o, 0, out, sizeof(out)), 0);
+    ck_assert_msg(strstr(out, "CometLongPollLinger: 'soon'"), "%s", out);
+    o.extra = "<Location /x/>\n  SetHandler comet-subscriber\n"
+              "  CometLongPollLinger 10001\n</Location>\n";
+    ck_assert_int_ne(it_server_try(&o, 0, out, sizeof(out)), 0);
+    ck_assert_msg(strstr(out, "0 to 10000"), "%s", out);
 }
 END_TEST
 
@@ -643,6 +696,8 @@ Suite *test_longpoll_suite(void)
     tcase_add_test(tc,
         a_long_poll_that_times_out_sends_its_head_with_the_empty_answer);
     tcase_add_test(tc, streams_and_immediate_answers_send_their_head_at_once);
+    tcase_add_test(tc, a_lingering_long_poll_answers_a_burst_in_one_answer);
+    tcase_add_test(tc, a_bad_linger_is_refused_naming_the_directive);
     suite_add_tcase(s, tc);
 
     tcase_set_timeout(kept, 300);

@@ -2089,6 +2089,48 @@ START_TEST(websocket_over_tls_reads_frames_publishes_and_closes_1001)
 }
 END_TEST
 
+START_TEST(a_lingering_long_poll_answers_what_came_meanwhile_at_once)
+{
+    const char *ids[] = { "lg" };
+    comet_chanref_t ref;
+    comet_msgid_t newest;
+    apr_uint64_t seq;
+    comet_hub_spec_t spec;
+    char buf[4096];
+    size_t len = 0;
+    struct pollfd p;
+    int sv[2];
+
+    ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    ck_assert_int_eq(comet_store_subscribe(fx.st, fx.slot, "lg", 2,
+                                           comet_now_mono(), &ref, &newest),
+                     APR_SUCCESS);
+    seq = newest.seq;
+    memset(&spec, 0, sizeof(spec));
+    spec.fd = sv[0];
+    spec.transport = COMET_T_LONGPOLL;
+    spec.chunked = 1;
+    spec.nchan = 1;
+    spec.refs = &ref;
+    spec.ids = ids;
+    spec.seqs = &seq;
+    spec.interval = apr_time_from_sec(30);
+    spec.linger_ms = 1000;
+    ck_assert_int_eq(comet_hub_adopt(fx.hub, &spec, NULL), APR_SUCCESS);
+    ck_assert(wait_hub_count(1));
+    publish("lg", "a", NULL);
+    p.fd = sv[1];
+    p.events = POLLIN;
+    ck_assert_int_eq(poll(&p, 1, 200), 0);
+    publish("lg", "b", NULL);
+    ck_assert(read_eof(sv[1], buf, sizeof(buf), &len, 5000));
+    ck_assert_msg(strstr(buf, "\"data\":\"a\"},") && strstr(buf,
+                  "\"data\":\"b\"}]}"), "got %s", buf);
+    ck_assert(wait_count("lg", 0));
+    close(sv[1]);
+}
+END_TEST
+
 /* ---- kept connections ------------------------------------------------------- */
 
 static int hub_kept(apr_uint32_t want, apr_uint64_t handed)
@@ -2228,6 +2270,8 @@ Suite *test_comet_hub_suite(void)
     tcase_add_test(tc,
                    the_adopters_tag_comes_back_once_when_the_subscriber_ends);
     tcase_add_test(tc, long_poll_answers_once_and_ends_the_response);
+    tcase_add_test(tc,
+                   a_lingering_long_poll_answers_what_came_meanwhile_at_once);
     tcase_add_test(tc,
                    a_kept_long_poll_connection_hands_its_next_request_back);
     tcase_add_test(tc,
