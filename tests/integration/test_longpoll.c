@@ -674,8 +674,14 @@ START_TEST(fifty_thousand_poll_cycles_leave_memory_and_descriptors_flat)
             "children RssAnon %ld -> %ld kB, descriptors %ld -> %ld; %ld "
             "requests on kept connections\n", N, rss0, rss1, fds0, fds1,
             it_status_value(s.port, "CometKeptRequests"));
-    ck_assert_int_le(fds1, fds0);
-    ck_assert_int_le(rss1 - rss0, 2048);
+    ck_assert_msg(fds1 <= fds0, "descriptors grew from %ld to %ld", fds0,
+                  fds1);
+    /* (Under AddressSanitizer freed memory waits in its quarantine, up to
+     * 256 MB: RSS says nothing there; ASan itself checks the heap.) */
+    if (!getenv("COMET_ASAN")) {
+        ck_assert_msg(rss1 - rss0 <= 2048, "RssAnon grew from %ld to %ld kB",
+                      rss0, rss1);
+    }
     for (int i = 0; i < N; i++) {
         close(ks[i].fd);
     }
