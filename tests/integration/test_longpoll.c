@@ -17,6 +17,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "comet_buf.h"
+#include "comet_ws.h"
 #include "harness.h"
 
 static it_server_t srv;
@@ -408,6 +410,55 @@ START_TEST(access_control_applies_to_every_request_on_a_kept_connection)
 }
 END_TEST
 
+/* A WebSocket upgrade as the next request on a kept connection: httpd
+ * serves it as on any connection (101), and the socket becomes a
+ * WebSocket of the hub's that receives, pings and closes as any other;
+ * the kept record is gone (a WebSocket is never a kept long-poll). */
+START_TEST(a_websocket_upgrade_on_a_kept_connection_becomes_a_websocket)
+{
+    static const unsigned char mask[4] = { 1, 2, 3, 4 };
+    it_server_t s;
+    lp_conn_t *k = malloc(sizeof(*k));
+    char mem[64];
+    comet_buf_t b;
+    size_t from;
+
+    kept_start(&s, NULL);
+    lp_open(k, s.port);
+    poll_answered(&s, k, "/sub/kw", "kw", "m1", NULL, 1);
+    ck_assert(it_wait_status(s.port, "CometKept", 1));
+    ck_assert_int_eq(it_sendf(k->fd, "GET /sub/kw HTTP/1.1\r\nHost: x\r\n"
+                              "Upgrade: websocket\r\nConnection: Upgrade"
+                              "\r\nSec-WebSocket-Key: "
+                              "dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                              "Sec-WebSocket-Version: 13\r\n\r\n"), 0);
+    k->len = 0;
+    ck_assert_int_eq(it_read_until(k->fd, k->buf, sizeof(k->buf), &k->len, 0,
+                                   "\r\n\r\n", 10000), 1);
+    ck_assert_msg(!strncmp(k->buf, "HTTP/1.1 101 ", 13), "%s", k->buf);
+    ck_assert(strcasestr(k->buf, "Sec-WebSocket-Accept: "
+                         "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+    /* Now a WebSocket subscriber, no longer a kept connection. */
+    ck_assert(it_wait_subscribers(s.port, "kw", 1));
+    ck_assert(it_wait_status(s.port, "CometKept", 0));
+    from = k->len;
+    ck_assert_int_eq(it_publish(s.port, "kw", "over the socket", NULL, NULL,
+                                0), 201);
+    ck_assert_int_eq(it_read_until(k->fd, k->buf, sizeof(k->buf), &k->len,
+                                   from, "over the socket", 10000), 1);
+    /* Our close frame: the server answers it and closes. */
+    comet_buf_wrap(&b, mem, sizeof(mem));
+    comet_ws_frame_client(&b, COMET_WS_OP_CLOSE, 1, 0, mask, "\x03\xe8", 2);
+    ck_assert_int_eq(it_send(k->fd, b.data, b.len), 0);
+    ck_assert_int_eq(it_read_to_close(k->fd, k->buf, sizeof(k->buf), &k->len,
+                                      10000), 1);
+    ck_assert(it_wait_subscribers(s.port, "kw", 0));
+    close(k->fd);
+    free(k);
+    it_server_stop(&s);
+}
+END_TEST
+
 START_TEST(an_idle_kept_connection_is_closed_after_keepalivetimeout)
 {
     it_server_t s;
@@ -715,6 +766,8 @@ Suite *test_longpoll_suite(void)
     tcase_add_test(kept,
         an_idle_kept_connection_is_closed_after_keepalivetimeout);
     tcase_add_test(kept, a_slow_reader_on_a_kept_connection_holds_no_worker);
+    tcase_add_test(kept,
+                   a_websocket_upgrade_on_a_kept_connection_becomes_a_websocket);
     tcase_add_test(kept, restart_and_stop_close_kept_connections);
     tcase_add_test(kept,
         fifty_thousand_poll_cycles_leave_memory_and_descriptors_flat);
