@@ -64,6 +64,8 @@ const char *comet_strerror(apr_status_t rv, char *buf, apr_size_t len)
     case COMET_EQUOTA:
         return "the subscribers' share of the store is used up (the rest "
                "is kept for publishers)";
+    case COMET_ESTALE:
+        return "the channel's position is not the one expected";
     default:
         if (COMET_IS_ERROR(rv)) {
             return "unknown mod_comet error code";

@@ -34,6 +34,7 @@
 #define COMET_EPROTO      (APR_OS_START_USERERR + 8)  /* peer broke protocol  */
 #define COMET_ERESERVED   (APR_OS_START_USERERR + 9)  /* name is the server's */
 #define COMET_EQUOTA      (APR_OS_START_USERERR + 10) /* share or quota used  */
+#define COMET_ESTALE      (APR_OS_START_USERERR + 11) /* position moved on    */
 
 /* True for the codes above: httpd's log would call them "APR does not
  * understand this error code", so the glue logs comet_strerror's text. */

@@ -166,12 +166,13 @@
 enum {
     STORE_OP_NONE = 0, STORE_OP_PUBLISH, STORE_OP_SUBSCRIBE,
     STORE_OP_UNSUBSCRIBE, STORE_OP_DELETE, STORE_OP_READ, STORE_OP_SLOT,
-    STORE_OP_DRAIN, STORE_OP_SWEEP, STORE_OP_LIMITS, STORE_OP_REPAIR
+    STORE_OP_DRAIN, STORE_OP_SWEEP, STORE_OP_LIMITS, STORE_OP_REPAIR,
+    STORE_OP_FEED
 };
 
 static const char *const store_op_names[] = {
     "none", "publish", "subscribe", "unsubscribe", "delete", "read",
-    "slot change", "drain", "sweep", "limits", "repair"
+    "slot change", "drain", "sweep", "limits", "repair", "feed"
 };
 
 /* The compiler must not move shared stores across this point: a process
@@ -237,7 +238,7 @@ typedef struct store_chan_t {
     apr_uint32_t msg_count;
     apr_uint32_t subs_blk;
     apr_uint32_t subs_total;
-    apr_uint32_t pad;
+    apr_uint32_t fed;           /* 1: its seqs come from comet_store_feed */
     apr_uint64_t bytes;         /* payload bytes stored */
     apr_uint64_t last_seq;      /* newest seq ever published here */
     apr_uint64_t evicted_seq;   /* highest seq dropped from the buffer */
@@ -705,14 +706,15 @@ apr_status_t comet_store_format(comet_store_t **pst, void *base,
     h->max_channel_id = (apr_uint32_t)cfg->max_channel_id;
     limits_store(h, cfg);
 
-    do {
+    h->epoch = cfg->epoch;
+    while (h->epoch == 0) {
         rv = apr_generate_random_bytes((unsigned char *)&h->epoch,
                                        sizeof(h->epoch));
         if (rv != APR_SUCCESS) {
             comet_log(COMET_LOG_ERR, rv, "store: no random epoch");
             return rv;
         }
-    } while (h->epoch == 0);
+    }
     rv = apr_generate_random_bytes((unsigned char *)&h->seed, sizeof(h->seed));
     if (rv != APR_SUCCESS) {
         return rv;
@@ -1096,6 +1098,7 @@ static apr_uint32_t chan_create(comet_store_t *st, const char *id,
     ch->last_seq = 0;
     ch->evicted_seq = 0;
     ch->floor_seq = h->reclaimed_seq;
+    ch->fed = 0;
     ch->published = 0;
     ch->last_publish = 0;
     ch->touched = now;
@@ -1617,6 +1620,7 @@ void comet_store_get_config(comet_store_t *st, comet_store_config_t *cfg)
     cfg->max_channel_id = h->max_channel_id;
     cfg->channel_idle = h->channel_idle;
     cfg->max_procs = st->max_procs;
+    cfg->epoch = st->epoch;
     store_unlock(st);
 }
 
@@ -2330,17 +2334,19 @@ static void read_locked(comet_store_t *st, apr_uint32_t idx,
     }
     chan_trim(st, ch, now, st->hdr->buffer_length);
 
-    /* The rule documented at comet_store_read. */
+    /* The rule documented at comet_store_read (and, for a fed channel,
+     * at comet_store_feed). */
     if (after.epoch == 0 && after.seq == 0) {
         from = 0;
     }
-    else if (after.epoch != st->epoch || after.seq > st->hdr->seq) {
+    else if (after.epoch != st->epoch
+             || after.seq > (ch->fed ? ch->last_seq : st->hdr->seq)) {
         out->missed = 1;
         from = 0;
     }
     else {
         from = after.seq;
-        if (from && from < ch->floor_seq) {
+        if (from && !ch->fed && from < ch->floor_seq) {
             out->missed = 1;
         }
     }
@@ -3193,4 +3199,235 @@ apr_status_t comet_store_check(comet_store_t *st, char *why, apr_size_t len)
     bad = store_scan(st, 0, why, len);
     store_unlock(st);
     return bad ? COMET_ECORRUPT : APR_SUCCESS;
+}
+
+/* ------------------------------------------------------------------ */
+/* Feeding (see comet_store.h)                                         */
+/* ------------------------------------------------------------------ */
+
+/* Drop every message of ch and move it to seq: all up to seq counts as
+ * evicted.  The order keeps a reader of a half-done move from being told
+ * nothing: first the counter (the repair's bound), then fed and the
+ * newest seq (a reader beyond it is told it missed some), then the
+ * evicted mark (a reader below it is told so too). */
+static void feed_move(comet_store_t *st, store_chan_t *ch, apr_uint64_t seq)
+{
+    store_hdr_t *h = st->hdr;
+
+    while (ch->msg_head != STORE_NIL) {
+        chan_evict_head(st, ch);
+    }
+    if (seq > h->seq) {
+        h->seq = seq;
+    }
+    STORE_ORDER();
+    ch->fed = 1;
+    STORE_ORDER();
+    ch->last_seq = seq;
+    STORE_ORDER();
+    ch->evicted_seq = seq;
+    STORE_ORDER();
+    STORE_HOOK(COMET_STORE_HOOK_FEED_MOVED);
+}
+
+/* Append a message with the feeder's seq (> ch->last_seq, and the
+ * counter raised to it), as comet_store_publish appends. */
+static void feed_append(comet_store_t *st, store_chan_t *ch,
+                        const comet_store_feed_t *f, apr_uint32_t need,
+                        apr_uint32_t sum, apr_time_t mono, apr_time_t wall)
+{
+    store_hdr_t *h = st->hdr;
+    apr_uint32_t first, last;
+    store_msg_t *m;
+    store_cur_t c;
+
+    if (f->seq > h->seq) {
+        h->seq = f->seq;
+    }
+    STORE_ORDER();
+    first = blk_alloc(st, need, &last);
+    STORE_HOOK(COMET_STORE_HOOK_ALLOC);
+    m = MSG(st, first);
+    m->magic = 0;
+    m->next_msg = STORE_NIL;
+    m->last = last;
+    m->data_len = (apr_uint32_t)f->data_len;
+    m->event_len = (apr_uint16_t)f->event_len;
+    m->seq = f->seq;
+    m->mono = mono;
+    m->wall = wall;
+    m->sum = sum;
+    cur_init(&c, st, first, 1);
+    cur_write(&c, f->event, f->event_len, 1);
+    cur_write(&c, f->data, f->data_len, 1);
+    STORE_ORDER();
+    m->magic = STORE_MSG_MAGIC;
+    STORE_ORDER();
+    if (ch->msg_tail != STORE_NIL) {
+        MSG(st, ch->msg_tail)->next_msg = first;
+    }
+    else {
+        ch->msg_head = first;
+    }
+    STORE_ORDER();
+    STORE_HOOK(COMET_STORE_HOOK_LINKED);
+    ch->msg_tail = first;
+    ch->msg_count++;
+    ch->bytes += f->data_len;
+    ch->last_seq = f->seq;
+    ch->published++;
+    ch->last_publish = wall;
+    h->messages++;
+    h->published++;
+    if (h->message_timeout > 0) {
+        due_lower(h, time_add(mono, h->message_timeout));
+    }
+}
+
+static void pos_fill(const store_chan_t *ch, comet_store_pos_t *pos)
+{
+    if (pos) {
+        pos->last = ch->last_seq;
+        pos->fed = ch->fed != 0;
+        pos->subscribers = ch->subs_total;
+        pos->slot_subscribers = 0;
+    }
+}
+
+apr_status_t comet_store_feed(comet_store_t *st, const comet_store_feed_t *f,
+                              apr_time_t now, comet_wake_fn *wake,
+                              void *baton, comet_store_pos_t *pos)
+{
+    store_hdr_t *h = st->hdr;
+    apr_uint32_t hash, idx, need = 0, sum = 0;
+    apr_interval_time_t age;
+    apr_time_t wall;
+    store_chan_t *ch;
+    store_wake_t w;
+    int contiguous, pass;
+    apr_status_t rv;
+
+    if (!f || (f->has_msg && (f->seq == 0 || (f->data_len && !f->data)))) {
+        return APR_EINVAL;
+    }
+    if (comet_channel_id_check(f->channel, f->channel_len,
+                               h->max_channel_id) != APR_SUCCESS) {
+        return COMET_EBADCHAN;
+    }
+    if (f->has_msg) {
+        store_sum_t ss;
+
+        if ((rv = event_check(f->event, f->event_len)) != APR_SUCCESS
+            && rv != COMET_ERESERVED) {
+            /* Reserved names are refused where messages enter (the
+             * publishers of the source); a copy takes what it is given. */
+            return rv;
+        }
+        if (f->data_len > h->max_message_size) {
+            return COMET_ETOOBIG;
+        }
+        need = msg_blocks(f->event_len + f->data_len);
+        sum_init(&ss);
+        sum_update(&ss, f->event, f->event_len);
+        sum_update(&ss, f->data, f->data_len);
+        sum = sum_final(&ss);
+    }
+    age = f->age > 0 ? f->age : 0;
+    if (age > now) {
+        age = now;
+    }
+    wall = apr_time_now() - age;
+    hash = id_hash(h->seed, f->channel, f->channel_len);
+    wake_init(st, &w);
+
+    if ((rv = store_lock(st)) != APR_SUCCESS) {
+        return rv;
+    }
+    op_begin(st, STORE_OP_FEED);
+    idx = chan_lookup(st, f->channel, f->channel_len, hash);
+    if (idx == STORE_NIL) {
+        op_end(st);
+        store_unlock(st);
+        return COMET_ENOCHAN;
+    }
+    ch = CH(st, idx);
+    if ((ch->fed != 0) != (f->expect_fed != 0)
+        || (ch->fed && ch->last_seq != f->expect_last)) {
+        pos_fill(ch, pos);
+        op_end(st);
+        store_unlock(st);
+        return COMET_ESTALE;
+    }
+    rv = APR_SUCCESS;
+    contiguous = ch->fed && f->seq == ch->last_seq + 1;
+    if (!f->has_msg) {
+        if (!ch->fed || ch->last_seq != f->seq) {
+            feed_move(st, ch, f->seq);
+            chan_notify(st, idx, &w, now);
+        }
+    }
+    else {
+        for (pass = 0; pass < 2; pass++) {
+            chan_trim(st, ch, now, STORE_NIL);
+            if (h->free_blocks + (contiguous ? evict_gain(st, ch)
+                                             : 0) >= need) {
+                break;
+            }
+            if (!contiguous) {
+                /* Its own messages go anyway: count them as room. */
+                apr_uint32_t b, own = 0;
+
+                for (b = ch->msg_head; b != STORE_NIL;
+                     b = MSG(st, b)->next_msg) {
+                    own += msg_blocks(msg_payload(MSG(st, b)));
+                }
+                if (h->free_blocks + own >= need) {
+                    break;
+                }
+            }
+            if (pass == 0) {
+                store_make_room(st, now);
+            }
+        }
+        if (pass == 2) {
+            feed_move(st, ch, f->seq);
+            rv = COMET_EFULL;
+        }
+        else {
+            if (!contiguous) {
+                feed_move(st, ch, f->seq - 1);
+            }
+            chan_trim(st, ch, now, h->buffer_length - 1);
+            feed_append(st, ch, f, need, sum, now - age, wall);
+        }
+        ch->touched = now;
+        chan_notify(st, idx, &w, now);
+    }
+    kick_pending(st, &w, now, 0);
+    pos_fill(ch, pos);
+    op_end(st);
+    store_unlock(st);
+    wake_run(&w, wake, baton);
+    return rv;
+}
+
+apr_status_t comet_store_position(comet_store_t *st, apr_uint32_t slot,
+                                  const char *channel, apr_size_t len,
+                                  comet_store_pos_t *pos)
+{
+    apr_uint32_t idx;
+    store_chan_t *ch;
+    store_subent_t *e;
+    apr_status_t rv;
+
+    if ((rv = lock_existing(st, channel, len, &idx)) != APR_SUCCESS) {
+        return rv;
+    }
+    ch = CH(st, idx);
+    pos_fill(ch, pos);
+    if (slot < st->max_procs && (e = sub_find(st, ch, slot, NULL)) != NULL) {
+        pos->slot_subscribers = e->count;
+    }
+    store_unlock(st);
+    return APR_SUCCESS;
 }

@@ -79,6 +79,10 @@ typedef struct comet_store_config_t {
                                        its last subscriber/message (60 s)  */
     apr_uint32_t max_procs;         /* process slots (httpd ServerLimit),
                                        1..COMET_STORE_MAX_PROCS (16)       */
+    apr_uint32_t epoch;             /* 0: drawn at random when formatted
+                                       (the embedded store); else this one
+                                       (stores fed by comet_store_feed
+                                       that must agree on ids, see there) */
 } comet_store_config_t;
 
 /* Fill cfg with the documented defaults for a segment of size bytes.  Any
@@ -98,7 +102,8 @@ apr_size_t comet_store_min_size(const comet_store_config_t *cfg);
  * process slots subscribed. */
 
 /* Format a new store in [base, base + cfg->size) (base 8-byte aligned, as
- * apr_shm_baseaddr_get gives it): draws a new epoch.
+ * apr_shm_baseaddr_get gives it): draws a new epoch, unless cfg->epoch
+ * names one.
  * Caller: the start-up code of the one process that creates the segment
  * (httpd's parent), before any other process or thread uses it.  The
  * handle lives in p. */
@@ -278,6 +283,79 @@ apr_status_t comet_store_publish(comet_store_t *st,
 apr_status_t comet_store_delete(comet_store_t *st, const char *channel,
                                 apr_size_t len, comet_wake_fn *wake,
                                 void *baton, apr_uint32_t *receivers);
+
+/* ---- feeding: messages whose ids come from elsewhere ---------------------
+ *
+ * A store may also be a copy of channels kept somewhere else (in the
+ * module: Redis, shared by several servers).  The ids of such a channel are
+ * not drawn from the store's counter: they come with the messages, the
+ * same on every server, and a copy must hold them in order, each once,
+ * and say when it lost some.  comet_store_feed is that one operation; a
+ * channel that got a message or a position from it is "fed" from then on.
+ *
+ * It works like a compare-and-set on the channel's position (its newest
+ * seq, and whether it is fed), so that several feeders (a process each)
+ * can feed one store without a lock of their own: each says what position
+ * it believes the channel has; if another feeder moved it since, nothing
+ * changes and COMET_ESTALE returns the position as it is, to decide anew
+ * (most often: the message is there already).
+ *
+ * What a feed does, given the position it expected:
+ *   - a message with seq = newest + 1 of a fed channel is appended, as a
+ *     publish would (evicting beyond buffer_length, waking the slots that
+ *     have subscribers on it);
+ *   - any other message (a gap: messages between were lost; or the first
+ *     message of a channel not yet fed; or a seq lower than the newest:
+ *     the ids started anew) first drops every message the channel holds
+ *     and moves the channel to seq - 1, with everything up to it counted
+ *     as evicted, then appends;
+ *   - a position without a message (has_msg 0) does the same drop and
+ *     move to seq itself, unless the channel is fed and there already.
+ * Readers of a fed channel (comet_store_read) are told they missed
+ * messages when their position is below what was dropped, or beyond the
+ * channel's newest (an id the copy cannot place: from before the ids
+ * started anew, or not yet fed).  The epoch of every id is the store's:
+ * give the stores that feed from one source the same cfg->epoch.
+ */
+typedef struct comet_store_feed_t {
+    const char  *channel;  apr_size_t channel_len;
+    int          has_msg;           /* 0: only the position (seq)        */
+    apr_uint64_t seq;               /* the message's, or the position    */
+    const char  *data;     apr_size_t data_len;
+    const char  *event;    apr_size_t event_len;  /* NULL/0: none       */
+    apr_interval_time_t age;        /* since it was published, >= 0: its
+                                       expiry counts from then           */
+    int          expect_fed;        /* the position the feeder believes  */
+    apr_uint64_t expect_last;       /* (ignored when expect_fed is 0)    */
+} comet_store_feed_t;
+
+/* A channel's position and counts, as comet_store_position reads them. */
+typedef struct comet_store_pos_t {
+    apr_uint64_t last;              /* newest seq (0: none)              */
+    int          fed;
+    apr_uint32_t subscribers;       /* all slots                         */
+    apr_uint32_t slot_subscribers;  /* of the slot asked about           */
+} comet_store_pos_t;
+
+/* Feed one message or position (above) into an existing channel; a feed
+ * never creates one (the store copies only channels that have
+ * subscribers).  *pos (may be NULL) receives the position afterwards.
+ * Errors: COMET_ENOCHAN (no such channel, or deleted), COMET_ESTALE (the
+ * position is not the expected one: nothing changed), COMET_EBADCHAN,
+ * COMET_ETOOBIG, COMET_EPROTO, APR_EINVAL (a message with seq 0), and
+ * COMET_EFULL when no room can be made for the message: then the channel
+ * is moved to seq without it (readers learn that they missed it).  Cost
+ * as comet_store_publish, plus one step per dropped message.  Any
+ * thread. */
+apr_status_t comet_store_feed(comet_store_t *st, const comet_store_feed_t *f,
+                              apr_time_t now, comet_wake_fn *wake,
+                              void *baton, comet_store_pos_t *pos);
+
+/* The channel's position, its subscribers, and those of slot (slot out of
+ * range: 0).  COMET_ENOCHAN when it does not exist.  Any thread. */
+apr_status_t comet_store_position(comet_store_t *st, apr_uint32_t slot,
+                                  const char *channel, apr_size_t len,
+                                  comet_store_pos_t *pos);
 
 /* ---- reading ------------------------------------------------------------ */
 
@@ -483,5 +561,8 @@ extern comet_store_hook_fn *comet_store_test_hook;
 #define COMET_STORE_HOOK_RECLAIM      11   /* channel record freed, blocks
                                               not yet                       */
 #define COMET_STORE_HOOK_REPAIR       12   /* in the middle of a repair     */
+#define COMET_STORE_HOOK_FEED_MOVED   13   /* feed: messages dropped, the
+                                              position moved, not yet the
+                                              new message                   */
 
 #endif /* COMET_STORE_H */

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <apr_hash.h>
+#include <apr_strings.h>
 
 #include "store_util.h"
 
@@ -1636,12 +1637,213 @@ START_TEST(check_finds_a_damaged_message)
 }
 END_TEST
 
+/* ---- feeding ------------------------------------------------------------- */
+
+#define FEED_EPOCH 0x5eedf00du
+
+static apr_status_t feed(comet_store_t *st, const char *chan, int has_msg,
+                         apr_uint64_t seq, int expect_fed,
+                         apr_uint64_t expect_last, apr_time_t age,
+                         apr_time_t now, comet_store_pos_t *pos)
+{
+    comet_store_feed_t f;
+    char data[32];
+
+    memset(&f, 0, sizeof(f));
+    f.channel = chan;
+    f.channel_len = strlen(chan);
+    f.has_msg = has_msg;
+    f.seq = seq;
+    snprintf(data, sizeof(data), "m%" APR_UINT64_T_FMT, seq);
+    f.data = data;
+    f.data_len = strlen(data);
+    f.event = "ev";
+    f.event_len = 2;
+    f.age = age;
+    f.expect_fed = expect_fed;
+    f.expect_last = expect_last;
+    return comet_store_feed(st, &f, now, NULL, NULL, pos);
+}
+
+/* Reads after seq; returns the seqs read as "a,b,c" and *missed. */
+static const char *feed_read(comet_store_t *st, const char *chan,
+                             apr_uint64_t after, apr_time_t now, int *missed)
+{
+    comet_msgid_t a = { FEED_EPOCH, after };
+    comet_read_t r;
+    char *out = "";
+    int i;
+
+    ck_assert_int_eq(comet_store_read_by_id(st, chan, strlen(chan), a, 0, 0,
+                                            now, comet_test_pool, &r),
+                     APR_SUCCESS);
+    for (i = 0; i < r.msgs->nelts; i++) {
+        comet_msg_t *m = &APR_ARRAY_IDX(r.msgs, i, comet_msg_t);
+
+        ck_assert_uint_eq(m->id.epoch, FEED_EPOCH);
+        ck_assert_str_eq(m->data, apr_psprintf(comet_test_pool, "m%"
+                                               APR_UINT64_T_FMT, m->id.seq));
+        out = apr_psprintf(comet_test_pool, "%s%s%" APR_UINT64_T_FMT, out,
+                           i ? "," : "", m->id.seq);
+    }
+    *missed = r.missed;
+    return out;
+}
+
+static comet_store_t *feed_store(apr_uint32_t buffer_length,
+                                 apr_time_t timeout)
+{
+    comet_store_config_t cfg;
+
+    comet_store_config_default(&cfg, MB);
+    cfg.epoch = FEED_EPOCH;
+    cfg.max_procs = 4;
+    if (buffer_length) {
+        cfg.buffer_length = buffer_length;
+    }
+    if (timeout) {
+        cfg.message_timeout = timeout;
+    }
+    return store_util_make_cfg(&cfg);
+}
+
+START_TEST(feed_appends_in_order_refuses_a_stale_position_and_never_creates)
+{
+    comet_store_t *st = feed_store(0, 0);
+    comet_store_pos_t pos;
+    comet_chanref_t ref, got[4];
+    comet_msgid_t newest;
+    apr_uint32_t slot;
+    int missed, overflow;
+
+    ck_assert_uint_eq(comet_store_epoch(st), FEED_EPOCH);
+    ck_assert_int_eq(feed(st, "x", 1, 5, 0, 0, 0, 0, &pos), COMET_ENOCHAN);
+    ck_assert_int_eq(comet_store_proc_attach(st, getpid(), &slot),
+                     APR_SUCCESS);
+    ck_assert_int_eq(comet_store_subscribe(st, slot, "x", 1, 0, &ref,
+                                           &newest), APR_SUCCESS);
+    ck_assert_int_eq(comet_store_position(st, slot, "x", 1, &pos),
+                     APR_SUCCESS);
+    ck_assert(!pos.fed && pos.last == 0 && pos.subscribers == 1
+              && pos.slot_subscribers == 1);
+    ck_assert_int_eq(comet_store_position(st, slot + 1, "x", 1, &pos),
+                     APR_SUCCESS);
+    ck_assert_uint_eq(pos.slot_subscribers, 0);
+
+    /* The first message of a channel not yet fed: what came before it is
+     * unknown, so a reader before it missed some. */
+    ck_assert_int_eq(feed(st, "x", 1, 5, 0, 0, 0, 0, &pos), APR_SUCCESS);
+    ck_assert(pos.fed && pos.last == 5);
+    ck_assert_uint_eq(comet_store_proc_drain(st, slot, got, 4, &overflow), 1);
+    ck_assert_str_eq(feed_read(st, "x", 4, 0, &missed), "5");
+    ck_assert(!missed);
+    ck_assert_str_eq(feed_read(st, "x", 3, 0, &missed), "5");
+    ck_assert(missed);
+
+    /* In order; the same again is stale and changes nothing. */
+    ck_assert_int_eq(feed(st, "x", 1, 6, 1, 5, 0, 0, &pos), APR_SUCCESS);
+    ck_assert_int_eq(feed(st, "x", 1, 6, 1, 5, 0, 0, &pos), COMET_ESTALE);
+    ck_assert(pos.fed && pos.last == 6);
+    ck_assert_int_eq(feed(st, "x", 1, 7, 0, 0, 0, 0, &pos), COMET_ESTALE);
+    ck_assert_int_eq(feed(st, "x", 1, 7, 1, 6, 0, 0, &pos), APR_SUCCESS);
+    ck_assert_str_eq(feed_read(st, "x", 4, 0, &missed), "5,6,7");
+    ck_assert(!missed);
+    ck_assert_uint_eq(comet_store_proc_drain(st, slot, got, 4, &overflow), 1);
+    ck_assert_int_eq(feed(st, "x", 1, 0, 1, 7, 0, 0, &pos), APR_EINVAL);
+    store_util_check(st);
+}
+END_TEST
+
+START_TEST(a_gap_or_new_ids_move_the_channel_and_readers_learn_they_missed)
+{
+    comet_store_t *st = feed_store(3, 0);
+    comet_store_pos_t pos;
+    comet_chanref_t ref;
+    comet_msgid_t newest;
+    apr_uint32_t slot;
+    int missed;
+
+    ck_assert_int_eq(comet_store_proc_attach(st, getpid(), &slot),
+                     APR_SUCCESS);
+    ck_assert_int_eq(comet_store_subscribe(st, slot, "y", 1, 0, &ref,
+                                           &newest), APR_SUCCESS);
+    ck_assert_int_eq(feed(st, "y", 1, 5, 0, 0, 0, 0, &pos), APR_SUCCESS);
+    ck_assert_int_eq(feed(st, "y", 1, 6, 1, 5, 0, 0, &pos), APR_SUCCESS);
+
+    /* A gap: 7 to 9 are lost. */
+    ck_assert_int_eq(feed(st, "y", 1, 10, 1, 6, 0, 0, &pos), APR_SUCCESS);
+    ck_assert_str_eq(feed_read(st, "y", 6, 0, &missed), "10");
+    ck_assert(missed);
+    ck_assert_str_eq(feed_read(st, "y", 9, 0, &missed), "10");
+    ck_assert(!missed);
+    store_util_check(st);
+
+    /* Ids that started anew, lower: a reader at the old position is
+     * beyond the newest, so it cannot be placed. */
+    ck_assert_int_eq(feed(st, "y", 1, 3, 1, 10, 0, 0, &pos), APR_SUCCESS);
+    ck_assert_str_eq(feed_read(st, "y", 10, 0, &missed), "3");
+    ck_assert(missed);
+    ck_assert_str_eq(feed_read(st, "y", 2, 0, &missed), "3");
+    ck_assert(!missed);
+    store_util_check(st);
+
+    /* A position alone: the messages before it are gone. */
+    ck_assert_int_eq(feed(st, "y", 0, 20, 1, 3, 0, 0, &pos), APR_SUCCESS);
+    ck_assert(pos.last == 20);
+    ck_assert_str_eq(feed_read(st, "y", 3, 0, &missed), "");
+    ck_assert(missed);
+    ck_assert_str_eq(feed_read(st, "y", 20, 0, &missed), "");
+    ck_assert(!missed);
+    ck_assert_int_eq(feed(st, "y", 0, 20, 1, 20, 0, 0, &pos), APR_SUCCESS);
+    ck_assert_str_eq(feed_read(st, "y", 25, 0, &missed), "");
+    ck_assert(missed);
+
+    /* The buffer length holds for fed channels too. */
+    for (apr_uint64_t s = 21; s <= 25; s++) {
+        ck_assert_int_eq(feed(st, "y", 1, s, 1, s - 1, 0, 0, &pos),
+                         APR_SUCCESS);
+    }
+    ck_assert_str_eq(feed_read(st, "y", 22, 0, &missed), "23,24,25");
+    ck_assert(!missed);
+    ck_assert_str_eq(feed_read(st, "y", 21, 0, &missed), "23,24,25");
+    ck_assert(missed);
+    store_util_check(st);
+}
+END_TEST
+
+START_TEST(a_fed_message_expires_counting_from_its_age)
+{
+    comet_store_t *st = feed_store(0, STORE_UTIL_SEC(10));
+    comet_store_pos_t pos;
+    comet_chanref_t ref;
+    comet_msgid_t newest;
+    apr_uint32_t slot;
+    int missed;
+
+    ck_assert_int_eq(comet_store_proc_attach(st, getpid(), &slot),
+                     APR_SUCCESS);
+    ck_assert_int_eq(comet_store_subscribe(st, slot, "z", 1, 0, &ref,
+                                           &newest), APR_SUCCESS);
+    ck_assert_int_eq(feed(st, "z", 1, 1, 0, 0, STORE_UTIL_SEC(9),
+                          STORE_UTIL_SEC(100), &pos), APR_SUCCESS);
+    ck_assert_int_eq(feed(st, "z", 1, 2, 1, 1, 0, STORE_UTIL_SEC(100), &pos),
+                     APR_SUCCESS);
+    ck_assert_str_eq(feed_read(st, "z", 0, STORE_UTIL_SEC(100), &missed),
+                     "1,2");
+    ck_assert_str_eq(feed_read(st, "z", 0, STORE_UTIL_SEC(102), &missed),
+                     "2");
+    ck_assert(missed);
+    store_util_check(st);
+}
+END_TEST
+
 Suite *test_comet_store_suite(void)
 {
     Suite *s = suite_create("comet_store");
     TCase *buf = tcase_create("buffers");
     TCase *mem = tcase_create("memory");
     TCase *procs = tcase_create("procs");
+    TCase *feedtc = tcase_create("feed");
 
     tcase_add_checked_fixture(buf, store_util_setup,
                               store_util_teardown);
@@ -1708,5 +1910,14 @@ Suite *test_comet_store_suite(void)
                    a_watching_slot_is_queued_every_channel_once_per_burst);
     tcase_add_test(procs, published_since_keeps_what_the_match_keeps);
     suite_add_tcase(s, procs);
+
+    tcase_add_checked_fixture(feedtc, store_util_setup,
+                              store_util_teardown);
+    tcase_add_test(feedtc,
+                   feed_appends_in_order_refuses_a_stale_position_and_never_creates);
+    tcase_add_test(feedtc,
+                   a_gap_or_new_ids_move_the_channel_and_readers_learn_they_missed);
+    tcase_add_test(feedtc, a_fed_message_expires_counting_from_its_age);
+    suite_add_tcase(s, feedtc);
     return s;
 }

@@ -1343,6 +1343,148 @@ START_TEST(random_kills_never_leave_a_torn_or_inconsistent_store)
 }
 END_TEST
 
+/* ---- crashes inside a feed ------------------------------------------------ */
+
+#define FEED_CRASH_EPOCH 0xfeedbeefu
+
+typedef struct feed_crash_case_t {
+    const char  *name;
+    int          point, nth;
+    apr_uint64_t seq;           /* the victim's: 4 follows, 10 is a gap  */
+    int          linked;        /* the victim's message survives          */
+} feed_crash_case_t;
+
+static const feed_crash_case_t feed_crash_cases[] = {
+    { "gap: moved",          COMET_STORE_HOOK_FEED_MOVED, 1, 10, 0 },
+    { "gap: 1st block",      COMET_STORE_HOOK_COPY, 1, 10, 0 },
+    { "in order: 5th block", COMET_STORE_HOOK_COPY, 5, 4, 0 },
+    { "in order: linked",    COMET_STORE_HOOK_LINKED, 1, 4, 1 },
+};
+
+static apr_status_t feed_tagged(comet_store_t *st, apr_uint64_t seq,
+                                apr_uint64_t expect, apr_uint32_t tag,
+                                apr_size_t len)
+{
+    comet_store_feed_t f;
+    char buf[CRASH_MSG_LEN];
+
+    store_util_fill(buf, len, tag);
+    memset(&f, 0, sizeof(f));
+    f.channel = "f";
+    f.channel_len = 1;
+    f.has_msg = 1;
+    f.seq = seq;
+    f.data = buf;
+    f.data_len = len;
+    f.expect_fed = 1;
+    f.expect_last = expect;
+    return comet_store_feed(st, &f, STORE_UTIL_SEC(2), NULL, NULL, NULL);
+}
+
+/* After the victim's death: feed the next message where the channel is
+ * now, as a feeder of another process would. */
+static int feed_crash_survivor(comet_store_t *st)
+{
+    comet_store_pos_t pos;
+
+    if (comet_store_position(st, 0, "f", 1, &pos) != APR_SUCCESS
+        || !pos.fed) {
+        return 60;
+    }
+    return feed_tagged(st, pos.last + 1, pos.last, CRASH_SURVIVOR_TAG, 100)
+           == APR_SUCCESS ? 0 : 61;
+}
+
+START_TEST(a_process_killed_inside_a_feed_is_repaired_after)
+{
+    const feed_crash_case_t *cc = &feed_crash_cases[_i];
+    comet_store_config_t cfg;
+    comet_store_t *st;
+    comet_chanref_t ref;
+    comet_msgid_t newest, after = { FEED_CRASH_EPOCH, 3 };
+    comet_store_stats_t s;
+    comet_read_t r;
+    apr_uint32_t slot;
+    apr_uint64_t prev = 3;
+    pid_t victim, survivor;
+    int hook[2], i, victim_seen = 0, survivor_seen = 0;
+
+    comet_store_config_default(&cfg, MB);
+    cfg.epoch = FEED_CRASH_EPOCH;
+    cfg.buffer_length = 3;
+    cfg.max_procs = 4;
+    st = store_util_make_cfg(&cfg);
+    ck_assert_int_eq(comet_store_proc_attach(st, getpid(), &slot),
+                     APR_SUCCESS);
+    ck_assert_int_eq(comet_store_subscribe(st, slot, "f", 1, 0, &ref,
+                                           &newest), APR_SUCCESS);
+    for (i = 1; i <= 3; i++) {
+        comet_store_feed_t f;
+
+        memset(&f, 0, sizeof(f));
+        f.channel = "f";
+        f.channel_len = 1;
+        f.has_msg = 1;
+        f.seq = (apr_uint64_t)i;
+        f.data = "seed0000";
+        f.data_len = 8;
+        f.expect_fed = i > 1;
+        f.expect_last = (apr_uint64_t)i - 1;
+        ck_assert_int_eq(comet_store_feed(st, &f, 0, NULL, NULL, NULL),
+                         APR_SUCCESS);
+    }
+    store_util_check(st);
+
+    ck_assert_int_eq(pipe(hook), 0);
+    crash_point = cc->point;
+    crash_nth = cc->nth;
+    crash_fd = hook[1];
+    victim = fork();
+    ck_assert_int_ge(victim, 0);
+    if (victim == 0) {
+        comet_store_test_hook = crash_hook;
+        feed_tagged(st, cc->seq, 3, CRASH_VICTIM_TAG, CRASH_MSG_LEN);
+        _exit(41);
+    }
+    ck_assert_msg(wait_byte(hook[0], 5000), "%s: hook not reached", cc->name);
+    survivor = fork();
+    ck_assert_int_ge(survivor, 0);
+    if (survivor == 0) {
+        _exit(feed_crash_survivor(st));
+    }
+    wait_sleeping(survivor);
+    kill(victim, SIGKILL);
+    ck_assert_int_eq(wait_exit(victim, 5000), 128 + SIGKILL);
+    ck_assert_msg(wait_exit(survivor, 10000) == 0, "%s: survivor failed",
+                  cc->name);
+    comet_store_stats(st, &s);
+    ck_assert_uint_eq(s.recoveries, 1);
+    store_util_check(st);
+
+    ck_assert_int_eq(comet_store_read(st, &ref, after, 0, 0,
+                                      STORE_UTIL_SEC(3), comet_test_pool, &r),
+                     APR_SUCCESS);
+    for (i = 0; i < r.msgs->nelts; i++) {
+        comet_msg_t *m = &APR_ARRAY_IDX(r.msgs, i, comet_msg_t);
+        long tag = store_util_verify(m->data, m->data_len);
+
+        ck_assert_msg(tag >= 0, "%s: torn message %d", cc->name, i);
+        ck_assert_msg(m->id.seq == prev + 1 || (i == 0 && r.missed),
+                      "%s: seq %" APR_UINT64_T_FMT " after %"
+                      APR_UINT64_T_FMT, cc->name, m->id.seq, prev);
+        prev = m->id.seq;
+        victim_seen += tag == CRASH_VICTIM_TAG;
+        survivor_seen += tag == CRASH_SURVIVOR_TAG;
+    }
+    ck_assert_int_eq(survivor_seen, 1);
+    ck_assert_msg(victim_seen == cc->linked, "%s: victim's message %s",
+                  cc->name, victim_seen ? "kept" : "lost");
+    /* A gap was announced before the crash: whoever reads from before it
+     * is told. */
+    ck_assert_int_eq(r.missed, cc->seq != 4);
+}
+END_TEST
+
 Suite *test_comet_store_mp_suite(void)
 {
     Suite *s = suite_create("comet_store_mp");
@@ -1365,6 +1507,9 @@ Suite *test_comet_store_mp_suite(void)
                         a_process_killed_inside_the_lock_is_repaired_after,
                         0, (int)(sizeof(crash_cases)
                                  / sizeof(crash_cases[0])));
+    tcase_add_loop_test(crash, a_process_killed_inside_a_feed_is_repaired_after,
+                        0, (int)(sizeof(feed_crash_cases)
+                                 / sizeof(feed_crash_cases[0])));
     tcase_add_test(crash, a_repair_cut_short_by_another_kill_is_done_again);
     tcase_add_test(crash,
                    after_a_repair_slots_with_queued_channels_are_kicked_again);
