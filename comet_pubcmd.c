@@ -89,36 +89,57 @@ static int arg_is(const comet_resp_cmd_t *cmd, apr_size_t i, const char *s)
     return cmd->argv_len[i] == strlen(s) && !strcasecmp(cmd->argv[i], s);
 }
 
-void comet_pubcmd_reply_store_error(comet_pubconn_t *c, apr_status_t rv)
+void comet_pubcmd_store_error_text(comet_pubconn_t *c, apr_status_t rv,
+                                   char *text, apr_size_t len)
 {
     char buf[120];
 
     switch (rv) {
     case COMET_EBADCHAN:
-        comet_pubcmd_reply_err(c, "ERR invalid channel id (1 to %"
-                               APR_SIZE_T_FMT " bytes of "
-                               COMET_CHANNEL_ID_CHARS ")",
-                               c->srv->max_channel_id);
+        apr_snprintf(text, len, "ERR invalid channel id (1 to %"
+                     APR_SIZE_T_FMT " bytes of " COMET_CHANNEL_ID_CHARS ")",
+                     c->srv->max_channel_id);
         break;
     case COMET_ETOOBIG:
-        comet_pubcmd_reply_err(c, "ERR message larger than "
-                               "CometMaxMessageSize (%" APR_SIZE_T_FMT
-                               " bytes)", c->srv->cfg.max_message);
+        apr_snprintf(text, len, "ERR message larger than "
+                     "CometMaxMessageSize (%" APR_SIZE_T_FMT " bytes)",
+                     c->srv->cfg.max_message);
         break;
     case COMET_EFULL:
-        comet_pubcmd_reply_err(c, "ERR the message store is full "
-                               "(CometSharedMemorySize): message not "
-                               "stored");
+        apr_snprintf(text, len, "ERR the message store is full "
+                     "(CometSharedMemorySize): message not stored");
         break;
     case COMET_EPROTO:
-        comet_pubcmd_reply_err(c, "ERR invalid event type (1 to %d printable "
-                               "bytes other than space)",
-                               COMET_STORE_EVENT_MAX);
+        apr_snprintf(text, len, "ERR invalid event type (1 to %d printable "
+                     "bytes other than space)", COMET_STORE_EVENT_MAX);
         break;
     default:
-        comet_pubcmd_reply_err(c, "ERR %s",
-                               comet_strerror(rv, buf, sizeof(buf)));
+        apr_snprintf(text, len, "ERR %s",
+                     comet_strerror(rv, buf, sizeof(buf)));
         break;
+    }
+}
+
+void comet_pubcmd_reply_store_error(comet_pubconn_t *c, apr_status_t rv)
+{
+    char text[512];
+
+    comet_pubcmd_store_error_text(c, rv, text, sizeof(text));
+    comet_pubcmd_reply_err(c, "%s", text);
+}
+
+void comet_pubcmd_reply_pending(comet_pubconn_t *c,
+                                comet_pubsrv_pending_t *p)
+{
+    if (p->raw) {
+        put(c, comet_buf_append(c->out, p->raw, p->raw_len));
+    }
+    else if (p->rv == APR_SUCCESS) {
+        COMET_PUBSRV_STAT_ADD(c->srv, publishes, 1);
+        reply_int(c, p->receivers);
+    }
+    else {
+        comet_pubcmd_reply_err(c, "%s", p->error);
     }
 }
 
@@ -157,6 +178,23 @@ static void publish(comet_pubconn_t *c, const comet_resp_cmd_t *cmd,
     }
     if (m.data_len > srv->cfg.max_message) {
         comet_pubcmd_reply_store_error(c, COMET_ETOOBIG);
+        return;
+    }
+    if (srv->cfg.publish) {
+        comet_pubsrv_pending_t *p = comet_pubsrv_pending_add(c);
+
+        if (!p) {
+            c->broken = 1;
+            return;
+        }
+        rv = srv->cfg.publish(srv->cfg.publish_baton, p, &m);
+        if (rv != APR_SUCCESS) {
+            /* Not taken: the reply is known now, in its place. */
+            p->rv = rv;
+            comet_pubcmd_store_error_text(c, rv, p->error,
+                                          sizeof(p->error));
+            comet_pubsrv_pending_done(p);
+        }
         return;
     }
     rv = comet_store_publish(srv->cfg.store, &m, comet_now_mono(),
@@ -738,7 +776,16 @@ void comet_pubcmd_execute(comet_pubconn_t *c, const comet_resp_cmd_t *cmd)
 {
     const pub_command_t *pc = find_command(cmd);
     int argc = (int)cmd->argc;
+    comet_buf_t *out = c->out;
+    comet_pubsrv_pending_t *p;
 
+    if (c->npend && (!pc || (pc->fn != cmd_publish
+                             && pc->fn != cmd_comet_publish))) {
+        /* A publish before it waits for its reply: this reply waits
+         * behind it. */
+        c->out = c->srv->capture;
+        comet_buf_truncate(c->out, 0);
+    }
     COMET_PUBSRV_STAT_ADD(c->srv, commands, 1);
     if (!pc) {
         reply_unknown(c, cmd);
@@ -762,5 +809,17 @@ void comet_pubcmd_execute(comet_pubconn_t *c, const comet_resp_cmd_t *cmd)
     }
     else {
         pc->fn(c, cmd);
+    }
+    if (c->out != out) {
+        c->out = out;
+        p = comet_pubsrv_pending_add(c);
+        if (!p || !(p->raw = malloc(c->srv->capture->len + 1))) {
+            c->broken = 1;
+            return;
+        }
+        memcpy(p->raw, c->srv->capture->data, c->srv->capture->len);
+        p->raw_len = c->srv->capture->len;
+        comet_buf_truncate(c->srv->capture, 0);
+        comet_pubsrv_pending_done(p);
     }
 }

@@ -52,6 +52,8 @@
 #include <apr_allocator.h>
 #include <apr_hash.h>
 
+#include <apr_strings.h>
+
 #include "comet_pubsrv_private.h"
 
 #define PUBSRV_DEFAULT_CLIENTS   1024
@@ -318,7 +320,8 @@ static apr_time_t conn_deadline(comet_pubconn_t *c)
     if (c->waiting) {
         return c->progress + srv->cfg.stuck_timeout;
     }
-    if (c->closing) {
+    if (c->closing || c->npend) {
+        /* Replies that wait on a publish come within its own bound. */
         return 0;
     }
     if (c->in_len) {
@@ -377,7 +380,8 @@ static int set_interest(comet_pubconn_t *c)
     int want = 0, waiting;
 
     if (c->lingering
-        || (!c->closing && !c->eof && c->out->len < srv->cfg.max_output)) {
+        || (!c->closing && !c->eof && !c->awaiting
+            && c->out->len < srv->cfg.max_output)) {
         want |= COMET_LOOP_READ;
     }
     if (c->out->len) {
@@ -449,6 +453,11 @@ static apr_size_t conn_run(comet_pubconn_t *c, char *data, apr_size_t len,
     while (!c->closing && !c->broken) {
         if (c->out->len >= srv->cfg.max_output) {
             *blocked = 1;
+            break;
+        }
+        if (c->npend >= COMET_PUBSRV_PIPELINE) {
+            /* Read on once a publish is answered. */
+            c->awaiting = 1;
             break;
         }
         rv = comet_resp_parse(c->parser, data + start, len - start,
@@ -573,11 +582,11 @@ static void conn_service(comet_pubconn_t *c, char *fresh, apr_size_t len)
         /* No unfinished command: its memory goes back. */
         in_free(c);
     }
-    if (c->eof && !c->closing) {
+    if (c->eof && !c->closing && !c->awaiting && !c->npend) {
         /* Every complete command has run; nothing more will come. */
         c->closing = 1;
     }
-    if (c->closing && c->out->len == 0 && !c->lingering) {
+    if (c->closing && c->out->len == 0 && !c->lingering && !c->npend) {
         if (c->eof) {
             conn_close(c);
             return;
@@ -685,7 +694,7 @@ static void conn_refuse(comet_pubconn_t *c)
 static void conn_io(comet_loop_t *loop, int fd, int events, void *baton)
 {
     comet_pubconn_t *c = baton;
-    int reading = !c->closing && !c->eof
+    int reading = !c->closing && !c->eof && !c->awaiting
                   && c->out->len < c->srv->cfg.max_output;
     ssize_t fresh = 0;
 
@@ -810,6 +819,19 @@ static apr_status_t conn_cleanup(void *data)
     comet_timer_cancel(srv->loop, &c->timer);
     close(c->fd);
     in_free(c);
+    while (c->pend_head) {
+        comet_pubsrv_pending_t *p = c->pend_head;
+
+        c->pend_head = p->next;
+        if (p->done) {
+            free(p->raw);
+            free(p);
+        }
+        else {
+            /* Freed when its publish is done. */
+            p->conn = NULL;
+        }
+    }
     if (c->prev) {
         c->prev->next = c->next;
     }
@@ -1030,9 +1052,120 @@ static void listener_io(comet_loop_t *loop, int fd, int events, void *baton)
 
 /* ---- the server --------------------------------------------------------- */
 
+/* ---- replies that wait on a publish ------------------------------------ */
+
+comet_pubsrv_pending_t *comet_pubsrv_pending_add(comet_pubconn_t *c)
+{
+    comet_pubsrv_pending_t *p = calloc(1, sizeof(*p));
+
+    if (!p) {
+        return NULL;
+    }
+    p->srv = c->srv;
+    p->conn = c;
+    if (c->pend_tail) {
+        c->pend_tail->next = p;
+    }
+    else {
+        c->pend_head = p;
+    }
+    c->pend_tail = p;
+    c->npend++;
+    return p;
+}
+
+/* Write the replies at the head of c's that are known. */
+static void conn_settle(comet_pubconn_t *c)
+{
+    while (c->pend_head && c->pend_head->done) {
+        comet_pubsrv_pending_t *p = c->pend_head;
+
+        c->pend_head = p->next;
+        if (!c->pend_head) {
+            c->pend_tail = NULL;
+        }
+        c->npend--;
+        comet_pubcmd_reply_pending(c, p);
+        free(p->raw);
+        free(p);
+    }
+}
+
+void comet_pubsrv_pending_done(comet_pubsrv_pending_t *p)
+{
+    p->done = 1;
+    if (p->conn) {
+        conn_settle(p->conn);
+    }
+}
+
+void comet_pubsrv_published(comet_pubsrv_pending_t *p, apr_status_t rv,
+                            apr_int64_t receivers, const char *error)
+{
+    comet_pubsrv_t *srv = p->srv;
+
+    p->rv = rv;
+    p->receivers = receivers;
+    if (rv != APR_SUCCESS && error != p->error) {
+        apr_cpystrn(p->error, error ? error : "ERR not published",
+                    sizeof(p->error));
+    }
+    apr_thread_mutex_lock(srv->done_mu);
+    p->qnext = srv->done_q;
+    srv->done_q = p;
+    apr_thread_mutex_unlock(srv->done_mu);
+    comet_loop_wake(srv->loop);
+}
+
+/* The loop's wake: publishes finished by other threads. */
+static void srv_wake(comet_loop_t *loop, void *baton)
+{
+    comet_pubsrv_t *srv = baton;
+    comet_pubsrv_pending_t *p, *next;
+    comet_pubconn_t *list = NULL, *c;
+
+    apr_thread_mutex_lock(srv->done_mu);
+    p = srv->done_q;
+    srv->done_q = NULL;
+    apr_thread_mutex_unlock(srv->done_mu);
+    for (; p; p = next) {
+        next = p->qnext;
+        if (!p->conn) {
+            free(p->raw);
+            free(p);
+            continue;
+        }
+        p->done = 1;
+        if (!p->conn->settling) {
+            p->conn->settling = 1;
+            p->conn->settle_next = list;
+            list = p->conn;
+        }
+    }
+    while ((c = list) != NULL) {
+        list = c->settle_next;
+        c->settling = 0;
+        conn_settle(c);
+        if (c->awaiting && c->npend < COMET_PUBSRV_PIPELINE) {
+            c->awaiting = 0;
+        }
+        conn_service(c, NULL, 0);
+    }
+}
+
 static apr_status_t srv_cleanup(void *data)
 {
     comet_pubsrv_t *srv = data;
+
+    /* Whoever finishes publishes has finished them all by now (the
+     * module stops the Redis thread first); the connections are gone. */
+    while (srv->done_q) {
+        comet_pubsrv_pending_t *p = srv->done_q;
+
+        srv->done_q = p->qnext;
+        free(p->raw);
+        free(p);
+    }
 
     /* The connections' pools (children of this one) are gone already. */
     if (srv->listening) {
@@ -1116,6 +1249,17 @@ apr_status_t comet_pubsrv_create(comet_pubsrv_t **out, comet_loop_t *loop,
     srv->rbuf = apr_palloc(pool, PUBSRV_READ_CHUNK);
     if ((rv = apr_pool_create(&srv->scratch, pool)) != APR_SUCCESS) {
         return rv;
+    }
+    if (srv->cfg.publish) {
+        if ((rv = apr_thread_mutex_create(&srv->done_mu,
+                                          APR_THREAD_MUTEX_DEFAULT, pool))
+            != APR_SUCCESS
+            || (rv = comet_buf_create(&srv->capture, pool, 0,
+                                      COMET_PUBSRV_REPLY_MAX))
+               != APR_SUCCESS) {
+            return rv;
+        }
+        comet_loop_on_wake(loop, srv_wake, srv);
     }
     comet_timer_init(&srv->resume, listener_resume, srv);
     comet_timer_init(&srv->recheck, listener_recheck, srv);

@@ -121,6 +121,31 @@
 
 typedef struct comet_pubsrv_t comet_pubsrv_t;
 
+/* Publishing elsewhere than into the store (in the module: through Redis,
+ * see comet_bus.h).  With a publish function set, PUBLISH and
+ * COMET.PUBLISH hand the message to it with a pending reply; whoever
+ * finishes the publish calls comet_pubsrv_published, from any thread, and
+ * the reply goes out in its place among the connection's replies (the
+ * replies of commands run meanwhile wait behind it).  A connection has at
+ * most COMET_PUBSRV_PIPELINE publishes waiting: past that, it is not read
+ * until one is done.  A publish function that returns an error has not
+ * taken the message (the reply is that error, COMET_ETOOBIG and the like
+ * named as the store names them) and must not call
+ * comet_pubsrv_published. */
+typedef struct comet_pubsrv_pending_t comet_pubsrv_pending_t;
+typedef apr_status_t comet_pubsrv_publish_fn(void *baton,
+                                             comet_pubsrv_pending_t *pending,
+                                             const comet_publish_t *msg);
+
+#define COMET_PUBSRV_PIPELINE 1024
+
+/* The outcome of a publish handed out: receivers with APR_SUCCESS, else
+ * the error line for the client ("ERR ..."; "-" is added).  Exactly once
+ * per pending reply; the connection may have gone meanwhile.  Any
+ * thread; one short lock and a wake of the server's loop. */
+void comet_pubsrv_published(comet_pubsrv_pending_t *pending, apr_status_t rv,
+                            apr_int64_t receivers, const char *error);
+
 /* The processes serving one listening socket: one record each, in memory
  * they all share (e.g. an anonymous shared mapping made before fork).
  * Robust to a process dying at any instant: a record names its process,
@@ -175,9 +200,12 @@ typedef struct comet_pubsrv_config_t {
     apr_size_t     max_pending;    /* unsent bytes of a subscribed
                                       connection past which it is dropped;
                                       0: 1 MiB                          */
+    comet_pubsrv_publish_fn *publish;  /* NULL: into the store (above)   */
+    void          *publish_baton;
 } comet_pubsrv_config_t;
 
-/* A server on loop, in p.  Watches cfg->listen_fd (when >= 0) at once.
+/* A server on loop, in p.  Watches cfg->listen_fd (when >= 0) at once;
+ * with cfg->publish set it takes the loop's wake callback.
  * The loop's thread (the publish thread), before or while the loop runs.
  * p must be destroyed before the loop's pool, and only while the loop is
  * not running: its cleanup closes every client connection. */

@@ -17,6 +17,7 @@
 #define COMET_PUBSRV_PRIVATE_H
 
 #include <apr_hash.h>
+#include <apr_thread_mutex.h>
 
 #include "comet_buf.h"
 #include "comet_pubsrv.h"
@@ -57,6 +58,22 @@ typedef struct comet_pubsrv_ratelog_t {
     apr_time_t   next;
     apr_uint64_t skipped;
 } comet_pubsrv_ratelog_t;
+
+/* A reply that waits (comet_pubsrv.h, "Publishing elsewhere"): a
+ * publish's, or the reply of a command run while one was waiting
+ * (captured: raw). */
+struct comet_pubsrv_pending_t {
+    comet_pubsrv_t         *srv;
+    comet_pubconn_t        *conn;     /* NULL once the connection is gone */
+    comet_pubsrv_pending_t *next;     /* the connection's, in order      */
+    comet_pubsrv_pending_t *qnext;    /* the server's finished queue     */
+    int                     done;     /* loop thread: the reply is known  */
+    apr_status_t            rv;
+    apr_int64_t             receivers;
+    char                   *raw;      /* a captured reply (malloc)       */
+    apr_size_t              raw_len;
+    char                    error[512];
+};
 
 struct comet_pubsrv_t {
     comet_pubsrv_config_t cfg;
@@ -105,6 +122,9 @@ struct comet_pubsrv_t {
                                          a drain, flushed after it       */
     comet_pubsrv_ratelog_t log_slow, log_missed;
     apr_uint32_t          since_poll; /* commands since the last look    */
+    apr_thread_mutex_t   *done_mu;    /* finished publishes handed back  */
+    comet_pubsrv_pending_t *done_q;
+    comet_buf_t          *capture;    /* a reply that has to wait        */
 };
 
 struct comet_pubconn_t {
@@ -136,6 +156,12 @@ struct comet_pubconn_t {
     int                  refused;     /* not a client: told it is one too
                                          many                            */
     int                  broken;      /* a reply could not be written     */
+    comet_pubsrv_pending_t *pend_head, *pend_tail;
+    apr_uint32_t         npend;       /* replies waiting                  */
+    int                  awaiting;    /* not read: npend at the bound     */
+    comet_pubconn_t     *settle_next; /* in a wake's list of connections
+                                         with replies known              */
+    int                  settling;
     char                 name[COMET_PUBSRV_NAME_MAX];
 
     /* Subscribed mode (comet_pubsub.c). */
@@ -213,5 +239,19 @@ void comet_pubsub_cmd_punsubscribe(comet_pubconn_t *c,
                                    const comet_resp_cmd_t *cmd);
 void comet_pubsub_cmd_comet_subscribe(comet_pubconn_t *c,
                                       const comet_resp_cmd_t *cmd);
+/* Its text ("ERR ..."), into buf. */
+void comet_pubcmd_store_error_text(comet_pubconn_t *c, apr_status_t rv,
+                                   char *buf, apr_size_t len);
+
+/* A waiting reply at the end of c's (NULL: out of memory). */
+comet_pubsrv_pending_t *comet_pubsrv_pending_add(comet_pubconn_t *c);
+
+/* Its reply is known now (on the loop thread: p->rv, receivers, error or
+ * raw are set): written once those before it are. */
+void comet_pubsrv_pending_done(comet_pubsrv_pending_t *p);
+
+/* Write a known waiting reply into c->out. */
+void comet_pubcmd_reply_pending(comet_pubconn_t *c,
+                                comet_pubsrv_pending_t *p);
 
 #endif /* COMET_PUBSRV_PRIVATE_H */

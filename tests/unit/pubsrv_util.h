@@ -82,6 +82,7 @@ typedef struct opts_t {
     int                 subscribers;   /* the server gets a slot of its own
                                           and its eventfd: SUBSCRIBE works */
     apr_size_t          max_pending;
+    comet_pubsrv_publish_fn *publish;  /* publishes handed out            */
 } opts_t;
 
 static APR_INLINE void start(const opts_t *o)
@@ -123,6 +124,7 @@ static APR_INLINE void start(const opts_t *o)
         cfg.max_input = o->max_input;
         cfg.command_timeout = o->command_timeout;
         cfg.idle_timeout = o->idle_timeout;
+        cfg.publish = o->publish;
         cfg.max_pending = o->max_pending;
     }
     if (o && o->subscribers) {

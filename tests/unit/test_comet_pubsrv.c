@@ -6,6 +6,8 @@
  * reads, pipelines, many clients, framing errors, the memory bounds, the
  * client limit and the server's end (pubsrv_util.h has the fixture).
  * Every test runs in its own forked process under check's timeout. */
+#include <apr_strings.h>
+
 #include "pubsrv_util.h"
 
 /* ---- pipelines ---------------------------------------------------------- */
@@ -710,6 +712,133 @@ START_TEST(a_full_server_leaves_new_clients_to_a_peer_with_room)
 }
 END_TEST
 
+/* ---- publishes handed out (as to Redis) ---------------------------------- */
+
+#define HANDED_MAX 2048
+
+static struct {
+    pthread_mutex_t         mu;
+    comet_pubsrv_pending_t *p[HANDED_MAX];
+    char                    data[HANDED_MAX][16];
+    int                     n;
+} handed = { PTHREAD_MUTEX_INITIALIZER, { 0 }, { { 0 } }, 0 };
+
+static apr_status_t hand_out(void *baton, comet_pubsrv_pending_t *p,
+                             const comet_publish_t *msg)
+{
+    if (msg->data_len == 3 && !memcmp(msg->data, "bad", 3)) {
+        return COMET_EBADCHAN;
+    }
+    pthread_mutex_lock(&handed.mu);
+    ck_assert_int_lt(handed.n, HANDED_MAX);
+    snprintf(handed.data[handed.n], sizeof(handed.data[0]), "%.*s",
+             (int)msg->data_len, msg->data);
+    handed.p[handed.n++] = p;
+    pthread_mutex_unlock(&handed.mu);
+    return APR_SUCCESS;
+}
+
+static int handed_n;
+
+static int handed_reached(void)
+{
+    int n;
+
+    pthread_mutex_lock(&handed.mu);
+    n = handed.n;
+    pthread_mutex_unlock(&handed.mu);
+    return n >= handed_n;
+}
+
+static int readable(int fd)
+{
+    struct pollfd pfd = { fd, POLLIN, 0 };
+
+    return poll(&pfd, 1, 100) > 0;
+}
+
+START_TEST(publishes_handed_out_are_answered_in_order_with_the_replies_between)
+{
+    opts_t o;
+    int fd, fd2;
+
+    memset(&o, 0, sizeof(o));
+    o.publish = hand_out;
+    handed.n = 0;
+    start(&o);
+    fd = client();
+    send_str(fd, "PUBLISH a one\r\nPING\r\nPUBLISH a two\r\nPUBLISH a bad\r\n"
+             "ECHO x\r\n");
+    handed_n = 2;
+    ck_assert(wait_until(handed_reached));
+    ck_assert_str_eq(handed.data[0], "one");
+    ck_assert_str_eq(handed.data[1], "two");
+    /* The second is done first: nothing may overtake the first. */
+    comet_pubsrv_published(handed.p[1], APR_SUCCESS, 7, NULL);
+    ck_assert(!readable(fd));
+    comet_pubsrv_published(handed.p[0], COMET_EFULL, 0,
+                           "ERR not stored: Redis is not reachable");
+    expect(fd, "-ERR not stored: Redis is not reachable\r\n+PONG\r\n:7\r\n"
+           "-ERR invalid channel id (1 to 1024 bytes of "
+           COMET_CHANNEL_ID_CHARS ")\r\n$1\r\nx\r\n");
+
+    /* A client that leaves with a publish under way. */
+    fd2 = client();
+    send_str(fd2, "PUBLISH a three\r\n");
+    handed_n = 3;
+    ck_assert(wait_until(handed_reached));
+    close(fd2);
+    ck_assert(wait_until(one_client));
+    comet_pubsrv_published(handed.p[2], APR_SUCCESS, 1, NULL);
+    send_str(fd, "PUBLISH a four\r\n");
+    handed_n = 4;
+    ck_assert(wait_until(handed_reached));
+    comet_pubsrv_published(handed.p[3], APR_SUCCESS, 2, NULL);
+    expect(fd, ":2\r\n");
+    close(fd);
+}
+END_TEST
+
+START_TEST(a_connection_with_too_many_publishes_waiting_is_not_read)
+{
+    opts_t o;
+    char *pipe = malloc(64 * (COMET_PUBSRV_PIPELINE + 10));
+    size_t len = 0;
+    int fd, i;
+
+    memset(&o, 0, sizeof(o));
+    o.publish = hand_out;
+    handed.n = 0;
+    start(&o);
+    fd = client();
+    for (i = 0; i < COMET_PUBSRV_PIPELINE + 10; i++) {
+        len += (size_t)sprintf(pipe + len, "PUBLISH a %d\r\n", i);
+    }
+    send_all(fd, pipe, len);
+    handed_n = COMET_PUBSRV_PIPELINE;
+    ck_assert(wait_until(handed_reached));
+    poll(NULL, 0, 100);
+    ck_assert_int_eq(handed.n, COMET_PUBSRV_PIPELINE);
+    comet_pubsrv_published(handed.p[0], APR_SUCCESS, 0, NULL);
+    expect(fd, ":0\r\n");
+    handed_n = COMET_PUBSRV_PIPELINE + 1;
+    ck_assert(wait_until(handed_reached));
+    for (i = 1; i < COMET_PUBSRV_PIPELINE + 10; i++) {
+        handed_n = i + 1;
+        ck_assert(wait_until(handed_reached));
+        comet_pubsrv_published(handed.p[i], APR_SUCCESS, 1, NULL);
+    }
+    for (i = 1; i < COMET_PUBSRV_PIPELINE + 10; i++) {
+        expect(fd, ":1\r\n");
+    }
+    ck_assert_str_eq(handed.data[COMET_PUBSRV_PIPELINE + 9],
+                     apr_psprintf(comet_test_pool, "%d",
+                                  COMET_PUBSRV_PIPELINE + 9));
+    free(pipe);
+    close(fd);
+}
+END_TEST
+
 Suite *test_comet_pubsrv_suite(void)
 {
     Suite *s = suite_create("comet_pubsrv");
@@ -722,6 +851,9 @@ Suite *test_comet_pubsrv_suite(void)
     tcase_add_test(tp, a_pipeline_fed_one_byte_at_a_time_is_answered_in_order);
     tcase_add_test(tp, many_clients_at_once_each_get_their_own_answers);
     tcase_add_test(tp, commands_sent_before_a_half_close_are_all_answered);
+    tcase_add_test(tp,
+                   publishes_handed_out_are_answered_in_order_with_the_replies_between);
+    tcase_add_test(tp, a_connection_with_too_many_publishes_waiting_is_not_read);
     suite_add_tcase(s, tp);
 
     tcase_add_checked_fixture(te, setup, teardown);
