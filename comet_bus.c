@@ -800,6 +800,9 @@ static apr_status_t feed(comet_bus_t *bus, bus_chan_t *ch, int has_msg,
     apr_status_t rv;
 
     memset(&f, 0, sizeof(f));
+    /* Redis had no seq for the channel (the copy is at 0): the first
+     * message of a generation lost nothing. */
+    f.follows = pos->fed && pos->last == 0 && (apr_uint32_t)seq == 1;
     f.channel = ch->id;
     f.channel_len = ch->len;
     f.has_msg = has_msg;
@@ -895,7 +898,9 @@ static int feed_entries(comet_bus_t *bus, bus_chan_t *ch,
                 && seq <= pos->last) {
                 break;          /* there already */
             }
-            gap = !pos->fed || seq != pos->last + 1;
+            gap = !pos->fed || (seq != pos->last + 1
+                                && !(pos->last == 0
+                                     && (apr_uint32_t)seq == 1));
             rv = feed(bus, ch, 1, seq, ev ? ev->str : NULL,
                       ev ? ev->len : 0, d ? d->str : "", d ? d->len : 0,
                       now_ms > when ? apr_time_from_msec(now_ms - when) : 0,
@@ -1153,6 +1158,15 @@ static void on_message(comet_bus_t *bus, bus_chan_t *ch,
         /* No subscriber of it is left in this server. */
         chan_remove(bus, ch);
         return;
+    }
+    if (rv == COMET_ESTALE && pos.fed && pos.last == 0
+        && (apr_uint32_t)seq == 1) {
+        /* The first message of a channel Redis knew nothing of. */
+        rv = feed(bus, ch, 1, seq, ev, elen, data, dlen, 0, &pos);
+        if (rv == APR_SUCCESS) {
+            BUS_STAT_ADD(bus, received, 1);
+            return;
+        }
     }
     if (rv == COMET_ESTALE && pos.fed
         && COMET_BUS_GEN(seq) == COMET_BUS_GEN(pos.last)

@@ -161,6 +161,9 @@
 #define M_MISSED      0x2    /* its first read announces missed messages   */
 #define M_FRESH       0x4    /* its first read: nothing the store dropped
                                 before it is a loss (a backlog's start)    */
+#define M_LATER       0x8    /* its position may be beyond what the store
+                                holds yet (comet_hub_spec_t.later): it
+                                waits until the store reaches it          */
 
 typedef struct hub_chan_t hub_chan_t;
 typedef struct hub_member_t hub_member_t;
@@ -1726,6 +1729,23 @@ static apr_status_t member_read(comet_hub_t *hub, hub_member_t *m,
     return APR_SUCCESS;
 }
 
+/* A member whose position the store has not reached yet (M_LATER) waits
+ * for it: 1 (nothing to hand over, out of catch-up until the next
+ * wakeup).  Once the store reaches the position, it reads as any other
+ * member. */
+static int member_later(hub_member_t *m, const comet_read_t *rd)
+{
+    if (!(m->flags & M_LATER)) {
+        return 0;
+    }
+    if (rd->newest.seq < m->seq && !rd->deleted) {
+        m->flags &= ~M_CATCHUP;
+        return 1;
+    }
+    m->flags &= ~M_LATER;
+    return 0;
+}
+
 /* One read of m's own, rendered and written.  Returns 1 when the
  * subscriber still exists afterwards. */
 static int member_catch_up(comet_hub_t *hub, comet_hub_sub_t *s,
@@ -1743,6 +1763,10 @@ static int member_catch_up(comet_hub_t *hub, comet_hub_sub_t *s,
     if (rd.deleted) {
         apr_pool_clear(hub->scratch);
         return sub_deleted(hub, s, m);
+    }
+    if (member_later(m, &rd)) {
+        apr_pool_clear(hub->scratch);
+        return 1;
     }
     sub_positions(s, ids, seqs);
     comet_buf_truncate(hub->out, 0);
@@ -1787,7 +1811,7 @@ static int poll_refill(comet_hub_t *hub, comet_hub_sub_t *s)
         }
         rd = apr_palloc(hub->scratch, sizeof(*rd));
         m->flags &= ~M_CATCHUP;
-        if (member_read(hub, m, rd) != APR_SUCCESS) {
+        if (member_read(hub, m, rd) != APR_SUCCESS || member_later(m, rd)) {
             continue;
         }
         if (!rd->msgs->nelts && rd->newest.seq > m->seq
@@ -2987,7 +3011,8 @@ apr_status_t comet_hub_adopt(comet_hub_t *hub, const comet_hub_spec_t *spec,
     for (apr_size_t i = 0; i < spec->nchan; i++) {
         s->m[i].sub = s;
         s->m[i].seq = spec->seqs[i];
-        s->m[i].flags = mflags;
+        s->m[i].flags = mflags
+                        | (spec->later && spec->later[i] ? M_LATER : 0);
         h->refs[i] = spec->refs[i];
         h->id_lens[i] = strlen(spec->ids[i]);
         memcpy(p, spec->ids[i], h->id_lens[i] + 1);

@@ -171,6 +171,12 @@ typedef struct comet_hub_spec_t {
     const char *const *ids;       /* [nchan] channel ids                  */
     const apr_uint64_t *seqs;     /* [nchan] positions: last id delivered */
     int           start;          /* COMET_HUB_START_*                    */
+    const int    *later;          /* [nchan] or NULL: 1 where the position
+                                     may be beyond what the store holds
+                                     yet (a copy fed from elsewhere, not
+                                     brought up to it): the member waits
+                                     until the store reaches it, rather
+                                     than being told it missed messages */
     apr_time_t    interval;       /* SSE/stream/WebSocket: keepalive
                                      period (0 none); long-poll: time left
                                      to wait                              */

@@ -3359,7 +3359,8 @@ apr_status_t comet_store_feed(comet_store_t *st, const comet_store_feed_t *f,
         return COMET_ESTALE;
     }
     rv = APR_SUCCESS;
-    contiguous = ch->fed && f->seq == ch->last_seq + 1;
+    contiguous = ch->fed && (f->seq == ch->last_seq + 1
+                             || (f->follows && f->seq > ch->last_seq));
     if (!f->has_msg) {
         if (!ch->fed || ch->last_seq != f->seq) {
             feed_move(st, ch, f->seq);

@@ -325,6 +325,11 @@ typedef struct comet_store_feed_t {
     const char  *event;    apr_size_t event_len;  /* NULL/0: none       */
     apr_interval_time_t age;        /* since it was published, >= 0: its
                                        expiry counts from then           */
+    int          follows;           /* the message follows the expected
+                                       position with nothing lost between
+                                       although its seq is not the next
+                                       (the first of new ids after a
+                                       position of 0: nothing was there) */
     int          expect_fed;        /* the position the feeder believes  */
     apr_uint64_t expect_last;       /* (ignored when expect_fed is 0)    */
 } comet_store_feed_t;

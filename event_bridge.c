@@ -36,6 +36,12 @@ typedef struct comet_bridge_t {
     apr_pool_t   *pub_pool;
     comet_loop_t *pub_loop;
     apr_thread_t *pub_thread;
+    /* The Redis thread. */
+    apr_pool_t   *redis_pool;
+    comet_loop_t *redis_loop;
+    apr_thread_t *redis_thread;
+    void        (*redis_exit)(void *baton);
+    void         *redis_baton;
 } comet_bridge_t;
 
 /* This process's threads (set and cleared by the thread that runs
@@ -76,6 +82,50 @@ static void *APR_THREAD_FUNC pub_main(apr_thread_t *thd, void *data)
     }
     apr_thread_exit(thd, rv);
     return NULL;
+}
+
+static void *APR_THREAD_FUNC redis_main(apr_thread_t *thd, void *data)
+{
+    comet_bridge_t *b = data;
+    apr_status_t rv = comet_loop_run(b->redis_loop);
+
+    if (rv != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_CRIT, rv, b->server, COMET_LOGNO(0605)
+                     "Redis loop failed in this process: its publishes "
+                     "fail and its subscribers get nothing from other "
+                     "servers");
+    }
+    if (b->redis_exit) {
+        b->redis_exit(b->redis_baton);
+    }
+    apr_thread_exit(thd, rv);
+    return NULL;
+}
+
+apr_status_t comet_bridge_redis(comet_loop_t **loop, apr_pool_t **pool,
+                                void (*on_exit)(void *baton), void *baton)
+{
+    comet_bridge_t *b = bridge;
+    apr_status_t rv;
+
+    if (!b) {
+        return APR_EINIT;
+    }
+    /* A few timers: the bus's tick, the connections' own. */
+    if ((rv = apr_pool_create(&b->redis_pool, b->pool)) != APR_SUCCESS
+        || (rv = comet_loop_create(&b->redis_loop, 4096, b->redis_pool))
+           != APR_SUCCESS
+        || (rv = apr_pool_create(pool, b->redis_pool)) != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_CRIT, rv, b->server, COMET_LOGNO(0606)
+                     "cannot make the Redis loop of process %" APR_PID_T_FMT,
+                     getpid());
+        b->redis_loop = NULL;
+        return rv;
+    }
+    b->redis_exit = on_exit;
+    b->redis_baton = baton;
+    *loop = b->redis_loop;
+    return APR_SUCCESS;
 }
 
 apr_status_t comet_bridge_create(apr_pool_t *pchild, server_rec *s,
@@ -137,6 +187,14 @@ void comet_bridge_start(server_rec *s)
                      "cannot start the publish socket thread of process %"
                      APR_PID_T_FMT, getpid());
     }
+    if (rv == APR_SUCCESS && b->redis_loop
+        && apr_thread_create(&b->redis_thread, NULL, redis_main, b, b->pool)
+           != APR_SUCCESS) {
+        b->redis_thread = NULL;
+        ap_log_error(APLOG_MARK, APLOG_CRIT, rv, s, COMET_LOGNO(0607)
+                     "cannot start the Redis thread of process %"
+                     APR_PID_T_FMT ": its publishes will fail", getpid());
+    }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rv != APR_SUCCESS) {
         b->thread = NULL;
@@ -154,6 +212,10 @@ void comet_bridge_stop(void)
         return;
     }
     b->joined = 1;
+    if (b->redis_thread) {
+        comet_loop_stop(b->redis_loop);
+        apr_thread_join(&trv, b->redis_thread);
+    }
     if (b->pub_thread) {
         comet_loop_stop(b->pub_loop);
         apr_thread_join(&trv, b->pub_thread);

@@ -21,6 +21,10 @@
  *                   own that serves the publish socket (comet_pubsrv), so
  *                   that a publisher's reply never waits behind a large
  *                   fan-out.
+ *   Redis thread    one per child with CometRedis (this file): runs a
+ *                   comet_loop of its own with the process's Redis
+ *                   connections (comet_bus): every byte to and from Redis,
+ *                   so that no other thread ever waits on the network.
  *   any thread      the function locks, or uses atomics for, what it
  *                   touches.
  *
@@ -54,15 +58,23 @@ apr_status_t comet_bridge_create(apr_pool_t *pchild, server_rec *s,
                                  comet_hub_t **hub, comet_loop_t **pub_loop,
                                  apr_pool_t **pub_pool);
 
+/* child_init, after comet_bridge_create, with CometRedis: the Redis
+ * thread's loop (*loop) and a pool for what runs on it (*pool, destroyed
+ * before the loop).  on_exit(baton) runs on the Redis thread once its loop
+ * has returned (the bus closes there).  Logged on failure. */
+apr_status_t comet_bridge_redis(comet_loop_t **loop, apr_pool_t **pool,
+                                void (*on_exit)(void *baton), void *baton);
+
 /* child_init, after comet_bridge_create and after the servers of the
- * publish loop are attached: start the hub thread and the publish thread
- * (neither takes a signal meant for httpd's threads).  A failure is
+ * publish loop are attached: start the hub thread, the publish thread and
+ * the Redis thread (none takes a signal meant for httpd's threads).  A failure is
  * logged; without its hub thread the process refuses subscribers. */
 void comet_bridge_start(server_rec *s);
 
-/* child_stopping, and the child pool's pre-cleanup: stop both threads and
- * join them.  The hub ends every parked subscriber first (its ending
- * writes never block).  Any number of times; nothing when there are no
+/* child_stopping, and the child pool's pre-cleanup: stop the threads and
+ * join them: the Redis thread first (what waited on Redis is answered:
+ * not sent), then the publish thread, then the hub, which ends every
+ * parked subscriber first (its ending writes never block).  Any number of times; nothing when there are no
  * threads. */
 void comet_bridge_stop(void);
 

@@ -69,6 +69,7 @@
 #include "mod_comet_pubsock.h"
 #include "mod_comet_quota.h"
 #include "mod_comet_takeover.h"
+#include "mod_comet_redis.h"
 #include "event_bridge.h"
 #include "mod_comet_keep.h"
 
@@ -363,7 +364,25 @@ static int comet_post_config(apr_pool_t *pconf, apr_pool_t *plog,
     comet_config_store(s, &cfg, ((apr_uint32_t)(limit > 0 ? limit : 16)
                                  * 2 + 2) * 2);
 
+    {
+        const char *err = comet_config_check_redis(s, ptemp);
+
+        if (err) {
+            ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s, COMET_LOGNO(0013)
+                         "%s", err);
+            return HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
     apr_pool_userdata_get((void **)&ps, COMET_PERSIST_KEY, s->process->pool);
+    if (ps && (cfg.epoch == COMET_BUS_EPOCH)
+              != (comet_store_epoch(ps->store) == COMET_BUS_EPOCH)) {
+        /* CometRedis came or went: ids are of another kind now. */
+        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s, COMET_LOGNO(0012)
+                     "CometRedis %s on a graceful restart: starting a new "
+                     "channel store (clients are told they missed "
+                     "messages)", cfg.epoch ? "set" : "removed");
+        ps = NULL;
+    }
     if (ps && strcmp(ps->version, COMET_MODULE_VERSION)) {
         ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s, COMET_LOGNO(0006)
                      "mod_comet %s replaces %s on a graceful restart: "
@@ -496,6 +515,8 @@ static void comet_child_init(apr_pool_t *pchild, server_rec *s)
         != APR_SUCCESS) {
         return;
     }
+    /* Before the publish socket, which publishes through it. */
+    comet_shared_child_init(s);
     comet_pubsock_child_init(pub_pool, s, pub_loop);
     comet_status_child_init();
     /* A pre-cleanup: the threads' pools are children of pchild. */

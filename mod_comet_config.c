@@ -26,6 +26,7 @@
 #include "comet_hub.h"
 #include "comet_parse.h"
 #include "comet_pubsrv.h"
+#include "comet_bus.h"
 
 APLOG_USE_MODULE(comet);
 
@@ -48,6 +49,9 @@ typedef struct comet_srv_conf_t {
     apr_size_t    max_pending;         /* CometMaxPendingBytes           */
     apr_int64_t   max_new_per_client;  /* CometMaxNewChannelsPerClient;
                                           -1 unset, 0 off                */
+    comet_redis_url_t *redis;          /* CometRedis; NULL: off          */
+    const char   *redis_password_file; /* CometRedisPasswordFile         */
+    int           redis_ready;         /* the password file was read     */
 } comet_srv_conf_t;
 
 /* Defaults, documented in README's directive reference. */
@@ -331,6 +335,44 @@ static const char *set_max_new_per_client(cmd_parms *cmd, void *dc,
     }
     return parse_number(cmd, arg, 1, 100000000,
                         &srv_conf(cmd)->max_new_per_client);
+}
+
+static const char *set_redis(cmd_parms *cmd, void *dc, const char *arg)
+{
+    const char *err = global_only(cmd);
+    comet_srv_conf_t *sc = srv_conf(cmd);
+    char why[512];
+
+    if (err) {
+        return err;
+    }
+    if (!strcasecmp(arg, "off")) {
+        sc->redis = NULL;
+        return NULL;
+    }
+    /* The text is never repeated: it may hold a password. */
+    if (comet_redis_url_parse(&sc->redis, arg, cmd->pool, why, sizeof(why))
+        != APR_SUCCESS) {
+        sc->redis = NULL;
+        return apr_psprintf(cmd->pool, "%s: %s (redis://[user:password@]"
+                            "host[:port][/db], unix:/path[?db=N], or "
+                            "redis-cluster://host:port,host:port,...)",
+                            cmd->cmd->name, why);
+    }
+    return NULL;
+}
+
+static const char *set_redis_password_file(cmd_parms *cmd, void *dc,
+                                           const char *arg)
+{
+    const char *err = global_only(cmd);
+
+    if (err) {
+        return err;
+    }
+    srv_conf(cmd)->redis_password_file = ap_server_root_relative(cmd->pool,
+                                                                 arg);
+    return NULL;
 }
 
 /* ---- per-directory directives ---------------------------------------------- */
@@ -646,6 +688,14 @@ const command_rec comet_cmds[] = {
                   NULL, RSRC_CONF, "Subscriptions to channels never "
                   "published to that one client address may hold per child "
                   "process, or off (default 1024)"),
+    AP_INIT_TAKE1("CometRedis", set_redis, NULL, RSRC_CONF,
+                  "Share channels with other servers through Redis: "
+                  "redis://[user:password@]host:port[/db], unix:/path, "
+                  "redis-cluster://host:port,host:port,... or off (default "
+                  "off)"),
+    AP_INIT_TAKE1("CometRedisPasswordFile", set_redis_password_file, NULL,
+                  RSRC_CONF, "File whose first line is the Redis password "
+                  "(read at start, as root)"),
     /* Per location: never in .htaccess, nor (location_only) in
      * <Directory> or <Files>. */
     AP_INIT_TAKE1("CometChannel", set_channel, NULL, COMET_DIR_CONF,
@@ -1033,4 +1083,31 @@ void comet_config_store(const server_rec *s, comet_store_config_t *cfg,
     cfg->channel_idle = sc->channel_idle != -1 ? sc->channel_idle
                                                : COMET_DEFAULT_CHANNEL_IDLE;
     cfg->max_procs = procs;
+    /* Shared through Redis, every server's store gives a message the same
+     * id: one epoch for all. */
+    cfg->epoch = sc->redis ? COMET_BUS_EPOCH : 0;
+}
+
+const char *comet_config_check_redis(const server_rec *s, apr_pool_t *p)
+{
+    comet_srv_conf_t *sc = (comet_srv_conf_t *)srv_get(s);
+    char why[512];
+
+    if (!sc->redis) {
+        return sc->redis_password_file
+               ? "CometRedisPasswordFile is set but CometRedis is not" : NULL;
+    }
+    if (sc->redis_password_file && !sc->redis_ready
+        && comet_redis_url_password_file(sc->redis, sc->redis_password_file,
+                                         p, why, sizeof(why))
+           != APR_SUCCESS) {
+        return apr_psprintf(p, "CometRedisPasswordFile: %s", why);
+    }
+    sc->redis_ready = 1;
+    return NULL;
+}
+
+const comet_redis_url_t *comet_config_redis(const server_rec *s)
+{
+    return srv_get(s)->redis;
 }

@@ -13,6 +13,7 @@
 #include <http_config.h>
 #include <ap_expr.h>
 
+#include "comet_redis.h"
 #include "comet_store.h"
 
 /* Per-directory settings; "unset" values merge from the parent. */
@@ -118,6 +119,12 @@ const char *comet_config_publish_socket(const server_rec *s, apr_pool_t *p);
  * the directives (in p).  Every such check is reached from here.
  * check_config (the parent, also for `apache2 -t`). */
 const char *comet_config_check(const server_rec *s, apr_pool_t *p);
+/* CometRedis (with CometRedisPasswordFile's password), or NULL: off.  Any
+ * thread. */
+const comet_redis_url_t *comet_config_redis(const server_rec *s);
+/* Read CometRedisPasswordFile (as root, at start): the error text (in p),
+ * or NULL.  post_config. */
+const char *comet_config_check_redis(const server_rec *s, apr_pool_t *p);
 
 /* Fill a store config from the server-wide settings, for procs process
  * slots.  post_config. */

@@ -30,6 +30,7 @@
 #include "mod_comet_config.h"
 #include "mod_comet_pub.h"
 #include "mod_comet_req.h"
+#include "mod_comet_redis.h"
 
 APLOG_USE_MODULE(comet);
 
@@ -217,8 +218,25 @@ static int publish(request_rec *r, const char *channel)
                            "(CometClientIdentity)");
     }
     msg.from_len = msg.from ? strlen(msg.from) : 0;
-    rv = comet_store_publish(comet_proc_store(), &msg, comet_now_mono(),
-                             comet_wake_slot, NULL, &res);
+    if (comet_shared_enabled()) {
+        const char *why = NULL;
+
+        rv = comet_shared_publish(r, &msg, &res, &why);
+        if (rv == COMET_BUS_ENOTSENT || rv == COMET_BUS_EUNKNOWN) {
+            /* Said to the publisher, never silently dropped: "not
+             * stored" may be sent again; "outcome unknown" may be
+             * stored already. */
+            ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, COMET_LOGNO(0107)
+                          "channel=%s: publish through Redis failed: %s",
+                          channel, why);
+            apr_table_setn(r->err_headers_out, "Retry-After", "1");
+            return error_reply(r, HTTP_SERVICE_UNAVAILABLE, why);
+        }
+    }
+    else {
+        rv = comet_store_publish(comet_proc_store(), &msg, comet_now_mono(),
+                                 comet_wake_slot, NULL, &res);
+    }
     switch (rv) {
     case APR_SUCCESS:
         break;

@@ -45,6 +45,7 @@
 #include "mod_comet.h"
 #include "mod_comet_config.h"
 #include "mod_comet_pubsock.h"
+#include "mod_comet_redis.h"
 
 APLOG_USE_MODULE(comet);
 
@@ -257,6 +258,9 @@ void comet_pubsock_child_init(apr_pool_t *p, server_rec *s,
     cfg.max_pending = comet_config_max_pending(s);
     if (!comet_proc_pub_slot(&cfg.slot, &cfg.wake_fd)) {
         cfg.wake_fd = -1;
+    }
+    if (comet_shared_enabled()) {
+        cfg.publish = comet_shared_pubsock_publish;
     }
     rv = comet_pubsrv_create(&pubsrv, loop, &cfg, p);
     if (rv != APR_SUCCESS) {

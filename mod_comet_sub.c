@@ -71,6 +71,7 @@
 #include "mod_comet_status.h"
 #include "mod_comet_takeover.h"
 #include "mod_comet_ws.h"
+#include "mod_comet_redis.h"
 #include "event_bridge.h"
 #include "mod_comet_keep.h"
 #include "comet_frame.h"
@@ -97,6 +98,11 @@ typedef struct sub_req_t {
     int                subscribed;   /* how many refs hold a subscription */
     apr_uint32_t       quota_tag;    /* CometMaxNewChannelsPerClient's    */
     apr_table_t       *args;         /* the query, once parsed           */
+    int               *later;        /* CometRedis: [nchan] nothing to read
+                                        now: the position is beyond this
+                                        server's copy, which Redis could
+                                        not bring up to date in time; the
+                                        hub delivers once it has         */
 } sub_req_t;
 
 static int parse_position(sub_req_t *sr)
@@ -139,8 +145,11 @@ static int parse_position(sub_req_t *sr)
                       "the missed signal", id, sr->nchan);
         epoch = 0;
     }
-    for (int i = 0; epoch == sr->epoch && i < sr->nchan; i++) {
-        /* A seq this store never handed out: no position of ours. */
+    for (int i = 0; epoch == sr->epoch && i < sr->nchan
+                    && !comet_shared_enabled(); i++) {
+        /* A seq this store never handed out: no position of ours.  (Shared
+         * through Redis, the copy may not have it yet: the store's rule
+         * for fed channels decides once it is brought up to date.) */
         if (sr->seqs[i] > comet_store_last_seq(sr->store)) {
             epoch = 0;
         }
@@ -275,6 +284,36 @@ static int subscribe_all(sub_req_t *sr)
     return OK;
 }
 
+/* CometRedis: bring this server's copy of the channels up to date for
+ * the subscriber (subscribed already, so the copy is kept so), then take
+ * the position of one without an id from it. */
+static void sync_redis(sub_req_t *sr)
+{
+    int *synced = apr_pcalloc(sr->r->pool, sizeof(int) * (apr_size_t)sr->nchan);
+
+    sr->later = apr_pcalloc(sr->r->pool, sizeof(int) * (apr_size_t)sr->nchan);
+    comet_shared_sync(sr->r, sr->ids, sr->seqs, sr->nchan, synced);
+    for (int i = 0; i < sr->nchan; i++) {
+        comet_store_pos_t pos;
+
+        if (comet_store_position(sr->store, sr->slot, sr->ids[i],
+                                 strlen(sr->ids[i]), &pos) != APR_SUCCESS) {
+            continue;
+        }
+        if (!sr->has_id && sr->backlog == -1) {
+            sr->seqs[i] = pos.last;
+        }
+        else if (!synced[i] && sr->has_id && sr->seqs[i]
+                 && (!pos.fed || sr->seqs[i] > pos.last)) {
+            COMET_SUB_LOG(sr->r, APLOG_INFO, 0, 0415, sr->ids[i], "Redis "
+                          "did not bring this server's copy up to the "
+                          "client's position in time: its messages come "
+                          "once it does");
+            sr->later[i] = 1;
+        }
+    }
+}
+
 /* Where the positions came from, for the hub (comet_hub_spec_t.start). */
 static int position_start(const sub_req_t *sr)
 {
@@ -306,6 +345,11 @@ static void read_due(sub_req_t *sr, comet_read_t **reads, int *any,
 
         after.epoch = sr->epoch;
         after.seq = sr->seqs[i];
+        if (sr->later && sr->later[i]) {
+            rd->msgs = apr_array_make(sr->r->pool, 1, sizeof(comet_msg_t));
+            reads[i] = rd;
+            continue;
+        }
         if (comet_store_read(sr->store, &sr->refs[i], after,
                              SUB_ANSWER_NOW_MSGS, SUB_ANSWER_NOW, now,
                              sr->r->pool, rd) != APR_SUCCESS) {
@@ -571,6 +615,7 @@ static void fill_spec(sub_req_t *sr, comet_hub_spec_t *spec)
     spec->ids = sr->ids;
     spec->seqs = sr->seqs;
     spec->start = position_start(sr);
+    spec->later = sr->later;
     spec->interval = sr->transport == COMET_T_LONGPOLL
                      ? comet_dir_subscriber_timeout(sr->dc)
                      : comet_dir_keepalive(sr->dc);
@@ -961,6 +1006,9 @@ int comet_subscriber_handler(request_rec *r)
      * keep counting this subscriber. */
     apr_pool_cleanup_register(r->pool, sr, unsubscribe_cleanup,
                               apr_pool_cleanup_null);
+    if (comet_shared_enabled()) {
+        sync_redis(sr);
+    }
 
     if (sr->transport == COMET_T_LONGPOLL) {
         reads = apr_pcalloc(r->pool, sizeof(*reads) * (apr_size_t)sr->nchan);

@@ -325,6 +325,10 @@ apr_status_t comet_takeover_start(request_rec *r, comet_hub_t *hub,
         ws->preread_len = 0;
         t->spec.ws = ws;
     }
+    if (spec->later) {
+        t->spec.later = apr_pmemdup(c->pool, spec->later,
+                                    sizeof(*spec->later) * spec->nchan);
+    }
     t->spec.fd = -1;
     t->spec.ssl = NULL;
     t->hub = hub;

@@ -1,0 +1,713 @@
+/* Licensed under the Apache License, Version 2.0 (the "License"); you may
+ * not use this file except in compliance with the License.
+ */
+
+/* CometRedis: two apache2 instances (A and B) sharing one redis-server, or
+ * a local Redis Cluster.  Subscribers are raw SSE connections read by one
+ * poll loop (sse_t), which checks as it goes that each one gets every
+ * message once and in order; publishes go through the publish sockets
+ * (pipelined) and over HTTP.  Progress goes to stderr. */
+
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <apr_general.h>
+#include <apr_strings.h>
+
+#include "harness.h"
+#include "redis_util.h"
+#include "comet_redis_cluster.h"
+
+static long long t0;
+
+static void progress(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2)));
+
+static void progress(const char *fmt, ...)
+{
+    va_list ap;
+
+    fprintf(stderr, "[redis share %5.1fs] ",
+            (double)(it_now_ms() - t0) / 1000.0);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+/* ---- SSE subscribers ------------------------------------------------------ */
+
+typedef struct sse_t {
+    int                fd;
+    char               chan[64];
+    char               buf[16384];
+    size_t             len;
+    int                head_done;
+    long               chunk_left;     /* -1: reading a size line        */
+    char               line[4096];
+    size_t             line_len;
+    /* The event being read. */
+    char               ev_id[64];
+    char               ev_type[64];
+    char               ev_data[256];
+    /* What came. */
+    unsigned long long last_seq;
+    char               last_id[64];
+    int                count;
+    int                dups;           /* a seq not above the last one   */
+    int                missed;         /* comet-missed signals            */
+    int                missed_before;  /* messages counted when the first
+                                          missed signal came             */
+    int                missed_since;   /* one since the last message      */
+    int                closed;
+    unsigned long long order;          /* hash of the data in order      */
+    char               first[64];      /* data of the first message      */
+    char               last[64];       /* data of the last message       */
+    int                seen[4096];     /* by message number in data "mN" */
+} sse_t;
+
+static void sse_event(sse_t *s)
+{
+    if (!strcmp(s->ev_type, "comet-missed")) {
+        if (!s->missed++) {
+            s->missed_before = s->count;
+        }
+        s->missed_since = 1;
+    }
+    else if (s->ev_id[0]) {
+        const char *colon = strchr(s->ev_id, ':');
+        unsigned long long seq = colon ? strtoull(colon + 1, NULL, 10) : 0;
+        const char *d = s->ev_data;
+        unsigned char *u;
+
+        /* Ids may start anew (lower) only after a missed signal. */
+        if (seq <= s->last_seq && s->count && !s->missed_since) {
+            s->dups++;
+        }
+        s->missed_since = 0;
+        s->last_seq = seq;
+        apr_cpystrn(s->last_id, s->ev_id, sizeof(s->last_id));
+        if (!s->count) {
+            apr_cpystrn(s->first, d, sizeof(s->first));
+        }
+        apr_cpystrn(s->last, d, sizeof(s->last));
+        s->count++;
+        for (u = (unsigned char *)s->ev_data; *u; u++) {
+            s->order = s->order * 1099511628211ULL + *u;
+        }
+        s->order = s->order * 31 + 7;
+        if (d[0] == 'm') {
+            int n = atoi(d + 1);
+
+            if (n >= 0 && n < 4096) {
+                s->seen[n]++;
+            }
+        }
+    }
+    s->ev_id[0] = s->ev_type[0] = s->ev_data[0] = '\0';
+}
+
+static void sse_line(sse_t *s, const char *l)
+{
+    if (!*l) {
+        if (s->ev_id[0] || s->ev_type[0] || s->ev_data[0]) {
+            sse_event(s);
+        }
+    }
+    else if (!strncmp(l, "id: ", 4)) {
+        apr_cpystrn(s->ev_id, l + 4, sizeof(s->ev_id));
+    }
+    else if (!strncmp(l, "event: ", 7)) {
+        apr_cpystrn(s->ev_type, l + 7, sizeof(s->ev_type));
+    }
+    else if (!strncmp(l, "data: ", 6)) {
+        apr_cpystrn(s->ev_data, l + 6, sizeof(s->ev_data));
+    }
+}
+
+/* Body bytes (de-chunked) into lines. */
+static void sse_body(sse_t *s, const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] == '\n') {
+            s->line[s->line_len] = '\0';
+            sse_line(s, s->line);
+            s->line_len = 0;
+        }
+        else if (s->line_len + 1 < sizeof(s->line)) {
+            s->line[s->line_len++] = p[i];
+        }
+    }
+}
+
+/* Consume what is buffered: the head, then chunks. */
+static void sse_parse(sse_t *s)
+{
+    size_t off = 0;
+
+    if (!s->head_done) {
+        char *end = memmem(s->buf, s->len, "\r\n\r\n", 4);
+
+        if (!end) {
+            return;
+        }
+        ck_assert_msg(!strncmp(s->buf, "HTTP/1.1 200", 12), "%.*s",
+                      (int)(end - s->buf), s->buf);
+        s->head_done = 1;
+        s->chunk_left = -1;
+        off = (size_t)(end - s->buf) + 4;
+    }
+    while (off < s->len) {
+        if (s->chunk_left < 0) {
+            char *nl = memchr(s->buf + off, '\n', s->len - off);
+
+            if (!nl) {
+                break;
+            }
+            s->chunk_left = strtol(s->buf + off, NULL, 16);
+            off = (size_t)(nl - s->buf) + 1;
+            if (s->chunk_left == 0) {
+                s->closed = 1;
+                off = s->len;
+                break;
+            }
+            s->chunk_left += 2;     /* its CRLF */
+        }
+        else {
+            size_t take = s->len - off < (size_t)s->chunk_left
+                          ? s->len - off : (size_t)s->chunk_left;
+            size_t data = take;
+
+            if ((size_t)s->chunk_left - take < 2) {
+                data = take - (2 - ((size_t)s->chunk_left - take));
+            }
+            sse_body(s, s->buf + off, data);
+            s->chunk_left -= (long)take;
+            off += take;
+            if (s->chunk_left == 0) {
+                s->chunk_left = -1;
+            }
+        }
+    }
+    memmove(s->buf, s->buf + off, s->len - off);
+    s->len -= off;
+}
+
+static int sse_open(sse_t *s, int port, const char *chan, const char *last)
+{
+    char req[512];
+
+    memset(s, 0, sizeof(*s));
+    apr_cpystrn(s->chan, chan, sizeof(s->chan));
+    s->fd = it_connect(port);
+    if (s->fd < 0) {
+        return -1;
+    }
+    snprintf(req, sizeof(req), "GET /sub/%s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+             "Accept: text/event-stream\r\n%s%s%s\r\n", chan,
+             last ? "Last-Event-ID: " : "", last ? last : "",
+             last ? "\r\n" : "");
+    if (it_send(s->fd, req, strlen(req)) != 0) {
+        return -1;
+    }
+    fcntl(s->fd, F_SETFL, O_NONBLOCK);
+    return 0;
+}
+
+static void sse_close(sse_t *s)
+{
+    if (s->fd >= 0) {
+        close(s->fd);
+    }
+    s->fd = -1;
+}
+
+/* Read from every open subscriber for up to ms, or until done(baton). */
+static int sse_pump(sse_t *subs, int n, int ms, int (*done)(void *),
+                    void *baton)
+{
+    struct pollfd *pfd = calloc((size_t)n, sizeof(*pfd));
+    long long until = it_now_ms() + ms;
+    int ok = 0;
+
+    for (;;) {
+        int k, left = (int)(until - it_now_ms());
+
+        if (done && done(baton)) {
+            ok = 1;
+            break;
+        }
+        if (left <= 0) {
+            break;
+        }
+        for (k = 0; k < n; k++) {
+            pfd[k].fd = subs[k].fd >= 0 && !subs[k].closed ? subs[k].fd : -1;
+            pfd[k].events = POLLIN;
+            pfd[k].revents = 0;
+        }
+        if (poll(pfd, (nfds_t)n, left < 50 ? left : 50) < 0) {
+            break;
+        }
+        for (k = 0; k < n; k++) {
+            if (pfd[k].revents & (POLLIN | POLLHUP | POLLERR)) {
+                sse_t *s = &subs[k];
+                ssize_t r;
+
+                while ((r = read(s->fd, s->buf + s->len,
+                                 sizeof(s->buf) - s->len)) > 0) {
+                    s->len += (size_t)r;
+                    sse_parse(s);
+                }
+                if (r == 0) {
+                    s->closed = 1;
+                }
+            }
+        }
+    }
+    free(pfd);
+    return ok || (done && done(baton));
+}
+
+typedef struct all_t {
+    sse_t *subs;
+    int    n;
+    int    want;        /* messages each */
+} all_t;
+
+static int all_have(void *baton)
+{
+    all_t *a = baton;
+
+    for (int i = 0; i < a->n; i++) {
+        if (a->subs[i].count < a->want) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int all_headed(void *baton)
+{
+    all_t *a = baton;
+
+    for (int i = 0; i < a->n; i++) {
+        if (!a->subs[i].head_done) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* ---- publishing ------------------------------------------------------------ */
+
+typedef struct pubc_t {
+    int    fd;
+    char   buf[65536];
+    size_t len;
+} pubc_t;
+
+static void pubc_open(pubc_t *p, const it_server_t *srv)
+{
+    memset(p, 0, sizeof(*p));
+    p->fd = it_connect_unix(srv->socket_path);
+    ck_assert_int_ge(p->fd, 0);
+}
+
+static void pubc_send(pubc_t *p, const char *chan, const char *data)
+{
+    char cmd[512];
+    int n = snprintf(cmd, sizeof(cmd), "*3\r\n$7\r\nPUBLISH\r\n$%zu\r\n%s\r\n"
+                     "$%zu\r\n%s\r\n", strlen(chan), chan, strlen(data),
+                     data);
+
+    ck_assert_int_eq(it_send(p->fd, cmd, (size_t)n), 0);
+}
+
+/* One reply line ("" on a timeout): ":N" or "-ERR ...". */
+static const char *pubc_reply(pubc_t *p, char *line, size_t max, int ms)
+{
+    long long until = it_now_ms() + ms;
+
+    for (;;) {
+        char *nl = memchr(p->buf, '\n', p->len);
+
+        if (nl) {
+            size_t l = (size_t)(nl - p->buf);
+
+            snprintf(line, max, "%.*s", (int)(l && nl[-1] == '\r' ? l - 1
+                                                                  : l),
+                     p->buf);
+            memmove(p->buf, nl + 1, p->len - l - 1);
+            p->len -= l + 1;
+            return line;
+        }
+        if (it_now_ms() > until) {
+            line[0] = '\0';
+            return line;
+        }
+        {
+            struct pollfd pfd = { p->fd, POLLIN, 0 };
+            ssize_t r;
+
+            if (poll(&pfd, 1, 50) > 0) {
+                r = read(p->fd, p->buf + p->len, sizeof(p->buf) - p->len);
+                if (r <= 0) {
+                    line[0] = '\0';
+                    return line;
+                }
+                p->len += (size_t)r;
+            }
+        }
+    }
+}
+
+/* ---- servers ------------------------------------------------------------------ */
+
+static apr_pool_t *tp;
+static redis_util_server_t rs;
+static it_server_t sa, sb;
+
+static void setup(void)
+{
+    struct rlimit rl;
+
+    apr_initialize();
+    apr_pool_create(&tp, NULL);
+    redis_util_sweep_setup();
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+static void teardown(void)
+{
+    redis_util_sweep();
+    apr_terminate();
+}
+
+static void start_pair(const char *url, const char *more)
+{
+    it_opts_t o;
+    char *extra = apr_psprintf(tp, "CometRedis %s\n"
+                               "CometMessageBufferLength 2000\n%s", url,
+                               more ? more : "");
+
+
+    memset(&o, 0, sizeof(o));
+    o.extra = extra;
+    o.threads = 10;
+    ck_assert_int_eq(it_server_start(&sa, &o), 0);
+    ck_assert_int_eq(it_server_start(&sb, &o), 0);
+}
+
+static void stop_pair(void)
+{
+    it_server_stop(&sa);
+    it_server_stop(&sb);
+}
+
+static void start_redis(void)
+{
+    memset(&rs, 0, sizeof(rs));
+    ck_assert_int_eq(redis_util_start(&rs), 0);
+}
+
+/* ---- tests ------------------------------------------------------------------- */
+
+START_TEST(subscribers_on_a_receive_what_b_publishes_by_socket_and_http)
+{
+    sse_t s[2];
+    all_t a = { s, 2, 0 };
+    pubc_t pb;
+    char line[256], id[64], url[64];
+    int st;
+
+    t0 = it_now_ms();
+    start_redis();
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", rs.port);
+    start_pair(url, NULL);
+    progress("A on %d and B on %d share %s", sa.port, sb.port, url);
+    ck_assert_int_eq(sse_open(&s[0], sa.port, "room", NULL), 0);
+    ck_assert_int_eq(sse_open(&s[1], sb.port, "room", NULL), 0);
+    ck_assert(sse_pump(s, 2, 5000, all_headed, &a));
+
+    pubc_open(&pb, &sb);
+    pubc_send(&pb, "room", "m0");
+    pubc_reply(&pb, line, sizeof(line), 5000);
+    /* PUBLISH counts the subscribers of every server (as registered). */
+    ck_assert_msg(line[0] == ':', "%s", line);
+    st = it_publish(sb.port, "room", "m1", NULL, id, sizeof(id));
+    ck_assert_msg(st == 201 || st == 202, "HTTP publish: %d", st);
+    a.want = 2;
+    ck_assert(sse_pump(s, 2, 5000, all_have, &a));
+    for (int i = 0; i < 2; i++) {
+        ck_assert_str_eq(s[i].first, "m0");
+        ck_assert_str_eq(s[i].last, "m1");
+        ck_assert_str_eq(s[i].last_id, id);
+        ck_assert_int_eq(s[i].dups + s[i].missed, 0);
+    }
+    progress("A's and B's subscribers got B's socket and HTTP publishes "
+             "(id %s)", id);
+
+    /* PUBLISH counts the subscribers of both servers. */
+    for (int tries = 0; tries < 50; tries++) {
+        pubc_send(&pb, "room", "again");
+        pubc_reply(&pb, line, sizeof(line), 5000);
+        if (!strcmp(line, ":2")) {
+            break;
+        }
+        poll(NULL, 0, 100);
+    }
+    ck_assert_str_eq(line, ":2");
+    close(pb.fd);
+    sse_close(&s[0]);
+    sse_close(&s[1]);
+    stop_pair();
+    redis_util_stop(&rs);
+}
+END_TEST
+
+START_TEST(a_subscriber_moving_from_a_to_b_gets_exactly_what_it_missed)
+{
+    sse_t s;
+    all_t a = { &s, 1, 0 };
+    char id[64], last[64], url[64];
+    int i;
+
+    t0 = it_now_ms();
+    start_redis();
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", rs.port);
+    start_pair(url, NULL);
+    ck_assert_int_eq(sse_open(&s, sa.port, "move", NULL), 0);
+    ck_assert(sse_pump(&s, 1, 5000, all_headed, &a));
+    for (i = 0; i < 3; i++) {
+        ck_assert_int_ge(it_publish(i % 2 ? sa.port : sb.port, "move",
+                                    apr_psprintf(tp, "m%d", i), NULL, id,
+                                    sizeof(id)), 201);
+    }
+    a.want = 3;
+    ck_assert(sse_pump(&s, 1, 5000, all_have, &a));
+    apr_cpystrn(last, s.last_id, sizeof(last));
+    sse_close(&s);
+    /* Missed while away: five, published on either server. */
+    for (i = 3; i < 8; i++) {
+        ck_assert_int_ge(it_publish(i % 2 ? sa.port : sb.port, "move",
+                                    apr_psprintf(tp, "m%d", i), NULL, id,
+                                    sizeof(id)), 202);
+    }
+    ck_assert_int_eq(sse_open(&s, sb.port, "move", last), 0);
+    a.want = 5;
+    ck_assert(sse_pump(&s, 1, 5000, all_have, &a));
+    sse_pump(&s, 1, 300, NULL, NULL);
+    ck_assert_int_eq(s.count, 5);
+    ck_assert_str_eq(s.first, "m3");
+    ck_assert_str_eq(s.last, "m7");
+    ck_assert_str_eq(s.last_id, id);
+    ck_assert_int_eq(s.missed, 0);
+    ck_assert_int_eq(s.dups, 0);
+    progress("resumed on B from %s: exactly m3..m7, no missed signal", last);
+    sse_close(&s);
+    stop_pair();
+    redis_util_stop(&rs);
+}
+END_TEST
+
+/* n subscribers on one channel, half on A, half on B; msgs published
+ * alternately on A and B through their sockets. */
+static void burst(const char *chan, int nsubs, int msgs, sse_t *subs)
+{
+    all_t a = { subs, nsubs, 0 };
+    pubc_t pa, pb;
+    char line[256];
+    int i, replies = 0, errors = 0;
+    long long t;
+
+    for (i = 0; i < nsubs; i++) {
+        ck_assert_int_eq(sse_open(&subs[i], i % 2 ? sb.port : sa.port, chan,
+                                  NULL), 0);
+    }
+    ck_assert(sse_pump(subs, nsubs, 30000, all_headed, &a));
+    progress("%d subscribers connected", nsubs);
+    pubc_open(&pa, &sa);
+    pubc_open(&pb, &sb);
+    t = it_now_ms();
+    for (i = 0; i < msgs; i++) {
+        pubc_send(i % 2 ? &pb : &pa, chan, apr_psprintf(tp, "m%d", i));
+        if (i % 50 == 49) {
+            /* Keep the replies flowing: 25 on each socket. */
+            for (int k = 0; k < 50; k++) {
+                pubc_reply(k % 2 ? &pb : &pa, line, sizeof(line), 10000);
+                replies++;
+                errors += line[0] != ':';
+            }
+            sse_pump(subs, nsubs, 0, NULL, NULL);
+        }
+    }
+    ck_assert_int_eq(errors, 0);
+    progress("%d publishes acknowledged in %lld ms", replies,
+             it_now_ms() - t);
+    a.want = msgs;
+    ck_assert_msg(sse_pump(subs, nsubs, 60000, all_have, &a),
+                  "not every subscriber got %d messages", msgs);
+    progress("%d subscribers x %d messages delivered in %lld ms", nsubs, msgs,
+             it_now_ms() - t);
+    close(pa.fd);
+    close(pb.fd);
+}
+
+START_TEST(a_burst_from_a_and_b_reaches_1000_subscribers_once_in_one_order)
+{
+    enum { NSUBS = 1000, MSGS = 1000 };
+    sse_t *subs = calloc(NSUBS, sizeof(*subs));
+    char url[64];
+    int i;
+
+    t0 = it_now_ms();
+    start_redis();
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", rs.port);
+    start_pair(url, NULL);
+    burst("burst", NSUBS, MSGS, subs);
+    sse_pump(subs, NSUBS, 300, NULL, NULL);
+    for (i = 0; i < NSUBS; i++) {
+        ck_assert_msg(subs[i].count == MSGS && !subs[i].dups
+                      && !subs[i].missed, "subscriber %d: %d messages, %d "
+                      "out of order, %d missed", i, subs[i].count,
+                      subs[i].dups, subs[i].missed);
+        ck_assert_msg(subs[i].order == subs[0].order, "subscriber %d saw "
+                      "another order", i);
+        for (int m = 0; m < MSGS; m++) {
+            ck_assert_msg(subs[i].seen[m] == 1, "subscriber %d got m%d %d "
+                          "times", i, m, subs[i].seen[m]);
+        }
+        sse_close(&subs[i]);
+    }
+    progress("every message once, in one order, on both servers");
+    free(subs);
+    stop_pair();
+    redis_util_stop(&rs);
+}
+END_TEST
+
+START_TEST(redis_killed_and_restarted_mid_burst)
+{
+    enum { NSUBS = 40, MSGS = 400 };
+    sse_t *subs = calloc(NSUBS, sizeof(*subs));
+    int acked[MSGS];
+    all_t a = { subs, NSUBS, 0 };
+    pubc_t pa, pb;
+    char url[64], line[256];
+    int i, failed = 0, port, after = 0;
+
+    t0 = it_now_ms();
+    start_redis();
+    port = rs.port;
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", rs.port);
+    start_pair(url, NULL);
+    for (i = 0; i < NSUBS; i++) {
+        ck_assert_int_eq(sse_open(&subs[i], i % 2 ? sb.port : sa.port, "kill",
+                                  NULL), 0);
+    }
+    ck_assert(sse_pump(subs, NSUBS, 10000, all_headed, &a));
+    pubc_open(&pa, &sa);
+    pubc_open(&pb, &sb);
+    for (i = 0; i < MSGS; i++) {
+        pubc_t *p = i % 2 ? &pb : &pa;
+
+        if (i == MSGS / 3) {
+            redis_util_kill(&rs, SIGKILL);
+            progress("redis-server killed after %d publishes", i);
+        }
+        if (i == MSGS / 2) {
+            rs.port = port;
+            ck_assert_int_eq(redis_util_start(&rs), 0);
+            progress("redis-server restarted (its data gone)");
+        }
+        pubc_send(p, "kill", apr_psprintf(tp, "m%d", i));
+        pubc_reply(p, line, sizeof(line), 10000);
+        acked[i] = line[0] == ':';
+        if (!acked[i]) {
+            /* Said, never silent. */
+            ck_assert_msg(line[0] == '-' && (strstr(line, "not stored")
+                                             || strstr(line, "may or may "
+                                                       "not")),
+                          "reply %d: %s", i, line);
+            failed++;
+            if (i > MSGS / 2) {
+                /* Reconnecting: wait a little and go on. */
+                poll(NULL, 0, 20);
+            }
+        }
+        else if (i > MSGS / 2) {
+            after++;
+        }
+        sse_pump(subs, NSUBS, 0, NULL, NULL);
+    }
+    ck_assert_int_gt(failed, 0);
+    ck_assert_int_gt(after, 50);
+    progress("%d publishes refused while Redis was away, %d stored after",
+             failed, after);
+    /* Every subscriber: still connected, nothing twice, in order, every
+     * message acknowledged after the restart, and for any acknowledged
+     * one it lacks, the missed signal. */
+    a.want = 1;
+    sse_pump(subs, NSUBS, 3000, NULL, NULL);
+    for (i = 0; i < NSUBS; i++) {
+        int lacking = 0;
+
+        ck_assert_msg(!subs[i].closed, "subscriber %d was disconnected", i);
+        ck_assert_int_eq(subs[i].dups, 0);
+        for (int m = 0; m < MSGS; m++) {
+            ck_assert_int_le(subs[i].seen[m], 1);
+            if (acked[m] && !subs[i].seen[m]) {
+                ck_assert_msg(m < MSGS / 2, "subscriber %d lacks m%d, "
+                              "acknowledged after the restart", i, m);
+                lacking++;
+            }
+            if (!acked[m]) {
+                ck_assert_int_eq(subs[i].seen[m], 0);
+            }
+        }
+        if (lacking) {
+            ck_assert_msg(subs[i].missed, "subscriber %d lacks %d "
+                          "messages and was not told", i, lacking);
+        }
+        /* A Redis without its data starts a new generation: told. */
+        ck_assert_msg(subs[i].missed, "subscriber %d: no missed signal "
+                      "after Redis lost its data", i);
+        sse_close(&subs[i]);
+    }
+    close(pa.fd);
+    close(pb.fd);
+    progress("every subscriber: in order, once, the missed signal");
+    ck_assert_int_gt(it_log_count(&sa, "redis"), 0);
+    free(subs);
+    stop_pair();
+    redis_util_stop(&rs);
+}
+END_TEST
+
+Suite *test_redis_share_suite(void)
+{
+    Suite *s = suite_create("redis_share");
+    TCase *tc = tcase_create("standalone");
+
+    tcase_add_unchecked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 180);
+    tcase_add_test(tc,
+                   subscribers_on_a_receive_what_b_publishes_by_socket_and_http);
+    tcase_add_test(tc,
+                   a_subscriber_moving_from_a_to_b_gets_exactly_what_it_missed);
+    tcase_add_test(tc,
+                   a_burst_from_a_and_b_reaches_1000_subscribers_once_in_one_order);
+    tcase_add_test(tc, redis_killed_and_restarted_mid_burst);
+    suite_add_tcase(s, tc);
+    return s;
+}
