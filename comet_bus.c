@@ -263,6 +263,10 @@ static void bus_log_rated(comet_bus_t *bus, int level, apr_status_t rv,
     va_start(ap, fmt);
     apr_vsnprintf(what, sizeof(what), fmt, ap);
     va_end(ap);
+    if (rv >= APR_OS_START_USERERR + 100 && rv < APR_OS_START_USERERR + 200) {
+        /* The client's own codes: the text says it already. */
+        rv = 0;
+    }
     if (bus->log_skipped) {
         comet_log(level, rv, "redis bus: %s (and %" APR_UINT64_T_FMT " more "
                   "like it not logged)", what, bus->log_skipped);

@@ -694,10 +694,281 @@ START_TEST(redis_killed_and_restarted_mid_burst)
 }
 END_TEST
 
+/* ---- a three-master cluster ------------------------------------------------ */
+
+#define NODES 6
+
+static redis_util_server_t node[NODES];
+
+static const char *ncli(int i, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static const char *ncli(int i, const char *fmt, ...)
+{
+    static char out[16384];
+    char args[1024];
+    va_list ap;
+    size_t len;
+
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof(args), fmt, ap);
+    va_end(ap);
+    redis_util_sh(out, sizeof(out), "redis-cli -p %d %s 2>&1", node[i].port,
+                  args);
+    len = strlen(out);
+    while (len && (out[len - 1] == '\n' || out[len - 1] == '\r')) {
+        out[--len] = '\0';
+    }
+    return out;
+}
+
+static int cluster_ok(void *baton)
+{
+    for (int i = 0; i < NODES; i++) {
+        if (node[i].pid
+            && !strstr(ncli(i, "CLUSTER INFO"), "cluster_state:ok")) {
+            poll(NULL, 0, 50);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The node index serving slot as master (CLUSTER NODES of a live node). */
+static int master_of_slot(unsigned slot)
+{
+    char *text = NULL, *line, *save;
+    int live = 0, found = -1;
+
+    while (live < NODES && !node[live].pid) {
+        live++;
+    }
+    text = strdup(ncli(live, "CLUSTER NODES"));
+    for (line = strtok_r(text, "\n", &save); line;
+         line = strtok_r(NULL, "\n", &save)) {
+        char addr[64], flags[64];
+        const char *p;
+        int port, f = 0;
+
+        if (sscanf(line, "%*s %63s %63s", addr, flags) != 2
+            || !strstr(flags, "master") || strstr(flags, "fail")) {
+            continue;
+        }
+        port = atoi(strchr(addr, ':') + 1);
+        /* Fields 9 and on: slot ranges. */
+        for (p = line; f < 8 && (p = strchr(p, ' ')); p++, f++) {
+        }
+        while (p && *p) {
+            unsigned lo, hi;
+            int used = 0;
+
+            while (*p == ' ') {
+                p++;
+            }
+            if (sscanf(p, "%u-%u%n", &lo, &hi, &used) == 2
+                || (sscanf(p, "%u%n", &lo, &used) == 1 && (hi = lo, 1))) {
+                if (slot >= lo && slot <= hi) {
+                    for (int i = 0; i < NODES; i++) {
+                        if (node[i].port == port) {
+                            found = i;
+                        }
+                    }
+                }
+            }
+            p = strchr(p, ' ');
+        }
+    }
+    free(text);
+    return found;
+}
+
+/* A channel name served by master m (not an earlier pick). */
+static void chan_on(char *out, size_t len, const char *prefix, int m)
+{
+    for (int n = 0; n < 100000; n++) {
+        snprintf(out, len, "%s%d", prefix, n);
+        if (master_of_slot(comet_redis_slot(out, strlen(out))) == m) {
+            return;
+        }
+    }
+    ck_abort_msg("no channel on node %d", m);
+}
+
+/* Every replica's link to its master is up (a replica that never synced
+ * would not be elected). */
+static int replicas_linked(void *baton)
+{
+    for (int i = 0; i < NODES; i++) {
+        const char *role = ncli(i, "ROLE");
+
+        if (!strncmp(role, "slave", 5) && !strstr(role, "\nconnected\n")) {
+            poll(NULL, 0, 50);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static void cluster_start(char *url, size_t len)
+{
+    char create[1024], out[8192];
+    int i;
+
+    snprintf(create, sizeof(create), "redis-cli --cluster create");
+    for (i = 0; i < NODES; i++) {
+        memset(&node[i], 0, sizeof(node[i]));
+        node[i].port = redis_util_free_cluster_port();
+        apr_cpystrn(node[i].extra, "--cluster-enabled yes "
+                    "--cluster-config-file nodes.conf "
+                    "--cluster-node-timeout 1500", sizeof(node[i].extra));
+        ck_assert_msg(redis_util_start(&node[i]) == 0, "node %d", i);
+        snprintf(create + strlen(create), sizeof(create) - strlen(create),
+                 " 127.0.0.1:%d", node[i].port);
+    }
+    strcat(create, " --cluster-replicas 1 --cluster-yes");
+    ck_assert_msg(redis_util_sh(out, sizeof(out), "%s 2>&1", create) == 0,
+                  "%s", out);
+    ck_assert(it_wait_for(cluster_ok, NULL, 20000));
+    ck_assert(it_wait_for(replicas_linked, NULL, 20000));
+    snprintf(url, len, "redis-cluster://127.0.0.1:%d,127.0.0.1:%d",
+             node[0].port, node[1].port);
+}
+
+static void cluster_stop(void)
+{
+    for (int i = 0; i < NODES; i++) {
+        redis_util_stop(&node[i]);
+    }
+}
+
+static int masters(int *m)
+{
+    int n = 0;
+
+    for (unsigned slot = 0; slot < 16384 && n < 3; slot += 512) {
+        int k = master_of_slot(slot), j;
+
+        for (j = 0; j < n && m[j] != k; j++) {
+        }
+        if (j == n && k >= 0) {
+            m[n++] = k;
+        }
+    }
+    return n;
+}
+
+START_TEST(a_cluster_spreads_channels_over_three_masters_and_survives_a_failover)
+{
+    enum { PER = 4, MSGS = 600 };
+    sse_t subs[3 * PER];
+    all_t a = { subs, 3 * PER, 0 };
+    char url[256], chans[3][32], line[256];
+    int m[3], acked[3][MSGS], i, c, victim, failed = 0, after = 0;
+    pubc_t pa, pb;
+    long long killed_at = 0;
+
+    t0 = it_now_ms();
+    cluster_start(url, sizeof(url));
+    ck_assert_int_eq(masters(m), 3);
+    for (c = 0; c < 3; c++) {
+        chan_on(chans[c], sizeof(chans[c]), "spread", m[c]);
+    }
+    progress("cluster up; channels %s %s %s on three masters", chans[0],
+             chans[1], chans[2]);
+    start_pair(url, NULL);
+    for (i = 0; i < 3 * PER; i++) {
+        ck_assert_int_eq(sse_open(&subs[i], i % 2 ? sb.port : sa.port,
+                                  chans[i % 3], NULL), 0);
+    }
+    ck_assert(sse_pump(subs, 3 * PER, 10000, all_headed, &a));
+    pubc_open(&pa, &sa);
+    pubc_open(&pb, &sb);
+
+    /* The burst: each message to the three channels, alternately on A and
+     * B; the master of the first channel is killed a third of the way. */
+    victim = m[0];
+    memset(acked, 0, sizeof(acked));
+    for (i = 0; i < MSGS; i++) {
+        if (i == MSGS / 3) {
+            redis_util_kill(&node[victim], SIGKILL);
+            killed_at = it_now_ms();
+            progress("master of %s killed after %d publishes each", chans[0],
+                     i);
+        }
+        for (c = 0; c < 3; c++) {
+            pubc_t *p = (i + c) % 2 ? &pb : &pa;
+
+            pubc_send(p, chans[c], apr_psprintf(tp, "m%d", i));
+            pubc_reply(p, line, sizeof(line), 10000);
+            acked[c][i] = line[0] == ':';
+            if (!acked[c][i]) {
+                /* While a master is failing, Redis refuses writes to every
+                 * slot (cluster-require-full-coverage): said, not lost. */
+                ck_assert_msg(line[0] == '-' && (strstr(line, "not stored")
+                                                 || strstr(line, "may or")),
+                              "%s m%d: %s", chans[c], i, line);
+                failed++;
+            }
+            else if (c == 0 && killed_at) {
+                after++;
+            }
+        }
+        if (killed_at && (!acked[0][i] || !acked[1][i] || !acked[2][i])) {
+            /* Until the replica is promoted (node timeout 1.5 s). */
+            sse_pump(subs, 3 * PER, 20, NULL, NULL);
+        }
+        sse_pump(subs, 3 * PER, 0, NULL, NULL);
+    }
+    if (after <= 20) {
+        progress("cluster after the failover:\n%s",
+                 ncli(m[1], "CLUSTER NODES"));
+    }
+    ck_assert_int_gt(after, 20);
+    progress("%d publishes refused during the failover (%.1f s), %d stored "
+             "to %s after it", failed,
+             (double)(it_now_ms() - killed_at) / 1000.0, after, chans[0]);
+    a.want = 1;
+    sse_pump(subs, 3 * PER, 3000, NULL, NULL);
+    for (i = 0; i < 3 * PER; i++) {
+        int lacking = 0;
+
+        c = i % 3;
+        ck_assert_msg(!subs[i].closed, "subscriber %d disconnected", i);
+        ck_assert_msg(subs[i].dups == 0, "subscriber %d (%s): out of order",
+                      i, chans[c]);
+        for (int k = 0; k < MSGS; k++) {
+            ck_assert_int_le(subs[i].seen[k], 1);
+            if (acked[c][k] && !subs[i].seen[k]) {
+                lacking++;
+            }
+            if (!acked[c][k]) {
+                ck_assert_int_eq(subs[i].seen[k], 0);
+            }
+        }
+        ck_assert_msg(!lacking || subs[i].missed, "subscriber %d (%s) "
+                      "lacks %d messages and was not told", i, chans[c],
+                      lacking);
+        if (c) {
+            /* The other masters' channels lost nothing. */
+            ck_assert_int_eq(lacking, 0);
+            ck_assert_int_eq(subs[i].missed, 0);
+        }
+        sse_close(&subs[i]);
+    }
+    progress("channels on the other masters: everything; on the failed "
+             "one: in order, once, and the missed signal where needed");
+    close(pa.fd);
+    close(pb.fd);
+    stop_pair();
+    cluster_stop();
+}
+END_TEST
+
 Suite *test_redis_share_suite(void)
 {
     Suite *s = suite_create("redis_share");
     TCase *tc = tcase_create("standalone");
+    TCase *tcl = tcase_create("cluster");
 
     tcase_add_unchecked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 180);
@@ -709,5 +980,11 @@ Suite *test_redis_share_suite(void)
                    a_burst_from_a_and_b_reaches_1000_subscribers_once_in_one_order);
     tcase_add_test(tc, redis_killed_and_restarted_mid_burst);
     suite_add_tcase(s, tc);
+
+    tcase_add_unchecked_fixture(tcl, setup, teardown);
+    tcase_set_timeout(tcl, 180);
+    tcase_add_test(tcl,
+                   a_cluster_spreads_channels_over_three_masters_and_survives_a_failover);
+    suite_add_tcase(s, tcl);
     return s;
 }
