@@ -39,6 +39,7 @@
 #include "mod_comet.h"
 #include "mod_comet_status.h"
 #include "mod_comet_pubsock.h"
+#include "mod_comet_redis.h"
 
 APLOG_USE_MODULE(comet);
 
@@ -68,6 +69,7 @@ typedef struct status_slot_t {
     apr_uint64_t pub_dropped_slow;
     apr_uint64_t kept_total;        /* connections kept after an answer  */
     apr_uint64_t handed_back;       /* next requests served on them      */
+    comet_bus_stats_t redis;        /* CometRedis: this process's bus      */
 } status_slot_t;
 
 typedef struct status_shm_t {
@@ -176,6 +178,7 @@ static void write_slot(status_slot_t *sl, comet_hub_t *hub)
 {
     comet_pubsrv_stats_t ps;
     comet_hub_stats_t hs;
+    comet_bus_stats_t bs;
     int i;
 
     comet_hub_stats(hub, &hs);
@@ -201,6 +204,16 @@ static void write_slot(status_slot_t *sl, comet_hub_t *hub)
     STORE(sl->pub_refused, ps.refused);
     STORE(sl->pub_pushes, ps.pushes);
     STORE(sl->pub_dropped_slow, ps.dropped_slow);
+    comet_shared_stats(&bs);
+    STORE(sl->redis.up, bs.up);
+    STORE(sl->redis.channels, bs.channels);
+    STORE(sl->redis.published, bs.published);
+    STORE(sl->redis.publish_failed, bs.publish_failed);
+    STORE(sl->redis.received, bs.received);
+    STORE(sl->redis.duplicates, bs.duplicates);
+    STORE(sl->redis.fetches, bs.fetches);
+    STORE(sl->redis.gaps, bs.gaps);
+    STORE(sl->redis.rollbacks, bs.rollbacks);
 }
 
 void comet_status_tick(comet_hub_t *hub, void *baton)
@@ -248,6 +261,7 @@ typedef struct status_sums_t {
     apr_uint64_t kept_total, handed_back;
     apr_uint32_t suspended, held, mpm_conns, mpm_suspended, gate_waits;
     apr_uint32_t sb_conns, sb_suspended, sb_lingering;
+    comet_bus_stats_t redis;        /* live processes only */
 } status_sums_t;
 
 /* The MPM's own record of process pid: the numbers its listener copies
@@ -322,6 +336,15 @@ static void sum_slots(status_sums_t *sum)
         sum->mpm_conns += LOAD(sl->live.mpm_conns);
         sum->mpm_suspended += LOAD(sl->live.mpm_suspended);
         sum->gate_waits += LOAD(sl->live.gate_waits);
+        sum->redis.up += LOAD(sl->redis.up);
+        sum->redis.channels += LOAD(sl->redis.channels);
+        sum->redis.published += LOAD(sl->redis.published);
+        sum->redis.publish_failed += LOAD(sl->redis.publish_failed);
+        sum->redis.received += LOAD(sl->redis.received);
+        sum->redis.duplicates += LOAD(sl->redis.duplicates);
+        sum->redis.fetches += LOAD(sl->redis.fetches);
+        sum->redis.gaps += LOAD(sl->redis.gaps);
+        sum->redis.rollbacks += LOAD(sl->redis.rollbacks);
         if ((ps = sb_process(pid)) != NULL) {
             sum->sb_conns += ps->connections;
             sum->sb_suspended += ps->suspended;
@@ -407,6 +430,20 @@ int comet_status_hook(request_rec *r, int flags)
                        ? "ok" : why);
         }
 #endif
+        ap_rprintf(r,
+                   "CometRedisUp: %u\n"
+                   "CometRedisChannels: %u\n"
+                   "CometRedisPublishes: %" APR_UINT64_T_FMT "\n"
+                   "CometRedisPublishFailures: %" APR_UINT64_T_FMT "\n"
+                   "CometRedisReceived: %" APR_UINT64_T_FMT "\n"
+                   "CometRedisDuplicates: %" APR_UINT64_T_FMT "\n"
+                   "CometRedisSyncs: %" APR_UINT64_T_FMT "\n"
+                   "CometRedisGaps: %" APR_UINT64_T_FMT "\n"
+                   "CometRedisNewGenerations: %" APR_UINT64_T_FMT "\n",
+                   sum.redis.up, sum.redis.channels, sum.redis.published,
+                   sum.redis.publish_failed, sum.redis.received,
+                   sum.redis.duplicates, sum.redis.fetches, sum.redis.gaps,
+                   sum.redis.rollbacks);
     }
     else {
         ap_rputs("<hr />\n<h2>mod_comet</h2>\n<dl>\n", r);
@@ -454,6 +491,19 @@ int comet_status_hook(request_rec *r, int flags)
                        sum.pub_publishes, sum.pub_refused,
                        sum.pub_subscribers, sum.pub_pushes,
                        sum.pub_dropped_slow);
+        }
+        if (comet_shared_enabled()) {
+            ap_rprintf(r, "<dt>Redis: up in %u of %u processes, %u "
+                       "subscriptions; %" APR_UINT64_T_FMT " publishes "
+                       "stored, %" APR_UINT64_T_FMT " failed; %"
+                       APR_UINT64_T_FMT " messages received, %"
+                       APR_UINT64_T_FMT " syncs, %" APR_UINT64_T_FMT
+                       " losses told, %" APR_UINT64_T_FMT " new "
+                       "generations</dt>\n", sum.redis.up, sum.processes,
+                       sum.redis.channels, sum.redis.published,
+                       sum.redis.publish_failed, sum.redis.received,
+                       sum.redis.fetches, sum.redis.gaps,
+                       sum.redis.rollbacks);
         }
         ap_rputs("</dl>\n", r);
     }
