@@ -1443,6 +1443,7 @@ static int deliver_member(comet_hub_t *hub, hub_chan_t *c, hub_member_t *m,
 {
     comet_hub_sub_t *s = m->sub;
     int n = rd->msgs->nelts, k = 0, chunked = !!(s->flags & SUB_CHUNKED);
+    int anew;
     apr_uint64_t last;
 
     if (s->flags & SUB_ENDING) {
@@ -1461,16 +1462,23 @@ static int deliver_member(comet_hub_t *hub, hub_chan_t *c, hub_member_t *m,
         sub_behind(hub, s);
         return 1;
     }
-    while (k < n && APR_ARRAY_IDX(rd->msgs, k, comet_msg_t).id.seq <= m->seq) {
+    /* The channel's ids started anew below the member's position (see
+     * restart_seq in comet_render.c): all of the round is due. */
+    anew = rd->missed && rd->newest.seq < m->seq;
+    while (!anew && k < n
+           && APR_ARRAY_IDX(rd->msgs, k, comet_msg_t).id.seq <= m->seq) {
         k++;
     }
     if (k == n && !rd->missed) {
         return 1;
     }
+    if (k < n) {
+        m->flags &= ~M_LATER;
+    }
     /* When all after the position was lost, the position moves past it,
      * so that the loss is told once. */
     last = n ? APR_ARRAY_IDX(rd->msgs, n - 1, comet_msg_t).id.seq
-             : (rd->newest.seq > m->seq ? rd->newest.seq : m->seq);
+             : (rd->newest.seq > m->seq || anew ? rd->newest.seq : m->seq);
 
     if (s->transport == COMET_T_LONGPOLL) {
         const comet_read_t *reads[1024];
@@ -1593,7 +1601,9 @@ static void deliver_chan(comet_hub_t *hub, hub_chan_t *c)
         if (nround) {
             c->seq = APR_ARRAY_IDX(rd.msgs, nround - 1, comet_msg_t).id.seq;
         }
-        else if (rd.missed && rd.newest.seq > c->seq) {
+        else if (rd.missed) {
+            /* Told; reading after the newest tells no more (it may be
+             * below c->seq: ids that started anew). */
             c->seq = rd.newest.seq;
         }
         done = rd.deleted || (!rd.more && nround == n);

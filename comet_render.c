@@ -139,6 +139,21 @@ apr_status_t comet_render_notice(comet_buf_t *buf, int transport,
     return rv;
 }
 
+/* A read that missed messages and whose channel's newest is below the
+ * reader's position: the channel's ids started anew (a channel shared
+ * through Redis, when Redis lost its data).  The reader starts over just
+ * before the read's first message (or at the newest when it brought none):
+ * all of the read is due although its seqs are not above the old
+ * position. */
+static void restart_seq(const comet_read_t *rd, apr_uint64_t *seq)
+{
+    if (rd->missed && rd->newest.seq < *seq) {
+        *seq = rd->msgs->nelts
+               ? APR_ARRAY_IDX(rd->msgs, 0, comet_msg_t).id.seq - 1
+               : rd->newest.seq;
+    }
+}
+
 apr_status_t comet_render_stream(comet_buf_t *buf, int transport,
                                  int chunked, apr_uint32_t epoch,
                                  const char *const *ids,
@@ -159,6 +174,7 @@ apr_status_t comet_render_stream(comet_buf_t *buf, int transport,
     }
     if (rd->missed) {
         rv = comet_render_notice(buf, transport, chunked, 0, ids[ci]);
+        restart_seq(rd, &seqs[ci]);
     }
     for (int i = 0; rv == APR_SUCCESS && i < rd->msgs->nelts; i++) {
         const comet_msg_t *msg = &APR_ARRAY_IDX(rd->msgs, i, comet_msg_t);
@@ -234,6 +250,9 @@ apr_status_t comet_render_poll(comet_buf_t *buf, comet_buf_t *tmp,
     for (apr_size_t c = 0; c < nchan && all; c++) {
         const comet_read_t *rd = reads[c];
 
+        if (rd) {
+            restart_seq(rd, &seqs[c]);
+        }
         for (int i = 0; rd && i < rd->msgs->nelts; i++) {
             const comet_msg_t *m = &APR_ARRAY_IDX(rd->msgs, i, comet_msg_t);
             comet_frame_msg_t fm;

@@ -626,13 +626,20 @@ START_TEST(long_poll_times_out_with_no_messages_and_the_same_id)
     apr_uint64_t seqs[1] = { 7 };
     char buf[4096], want[64];
     size_t len = 0;
-    int fd = adopt(ids, 1, COMET_T_LONGPOLL, 0, apr_time_from_msec(100),
-                   seqs);
+    int fd;
+
+    /* Position 7 is one the store has handed out (on another channel):
+     * nothing was lost after it, and nothing comes. */
+    for (int i = 0; i < 7; i++) {
+        publish("elsewhere", "x", NULL);
+    }
+    fd = adopt(ids, 1, COMET_T_LONGPOLL, 0, apr_time_from_msec(100), seqs);
 
     ck_assert(read_eof(fd, buf, sizeof(buf), &len, 2000));
     snprintf(want, sizeof(want), "{\"id\":\"%08x:7\"",
              comet_store_epoch(fx.st));
     ck_assert_msg(strstr(buf, want), "got %s", buf);
+    ck_assert_ptr_nonnull(strstr(buf, "\"missed\":false"));
     ck_assert_ptr_nonnull(strstr(buf, "\"messages\":[]"));
     close(fd);
 }
@@ -705,6 +712,60 @@ START_TEST(several_channels_get_compound_ids_and_channel_event_names)
              APR_UINT64_T_FMT "\n", comet_store_epoch(fx.st), sa, sb);
     ck_assert_msg(strstr(buf, want), "want %s got %s", want, buf);
     close(fd);
+}
+END_TEST
+
+/* Feed a message with its own seq into a fed copy of chan (the store
+ * changes only if the channel is where *pos says; *pos is updated). */
+static void feed(const char *chan, apr_uint64_t seq, const char *data,
+                 comet_store_pos_t *pos)
+{
+    comet_store_feed_t f;
+
+    memset(&f, 0, sizeof(f));
+    f.channel = chan;
+    f.channel_len = strlen(chan);
+    f.has_msg = 1;
+    f.seq = seq;
+    f.data = data;
+    f.data_len = strlen(data);
+    f.expect_fed = pos->fed;
+    f.expect_last = pos->last;
+    ck_assert_int_eq(comet_store_feed(fx.st, &f, comet_now_mono(), wake,
+                                      NULL, pos), APR_SUCCESS);
+}
+
+/* A copy fed from Redis starts its ids anew, below what its readers have
+ * seen, when Redis lost its data: they are told, get the new messages,
+ * and go on with the new ids (single and several channels alike). */
+START_TEST(ids_that_start_anew_below_the_position_are_delivered_after_it)
+{
+    const char *one[] = { "anew" }, *two[] = { "anew", "other" };
+    char b1[4096], b2[4096];
+    size_t l1 = 0, l2 = 0;
+    comet_store_pos_t pos;
+    int f1 = adopt(one, 1, COMET_T_SSE, 0, 0, NULL);
+    int f2 = adopt(two, 2, COMET_T_STREAM, 0, 0, NULL);
+
+    ck_assert(wait_hub_count(2));
+    memset(&pos, 0, sizeof(pos));
+    feed("anew", 1000, "old-1000", &pos);
+    ck_assert(read_until(f1, b1, sizeof(b1), &l1, "data: old-1000", 2000));
+    ck_assert(read_until(f2, b2, sizeof(b2), &l2, "old-1000", 2000));
+    l1 = l2 = 0;
+    feed("anew", 5, "new-5", &pos);
+    ck_assert_msg(read_until(f1, b1, sizeof(b1), &l1, "data: new-5", 2000),
+                  "got %s", b1);
+    ck_assert_msg(strstr(b1, "event: comet-missed"), "got %s", b1);
+    ck_assert_msg(read_until(f2, b2, sizeof(b2), &l2, "new-5", 2000),
+                  "got %s", b2);
+    feed("anew", 6, "new-6", &pos);
+    ck_assert_msg(read_until(f1, b1, sizeof(b1), &l1, "data: new-6", 2000),
+                  "got %s", b1);
+    ck_assert_msg(read_until(f2, b2, sizeof(b2), &l2, "new-6", 2000),
+                  "got %s", b2);
+    close(f1);
+    close(f2);
 }
 END_TEST
 
@@ -2280,6 +2341,8 @@ Suite *test_comet_hub_suite(void)
     tcase_add_test(tc, keepalives_flow_on_idle_streams);
     tcase_add_test(tc, messages_published_before_adoption_are_caught_up);
     tcase_add_test(tc, several_channels_get_compound_ids_and_channel_event_names);
+    tcase_add_test(tc,
+                   ids_that_start_anew_below_the_position_are_delivered_after_it);
     tcase_add_test(tc, a_deleted_channel_ends_its_streams_with_a_notice);
     tcase_add_test(tc, stopping_the_hub_ends_every_stream_cleanly);
     tcase_add_test(tc, the_subscriber_limit_refuses_adoption);

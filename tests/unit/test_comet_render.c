@@ -192,6 +192,43 @@ START_TEST(nothing_read_renders_nothing)
 }
 END_TEST
 
+/* A channel shared through Redis starts its ids anew below a reader's
+ * position when Redis lost its data: the store's read says missed, its
+ * newest is below the position, and its messages are all due. */
+START_TEST(a_missed_read_below_the_position_starts_the_reader_over)
+{
+    comet_buf_t *b = comet_test_buf(4096);
+    comet_read_t *rd = new_read(1, 0), *empty = new_read(1, 0);
+    const char *ids[2] = { "room1", "room2" };
+    apr_uint64_t seqs[2] = { 900, 0 };
+
+    add_msg(rd, 41, NULL, "first anew");
+    add_msg(rd, 42, NULL, "second anew");
+    ck_assert_int_eq(comet_render_stream(b, COMET_T_SSE, 0, EPOCH, ids, seqs,
+                                         1, 0, rd, 0, NULL,
+                                         comet_test_pool),
+                     APR_SUCCESS);
+    COMET_ASSERT_BUF(b, "event: comet-missed\ndata: room1\n\n"
+                        "id: 0000abcd:41\ndata: first anew\n\n"
+                        "id: 0000abcd:42\ndata: second anew\n\n");
+    ck_assert_uint_eq(seqs[0], 42);
+
+    /* Nothing read: the reader moves to the channel's newest. */
+    comet_buf_truncate(b, 0);
+    empty->newest.epoch = EPOCH;
+    empty->newest.seq = 40;
+    seqs[0] = 900;
+    seqs[1] = 3;
+    ck_assert_int_eq(comet_render_stream(b, COMET_T_SSE, 0, EPOCH, ids, seqs,
+                                         2, 0, empty, 0, NULL,
+                                         comet_test_pool),
+                     APR_SUCCESS);
+    COMET_ASSERT_BUF(b, "event: comet-missed\ndata: room1\n\n");
+    ck_assert_uint_eq(seqs[0], 40);
+    ck_assert_uint_eq(seqs[1], 3);
+}
+END_TEST
+
 /* ---- long-poll ---------------------------------------------------------- */
 
 START_TEST(poll_document_holds_every_channels_news_and_the_position_after)
@@ -362,6 +399,27 @@ START_TEST(the_frame_bound_holds_for_the_worst_payloads)
 }
 END_TEST
 
+START_TEST(poll_after_ids_started_anew_holds_them_and_their_position)
+{
+    comet_buf_t *b = comet_test_buf(4096), *tmp = comet_test_buf(4096);
+    comet_read_t *rd = new_read(1, 0);
+    const comet_read_t *reads[1];
+    const char *ids[1] = { "a" };
+    apr_uint64_t seqs[1] = { 900 };
+
+    add_msg(rd, 7, NULL, "seven");
+    reads[0] = rd;
+    ck_assert_int_eq(comet_render_poll(b, tmp, EPOCH, ids, seqs, 1, reads, 1,
+                                       0, NULL),
+                     APR_SUCCESS);
+    COMET_ASSERT_BUF(b, "{\"id\":\"0000abcd:7\""
+                        ",\"missed\":true,\"messages\":["
+                        "{\"channel\":\"a\",\"id\":\"0000abcd:7\","
+                        "\"time\":7,\"data\":\"seven\"}]}");
+    ck_assert_uint_eq(seqs[0], 7);
+}
+END_TEST
+
 Suite *test_comet_render_suite(void)
 {
     Suite *s = suite_create("comet_render");
@@ -382,6 +440,8 @@ Suite *test_comet_render_suite(void)
     tcase_add_test(ts,
                    a_frame_that_does_not_fit_is_left_out_and_the_position_stays);
     tcase_add_test(ts, nothing_read_renders_nothing);
+    tcase_add_test(ts,
+                   a_missed_read_below_the_position_starts_the_reader_over);
     suite_add_tcase(s, ts);
 
     tcase_add_checked_fixture(tp, comet_test_pool_setup,
@@ -389,6 +449,8 @@ Suite *test_comet_render_suite(void)
     tcase_add_test(tp,
                    poll_document_holds_every_channels_news_and_the_position_after);
     tcase_add_test(tp, poll_without_news_answers_the_position_the_client_has);
+    tcase_add_test(tp,
+                   poll_after_ids_started_anew_holds_them_and_their_position);
     tcase_add_test(tp,
                    a_capped_poll_holds_the_first_messages_and_the_id_after_them);
     tcase_add_test(ts,
