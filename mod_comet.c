@@ -61,6 +61,7 @@
 #include <mod_status.h>
 
 #include "mod_comet.h"
+#include "comet_redis.h"
 #include "mod_comet_config.h"
 #include "mod_comet_sub.h"
 #include "mod_comet_pub.h"
@@ -194,6 +195,11 @@ static void log_line(const char *file, int line, int module_index,
         apr_cpystrn(msg + strlen(msg), ": ", sizeof(msg) - strlen(msg));
         apr_cpystrn(msg + strlen(msg), comet_strerror(rv, eb, sizeof(eb)),
                     sizeof(msg) - strlen(msg));
+        rv = 0;
+    }
+    else if (rv >= COMET_REDIS_EDOWN && rv < COMET_REDIS_EDOWN + 100) {
+        /* The Redis client's and the bus's codes: their lines say what
+         * happened already. */
         rv = 0;
     }
     if (r) {

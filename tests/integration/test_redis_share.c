@@ -253,6 +253,9 @@ static int sse_pump(sse_t *subs, int n, int ms, int (*done)(void *),
             pfd[k].revents = 0;
         }
         if (poll(pfd, (nfds_t)n, left < 50 ? left : 50) < 0) {
+            if (errno == EINTR) {
+                continue;       /* a child of the test ended meanwhile */
+            }
             break;
         }
         for (k = 0; k < n; k++) {
@@ -554,6 +557,69 @@ START_TEST(a_subscriber_moving_from_a_to_b_gets_exactly_what_it_missed)
     progress("resumed on B from %s: exactly m3..m7, no missed signal", last);
     sse_close(&s);
     stop_pair();
+    redis_util_stop(&rs);
+}
+END_TEST
+
+/* A Redis that wants a password: given by CometRedisPasswordFile, it
+ * works; a wrong one makes publishes fail and say so; neither password
+ * ever shows in the log. */
+START_TEST(a_password_from_a_file_opens_redis_and_never_shows_in_the_log)
+{
+    static const char good[] = "Gd-7a1f3c-pass", bad[] = "Wr-9e2b4d-pass";
+    sse_t s;
+    all_t a = { &s, 1, 0 };
+    pubc_t pb, pa;
+    char line[256], url[64], *file, *more;
+    FILE *f;
+    int st;
+
+    t0 = it_now_ms();
+    memset(&rs, 0, sizeof(rs));
+    snprintf(rs.extra, sizeof(rs.extra), "--requirepass %s", good);
+    ck_assert_int_eq(redis_util_start(&rs), 0);
+    file = apr_psprintf(tp, "%s/redis.password", rs.dir);
+    ck_assert_ptr_nonnull(f = fopen(file, "w"));
+    fprintf(f, "%s\n", good);
+    fclose(f);
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", rs.port);
+    more = apr_psprintf(tp, "CometRedisPasswordFile %s\n", file);
+    start_pair(url, more);
+    ck_assert_int_eq(sse_open(&s, sa.port, "locked", NULL), 0);
+    ck_assert(sse_pump(&s, 1, 5000, all_headed, &a));
+    pubc_open(&pb, &sb);
+    pubc_send(&pb, "locked", "m0");
+    pubc_reply(&pb, line, sizeof(line), 5000);
+    ck_assert_msg(line[0] == ':', "%s", line);
+    a.want = 1;
+    ck_assert(sse_pump(&s, 1, 5000, all_have, &a));
+    ck_assert_str_eq(s.last, "m0");
+    close(pb.fd);
+    sse_close(&s);
+    stop_pair();
+    ck_assert_int_eq(it_log_count(&sa, good) + it_log_count(&sb, good), 0);
+    progress("the password from the file opened Redis on A and B");
+
+    /* A wrong password: refused, said to the publisher, never logged. */
+    f = fopen(file, "w");
+    ck_assert_ptr_nonnull(f);
+    fprintf(f, "%s\n", bad);
+    fclose(f);
+    start_pair(url, more);
+    pubc_open(&pa, &sa);
+    pubc_send(&pa, "locked", "m1");
+    pubc_reply(&pa, line, sizeof(line), 10000);
+    ck_assert_msg(line[0] == '-' && strstr(line, "not stored"), "%s", line);
+    st = it_publish(sa.port, "locked", "m2", NULL, NULL, 0);
+    ck_assert_int_eq(st, 503);
+    close(pa.fd);
+    stop_pair();
+    ck_assert_int_gt(it_log_count(&sa, "WRONGPASS"), 0);
+    ck_assert_int_eq(it_log_count(&sa, "APR does not understand"), 0);
+    ck_assert_int_eq(it_log_count(&sa, bad) + it_log_count(&sb, bad)
+                     + it_log_count(&sa, good) + it_log_count(&sb, good), 0);
+    progress("a wrong password: publishes refused (-ERR, 503), the log "
+             "has Redis' refusal and no password");
     redis_util_stop(&rs);
 }
 END_TEST
@@ -1021,7 +1087,7 @@ Suite *test_redis_share_suite(void)
 {
     Suite *s = suite_create("redis_share");
     TCase *tc = tcase_create("standalone");
-    TCase *trs = tcase_create("restart");
+    TCase *trs = tcase_create("failures");
     TCase *tcl = tcase_create("cluster");
 
     tcase_add_unchecked_fixture(tc, setup, teardown);
@@ -1036,6 +1102,8 @@ Suite *test_redis_share_suite(void)
     tcase_add_unchecked_fixture(trs, setup, teardown);
     tcase_set_timeout(trs, 180);
     tcase_add_test(trs, redis_killed_and_restarted_mid_burst);
+    tcase_add_test(trs,
+                   a_password_from_a_file_opens_redis_and_never_shows_in_the_log);
     suite_add_tcase(s, trs);
 
     tcase_add_unchecked_fixture(tcl, setup, teardown);
