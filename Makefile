@@ -48,7 +48,7 @@ MODULE      := .libs/mod_comet.so
 APXS_FLAGS  := -Wc,$(STD) $(foreach w,$(WARN) $(SANITIZE),-Wc,$(w)) \
                $(if $(SANITIZE),-Wl,$(SANITIZE))
 
-.PHONY: all deps test unit integration run stop install clean clean-objs asan bench bench-store \
+.PHONY: all deps test unit integration run stop install clean clean-objs asan bench bench-store bench-redis \
         bench-tls-mem fuzz fuzz-build
 
 all: $(MODULE)
@@ -265,6 +265,9 @@ $(BUILD)/tls_session_mem: bench/tls_session_mem.c comet_tls.c comet_tls.h | $(BU
 bench-tls-mem: $(BUILD)/tls_session_mem
 	$(BUILD)/tls_session_mem 500 3
 	$(BUILD)/tls_session_mem 500 2
+
+bench-redis: all $(BUILD)/cometbench
+	@sh bench/redis.sh $(if $(QUICK),quick,full)
 
 bench-store: $(BUILD)/bench_store
 	$(BUILD)/bench_store $(if $(QUICK),--quick)

@@ -207,6 +207,12 @@ static struct {
     int sub_port;                   /* subscribers' port (TLS)         */
     struct sockaddr_storage sub_addr;
     socklen_t sub_addrlen;
+    int port2;                      /* a second server: odd subscribers
+                                       and odd HTTP publishers            */
+    const char *socket_path2;       /* its socket: odd RESP publishers   */
+    int pub_alternate;              /* publishers take turns             */
+    struct sockaddr_storage addr2;
+    socklen_t addrlen2;
 } opt;
 
 static SSL_CTX *tls_ctx;
@@ -544,14 +550,20 @@ static int conn_connect(conn_t *c)
     int rc;
     if (unix_sock) {
         struct sockaddr_un sun;
+        const char *path = opt.socket_path2 && (c->idx & 1)
+                           ? opt.socket_path2 : opt.socket_path;
         memset(&sun, 0, sizeof sun);
         sun.sun_family = AF_UNIX;
-        memcpy(sun.sun_path, opt.socket_path, strlen(opt.socket_path));
+        memcpy(sun.sun_path, path, strlen(path));
         rc = connect(fd, (struct sockaddr *)&sun, sizeof sun);
     } else if (c->kind == CK_SUB && opt.tls) {
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         rc = connect(fd, (struct sockaddr *)&opt.sub_addr, opt.sub_addrlen);
+    } else if (opt.port2 && (c->idx & 1)) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        rc = connect(fd, (struct sockaddr *)&opt.addr2, opt.addrlen2);
     } else {
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -2114,6 +2126,16 @@ static int pub_limit_reached(uint64_t now)
     return opt.messages <= 0 && opt.duration <= 0;
 }
 
+/* The publisher of the next message: channel ch's own (ch % pub_conns),
+ * or, with --pub-alternate, the next one in turn (messages of a channel
+ * then take several paths: through two servers sharing it, say). */
+static uint32_t pub_of(uint32_t ch)
+{
+    if (opt.pub_alternate)
+        return (uint32_t)(st.sent % (uint64_t)opt.pub_conns);
+    return ch % (uint32_t)opt.pub_conns;
+}
+
 /* Send what is due: paced by --rate, else as much as the windows allow.
  * Channel ch always goes through publisher ch % pub_conns, so messages of
  * one channel reach the server in order. */
@@ -2126,7 +2148,7 @@ static void pub_pump(uint64_t now)
                 break;
         }
         uint32_t ch = (uint32_t)(st.sent % (uint64_t)opt.channels);
-        conn_t *pc = &pubs[ch % (uint32_t)opt.pub_conns];
+        conn_t *pc = &pubs[pub_of(ch)];
         /* A WebSocket publisher gets no answers: its window is what it
          * has not written yet. */
         if (pc->state != CS_OPEN || pc->inflight_n >= (uint32_t)opt.pipeline
@@ -2277,7 +2299,7 @@ static int next_timeout_ms(uint64_t now, uint64_t deadline)
         /* The pacing timer only matters when the next message has room:
          * otherwise the answer that makes room wakes the loop. */
         uint32_t ch = (uint32_t)(st.sent % (uint64_t)opt.channels);
-        const conn_t *pc = &pubs[ch % (uint32_t)opt.pub_conns];
+        const conn_t *pc = &pubs[pub_of(ch)];
         if (opt.rate > 0 && pc->state == CS_OPEN
             && pc->inflight_n < (uint32_t)opt.pipeline) {
             uint64_t at = st.pub_t0 + (uint64_t)((double)st.sent * 1e9 / opt.rate);
@@ -2571,6 +2593,10 @@ static void usage(FILE *f)
 "                       i %% C that sends text frames (taken when written)\n"
 "  --pub-url TMPL       POST or WebSocket path, %s = channel (default /pub/%s)\n"
 "  --socket PATH        Unix socket for --pub resp\n"
+"  --port2 N            a second server sharing the channels: odd-numbered\n"
+"                       subscribers and HTTP publishers go to it\n"
+"  --socket2 PATH       its Unix socket: odd-numbered RESP publishers\n"
+"  --pub-alternate      publishers take turns (not one per channel)\n"
 "  --pub-conns K        publisher connections (default 1)\n"
 "  --pipeline D         unanswered requests per connection (default 1)\n"
 "  --rate R             messages/s in total; 0 = as fast as answered (default 0)\n"
@@ -2665,7 +2691,7 @@ static void parse_args(int argc, char **argv)
         O_CTIMEOUT, O_MAXEV, O_PUB, O_PUB_URL, O_SOCKET, O_PUB_CONNS,
         O_PIPELINE, O_RATE, O_MESSAGES, O_DURATION, O_SIZE, O_HOLD, O_WARMUP,
         O_SETTLE, O_TIMEOUT, O_WATCH, O_TLS, O_TLS_VERSION, O_SUB_PORT,
-        O_HELP
+        O_PORT2, O_SOCKET2, O_PUB_ALT, O_HELP
     };
     static const struct option lo[] = {
         { "host", 1, NULL, O_HOST }, { "port", 1, NULL, O_PORT },
@@ -2686,6 +2712,8 @@ static void parse_args(int argc, char **argv)
         { "tls", 0, NULL, O_TLS },
         { "tls-version", 1, NULL, O_TLS_VERSION },
         { "sub-port", 1, NULL, O_SUB_PORT },
+        { "port2", 1, NULL, O_PORT2 }, { "socket2", 1, NULL, O_SOCKET2 },
+        { "pub-alternate", 0, NULL, O_PUB_ALT },
         { "help", 0, NULL, O_HELP }, { NULL, 0, NULL, 0 }
     };
     const char *host = "127.0.0.1", *transport = "sse", *pub = "none";
@@ -2771,6 +2799,11 @@ static void parse_args(int argc, char **argv)
         case O_SUB_PORT:
             opt.sub_port = (int)num_arg("sub-port", optarg, 1, 65535);
             break;
+        case O_PORT2:
+            opt.port2 = (int)num_arg("port2", optarg, 1, 65535);
+            break;
+        case O_SOCKET2: opt.socket_path2 = optarg; break;
+        case O_PUB_ALT: opt.pub_alternate = 1; break;
         case O_HELP:
         case 'h':
             usage(stdout);
@@ -2842,6 +2875,21 @@ static void parse_args(int argc, char **argv)
     /* The subscribers' address: the same host, their own port. */
     opt.sub_addr = opt.addr;
     opt.sub_addrlen = opt.addrlen;
+    if (opt.port2) {
+        if (opt.tls)
+            die("--port2 is for plain HTTP");
+        opt.addr2 = opt.addr;
+        opt.addrlen2 = opt.addrlen;
+        if (opt.addr2.ss_family == AF_INET)
+            ((struct sockaddr_in *)&opt.addr2)->sin_port =
+                htons((uint16_t)opt.port2);
+        else
+            ((struct sockaddr_in6 *)&opt.addr2)->sin6_port =
+                htons((uint16_t)opt.port2);
+    }
+    if (opt.socket_path2 && strlen(opt.socket_path2)
+        >= sizeof(((struct sockaddr_un *)0)->sun_path))
+        die("--socket2 path too long");
     if (opt.sub_port) {
         if (opt.sub_addr.ss_family == AF_INET)
             ((struct sockaddr_in *)&opt.sub_addr)->sin_port =

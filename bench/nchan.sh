@@ -12,6 +12,9 @@
 #   sh bench/nchan.sh check            install if missing (as root); exit 1
 #                                      with a message when unavailable
 #
+# NCHAN_CONF_IN names another configuration template (default
+# bench/nchan.conf.in), with the same placeholders.
+#
 # Installs nginx and the Nchan module from Debian when missing (as root).
 set -eu
 
@@ -79,7 +82,7 @@ start() {
     sed -e "s|@DIR@|$dir|g" -e "s|@PORT@|$port|g" -e "s|@TLS_PORT@|$tls_port|g" \
         -e "s|@CERT@|$cert|g" -e "s|@KEY@|$key|g" \
         -e "s|@MODULE@|$module|g" -e "s|@NOFILE@|$nofile|g" -e "s|@CONNS@|$conns|g" \
-        "$here/nchan.conf.in" > "$dir/nginx.conf"
+        "${NCHAN_CONF_IN:-$here/nchan.conf.in}" > "$dir/nginx.conf"
     rm -f "$dir/nginx.pid"
     "$NGINX" -p "$dir/" -c "$dir/nginx.conf" -e "$dir/error.log" 2>>"$dir/error.log" \
         || die "nginx failed to start; see $dir/error.log"
