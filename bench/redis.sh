@@ -198,15 +198,21 @@ run() {
     fi
 }
 
-fanout_opts="--transport sse --subs $FAN_SUBS --channels 1 --messages $FAN_MSGS --rate $FAN_RATE --size 100 --settle 10 --warmup 0.5"
+fanout_opts="--transport sse --subs $FAN_SUBS --channels 1 --messages $FAN_MSGS --rate $FAN_RATE --pipeline 4 --size 100 --settle 10 --warmup 0.5"
 publish_opts="--subs 0 --channels 100 --duration $PUB_SECONDS --rate 0 --pub-conns 4 --pipeline 8 --size 100"
+
+# The load generator is one client address whose thousands of subscribers
+# wait on a channel nobody has published to yet: mod_comet's quota for that
+# (CometMaxNewChannelsPerClient, 1024 per process) would refuse most of
+# them.  Nchan has no such limit.
+comet_extra="CometMaxNewChannelsPerClient off"
 
 redis_start
 for setup in $SETUPS; do
     redis-cli -p "$REDIS_PORT" flushall >/dev/null
     case "$setup" in
     comet-1)
-        comet_start comet1 "$COMET_PORT" 18495 ""
+        comet_start comet1 "$COMET_PORT" 18495 "$comet_extra"
         s1=$work/comet1/publish.sock
         # shellcheck disable=SC2086
         run "$setup" fanout --server comet --port "$COMET_PORT" --sub-url /sub/%s \
@@ -216,7 +222,8 @@ for setup in $SETUPS; do
             --pub resp --socket "$s1" $publish_opts
         comet_stop ;;
     comet-2r)
-        extra="CometRedis redis://127.0.0.1:$REDIS_PORT"
+        extra="$comet_extra
+CometRedis redis://127.0.0.1:$REDIS_PORT"
         comet_start comet1 "$COMET_PORT" 18495 "$extra"
         comet_start comet2 "$COMET_PORT2" 18496 "$extra"
         s1=$work/comet1/publish.sock s2=$work/comet2/publish.sock
