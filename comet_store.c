@@ -138,7 +138,10 @@
 /* ------------------------------------------------------------------ */
 
 #define STORE_MAGIC         APR_UINT64_C(0x31544d4f4354454d) /* "METCOMT1" */
-#define STORE_VERSION       4
+#define STORE_VERSION       5    /* 3: a message's sender; 4: the extra
+                                        slot that watches every channel;
+                                        5: fed channels, the feed
+                                        operation */
 #define STORE_NIL           0xffffffffu
 #define STORE_BLK_SIZE      64
 #define STORE_BLK_DATA      (STORE_BLK_SIZE - 4)
