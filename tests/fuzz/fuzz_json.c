@@ -669,6 +669,8 @@ static comet_read_t *make_read(const input_t *in, apr_pool_t *p)
         m->event_len = in->msg[i].event_len;
         m->data = in->msg[i].data;
         m->data_len = in->msg[i].data_len;
+        /* As the store reads: the channel's newest is its last message. */
+        rd->newest = m->id;
     }
     return rd;
 }

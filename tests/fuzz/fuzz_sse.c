@@ -468,6 +468,8 @@ static void path_render(const input_t *in, apr_pool_t *p)
         m->data = in->data + cut[i];
         m->data_len = cut[i + 1] - cut[i];
     }
+    /* As the store reads: the channel's newest is its last message. */
+    rd.newest = APR_ARRAY_IDX(rd.msgs, rd.msgs->nelts - 1, comet_msg_t).id;
     CHECK(comet_buf_create(&buf, p, 0, in->bound) == APR_SUCCESS);
     start_seq = seqs[ci];
     rv = comet_render_stream(buf, COMET_T_SSE, in->chunked, epoch, channels,
