@@ -77,14 +77,14 @@ void comet_shared_child_init(server_rec *s)
         rv = comet_bus_start(bus);
     }
     if (rv != APR_SUCCESS) {
-        comet_log_serror(APLOG_CRIT, rv, s, COMET_LOGNO(1001) "process %"
+        comet_log_serror(APLOG_CRIT, rv, s, COMET_LOGNO(1201) "process %"
                          APR_PID_T_FMT " cannot set up its Redis client for "
                          "%s: its publishes will fail", getpid(),
                          url->display);
         bus = NULL;
         return;
     }
-    ap_log_error(APLOG_MARK, APLOG_DEBUG, 0, s, COMET_LOGNO(1002)
+    ap_log_error(APLOG_MARK, APLOG_DEBUG, 0, s, COMET_LOGNO(1202)
                  "process %" APR_PID_T_FMT " shares its channels through %s",
                  getpid(), url->display);
 }
