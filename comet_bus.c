@@ -330,7 +330,9 @@ comet_bus_req_t *comet_bus_req_publish(const comet_publish_t *msg,
 {
     return req_make(REQ_PUBLISH, msg->channel, msg->channel_len,
                     msg->event, msg->event ? msg->event_len : 0,
-                    msg->data, msg->data_len, from, from ? from_len : 0);
+                    msg->data, msg->data_len,
+                    from ? from : msg->from,
+                    from ? from_len : msg->from ? msg->from_len : 0);
 }
 
 comet_bus_req_t *comet_bus_req_sync(const char *channel, apr_size_t len,
@@ -797,7 +799,8 @@ static void chan_remove(comet_bus_t *bus, bus_chan_t *ch)
 
 static apr_status_t feed(comet_bus_t *bus, bus_chan_t *ch, int has_msg,
                          apr_uint64_t seq, const char *event,
-                         apr_size_t elen, const char *data, apr_size_t dlen,
+                         apr_size_t elen, const char *from, apr_size_t flen,
+                         const char *data, apr_size_t dlen,
                          apr_interval_time_t age, comet_store_pos_t *pos)
 {
     comet_store_feed_t f;
@@ -813,6 +816,12 @@ static apr_status_t feed(comet_bus_t *bus, bus_chan_t *ch, int has_msg,
     f.seq = seq;
     f.event = elen ? event : NULL;
     f.event_len = elen;
+    /* An identity longer than this store keeps is left out rather than
+     * the message. */
+    if (flen && flen <= COMET_STORE_FROM_MAX) {
+        f.from = from;
+        f.from_len = flen;
+    }
     f.data = data;
     f.data_len = dlen;
     f.age = age;
@@ -877,7 +886,7 @@ static int feed_entries(comet_bus_t *bus, bus_chan_t *ch,
          i++, e = comet_resp_reply_next(e)) {
         const comet_resp_reply_t *idn = comet_resp_reply_child(e, 0);
         const comet_resp_reply_t *fl = comet_resp_reply_child(e, 1);
-        const comet_resp_reply_t *ev, *d, *t;
+        const comet_resp_reply_t *ev, *d, *t, *fr;
         apr_uint64_t g, n, seq;
         apr_int64_t when;
         char *dash;
@@ -893,6 +902,7 @@ static int feed_entries(comet_bus_t *bus, bus_chan_t *ch,
         seq = COMET_BUS_SEQ(g, n);
         ev = field(fl, "e");
         d = field(fl, "d");
+        fr = field(fl, "f");
         t = field(fl, "t");
         when = t && t->str ? apr_strtoi64(t->str, NULL, 10) : now_ms;
         for (;;) {
@@ -906,7 +916,8 @@ static int feed_entries(comet_bus_t *bus, bus_chan_t *ch,
                                 && !(pos->last == 0
                                      && (apr_uint32_t)seq == 1));
             rv = feed(bus, ch, 1, seq, ev ? ev->str : NULL,
-                      ev ? ev->len : 0, d ? d->str : "", d ? d->len : 0,
+                      ev ? ev->len : 0, fr ? fr->str : NULL,
+                      fr ? fr->len : 0, d ? d->str : "", d ? d->len : 0,
                       now_ms > when ? apr_time_from_msec(now_ms - when) : 0,
                       pos);
             if (rv == COMET_ESTALE) {
@@ -933,7 +944,7 @@ static int feed_entries(comet_bus_t *bus, bus_chan_t *ch,
             ch->refetch = 1;
             return 0;
         }
-        rv = feed(bus, ch, 0, top, NULL, 0, NULL, 0, 0, pos);
+        rv = feed(bus, ch, 0, top, NULL, 0, NULL, 0, NULL, 0, 0, pos);
         if (rv == COMET_ENOCHAN) {
             return -1;
         }
@@ -1007,7 +1018,7 @@ static void fetch_done(void *baton, apr_status_t status,
          * one that knew more keeps it (the next publish starts another
          * generation, which tells its readers). */
         if (!pos.fed) {
-            while ((rv = feed(bus, ch, 0, 0, NULL, 0, NULL, 0, 0, &pos))
+            while ((rv = feed(bus, ch, 0, 0, NULL, 0, NULL, 0, NULL, 0, 0, &pos))
                    == COMET_ESTALE && !pos.fed) {
             }
         }
@@ -1091,6 +1102,7 @@ static void fetch(comet_bus_t *bus, bus_chan_t *ch)
 /* "1 <g> <n> <t> <event-len> <from-len>\n<event><from><data>" */
 static int parse_message(const char *p, apr_size_t len, apr_uint64_t *seq,
                          apr_int64_t *t, const char **ev, apr_size_t *elen,
+                         const char **from, apr_size_t *flen_out,
                          const char **data, apr_size_t *dlen)
 {
     const char *nl = memchr(p, '\n', len < 128 ? len : 128);
@@ -1122,6 +1134,8 @@ static int parse_message(const char *p, apr_size_t len, apr_uint64_t *seq,
         return -1;
     }
     *ev = nl + 1;
+    *from = nl + 1 + *elen;
+    *flen_out = flen;
     *data = nl + 1 + *elen + flen;
     *dlen = len - hl - 1 - *elen - flen;
     return 0;
@@ -1131,8 +1145,8 @@ static void on_message(comet_bus_t *bus, bus_chan_t *ch,
                        const comet_redis_sub_event_t *e)
 {
     comet_store_pos_t pos;
-    const char *ev, *data;
-    apr_size_t elen, dlen;
+    const char *ev, *from, *data;
+    apr_size_t elen, flen, dlen;
     apr_uint64_t seq;
     apr_int64_t t;
     apr_status_t rv;
@@ -1145,7 +1159,7 @@ static void on_message(comet_bus_t *bus, bus_chan_t *ch,
         return;
     }
     if (parse_message(e->payload, e->payload_len, &seq, &t, &ev, &elen,
-                      &data, &dlen) < 0) {
+                      &from, &flen, &data, &dlen) < 0) {
         bus_log_rated(bus, COMET_LOG_WARNING, COMET_EPROTO, "channel=%s: a "
                       "message on %s is not ours: ignored", ch->id,
                       ch->rname);
@@ -1153,7 +1167,7 @@ static void on_message(comet_bus_t *bus, bus_chan_t *ch,
     }
     pos.fed = 1;
     pos.last = seq - 1;
-    rv = feed(bus, ch, 1, seq, ev, elen, data, dlen, 0, &pos);
+    rv = feed(bus, ch, 1, seq, ev, elen, from, flen, data, dlen, 0, &pos);
     if (rv == APR_SUCCESS || rv == COMET_EFULL) {
         BUS_STAT_ADD(bus, received, 1);
         return;
@@ -1166,7 +1180,7 @@ static void on_message(comet_bus_t *bus, bus_chan_t *ch,
     if (rv == COMET_ESTALE && pos.fed && pos.last == 0
         && (apr_uint32_t)seq == 1) {
         /* The first message of a channel Redis knew nothing of. */
-        rv = feed(bus, ch, 1, seq, ev, elen, data, dlen, 0, &pos);
+        rv = feed(bus, ch, 1, seq, ev, elen, from, flen, data, dlen, 0, &pos);
         if (rv == APR_SUCCESS) {
             BUS_STAT_ADD(bus, received, 1);
             return;
@@ -1304,7 +1318,8 @@ static void published(void *baton, apr_status_t status,
         pos.fed = 1;
         pos.last = req->res.id.seq - 1;
         if (feed(bus, ch, 1, req->res.id.seq, req->event, req->event_len,
-                 req->data, req->data_len, 0, &pos) == APR_SUCCESS) {
+                 req->from, req->from_len, req->data, req->data_len, 0,
+                 &pos) == APR_SUCCESS) {
             BUS_STAT_ADD(bus, received, 1);
         }
     }

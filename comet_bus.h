@@ -133,8 +133,9 @@ typedef struct comet_bus_result_t {
     const char   *error;    /* when not APR_SUCCESS: one line, no secret  */
 } comet_bus_result_t;
 
-/* A publish of msg (channel, event, data copied), with an optional sender
- * identity (from, copied; NULL: none) that travels with the message.
+/* A publish of msg (channel, event, data copied), with the sender's
+ * identity (from, copied; NULL: msg->from, if any) that travels with the
+ * message and is stored with it in every server's copy.
  * NULL when out of memory.  Any thread; O(bytes). */
 comet_bus_req_t *comet_bus_req_publish(const comet_publish_t *msg,
                                        const char *from, apr_size_t from_len);

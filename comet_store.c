@@ -3255,13 +3255,15 @@ static void feed_append(comet_store_t *st, store_chan_t *ch,
     m->next_msg = STORE_NIL;
     m->last = last;
     m->data_len = (apr_uint32_t)f->data_len;
-    m->event_len = (apr_uint16_t)f->event_len;
+    m->event_len = (unsigned char)f->event_len;
+    m->from_len = (unsigned char)f->from_len;
     m->seq = f->seq;
     m->mono = mono;
     m->wall = wall;
     m->sum = sum;
     cur_init(&c, st, first, 1);
     cur_write(&c, f->event, f->event_len, 1);
+    cur_write(&c, f->from, f->from_len, 1);
     cur_write(&c, f->data, f->data_len, 1);
     STORE_ORDER();
     m->magic = STORE_MSG_MAGIC;
@@ -3326,12 +3328,17 @@ apr_status_t comet_store_feed(comet_store_t *st, const comet_store_feed_t *f,
              * publishers of the source); a copy takes what it is given. */
             return rv;
         }
+        if (f->from_len > COMET_STORE_FROM_MAX
+            || (f->from_len && !f->from)) {
+            return APR_EINVAL;
+        }
         if (f->data_len > h->max_message_size) {
             return COMET_ETOOBIG;
         }
-        need = msg_blocks(f->event_len + f->data_len);
+        need = msg_blocks(f->event_len + f->from_len + f->data_len);
         sum_init(&ss);
         sum_update(&ss, f->event, f->event_len);
+        sum_update(&ss, f->from, f->from_len);
         sum_update(&ss, f->data, f->data_len);
         sum = sum_final(&ss);
     }

@@ -323,6 +323,7 @@ typedef struct comet_store_feed_t {
     apr_uint64_t seq;               /* the message's, or the position    */
     const char  *data;     apr_size_t data_len;
     const char  *event;    apr_size_t event_len;  /* NULL/0: none       */
+    const char  *from;     apr_size_t from_len;   /* sender; NULL/0: none */
     apr_interval_time_t age;        /* since it was published, >= 0: its
                                        expiry counts from then           */
     int          follows;           /* the message follows the expected
