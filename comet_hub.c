@@ -2185,12 +2185,27 @@ static int ws_publish(comet_hub_t *hub, comet_hub_sub_t *s, const char *text,
     }
     msg.from = ws->from_len ? ws->from : NULL;
     msg.from_len = ws->from_len;
-    rv = comet_store_publish(hub->cfg.store, &msg, comet_now_mono(),
-                             hub->cfg.wake, hub->cfg.wake_baton, NULL);
-    free(scratch);
-    if (rv == APR_SUCCESS) {
-        stat_add(&hub->ws_published, 1);
-        return 1;
+    if (hub->cfg.publish) {
+        const char *why = NULL;
+
+        rv = hub->cfg.publish(hub->cfg.publish_baton, &msg, &why);
+        free(scratch);
+        if (rv == APR_SUCCESS) {
+            stat_add(&hub->ws_published, 1);
+            return 1;
+        }
+        if (why) {
+            return ws_error(hub, s, why);
+        }
+    }
+    else {
+        rv = comet_store_publish(hub->cfg.store, &msg, comet_now_mono(),
+                                 hub->cfg.wake, hub->cfg.wake_baton, NULL);
+        free(scratch);
+        if (rv == APR_SUCCESS) {
+            stat_add(&hub->ws_published, 1);
+            return 1;
+        }
     }
     alive = ws_error(hub, s, rv == COMET_EPROTO
                              ? "event type refused (1 to 64 printable "

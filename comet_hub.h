@@ -102,6 +102,14 @@ typedef struct comet_hub_config_t {
     apr_time_t     keep_timeout;  /* a kept connection's idle time        */
     apr_time_t     head_timeout;  /* from a next request's first byte to
                                      its whole head                       */
+    /* Where WebSocket clients' messages go when not into the store itself
+     * (channels shared with other servers, which every publish must
+     * reach first): hands msg (copying it) to the code that stores it,
+     * without blocking; a failure (*why: a line for the client) is told
+     * to the client.  Called on the hub thread.  May be NULL: the store. */
+    apr_status_t (*publish)(void *baton, const comet_publish_t *msg,
+                            const char **why);
+    void          *publish_baton;
 } comet_hub_config_t;
 
 /* Code that writes a sink subscriber's bytes.

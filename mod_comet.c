@@ -462,6 +462,10 @@ static void hub_config(comet_hub_config_t *cfg, server_rec *s)
     cfg->on_stop = comet_susp_hub_stopping;
     /* What a subscriber counted against CometMaxNewChannelsPerClient. */
     cfg->on_end = comet_quota_release;
+    /* With CometRedis, clients' messages go through Redis as all others. */
+    if (comet_config_redis(s)) {
+        cfg->publish = comet_shared_hub_publish;
+    }
 }
 
 static void comet_child_init(apr_pool_t *pchild, server_rec *s)

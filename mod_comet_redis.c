@@ -161,6 +161,26 @@ apr_status_t comet_shared_publish_async(const comet_publish_t *msg,
     return rv;
 }
 
+/* On the Redis thread: the outcome of a WebSocket client's publish, which
+ * the bus has counted (and logged when Redis failed). */
+static void hub_done(comet_bus_req_t *req, void *baton)
+{
+    comet_bus_req_free(req);
+}
+
+apr_status_t comet_shared_hub_publish(void *baton, const comet_publish_t *msg,
+                                      const char **why)
+{
+    apr_status_t rv = comet_shared_publish_async(msg, NULL, 0, hub_done,
+                                                 NULL);
+
+    if (rv != APR_SUCCESS) {
+        *why = rv == APR_ENOMEM ? "not stored: out of memory"
+                                : "not stored: Redis cannot be reached";
+    }
+    return rv;
+}
+
 /* On the Redis thread: hand the reply back to the publish thread. */
 static void pubsock_done(comet_bus_req_t *req, void *baton)
 {

@@ -516,6 +516,60 @@ START_TEST(subscribers_on_a_receive_what_b_publishes_by_socket_and_http)
 }
 END_TEST
 
+/* A WebSocket client's message goes through Redis like any other: a
+ * client publishing on A (tests/browser/ws_client.mjs "say": alice, who
+ * waits for her own echo, which A's copy gets from Redis) reaches an SSE
+ * subscriber on B with her identity, and B's copy has the same id. */
+START_TEST(a_websocket_client_on_a_reaches_sse_on_b_with_its_sender)
+{
+    it_sub_t s;
+    char url[64], cmd[600], out[8192];
+
+    t0 = it_now_ms();
+    start_redis();
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", rs.port);
+    start_pair(url,
+               "LoadModule auth_basic_module @MODULES@/mod_auth_basic.so\n"
+               "LoadModule authn_core_module @MODULES@/mod_authn_core.so\n"
+               "LoadModule authn_file_module @MODULES@/mod_authn_file.so\n"
+               "LoadModule authz_user_module @MODULES@/mod_authz_user.so\n"
+               "<Location /wspub/>\n"
+               "    SetHandler comet-subscriber\n"
+               "    CometClientPublish on\n"
+               "    CometClientIdentity \"%{REMOTE_USER}\"\n"
+               "    AuthType Basic\n"
+               "    AuthName comet\n"
+               "    AuthUserFile \"@DIR@/htpasswd\"\n"
+               "    Require valid-user\n"
+               "</Location>\n");
+    snprintf(cmd, sizeof(cmd), "htpasswd -bc '%s/htpasswd' alice wonderland",
+             sa.dir);
+    ck_assert_msg(it_run(cmd, out, sizeof(out), 10000) == 0, "%s", out);
+    ck_assert_int_eq(it_sub_open(&s, sb.port, "/sub/wsroom",
+                                 "Accept: text/event-stream\r\n"), 0);
+    ck_assert(it_wait_subscribers(sb.port, "wsroom", 1));
+    snprintf(cmd, sizeof(cmd), "node tests/browser/ws_client.mjs say %d "
+             "/wspub/wsroom from-a-by-websocket", sa.port);
+    ck_assert_msg(it_run(cmd, out, sizeof(out), 90000) == 0, "%s", out);
+    ck_assert_msg(it_sub_wait(&s, "from: alice\ndata: from-a-by-websocket\n",
+                              10000) == 1,
+                  "B's subscriber got: %s", s.buf + s.body);
+    out[strcspn(out, "\n")] = '\0';
+    progress("B's SSE subscriber got A's WebSocket publish from alice (%s)",
+             out);
+    for (int tries = 0; tries < 50; tries++) {
+        if (it_status_value(sa.port, "CometRedisPublishes") >= 1) {
+            break;
+        }
+        poll(NULL, 0, 100);
+    }
+    ck_assert_int_ge(it_status_value(sa.port, "CometRedisPublishes"), 1);
+    it_sub_close(&s);
+    stop_pair();
+    redis_util_stop(&rs);
+}
+END_TEST
+
 START_TEST(a_subscriber_moving_from_a_to_b_gets_exactly_what_it_missed)
 {
     sse_t s;
@@ -1094,6 +1148,8 @@ Suite *test_redis_share_suite(void)
     tcase_set_timeout(tc, 180);
     tcase_add_test(tc,
                    subscribers_on_a_receive_what_b_publishes_by_socket_and_http);
+    tcase_add_test(tc,
+                   a_websocket_client_on_a_reaches_sse_on_b_with_its_sender);
     tcase_add_test(tc,
                    a_subscriber_moving_from_a_to_b_gets_exactly_what_it_missed);
     tcase_add_test(tc,

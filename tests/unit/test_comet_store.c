@@ -1754,6 +1754,75 @@ START_TEST(feed_appends_in_order_refuses_a_stale_position_and_never_creates)
 }
 END_TEST
 
+/* A fed message keeps its sender (the identity a WebSocket or HTTP client
+ * published with on another server), and one without a sender has none,
+ * also in blocks that a message with one held before. */
+START_TEST(feed_keeps_the_sender_and_a_message_without_one_has_none)
+{
+    comet_store_t *st = feed_store(2, 0);
+    comet_store_pos_t pos;
+    comet_chanref_t ref;
+    comet_msgid_t newest, after = { FEED_EPOCH, 0 };
+    comet_store_feed_t f;
+    comet_read_t r;
+    apr_uint32_t slot;
+    char from[COMET_STORE_FROM_MAX + 1];
+    apr_uint64_t seq;
+
+    memset(from, 'a', sizeof(from));
+    ck_assert_int_eq(comet_store_proc_attach(st, getpid(), &slot),
+                     APR_SUCCESS);
+    ck_assert_int_eq(comet_store_subscribe(st, slot, "w", 1, 0, &ref,
+                                           &newest), APR_SUCCESS);
+    memset(&f, 0, sizeof(f));
+    f.channel = "w";
+    f.channel_len = 1;
+    f.has_msg = 1;
+    f.data = "payload";
+    f.data_len = 7;
+    f.event = "ev";
+    f.event_len = 2;
+    f.from = from;
+    f.from_len = COMET_STORE_FROM_MAX + 1;
+    f.seq = 1;
+    ck_assert_int_eq(comet_store_feed(st, &f, 0, NULL, NULL, &pos),
+                     APR_EINVAL);
+    for (seq = 1; seq <= 6; seq++) {
+        /* Odd: a full-length sender; even: none (in the blocks an odd one
+         * left when the buffer of 2 evicted it). */
+        f.from = seq & 1 ? from : NULL;
+        f.from_len = seq & 1 ? COMET_STORE_FROM_MAX : 0;
+        f.seq = seq;
+        f.expect_fed = seq > 1;
+        f.expect_last = seq - 1;
+        ck_assert_int_eq(comet_store_feed(st, &f, 0, NULL, NULL, &pos),
+                         APR_SUCCESS);
+        ck_assert_int_eq(comet_store_read_by_id(st, "w", 1, after, 0, 0, 0,
+                                                comet_test_pool, &r),
+                         APR_SUCCESS);
+        ck_assert_int_ge(r.msgs->nelts, 1);
+        {
+            comet_msg_t *m = &APR_ARRAY_IDX(r.msgs, r.msgs->nelts - 1,
+                                            comet_msg_t);
+
+            ck_assert_uint_eq(m->id.seq, seq);
+            ck_assert_str_eq(m->data, "payload");
+            ck_assert_int_eq(m->event_len, 2);
+            ck_assert(!memcmp(m->event, "ev", 2));
+            if (seq & 1) {
+                ck_assert_uint_eq(m->from_len, COMET_STORE_FROM_MAX);
+                ck_assert(!memcmp(m->from, from, COMET_STORE_FROM_MAX));
+            }
+            else {
+                ck_assert_uint_eq(m->from_len, 0);
+                ck_assert(m->from == NULL);
+            }
+        }
+        store_util_check(st);
+    }
+}
+END_TEST
+
 START_TEST(a_gap_or_new_ids_move_the_channel_and_readers_learn_they_missed)
 {
     comet_store_t *st = feed_store(3, 0);
@@ -1915,6 +1984,8 @@ Suite *test_comet_store_suite(void)
                               store_util_teardown);
     tcase_add_test(feedtc,
                    feed_appends_in_order_refuses_a_stale_position_and_never_creates);
+    tcase_add_test(feedtc,
+                   feed_keeps_the_sender_and_a_message_without_one_has_none);
     tcase_add_test(feedtc,
                    a_gap_or_new_ids_move_the_channel_and_readers_learn_they_missed);
     tcase_add_test(feedtc, a_fed_message_expires_counting_from_its_age);
