@@ -176,7 +176,8 @@ apr_status_t comet_shared_hub_publish(void *baton, const comet_publish_t *msg,
 
     if (rv != APR_SUCCESS) {
         *why = rv == APR_ENOMEM ? "not stored: out of memory"
-                                : "not stored: Redis cannot be reached";
+               : !bus ? "not stored: this process has no Redis client"
+               : "not stored: the Redis client has stopped";
     }
     return rv;
 }

@@ -49,8 +49,8 @@ apr_status_t comet_shared_publish_async(const comet_publish_t *msg,
 
 /* The hub's publish function (comet_hub_config_t.publish) for WebSocket
  * clients: the message goes to the Redis thread and the hub thread goes
- * on.  A failure known at once (no Redis client, Redis known to be down,
- * out of memory) is returned with *why; one known only later (Redis did
+ * on.  A failure known at once (no Redis client in this process, the
+ * client stopped, out of memory) is returned with *why; one known only later (Redis did
  * not answer, or refused) is counted in CometRedisPublishFailures and
  * logged by the bus, but the client is not told.  Hub thread. */
 apr_status_t comet_shared_hub_publish(void *baton, const comet_publish_t *msg,
