@@ -383,7 +383,7 @@ static int comet_post_config(apr_pool_t *pconf, apr_pool_t *plog,
     if (ps && (cfg.epoch == COMET_BUS_EPOCH)
               != (comet_store_epoch(ps->store) == COMET_BUS_EPOCH)) {
         /* CometRedis came or went: ids are of another kind now. */
-        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s, COMET_LOGNO(0012)
+        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s, COMET_LOGNO(0014)
                      "CometRedis %s on a graceful restart: starting a new "
                      "channel store (clients are told they missed "
                      "messages)", cfg.epoch ? "set" : "removed");
