@@ -202,6 +202,12 @@ typedef struct comet_pubsrv_config_t {
                                       0: 1 MiB                          */
     comet_pubsrv_publish_fn *publish;  /* NULL: into the store (above)   */
     void          *publish_baton;
+    /* A channel that a connection of this process has begun to listen to
+     * (SUBSCRIBE, COMET.SUBSCRIBE): where channels are shared with other
+     * servers, the code that brings their messages here starts following
+     * it.  Must not block.  May be NULL. */
+    void         (*follow)(void *baton, const char *channel, apr_size_t len);
+    void          *follow_baton;
 } comet_pubsrv_config_t;
 
 /* A server on loop, in p.  Watches cfg->listen_fd (when >= 0) at once;

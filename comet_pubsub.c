@@ -122,6 +122,7 @@ struct comet_pubsub_sub_t {
 };
 
 static void chan_deliver(comet_pubsrv_t *srv, comet_pubsub_chan_t *chan);
+static int chan_fed(comet_pubsrv_t *srv, const comet_pubsub_chan_t *chan);
 static void chan_forget(comet_pubsrv_t *srv, comet_pubsub_chan_t *chan);
 static void pushed_flush(comet_pubsrv_t *srv);
 
@@ -862,6 +863,16 @@ static void chan_deliver(comet_pubsrv_t *srv, comet_pubsub_chan_t *chan)
             }
             return;
         }
+        if (rd.missed && !chan->rebound && chan->seq == 0
+            && chan_fed(srv, chan)) {
+            /* Nothing of the channel was here when its listeners came;
+             * then the copy took its position from elsewhere (CometRedis:
+             * ids of all servers): they lost nothing, they start there. */
+            rd.missed = 0;
+            if (!rd.msgs->nelts) {
+                chan->seq = rd.newest.seq;
+            }
+        }
         if (rd.missed && !chan->rebound) {
             /* This process fell behind the channel's buffer: messages
              * went before it read them.  COMET.SUBSCRIBE is told; a Redis
@@ -881,6 +892,15 @@ static void chan_deliver(comet_pubsrv_t *srv, comet_pubsub_chan_t *chan)
             return;
         }
     }
+}
+
+/* The store's copy of the channel is fed from elsewhere. */
+static int chan_fed(comet_pubsrv_t *srv, const comet_pubsub_chan_t *chan)
+{
+    comet_store_pos_t pos;
+
+    return comet_store_position(srv->cfg.store, srv->cfg.slot, chan->id,
+                                chan->len, &pos) == APR_SUCCESS && pos.fed;
 }
 
 /* A ref from the slot's queue (or an overflow's walk). */
@@ -1244,6 +1264,9 @@ static void subscribe_one(comet_pubconn_t *c, const char *name,
     }
     if (chan->nsubs++ == 0) {
         stat_set(&srv->st.channels, ++srv->nchans);
+        if (srv->cfg.follow) {
+            srv->cfg.follow(srv->cfg.follow_baton, chan->id, chan->len);
+        }
     }
     chan->stored = 1;
     sub->chan = chan;

@@ -261,6 +261,7 @@ void comet_pubsock_child_init(apr_pool_t *p, server_rec *s,
     }
     if (comet_shared_enabled()) {
         cfg.publish = comet_shared_pubsock_publish;
+        cfg.follow = comet_shared_follow;
     }
     rv = comet_pubsrv_create(&pubsrv, loop, &cfg, p);
     if (rv != APR_SUCCESS) {

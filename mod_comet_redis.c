@@ -182,6 +182,24 @@ apr_status_t comet_shared_hub_publish(void *baton, const comet_publish_t *msg,
     return rv;
 }
 
+/* On the Redis thread: a sync asked for by a socket subscriber. */
+static void follow_done(comet_bus_req_t *req, void *baton)
+{
+    comet_bus_req_free(req);
+}
+
+void comet_shared_follow(void *baton, const char *channel, apr_size_t len)
+{
+    comet_bus_req_t *req;
+
+    if (!bus || !(req = comet_bus_req_sync(channel, len, 0))) {
+        return;
+    }
+    if (comet_bus_submit(bus, req, follow_done, NULL) != APR_SUCCESS) {
+        comet_bus_req_free(req);
+    }
+}
+
 /* On the Redis thread: hand the reply back to the publish thread. */
 static void pubsock_done(comet_bus_req_t *req, void *baton)
 {

@@ -56,6 +56,12 @@ apr_status_t comet_shared_publish_async(const comet_publish_t *msg,
 apr_status_t comet_shared_hub_publish(void *baton, const comet_publish_t *msg,
                                       const char **why);
 
+/* The publish socket's follow function (comet_pubsrv_config_t.follow):
+ * this server's copy of the channel is brought up to date and kept so, as
+ * for an HTTP subscriber (comet_shared_sync), without waiting.  Publish
+ * thread. */
+void comet_shared_follow(void *baton, const char *channel, apr_size_t len);
+
 /* The publish socket's publish function (comet_pubsrv_config_t.publish).
  * Publish thread. */
 apr_status_t comet_shared_pubsock_publish(void *baton,

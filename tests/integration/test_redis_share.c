@@ -570,6 +570,76 @@ START_TEST(a_websocket_client_on_a_reaches_sse_on_b_with_its_sender)
 }
 END_TEST
 
+/* The publish socket's listeners hear what other servers publish: a
+ * SUBSCRIBE on B's socket gets a message published on A (HTTP and
+ * socket). */
+START_TEST(a_socket_subscriber_on_b_hears_publishes_made_on_a)
+{
+    pubc_t sub, pa;
+    char url[64], buf[4096], line[256];
+    size_t have = 0;
+    long long until;
+    int st;
+
+    t0 = it_now_ms();
+    start_redis();
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", rs.port);
+    start_pair(url, NULL);
+    pubc_open(&sub, &sb);
+    ck_assert_int_eq(it_send(sub.fd, "*2\r\n$9\r\nSUBSCRIBE\r\n$6\r\n"
+                             "sockch\r\n", 32), 0);
+    /* Until B's copy follows the channel, a publish on A may come before
+     * it: publish until one arrives, then one more that must. */
+    pubc_open(&pa, &sa);
+    until = it_now_ms() + 10000;
+    memset(buf, 0, sizeof(buf));
+    while (!strstr(buf, "from-a-http") && it_now_ms() < until) {
+        struct pollfd pfd = { sub.fd, POLLIN, 0 };
+        char id[64];
+
+        st = it_publish(sa.port, "sockch", "from-a-http", NULL, id,
+                        sizeof(id));
+        ck_assert_msg(st == 201 || st == 202, "HTTP publish: %d", st);
+        while (poll(&pfd, 1, 200) > 0 && have < sizeof(buf) - 1) {
+            ssize_t n = read(sub.fd, buf + have, sizeof(buf) - 1 - have);
+
+            if (n <= 0) {
+                break;
+            }
+            have += (size_t)n;
+            buf[have] = '\0';
+        }
+    }
+    ck_assert_msg(strstr(buf, "$7\r\nmessage\r\n$6\r\nsockch\r\n$11\r\n"
+                          "from-a-http\r\n"), "B's socket got: %s", buf);
+    pubc_send(&pa, "sockch", "from-a-socket");
+    pubc_reply(&pa, line, sizeof(line), 5000);
+    ck_assert_msg(line[0] == ':', "%s", line);
+    until = it_now_ms() + 5000;
+    while (!strstr(buf, "from-a-socket") && it_now_ms() < until
+           && have < sizeof(buf) - 1) {
+        struct pollfd pfd = { sub.fd, POLLIN, 0 };
+        ssize_t n;
+
+        if (poll(&pfd, 1, 200) <= 0) {
+            continue;
+        }
+        if ((n = read(sub.fd, buf + have, sizeof(buf) - 1 - have)) <= 0) {
+            break;
+        }
+        have += (size_t)n;
+        buf[have] = '\0';
+    }
+    ck_assert_msg(strstr(buf, "$6\r\nsockch\r\n$13\r\nfrom-a-socket\r\n"),
+                  "B's socket got: %s", buf);
+    progress("a SUBSCRIBE on B's socket heard A's HTTP and socket publishes");
+    close(pa.fd);
+    close(sub.fd);
+    stop_pair();
+    redis_util_stop(&rs);
+}
+END_TEST
+
 START_TEST(a_subscriber_moving_from_a_to_b_gets_exactly_what_it_missed)
 {
     sse_t s;
@@ -1150,6 +1220,7 @@ Suite *test_redis_share_suite(void)
                    subscribers_on_a_receive_what_b_publishes_by_socket_and_http);
     tcase_add_test(tc,
                    a_websocket_client_on_a_reaches_sse_on_b_with_its_sender);
+    tcase_add_test(tc, a_socket_subscriber_on_b_hears_publishes_made_on_a);
     tcase_add_test(tc,
                    a_subscriber_moving_from_a_to_b_gets_exactly_what_it_missed);
     tcase_add_test(tc,
